@@ -1,0 +1,29 @@
+# Every target sets up .venv itself when it is missing or out of date.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.geoseg-installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup test lint demo bench server worker deploy clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --durations=15
+
+lint: setup
+	$(BIN)/ruff check geoseg flows tests bench
+	$(BIN)/ruff format --check geoseg flows tests bench
+
+demo: setup
+	$(BIN)/geoseg demo --out demo-out
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,3 @@
+"""geoseg: label-free segmentation of large aerial orthophotos with IIC."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,138 @@
+"""Typed configurations of every stage, kept apart from the code that runs them.
+
+Each stage's public entry point takes one of these. They validate themselves
+(`validate()` raises ConfigError), so parameters that arrive from a deployment or
+the command line are checked before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from geoseg.errors import ConfigError
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class IngestConfig:
+    """How rasters are cut into a patch store."""
+
+    patch_size: int = 128
+    stride: int | None = None  # None: equal to patch_size (no overlap)
+    scale: float = 1.0  # resampling factor applied on read (0.5 halves the resolution)
+    bands: tuple[int, ...] | None = None  # 1-based band indexes, None: all
+    min_valid: float = 0.5  # patches with a smaller valid fraction are dropped
+    dataset: str | None = None  # label dataset name (geoseg.datasets) for --labels
+    patches_per_shard: int = 64
+    workers: int = 2
+
+    @property
+    def effective_stride(self) -> int:
+        return self.stride or self.patch_size
+
+    def validate(self) -> IngestConfig:
+        _require(8 <= self.patch_size <= 4096, f"patch_size must be in [8, 4096], got {self.patch_size}")
+        _require(1 <= self.effective_stride <= self.patch_size * 4, f"stride out of range: {self.stride}")
+        _require(0.01 <= self.scale <= 8.0, f"scale must be in [0.01, 8], got {self.scale}")
+        _require(0.0 <= self.min_valid <= 1.0, f"min_valid must be in [0, 1], got {self.min_valid}")
+        _require(self.patches_per_shard >= 1, "patches_per_shard must be >= 1")
+        _require(self.workers >= 1, "workers must be >= 1")
+        if self.bands is not None:
+            _require(len(self.bands) > 0 and all(b >= 1 for b in self.bands), f"bad band list {self.bands}")
+        return self
+
+
+@dataclass
+class TrainConfig:
+    """IIC training settings (defaults: a small CPU-friendly run)."""
+
+    k: int = 6  # clusters of the main head B
+    k_a: int = 24  # clusters of the over-clustering head A
+    subheads: int = 1
+    lamb_a: float = 1.0
+    lamb_b: float = 1.0
+    half_t: int = 5  # displacement half-width T: a (2T+1)^2 window
+    lr: float = 1e-4
+    batch_size: int = 16
+    steps: int = 500
+    epochs: int | None = None  # if given, overrides steps
+    preset: Literal["iic", "small"] = "small"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    workers: int = 0
+    checkpoint_every: int = 100
+    jitter: float = 0.4  # colour jitter strength on RGB bands
+    flip: bool = True
+    affine: bool = False
+    init_from: str | None = None  # a model bundle to start from (retraining)
+
+    def validate(self) -> TrainConfig:
+        _require(2 <= self.k <= 254, f"k must be in [2, 254], got {self.k}")
+        _require(2 <= self.k_a <= 254, f"k_a must be in [2, 254], got {self.k_a}")
+        _require(self.subheads >= 1, "subheads must be >= 1")
+        _require(self.lamb_a > 0 and self.lamb_b > 0, "lambda must be > 0")
+        _require(0 <= self.half_t <= 32, f"half_t must be in [0, 32], got {self.half_t}")
+        _require(0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}")
+        _require(self.batch_size >= 1, "batch_size must be >= 1")
+        _require(self.steps >= 1 or (self.epochs or 0) >= 1, "steps or epochs must be >= 1")
+        _require(self.preset in ("iic", "small"), f"unknown preset {self.preset!r}")
+        _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
+        _require(0 <= self.jitter <= 1, "jitter must be in [0, 1]")
+        return self
+
+
+@dataclass
+class SegmentConfig:
+    """Sliding-window inference settings."""
+
+    overlap: float = 0.25  # fraction of a window shared with its neighbour
+    batch_size: int = 8
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    block_rows: int | None = None  # output rows processed per block (None: auto)
+    head: Literal["a", "b"] = "b"
+    vectorize: bool = True
+    min_area: float = 0.0  # sieve: minimum mapping unit in CRS units^2 (0 = off)
+    simplify: float = 0.0  # polygon simplification tolerance in CRS units (0 = off)
+
+    def validate(self) -> SegmentConfig:
+        _require(0.0 <= self.overlap < 0.9, f"overlap must be in [0, 0.9), got {self.overlap}")
+        _require(self.batch_size >= 1, "batch_size must be >= 1")
+        _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
+        _require(self.head in ("a", "b"), f"head must be 'a' or 'b', got {self.head!r}")
+        _require(self.min_area >= 0 and self.simplify >= 0, "min_area and simplify must be >= 0")
+        return self
+
+
+@dataclass
+class EvaluateConfig:
+    """How predictions are scored against ground truth."""
+
+    dataset: str | None = None
+    ignore: int = 255
+    many_to_one: bool = False
+    max_pixels_for_nmi: int = 2_000_000  # NMI/ARI on a seeded subsample beyond this
+    seed: int = 0
+    n_examples: int = 4
+
+    def validate(self) -> EvaluateConfig:
+        _require(0 <= self.ignore <= 255, "ignore must be a uint8 value")
+        _require(self.max_pixels_for_nmi >= 1000, "max_pixels_for_nmi must be >= 1000")
+        return self
+
+
+@dataclass
+class RunConfig:
+    """The configs of a whole pipeline run, as a flow or the demo receives them."""
+
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

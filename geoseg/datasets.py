@@ -1,0 +1,178 @@
+"""Label datasets: class tables, palettes and decoders to geoseg class ids.
+
+geoseg class ids are contiguous from 0, stored as uint8, with 255 meaning "ignore".
+Each dataset documents its source and how its label files encode classes.
+
+Class order note: torchgeo's ``Potsdam2D``/``Vaihingen2D`` list "Clutter/background"
+first (ids 0..5 = clutter, impervious, building, low vegetation, tree, car); geoseg
+follows the ISPRS benchmark order used by IIC (impervious, building, low vegetation,
+tree, car, clutter). Colours are the same; only the id order differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from geoseg.errors import ConfigError, InputError
+
+IGNORE = 255
+
+
+@dataclass(frozen=True)
+class LabelDataset:
+    """How one dataset's label files map to geoseg class ids.
+
+    Attributes:
+        name: registry key (``--dataset NAME``).
+        classes: class names in geoseg id order (id = position).
+        colours: RGB colour per class, used for previews and QGIS styles.
+        source: where the data comes from.
+        palette: RGB colour -> class id, for colour-coded label images (None if id-coded).
+        id_map: raw label value -> class id, for id-coded label images (None if colour-coded).
+            Raw values not in the map become IGNORE.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    colours: tuple[tuple[int, int, int], ...]
+    source: str
+    palette: Mapping[tuple[int, int, int], int] | None = None
+    id_map: Mapping[int, int] | None = None
+    merges: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def colour_coded(self) -> bool:
+        return self.palette is not None
+
+    def decode(self, label: np.ndarray) -> np.ndarray:
+        """Decode a label array to uint8 class ids (255 = ignore).
+
+        Colour-coded datasets take (H, W, 3) or (3, H, W) RGB; id-coded take (H, W).
+        Pixels matching no colour / no raw id become IGNORE.
+        """
+        if self.palette is not None:
+            return decode_palette(label, self.palette)
+        assert self.id_map is not None
+        if label.ndim != 2:
+            raise InputError(f"{self.name}: expected a single-band class-id label, got shape {label.shape}")
+        lut = np.full(256 if label.dtype == np.uint8 else int(label.max()) + 1, IGNORE, np.uint8)
+        for raw, cid in self.id_map.items():
+            if raw < lut.size:
+                lut[raw] = cid
+        return lut[label.astype(np.int64, copy=False)]
+
+
+def decode_palette(label: np.ndarray, palette: Mapping[tuple[int, int, int], int]) -> np.ndarray:
+    """Map an RGB label image to class ids through a palette; unknown colours -> IGNORE."""
+    if label.ndim == 3 and label.shape[0] in (3, 4) and label.shape[-1] not in (3, 4):
+        label = np.moveaxis(label, 0, -1)
+    if label.ndim != 3 or label.shape[-1] < 3:
+        raise InputError(f"expected an RGB colour-coded label, got shape {label.shape}")
+    rgb = label[..., :3].astype(np.uint32)
+    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    out = np.full(packed.shape, IGNORE, np.uint8)
+    for (r, g, b), cid in palette.items():
+        out[packed == ((r << 16) | (g << 8) | b)] = cid
+    return out
+
+
+def hex_rgb(code: str) -> tuple[int, int, int]:
+    code = code.lstrip("#")
+    return int(code[0:2], 16), int(code[2:4], 16), int(code[4:6], 16)
+
+
+_ISPRS_CLASSES = ("impervious surfaces", "building", "low vegetation", "tree", "car", "clutter")
+_ISPRS_COLOURS = ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0))
+_POTSDAM3 = {"impervious+car": (0, 4), "building+clutter": (1, 5), "vegetation": (2, 3)}
+
+ISPRS_RGB = LabelDataset(
+    name="isprs",
+    classes=_ISPRS_CLASSES,
+    colours=_ISPRS_COLOURS,
+    source=(
+        "ISPRS 2D Semantic Labeling (Potsdam, Vaihingen) as distributed: 5_Labels_all, "
+        "RGB colour-coded (impervious white, building blue, low vegetation cyan, tree green, "
+        "car yellow, clutter red)"
+    ),
+    palette={c: i for i, c in enumerate(_ISPRS_COLOURS)},
+    merges=_POTSDAM3,
+)
+
+ISPRS_IDS = LabelDataset(
+    name="isprs-ids",
+    classes=_ISPRS_CLASSES,
+    colours=_ISPRS_COLOURS,
+    source=(
+        "ISPRS Vaihingen crop from open-mmlab/mmsegmentation test data: class-id PNG, "
+        "0 = ignore (eroded boundaries), 1..6 = impervious..clutter"
+    ),
+    id_map={raw: raw - 1 for raw in range(1, 7)},
+    merges=_POTSDAM3,
+)
+
+POTSDAM3 = LabelDataset(
+    name="potsdam3",
+    classes=("impervious+car", "building+clutter", "vegetation"),
+    colours=((200, 200, 200), (40, 60, 200), (40, 170, 60)),
+    source="IIC's Potsdam-3 merge of the ISPRS colour-coded labels: {impervious, car}, {building, clutter}, {low vegetation, tree}",
+    palette={
+        c: next(j for j, m in enumerate(_POTSDAM3.values()) if i in m) for i, c in enumerate(_ISPRS_COLOURS)
+    },
+)
+
+DUBAI = LabelDataset(
+    name="dubai",
+    classes=("building", "land", "road", "vegetation", "water"),
+    colours=(
+        hex_rgb("#3C1098"),
+        hex_rgb("#8429F6"),
+        hex_rgb("#6EC1E4"),
+        hex_rgb("#FEDD3A"),
+        hex_rgb("#E2A929"),
+    ),
+    source=(
+        "Humans in the Loop 'Semantic segmentation of aerial imagery' (Dubai), RGB colour-coded "
+        "masks; the colours of the source's classes.json are wrong, these are the ones the masks use. "
+        "Unlabeled #9B9B9B and unmatched colours are ignored."
+    ),
+    palette={
+        hex_rgb("#3C1098"): 0,
+        hex_rgb("#8429F6"): 1,
+        hex_rgb("#6EC1E4"): 2,
+        hex_rgb("#FEDD3A"): 3,
+        hex_rgb("#E2A929"): 4,
+    },
+)
+
+LOVEDA = LabelDataset(
+    name="loveda",
+    classes=("background", "building", "road", "water", "barren", "forest", "agriculture"),
+    colours=(
+        (255, 255, 255),
+        (255, 0, 0),
+        (255, 255, 0),
+        (0, 0, 255),
+        (159, 129, 183),
+        (0, 255, 0),
+        (255, 195, 128),
+    ),
+    source="LoveDA (Wang et al. 2021): class-id PNG, 0 = no-data (ignore), 1..7 = background..agriculture",
+    id_map={raw: raw - 1 for raw in range(1, 8)},
+)
+
+DATASETS: dict[str, LabelDataset] = {d.name: d for d in (ISPRS_RGB, ISPRS_IDS, POTSDAM3, DUBAI, LOVEDA)}
+
+
+def get_dataset(name: str) -> LabelDataset:
+    """Look a dataset up by name; a clear error lists the known ones."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None

@@ -1,0 +1,19 @@
+"""Errors that geoseg raises for bad input; the CLI turns them into clear messages."""
+
+from __future__ import annotations
+
+
+class GeosegError(Exception):
+    """Base class: a problem the user can fix (bad input, bad parameters)."""
+
+
+class InputError(GeosegError):
+    """An input file is missing, unreadable, corrupt or unsuitable."""
+
+
+class ConfigError(GeosegError):
+    """A parameter is out of range or inconsistent with the data."""
+
+
+class TrainingError(GeosegError):
+    """Training cannot go on (e.g. the loss became NaN or inf)."""

@@ -1,0 +1,1 @@
+"""Invariant Information Clustering (Ji, Henriques, Vedaldi 2019) for dense segmentation."""

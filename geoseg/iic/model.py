@@ -1,0 +1,120 @@
+"""The IIC segmentation network: a VGG-style trunk with two clustering heads.
+
+Trunk (the paper's "SegmentationNet10a"): 3x3 convolutions 64, 128, max-pool, 256, 256,
+512 (dilation 2), 512 (dilation 2), each followed by BatchNorm and ReLU. Head A
+over-clusters (k_A outputs), head B has k outputs; each head has ``subheads`` independent
+1x1 convolutions, softmax over clusters, and bilinear upsampling to the input size.
+
+Unlike the original code the 1x1 heads use no padding, which in the original added a
+constant one-pixel ring to every prediction.
+
+The model carries the per-band normalisation of its training data as buffers, so it is
+fed raw pixel values (any dtype cast to float) and a bundle cannot be paired with the
+wrong statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (out_channels, dilation) per conv; "M" is a 2x2 max-pool.
+_TRUNK_IIC: tuple[tuple[int, int] | str, ...] = (
+    (64, 1),
+    (128, 1),
+    "M",
+    (256, 1),
+    (256, 1),
+    (512, 2),
+    (512, 2),
+)
+PRESET_WIDTH = {"iic": 1.0, "small": 0.25}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything needed to rebuild the network (stored in model.json)."""
+
+    in_channels: int
+    k_a: int
+    k_b: int
+    subheads: int = 1
+    preset: str = "small"
+
+    @property
+    def width(self) -> float:
+        return PRESET_WIDTH[self.preset]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"trunk": "segmentation-vgg10a", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Architecture:
+        return cls(**{k: v for k, v in data.items() if k != "trunk"})  # type: ignore[arg-type]
+
+
+class IICNet(nn.Module):
+    """Trunk + head A (over-clustering) + head B (main); returns softmax maps per sub-head."""
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        if arch.preset not in PRESET_WIDTH:
+            raise ValueError(f"unknown preset {arch.preset!r}; known: {sorted(PRESET_WIDTH)}")
+        self.arch = arch
+        layers: list[nn.Module] = []
+        channels = arch.in_channels
+        for spec in _TRUNK_IIC:
+            if spec == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            out, dilation = spec  # type: ignore[misc]
+            out = max(8, int(out * arch.width))
+            layers += [
+                nn.Conv2d(channels, out, 3, padding=dilation, dilation=dilation, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
+            channels = out
+        self.trunk = nn.Sequential(*layers)
+        self.head_a = nn.ModuleList(nn.Conv2d(channels, arch.k_a, 1) for _ in range(arch.subheads))
+        self.head_b = nn.ModuleList(nn.Conv2d(channels, arch.k_b, 1) for _ in range(arch.subheads))
+        self.register_buffer("input_mean", torch.zeros(arch.in_channels))
+        self.register_buffer("input_std", torch.ones(arch.in_channels))
+
+    def set_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Store per-band statistics; inputs are normalised as (x - mean) / std."""
+        self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.input_mean.view(1, -1, 1, 1)
+        std = self.input_std.view(1, -1, 1, 1)
+        return (x.float() - mean) / std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Trunk features of raw input (normalisation included)."""
+        if x.shape[1] != self.arch.in_channels:
+            raise ValueError(f"model expects {self.arch.in_channels} bands, got {x.shape[1]}")
+        return self.trunk(self.normalise(x))
+
+    def forward(self, x: torch.Tensor, heads: str = "ab") -> dict[str, list[torch.Tensor]]:
+        """Softmax maps (N, k, H, W) at input resolution, per head ("a", "b") and sub-head."""
+        size = x.shape[-2:]
+        feats = self.features(x)
+        out: dict[str, list[torch.Tensor]] = {}
+        for name, head in (("a", self.head_a), ("b", self.head_b)):
+            if name in heads:
+                out[name] = [
+                    F.interpolate(conv(feats), size=size, mode="bilinear", align_corners=False).softmax(1)
+                    for conv in head
+                ]
+        return out
+
+
+def build_model(arch: Architecture) -> IICNet:
+    """A freshly initialised network."""
+    return IICNet(arch)
