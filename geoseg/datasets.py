@@ -11,10 +11,17 @@ tree, car, clutter). Colours are the same; only the id order differs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import rasterio
+import rasterio.errors
+import rasterio.io
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
 
 from geoseg.errors import ConfigError, InputError
 
@@ -176,3 +183,52 @@ def get_dataset(name: str) -> LabelDataset:
         return DATASETS[name]
     except KeyError:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
+
+
+def read_label(
+    path: str | Path,
+    dataset: LabelDataset | None = None,
+    window: Window | None = None,
+) -> np.ndarray:
+    """Read a label raster (GeoTIFF/PNG, class ids or colours) as uint8 class ids (255 = ignore).
+
+    With no dataset, a single-band raster's values are taken as class ids as they are.
+    Palette PNGs are expanded through their colour table before colour decoding.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"label file not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                data = src.read(window=window)
+                colormap = _colormap(src) if src.count == 1 else None
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(f"unreadable label file {path}: {exc}") from exc
+    if dataset is None:
+        if data.shape[0] != 1:
+            raise InputError(f"{path}: {data.shape[0]}-band label needs a colour-coded --dataset")
+        return data[0].astype(np.uint8)
+    if dataset.colour_coded:
+        if colormap is not None:
+            data = np.moveaxis(colormap[data[0]], -1, 0)
+        if data.shape[0] < 3:
+            raise InputError(f"{path}: dataset {dataset.name!r} expects RGB colour-coded labels")
+        return dataset.decode(data)
+    if data.shape[0] != 1:
+        raise InputError(f"{path}: dataset {dataset.name!r} expects single-band class-id labels")
+    return dataset.decode(data[0])
+
+
+def _colormap(src: rasterio.io.DatasetReader) -> np.ndarray | None:
+    """A (256, 3) lookup table for a paletted band, or None."""
+    try:
+        table = src.colormap(1)
+    except ValueError:
+        return None
+    lut = np.zeros((256, 3), np.uint8)
+    for index, rgba in table.items():
+        if index < 256:
+            lut[index] = rgba[:3]
+    return lut
