@@ -174,5 +174,5 @@ def test_clustering_loss() -> None:
     p = (a.double().T @ b.double()) / 16
     p = (p + p.T) / 2
     want = -(p * (p / torch.outer(p.sum(1), p.sum(0))).log()).sum()
-    assert iic_clustering_loss(a, b).item() == pytest.approx(want.item(), rel=1e-5)
-    assert mutual_information_loss(p.unsqueeze(0).float() * 7).item() == pytest.approx(want.item(), rel=1e-5)
+    assert iic_clustering_loss(a, b).item() == pytest.approx(want.item(), rel=1e-4, abs=1e-6)
+    assert mutual_information_loss(p.unsqueeze(0).float() * 7).item() == pytest.approx(want.item(), rel=1e-4, abs=1e-6)
