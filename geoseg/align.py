@@ -1,0 +1,430 @@
+"""Cluster identity across model versions: align a retrained model's ids to its predecessor.
+
+IIC numbers its clusters arbitrarily; a retrained model may call "trees" 4 where the
+previous one called them 1, which would recolour every QGIS project built on the old
+outputs. ``align_clusters`` runs both models over imagery both can see, counts how often
+new cluster i coincides with old cluster j (the agreement matrix), finds the one-to-one
+matching with the most shared pixels (Hungarian algorithm), and permutes the rows of the
+new model's head-B 1x1 convolutions so that its output channel j *is* old cluster j. The
+permutation lives in the weights, so every later stage (segment, vectorize, QGIS styles)
+sees stable ids without knowing alignment exists. Colours and names carry over;
+``model.json`` records the alignment; a JSON + markdown report lists the clusters whose
+share of the reference moved more than a threshold.
+
+The same pass also accumulates, per model, the label-free IIC objective on the reference
+(the mutual information between a pixel's cluster and its neighbours' within the
+displacement window), so that the promotion check can compare both models' losses on the
+same imagery rather than their training losses on different surveys.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+from scipy.optimize import linear_sum_assignment
+from tqdm import tqdm
+
+from geoseg.bundle import META, WEIGHTS, Cluster, ModelMeta, default_clusters, load_bundle, save_bundle
+from geoseg.config import AlignConfig
+from geoseg.errors import ConfigError, InputError
+from geoseg.fileio import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from geoseg.iic.loss import displaced_joints, mutual_information_loss
+from geoseg.iic.model import IICNet
+from geoseg.store import open_store
+
+log = logging.getLogger(__name__)
+
+REPORT_JSON = "alignment.json"
+REPORT_MD = "alignment.md"
+RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt")
+IGNORE = 255
+
+
+@dataclass
+class Alignment:
+    """The outcome of aligning a new model to an old one.
+
+    ``permutation[i]`` is the id that the new model's *trained* channel i carries after
+    alignment (composed with any earlier alignment of the same bundle). ``agreement`` is
+    the fraction of valid reference pixels with the same id in both models after
+    alignment; ``agreement_before`` the same with the ids as trained.
+    """
+
+    bundle: str
+    previous: dict[str, Any]
+    permutation: list[int]
+    agreement: float
+    agreement_before: float
+    pixels: int
+    shares_old: list[float]
+    shares_new: list[float]
+    moved: list[dict[str, Any]]
+    share_threshold: float
+    loss_old: float | None
+    loss_new: float | None
+    reference: list[str]
+    matrix: list[list[int]]  # rows: new ids (aligned), cols: old ids
+    subhead_permutations: list[list[int]] = field(default_factory=list)
+    report_json: str | None = None
+    report_md: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """What goes into model.json's ``alignment`` (the report paths are left out)."""
+        data = asdict(self)
+        for key in ("bundle", "report_json", "report_md"):
+            data.pop(key)
+        return data
+
+
+def agreement_matrix(
+    new_ids: np.ndarray, old_ids: np.ndarray, k_new: int, k_old: int, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """(k_new, k_old) int64 counts of pixels where new id i meets old id j.
+
+    Pixels outside ``valid`` or with an id out of range (e.g. 255 = nodata) are not
+    counted. Sum the matrices of successive windows to stream over a large reference.
+    """
+    new_ids = np.asarray(new_ids).ravel().astype(np.int64)
+    old_ids = np.asarray(old_ids).ravel().astype(np.int64)
+    if new_ids.shape != old_ids.shape:
+        raise ValueError(f"id arrays differ in size: {new_ids.size} vs {old_ids.size}")
+    keep = (new_ids >= 0) & (new_ids < k_new) & (old_ids >= 0) & (old_ids < k_old)
+    if valid is not None:
+        keep &= np.asarray(valid).ravel().astype(bool)
+    flat = new_ids[keep] * k_old + old_ids[keep]
+    return np.bincount(flat, minlength=k_new * k_old).reshape(k_new, k_old)
+
+
+def match_clusters(matrix: np.ndarray) -> list[int]:
+    """Permutation (new trained id -> aligned id) maximising the pixels that agree.
+
+    New clusters left without a partner (k_new > k_old) take the ids after k_old, in
+    order of their trained ids.
+    """
+    k_new, k_old = matrix.shape
+    if k_new < k_old:
+        raise ConfigError(
+            f"cannot carry {k_old} cluster ids over to a model with only {k_new} clusters; "
+            "retrain with k >= the previous model's k"
+        )
+    rows, cols = linear_sum_assignment(matrix, maximize=True)
+    perm = [-1] * k_new
+    for r, c in zip(rows, cols, strict=True):
+        perm[int(r)] = int(c)
+    spare = iter(range(k_old, k_new))
+    return [p if p >= 0 else next(spare) for p in perm]
+
+
+def permute_head_b(model: IICNet, permutations: Sequence[Sequence[int]]) -> None:
+    """Reorder head-B output channels in place: trained channel i becomes channel perm[i]."""
+    with torch.no_grad():
+        for conv, perm in zip(model.head_b, permutations, strict=True):
+            inverse = torch.empty(len(perm), dtype=torch.long)
+            inverse[torch.as_tensor(list(perm))] = torch.arange(len(perm))
+            conv.weight.copy_(conv.weight[inverse])
+            if conv.bias is not None:
+                conv.bias.copy_(conv.bias[inverse])
+
+
+def carry_clusters(old: Sequence[Cluster], k_new: int) -> list[Cluster]:
+    """The new cluster table: old ids keep their colour and name; extra ids get unused colours."""
+    table = [Cluster(c.id, tuple(c.colour), c.name) for c in sorted(old, key=lambda c: c.id)][:k_new]
+    used = {tuple(c.colour) for c in table}
+    spare = [c.colour for c in default_clusters(max(k_new, 20)) if tuple(c.colour) not in used]
+    for new_id in range(len(table), k_new):
+        table.append(Cluster(new_id, spare[(new_id - len(old)) % len(spare)] if spare else (128, 128, 128)))
+    return table
+
+
+def align_clusters(
+    new_model_dir: str | Path,
+    old_model_dir: str | Path,
+    reference: Sequence[str | Path],
+    out_dir: str | Path | None = None,
+    config: AlignConfig | None = None,
+) -> Alignment:
+    """Align ``new_model_dir``'s head-B ids to ``old_model_dir``'s over ``reference``.
+
+    ``reference``: rasters (GeoTIFF/PNG/JPEG, folders of them) or a patch store
+    (``*.zarr``). The aligned bundle is written to ``out_dir`` (default: in place,
+    atomically, keeping the bundle's other files) with ``alignment.json`` and
+    ``alignment.md`` beside ``model.json``.
+    """
+    config = (config or AlignConfig()).validate()
+    new_model_dir, old_model_dir = Path(new_model_dir), Path(old_model_dir)
+    out = Path(out_dir) if out_dir is not None else new_model_dir
+    device = _device(config.device)
+    new_model, new_meta = load_bundle(new_model_dir, device)
+    old_model, old_meta = load_bundle(old_model_dir, device)
+    _check_compatible(new_model_dir, new_meta, old_model_dir, old_meta)
+
+    k_new, k_old = new_meta.arch.k_b, old_meta.arch.k_b
+    subheads = new_meta.arch.subheads
+    matrices = [np.zeros((k_new, k_old), np.int64) for _ in range(subheads)]
+    half_t = int(old_meta.loss.get("half_t", 5))
+    lamb = float(old_meta.loss.get("lamb_b", 1.0))
+    joints: dict[str, torch.Tensor | None] = {"new": None, "old": None}
+    sources = expand_reference(reference)
+    for x, valid in tqdm(
+        _reference_batches(sources, old_meta, config), desc="align: reference", unit="batch", leave=False
+    ):
+        x = x.to(device)
+        mask = valid.to(device)
+        with torch.inference_mode():
+            p_new = new_model(x, heads="b")["b"]
+            p_old = old_model(x, heads="b")["b"][0]
+            if config.reference_loss:
+                joints["new"] = _add(joints["new"], displaced_joints(p_new[0], p_new[0], half_t, mask=mask))
+                joints["old"] = _add(joints["old"], displaced_joints(p_old, p_old, half_t, mask=mask))
+        old_ids = p_old.argmax(1).cpu().numpy()
+        vmask = valid.numpy()
+        for s in range(subheads):
+            matrices[s] += agreement_matrix(p_new[s].argmax(1).cpu().numpy(), old_ids, k_new, k_old, vmask)
+
+    pixels = int(matrices[0].sum())
+    if pixels == 0:
+        raise InputError(f"no valid reference pixels in {[str(s) for s in sources]}")
+    perms = [match_clusters(m) for m in matrices]
+    perm = perms[0]
+    aligned = np.zeros((k_new, k_old), np.int64)
+    aligned[perm] = matrices[0]
+    agreement = float(np.trace(aligned[:k_old]) / pixels)
+    agreement_before = float(np.trace(matrices[0][: min(k_new, k_old)]) / pixels)
+    shares_new = (aligned.sum(1) / pixels).tolist()
+    shares_old = (aligned.sum(0) / pixels).tolist()
+
+    permute_head_b(new_model, perms)
+    clusters = carry_clusters(old_meta.clusters, k_new)
+    moved = _moved(clusters, shares_old, shares_new, config.share_threshold)
+    previous = {
+        "path": str(old_model_dir),
+        "weights_sha256": sha256_file(old_model_dir / WEIGHTS),
+        "version": (old_meta.provenance or {}).get("registry_version"),
+    }
+    composed = [_compose(new_meta.alignment, s, p) for s, p in enumerate(perms)]
+    result = Alignment(
+        bundle=str(out),
+        previous=previous,
+        permutation=composed[0],
+        agreement=agreement,
+        agreement_before=agreement_before,
+        pixels=pixels,
+        shares_old=shares_old,
+        shares_new=shares_new,
+        moved=moved,
+        share_threshold=config.share_threshold,
+        loss_old=_loss(joints["old"], lamb),
+        loss_new=_loss(joints["new"], lamb),
+        reference=[str(s) for s in sources],
+        matrix=aligned.tolist(),
+        subhead_permutations=composed if subheads > 1 else [],
+    )
+    new_meta.clusters = clusters
+    new_meta.alignment = result.record()
+    _write_aligned(new_model, new_meta, new_model_dir, out, result)
+    log.info(
+        "aligned %s to %s: agreement %.3f (before %.3f)", out, old_model_dir, agreement, agreement_before
+    )
+    return result
+
+
+def expand_reference(reference: Sequence[str | Path]) -> list[Path]:
+    """Files, folders of rasters and patch stores, in a stable order; missing ones are errors."""
+    if isinstance(reference, str | Path):
+        reference = [reference]
+    out: list[Path] = []
+    for item in reference:
+        path = Path(item)
+        if _is_store(path) or path.is_file():
+            out.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+            if not found:
+                raise InputError(f"no rasters in reference folder {path}")
+            out.extend(found)
+        else:
+            raise InputError(f"reference imagery not found: {path}")
+    if not out:
+        raise InputError("no reference imagery given")
+    return out
+
+
+# --- reading the reference -------------------------------------------------------------------
+
+
+def _reference_batches(
+    sources: Sequence[Path], meta: ModelMeta, config: AlignConfig
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(N, C, H, W) raw pixels and (N, H, W) validity, window by window or patch by patch."""
+    bands = len(meta.band_names) if meta.band_names else meta.arch.in_channels
+    for source in sources:
+        if _is_store(source):
+            yield from _store_batches(source, bands, config)
+        else:
+            yield from _raster_windows(source, bands, meta.scale, config.window)
+
+
+def _store_batches(
+    path: Path, bands: int, config: AlignConfig
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    store = open_store(path)
+    if store.num_bands != bands:
+        raise InputError(f"{path}: {store.num_bands} bands, the models expect {bands}")
+    n = store.num_patches
+    index = np.arange(n)
+    if config.max_patches is not None and n > config.max_patches:
+        index = np.linspace(0, n - 1, config.max_patches).round().astype(np.int64)
+    for start in range(0, len(index), config.batch_size):
+        chunk = index[start : start + config.batch_size]
+        images = np.stack([np.asarray(store.images[int(i)]) for i in chunk])
+        valid = np.stack([np.asarray(store.valid[int(i)]) for i in chunk])
+        yield torch.from_numpy(images.astype(np.float32)), torch.from_numpy(valid.astype(bool))
+
+
+def _raster_windows(
+    path: Path, bands: int, scale: float, window: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Windowed reads of a raster at the models' scale; never the whole raster at once."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                indexes = [i + 1 for i, ci in enumerate(src.colorinterp) if ci != ColorInterp.alpha]
+                if len(indexes) != bands:
+                    raise InputError(f"{path}: {len(indexes)} bands, the models expect {bands}")
+                step = max(1, round(window / scale))
+                for row in range(0, src.height, step):
+                    for col in range(0, src.width, step):
+                        win = Window(col, row, min(step, src.width - col), min(step, src.height - row))
+                        shape = (max(1, round(win.height * scale)), max(1, round(win.width * scale)))
+                        data = src.read(indexes, window=win, out_shape=(len(indexes), *shape),
+                                        resampling=Resampling.bilinear)  # fmt: skip
+                        valid = src.dataset_mask(window=win, out_shape=shape, resampling=Resampling.nearest)
+                        yield (
+                            torch.from_numpy(data.astype(np.float32))[None],
+                            torch.from_numpy(valid > 0)[None],
+                        )
+    except RasterioError as exc:
+        raise InputError(f"unreadable reference raster {path}: {exc}") from exc
+
+
+def _is_store(path: Path) -> bool:
+    return path.is_dir() and (path.suffix == ".zarr" or (path / "zarr.json").is_file())
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _check_compatible(new_dir: Path, new: ModelMeta, old_dir: Path, old: ModelMeta) -> None:
+    if new.arch.in_channels != old.arch.in_channels:
+        raise ConfigError(
+            f"{new_dir} takes {new.arch.in_channels} bands but {old_dir} takes {old.arch.in_channels}"
+        )
+    if new.arch.k_b < old.arch.k_b:
+        raise ConfigError(
+            f"cannot carry {old.arch.k_b} cluster ids over to a model with only {new.arch.k_b} clusters "
+            f"({new_dir}); retrain with k >= the previous model's k"
+        )
+    if abs(new.scale - old.scale) > 1e-9:
+        raise ConfigError(f"{new_dir} works at scale {new.scale} but {old_dir} at {old.scale}")
+
+
+def _add(total: torch.Tensor | None, joint: torch.Tensor) -> torch.Tensor:
+    joint = joint.detach().double().cpu()
+    return joint if total is None else total + joint
+
+
+def _loss(joint: torch.Tensor | None, lamb: float) -> float | None:
+    return None if joint is None else float(mutual_information_loss(joint, lamb))
+
+
+def _compose(previous: dict[str, Any] | None, subhead: int, perm: list[int]) -> list[int]:
+    """Trained channel -> final id, through an earlier alignment of the same bundle if any."""
+    if not previous:
+        return list(perm)
+    earlier = previous.get("subhead_permutations") or [previous.get("permutation")]
+    first = earlier[subhead] if subhead < len(earlier) and earlier[subhead] else None
+    if first is None or len(first) != len(perm):
+        return list(perm)
+    return [perm[p] for p in first]
+
+
+def _moved(
+    clusters: Sequence[Cluster], shares_old: Sequence[float], shares_new: Sequence[float], threshold: float
+) -> list[dict[str, Any]]:
+    moved = []
+    for c in clusters:
+        old = shares_old[c.id] if c.id < len(shares_old) else 0.0
+        new = shares_new[c.id]
+        if abs(new - old) > threshold:
+            moved.append(
+                {"id": c.id, "name": c.name, "share_old": old, "share_new": new, "change": new - old}
+            )
+    return moved
+
+
+def _write_aligned(model: IICNet, meta: ModelMeta, source: Path, out: Path, result: Alignment) -> None:
+    """Bundle + reports in one atomic step; the source bundle's other files come along."""
+    with atomic_path(out) as tmp:
+        save_bundle(model, meta, tmp)
+        for extra in sorted(source.iterdir()):
+            if extra.name in (WEIGHTS, META, REPORT_JSON, REPORT_MD) or extra.name.startswith("."):
+                continue
+            copy = shutil.copytree if extra.is_dir() else shutil.copy2
+            copy(extra, tmp / extra.name)
+        result.report_json = str(out / REPORT_JSON)
+        result.report_md = str(out / REPORT_MD)
+        write_json_atomic(tmp / REPORT_JSON, asdict(result))
+        write_text_atomic(tmp / REPORT_MD, report_markdown(result, meta.clusters))
+
+
+def report_markdown(result: Alignment, clusters: Sequence[Cluster]) -> str:
+    """A short human-readable report: agreement, and the share of each cluster before/after."""
+    moved = {m["id"] for m in result.moved}
+    lines = [
+        "# Cluster alignment",
+        "",
+        f"- model: `{result.bundle}`",
+        f"- previous model: `{result.previous['path']}` (weights sha256 {result.previous['weights_sha256'][:12]}...)",
+        f"- reference: {len(result.reference)} source(s), {result.pixels} valid pixels",
+        f"- agreement after alignment: **{result.agreement:.4f}** (before: {result.agreement_before:.4f})",
+        f"- permutation (trained id -> id): {result.permutation}",
+    ]
+    if result.loss_new is not None and result.loss_old is not None:
+        lines.append(
+            f"- label-free loss on the reference: new {result.loss_new:.4f}, previous {result.loss_old:.4f}"
+        )
+    lines += [
+        "",
+        f"Clusters whose share of the reference moved by more than {result.share_threshold:.3f} are flagged.",
+        "",
+        "| id | name | colour | share before | share now | change | moved |",
+        "|---:|---|---|---:|---:|---:|---|",
+    ]
+    for c in clusters:
+        old = result.shares_old[c.id] if c.id < len(result.shares_old) else 0.0
+        new = result.shares_new[c.id]
+        colour = "#{:02X}{:02X}{:02X}".format(*c.colour)
+        flag = "**yes**" if c.id in moved else ""
+        lines.append(
+            f"| {c.id} | {c.name or ''} | {colour} | {old:.4f} | {new:.4f} | {new - old:+.4f} | {flag} |"
+        )
+    return "\n".join(lines) + "\n"

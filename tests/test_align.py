@@ -1,0 +1,169 @@
+"""Cluster alignment on real imagery (Lausanne SWISSIMAGE tiles) with tiny random models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from geoseg.align import agreement_matrix, align_clusters, match_clusters, permute_head_b
+from geoseg.bundle import Cluster, ModelMeta, load_bundle, load_meta, save_bundle
+from geoseg.config import AlignConfig
+from geoseg.errors import ConfigError, InputError
+from geoseg.iic.model import Architecture, build_model
+
+K = 4
+OLD_CLUSTERS = [
+    Cluster(0, (10, 20, 30), "roofs"),
+    Cluster(1, (200, 40, 40), "roads"),
+    Cluster(2, (30, 160, 60), "trees"),
+    Cluster(3, (240, 230, 90), "grass"),
+]
+
+
+def reference_tiles(shared_data: Path) -> list[Path]:
+    return [shared_data / "lausanne" / "img" / f"1091-322_{i:02d}.tif" for i in (0, 5, 11, 19)]
+
+
+def make_bundle(
+    out: Path, seed: int = 0, k: int = K, clusters: list[Cluster] | None = None, spread: float = 3.0
+) -> Path:
+    """A tiny random IIC model whose head B splits real imagery into all k clusters."""
+    torch.manual_seed(seed)
+    arch = Architecture(in_channels=3, k_a=6, k_b=k, subheads=1, preset="small")
+    model = build_model(arch).eval()
+    model.set_normalisation([110.0, 115.0, 100.0], [50.0, 48.0, 45.0])
+    with torch.no_grad():
+        for conv in model.head_b:
+            conv.weight.normal_(0.0, spread)
+            conv.bias.zero_()
+    meta = ModelMeta(
+        architecture=arch.to_dict(),
+        band_names=["red", "green", "blue"],
+        band_mean=[110.0, 115.0, 100.0],
+        band_std=[50.0, 48.0, 45.0],
+        dtype="uint8",
+        patch_size=64,
+        scale=1.0,
+        loss={"lamb_a": 1.0, "lamb_b": 1.0, "half_t": 2},
+        clusters=clusters or [Cluster(i, (i * 40, 255 - i * 40, 90)) for i in range(k)],
+    )
+    return save_bundle(model, meta, out)
+
+
+def predict(bundle: Path, raster: Path) -> np.ndarray:
+    model, _ = load_bundle(bundle)
+    with rasterio.open(raster) as src:
+        x = torch.from_numpy(src.read().astype(np.float32))[None]
+    with torch.inference_mode():
+        return model(x, heads="b")["b"][0].argmax(1)[0].numpy()
+
+
+def permuted_copy(src: Path, out: Path, perm: list[int]) -> Path:
+    """The same model with head-B channel i moved to perm[i], and a fresh colour table."""
+    model, meta = load_bundle(src)
+    permute_head_b(model, [perm])
+    meta.clusters = [Cluster(i, (i, i, i)) for i in range(len(perm))]
+    return save_bundle(model, meta, out)
+
+
+def test_agreement_matrix_counts_and_ignores() -> None:
+    new = np.array([[0, 1, 1], [2, 255, 0]])
+    old = np.array([[1, 0, 0], [2, 2, 1]])
+    valid = np.array([[True, True, True], [True, True, False]])
+    m = agreement_matrix(new, old, 3, 3, valid)
+    expected = np.zeros((3, 3), np.int64)
+    expected[0, 1] = 1  # (0,0)
+    expected[1, 0] = 2  # (0,1), (0,2)
+    expected[2, 2] = 1  # (1,0); (1,1) is nodata, (1,2) invalid
+    np.testing.assert_array_equal(m, expected)
+    assert match_clusters(m) == [1, 0, 2]
+
+
+def test_match_more_new_clusters_gives_spare_ids_and_fewer_is_an_error() -> None:
+    m = np.array([[0, 9], [5, 0], [1, 1]])
+    assert match_clusters(m) == [1, 0, 2]
+    with pytest.raises(ConfigError, match="cannot carry"):
+        match_clusters(m.T)
+
+
+def test_permuted_model_is_aligned_back_exactly(shared_data: Path, tmp_path: Path) -> None:
+    tiles = reference_tiles(shared_data)
+    old = make_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
+    old_ids = [predict(old, t) for t in tiles]
+    # Precondition of an exact test: every cluster is used, so the matching is unique.
+    assert set(np.unique(np.concatenate([i.ravel() for i in old_ids]))) == set(range(K))
+
+    perm = [2, 0, 3, 1]
+    new = permuted_copy(old, tmp_path / "new", perm)
+    assert not np.array_equal(predict(new, tiles[0]), old_ids[0])
+
+    result = align_clusters(new, old, tiles, out_dir=tmp_path / "aligned", config=AlignConfig(device="cpu"))
+
+    # Trained channel i sits at perm[i] in `new`; alignment must send it back to i's old id.
+    assert [result.permutation[perm[i]] for i in range(K)] == list(range(K))
+    assert result.agreement == 1.0
+    assert result.agreement_before < 1.0
+    assert result.moved == []
+    aligned_model, aligned_meta = load_bundle(tmp_path / "aligned")
+    old_model, old_meta = load_bundle(old)
+    for name, tensor in old_model.state_dict().items():
+        assert torch.equal(aligned_model.state_dict()[name], tensor), name
+    for tile, before in zip(tiles, old_ids, strict=True):
+        np.testing.assert_array_equal(predict(tmp_path / "aligned", tile), before)
+    assert aligned_meta.clusters == old_meta.clusters  # ids, colours and names carried over
+    record = aligned_meta.alignment
+    assert record is not None and record["agreement"] == 1.0
+    assert record["permutation"] == result.permutation
+    assert len(record["previous"]["weights_sha256"]) == 64
+    assert sum(record["shares_new"]) == pytest.approx(1.0)
+    report = json.loads((tmp_path / "aligned" / "alignment.json").read_text())
+    assert report["agreement"] == 1.0
+    assert "| 2 | trees |" in (tmp_path / "aligned" / "alignment.md").read_text()
+    # The input bundle is untouched when out_dir is given.
+    assert load_meta(new).alignment is None
+
+
+def test_in_place_alignment_keeps_other_files_and_flags_moved_clusters(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    tiles = reference_tiles(shared_data)[:2]
+    old = make_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
+    new = make_bundle(tmp_path / "new", seed=0)
+    model, meta = load_bundle(new)
+    with torch.no_grad():
+        model.head_b[0].bias[1] += 4.0  # cluster 1 grows at the others' expense
+    save_bundle(model, meta, new)
+    (new / "history.png").write_bytes(b"png")
+
+    result = align_clusters(new, old, tiles, config=AlignConfig(device="cpu", share_threshold=0.02))
+
+    # Independent count of the shares on the same tiles.
+    old_ids = np.concatenate([predict(old, t).ravel() for t in tiles])
+    new_ids = np.concatenate([predict(new, t).ravel() for t in tiles])
+    old_share = np.bincount(old_ids, minlength=K) / old_ids.size
+    new_share = np.bincount(new_ids, minlength=K) / new_ids.size
+    np.testing.assert_allclose(result.shares_old, old_share, atol=1e-12)
+    np.testing.assert_allclose(result.shares_new, new_share, atol=1e-12)
+    assert result.agreement == pytest.approx(float(np.mean(old_ids == new_ids)), abs=1e-12)
+    flagged = {m["id"] for m in result.moved}
+    assert flagged == set(np.flatnonzero(np.abs(new_share - old_share) > 0.02).tolist())
+    assert 1 in flagged
+    assert (new / "history.png").read_bytes() == b"png"
+    assert load_meta(new).alignment is not None
+    assert result.loss_new is not None and result.loss_old is not None
+    assert -np.log(K) - 1e-6 <= result.loss_old <= 0.0
+
+
+def test_bad_reference_and_incompatible_models(shared_data: Path, tmp_path: Path) -> None:
+    old = make_bundle(tmp_path / "old")
+    new = make_bundle(tmp_path / "new", k=3)
+    with pytest.raises(InputError, match="not found"):
+        align_clusters(old, old, [tmp_path / "missing.tif"])
+    with pytest.raises(ConfigError, match="cannot carry"):
+        align_clusters(new, old, [shared_data / "neon" / "OSBS_029.tif"])
+    assert load_meta(new).alignment is None
