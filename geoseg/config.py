@@ -126,6 +126,43 @@ class EvaluateConfig:
 
 
 @dataclass
+class AlignConfig:
+    """How a retrained model's cluster ids are matched to the previous model's."""
+
+    share_threshold: float = 0.05  # report clusters whose reference share moved more than this
+    window: int = 512  # reference raster window (pixels at the model's scale)
+    batch_size: int = 8  # patches per forward pass when the reference is a patch store
+    max_patches: int | None = 512  # evenly spaced subsample of a large patch store
+    reference_loss: bool = True  # also measure both models' label-free IIC loss on the reference
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def validate(self) -> AlignConfig:
+        _require(
+            0 < self.share_threshold < 1, f"share_threshold must be in (0, 1), got {self.share_threshold}"
+        )
+        _require(16 <= self.window <= 8192, f"window must be in [16, 8192], got {self.window}")
+        _require(self.batch_size >= 1, "batch_size must be >= 1")
+        _require(self.max_patches is None or self.max_patches >= 1, "max_patches must be >= 1")
+        _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
+        return self
+
+
+@dataclass
+class PromotionConfig:
+    """The label-free rule a retrained model must pass to replace the promoted one."""
+
+    loss_tolerance: float = 0.05  # new reference loss may exceed the old one by this (nats)
+    min_effective_clusters: float = 0.5  # exp(share entropy) must reach this fraction of k
+    min_agreement: float = 0.5  # fraction of reference pixels with the same id after alignment
+
+    def validate(self) -> PromotionConfig:
+        _require(self.loss_tolerance >= 0, "loss_tolerance must be >= 0")
+        _require(0 < self.min_effective_clusters <= 1, "min_effective_clusters must be in (0, 1]")
+        _require(0 <= self.min_agreement <= 1, "min_agreement must be in [0, 1]")
+        return self
+
+
+@dataclass
 class RunConfig:
     """The configs of a whole pipeline run, as a flow or the demo receives them."""
 
