@@ -67,9 +67,73 @@ def _run_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- model (versions, promotion, rollback, alignment) ---------------------------------------
+
+
+def _add_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("model", help="model versions: list, register, promote, rollback, align, check")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    q = msub.add_parser("list", help="the registered versions; * marks the promoted one")
+    q.add_argument("--registry", required=True, type=Path, help="model registry directory")
+    q = msub.add_parser("register", help="copy a bundle into the registry as the next version")
+    q.add_argument("bundle", type=Path)
+    q.add_argument("--registry", required=True, type=Path)
+    q = msub.add_parser("promote", help="make a version the current model (no check: a human decision)")
+    q.add_argument("version")
+    q.add_argument("--registry", required=True, type=Path)
+    q = msub.add_parser("rollback", help="make the previously promoted model current again")
+    q.add_argument("--registry", required=True, type=Path)
+    q.add_argument("--to", default=None, help="an earlier promoted version (default: the one before)")
+    q = msub.add_parser("align", help="carry the previous model's cluster ids, colours, names over")
+    q.add_argument("bundle", type=Path, help="the new model bundle")
+    q.add_argument("--to", required=True, type=Path, help="the previous model bundle")
+    q.add_argument("--reference", nargs="+", required=True, help="rasters, folders or a STORE.zarr")
+    q.add_argument("--out", type=Path, default=None, help="aligned bundle (default: in place)")
+    q.add_argument("--share-threshold", type=float, default=0.05)
+    q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    q = msub.add_parser("check", help="the label-free promotion check of an aligned bundle")
+    q.add_argument("bundle", type=Path)
+    q.add_argument("--previous", type=Path, default=None, help="the model it was aligned to")
+    for q in msub.choices.values():
+        q.set_defaults(run=_run_model)
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    from geoseg import registry
+
+    command = args.model_command
+    if command == "list":
+        state = registry.load_state(args.registry)
+        for v in state.versions:
+            mark = "*" if v.version == state.current else " "
+            print(f"{mark} {v.version}  {v.status:<11} {v.registered}  k={v.k}  {v.weights_sha256[:12]}")
+        return 0
+    if command == "register":
+        print(registry.register(args.bundle, args.registry).version)
+        return 0
+    if command == "promote":
+        print(registry.promote(args.registry, args.version).version)
+        return 0
+    if command == "rollback":
+        entry = registry.rollback(args.registry, args.to)
+        print(f"current model: {entry.version} ({args.registry / entry.version})")
+        return 0
+    if command == "align":
+        from geoseg.align import align_clusters
+        from geoseg.config import AlignConfig
+
+        config = AlignConfig(share_threshold=args.share_threshold, device=args.device)
+        result = align_clusters(args.bundle, args.to, args.reference, args.out, config)
+        print(f"agreement {result.agreement:.4f}; report {result.report_md}")
+        return 0
+    decision = registry.check_bundle(args.bundle, args.previous)
+    print("promote" if decision.promote else "do not promote: " + "; ".join(decision.reasons))
+    return 0 if decision.promote else 1
+
+
 # --- main ---------------------------------------------------------------------------------
 
-_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ingest]
+_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ingest, _add_model]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -152,13 +152,15 @@ class PromotionConfig:
     """The label-free rule a retrained model must pass to replace the promoted one."""
 
     loss_tolerance: float = 0.05  # new reference loss may exceed the old one by this (nats)
-    min_effective_clusters: float = 0.5  # exp(share entropy) must reach this fraction of k
+    min_effective_clusters: float = 0.3  # exp(share entropy) must reach this fraction of k
+    min_balance_ratio: float = 0.7  # ... and this fraction of the previous model's figure
     min_agreement: float = 0.5  # fraction of reference pixels with the same id after alignment
 
     def validate(self) -> PromotionConfig:
         _require(self.loss_tolerance >= 0, "loss_tolerance must be >= 0")
         _require(0 < self.min_effective_clusters <= 1, "min_effective_clusters must be in (0, 1]")
         _require(0 <= self.min_agreement <= 1, "min_agreement must be in [0, 1]")
+        _require(0 <= self.min_balance_ratio <= 1, "min_balance_ratio must be in [0, 1]")
         return self
 
 

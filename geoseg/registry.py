@@ -1,0 +1,373 @@
+"""Model versions: a registry directory holding every model bundle ever registered, and
+which one is promoted.
+
+Layout of ``REGISTRY/``::
+
+    registry.json          the state: versions, the promotion stack, the event log
+    catalog.json           a STAC catalog of the versions (derived from registry.json)
+    v0001/                 a copy of the bundle (model.json, weights.safetensors, reports)
+    v0001/v0001.json       its STAC item (assets: weights, model.json, alignment report)
+
+``registry.json`` is the single source of truth and is replaced atomically, so promote and
+rollback are one rename each: a reader sees either the old or the new promoted model,
+never a mixture. The STAC catalog is regenerated from it after every change.
+
+The promotion stack makes rollback one command: ``rollback()`` pops the current model and
+the one promoted before it is current again; ``rollback(to=V)`` pops until V is on top.
+
+``should_promote`` is the label-free rule a retrained model must pass: its IIC loss on
+shared reference imagery is not worse than the promoted model's (within a tolerance), its
+clusters are balanced (the effective number of clusters, exp of the share entropy, is
+above a floor, a fraction of k and of the promoted model's figure: a collapsed model that
+puts everything in one cluster fails) and its
+aligned ids agree with the promoted model's on enough of the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pystac
+
+from geoseg.bundle import META, WEIGHTS, load_meta
+from geoseg.config import PromotionConfig
+from geoseg.errors import ConfigError, InputError
+from geoseg.fileio import atomic_path, sha256_file, write_json_atomic
+
+STATE = "registry.json"
+CATALOG_ID = "geoseg-models"
+REGISTRY_FORMAT = "geoseg.registry/1"
+_VERSION = re.compile(r"^v(\d{4,})$")
+
+
+@dataclass
+class ModelVersion:
+    """One registered bundle."""
+
+    version: str
+    registered: str  # ISO 8601, UTC
+    source: str  # where the bundle was registered from
+    weights_sha256: str
+    k: int
+    status: str = "candidate"  # candidate | promoted | retired | rolled-back | rejected
+    decision: dict[str, Any] | None = None  # the promotion check, if one ran
+
+
+@dataclass
+class RegistryState:
+    versions: list[ModelVersion] = field(default_factory=list)
+    promoted: list[str] = field(default_factory=list)  # stack: the last one is current
+    events: list[dict[str, Any]] = field(default_factory=list)
+    format: str = REGISTRY_FORMAT
+
+    @property
+    def current(self) -> str | None:
+        return self.promoted[-1] if self.promoted else None
+
+    def get(self, version: str) -> ModelVersion:
+        for v in self.versions:
+            if v.version == version:
+                return v
+        known = ", ".join(v.version for v in self.versions) or "none"
+        raise ConfigError(f"no model version {version!r} in the registry (known: {known})")
+
+
+# --- the label-free promotion check ----------------------------------------------------------
+
+
+@dataclass
+class ModelFigures:
+    """What the promotion check looks at, measured on shared reference imagery."""
+
+    shares: list[float]  # share of reference pixels per cluster id
+    loss: float | None = None  # label-free IIC loss on the reference (lower is better)
+
+    @property
+    def effective_clusters(self) -> float:
+        """exp(entropy of the shares): k for perfectly balanced clusters, 1 for total collapse."""
+        total = sum(self.shares)
+        if total <= 0:
+            return 0.0
+        entropy = -sum(s / total * math.log(s / total) for s in self.shares if s > 0)
+        return math.exp(entropy)
+
+
+@dataclass
+class PromotionDecision:
+    promote: bool
+    checks: dict[str, dict[str, Any]]  # name -> {passed, value, limit}
+    reasons: list[str]
+
+
+def should_promote(
+    new: ModelFigures,
+    old: ModelFigures | None,
+    agreement: float | None,
+    config: PromotionConfig | None = None,
+) -> PromotionDecision:
+    """Decide without labels whether ``new`` may replace ``old`` (None: there is no model yet).
+
+    Every check that can be evaluated must pass; a check that cannot (no previous model,
+    no loss measured) is recorded as skipped with the reason, never silently passed.
+    """
+    config = (config or PromotionConfig()).validate()
+    checks: dict[str, dict[str, Any]] = {}
+    k = len(new.shares)
+    floor = config.min_effective_clusters * k
+    if old is not None:
+        floor = max(floor, config.min_balance_ratio * old.effective_clusters)
+    eff = new.effective_clusters
+    checks["balance"] = {"passed": eff >= floor, "value": eff, "limit": floor}
+    if old is None:
+        checks["loss"] = {"passed": None, "skipped": "no previous model"}
+        checks["agreement"] = {"passed": None, "skipped": "no previous model"}
+    else:
+        if new.loss is None or old.loss is None:
+            checks["loss"] = {"passed": None, "skipped": "loss not measured on shared imagery"}
+        else:
+            limit = old.loss + config.loss_tolerance
+            checks["loss"] = {"passed": new.loss <= limit, "value": new.loss, "limit": limit}
+        if agreement is None:
+            raise ConfigError("a previous model exists: the agreement with it is required (align first)")
+        checks["agreement"] = {
+            "passed": agreement >= config.min_agreement,
+            "value": agreement,
+            "limit": config.min_agreement,
+        }
+    reasons = [_reason(name, c) for name, c in checks.items() if c["passed"] is False]
+    return PromotionDecision(promote=not reasons, checks=checks, reasons=reasons)
+
+
+def figures_from_alignment(record: dict[str, Any]) -> tuple[ModelFigures, ModelFigures, float]:
+    """(new, old, agreement) from a model.json ``alignment`` record (see geoseg.align)."""
+    try:
+        new = ModelFigures(shares=list(record["shares_new"]), loss=record.get("loss_new"))
+        old = ModelFigures(shares=list(record["shares_old"]), loss=record.get("loss_old"))
+        return new, old, float(record["agreement"])
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"incomplete alignment record: {exc}") from exc
+
+
+def check_bundle(
+    bundle_dir: str | Path, previous_dir: str | Path | None, config: PromotionConfig | None = None
+) -> PromotionDecision:
+    """The promotion check of an aligned bundle against the model it was aligned to.
+
+    The bundle must have been aligned to exactly ``previous_dir``'s weights (the record
+    carries their sha256), so the figures compared belong to this pair of models.
+    """
+    meta = load_meta(bundle_dir)
+    if previous_dir is None:
+        shares = (meta.alignment or {}).get("shares_new")
+        if shares is None:
+            return PromotionDecision(
+                True, {"first": {"passed": True, "value": "no previous model"}}, reasons=[]
+            )
+        return should_promote(ModelFigures(list(shares)), None, None, config)
+    record = meta.alignment
+    if not record:
+        raise ConfigError(f"{bundle_dir} is not aligned to {previous_dir}: run the alignment first")
+    previous_sha = sha256_file(Path(previous_dir) / WEIGHTS)
+    if record.get("previous", {}).get("weights_sha256") != previous_sha:
+        raise ConfigError(f"{bundle_dir} was aligned to another model than {previous_dir}")
+    new, old, agreement = figures_from_alignment(record)
+    return should_promote(new, old, agreement, config)
+
+
+def _reason(name: str, check: dict[str, Any]) -> str:
+    value, limit = check["value"], check["limit"]
+    if name == "balance":
+        return f"cluster balance: {value:.2f} effective clusters < floor {limit:.2f} (collapse)"
+    if name == "loss":
+        return f"loss on shared imagery {value:.4f} > previous + tolerance {limit:.4f}"
+    return f"agreement with the previous model {value:.3f} < floor {limit:.3f}"
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+
+def load_state(registry: str | Path) -> RegistryState:
+    """The registry's state; an empty state for a directory that has none yet."""
+    path = Path(registry) / STATE
+    if not path.exists():
+        return RegistryState()
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != REGISTRY_FORMAT:
+            raise InputError(f"{path}: not a geoseg model registry")
+        data["versions"] = [ModelVersion(**v) for v in data["versions"]]
+        return RegistryState(**data)
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise InputError(f"corrupt model registry {path}: {exc}") from exc
+
+
+def list_versions(registry: str | Path) -> list[ModelVersion]:
+    return load_state(registry).versions
+
+
+def register(
+    bundle_dir: str | Path, registry: str | Path, decision: PromotionDecision | None = None
+) -> ModelVersion:
+    """Copy a bundle into the registry as the next version (idempotent by weights hash)."""
+    bundle_dir, registry = Path(bundle_dir), Path(registry)
+    meta = load_meta(bundle_dir)
+    if not (bundle_dir / WEIGHTS).is_file():
+        raise InputError(f"model bundle has no {WEIGHTS}: {bundle_dir}")
+    state = load_state(registry)
+    sha = sha256_file(bundle_dir / WEIGHTS)
+    for existing in state.versions:
+        if existing.weights_sha256 == sha:
+            if decision is not None and existing.decision is None:
+                existing.decision = asdict(decision)
+                _save(registry, state)
+            return existing
+    version = _next_version(state)
+    with atomic_path(registry / version) as tmp:
+        shutil.copytree(bundle_dir, tmp, ignore=shutil.ignore_patterns(".*"))
+        meta.provenance = {**meta.provenance, "registry_version": version}
+        write_json_atomic(tmp / META, json.loads(meta.to_json()))
+    entry = ModelVersion(
+        version=version,
+        registered=_now(),
+        source=str(bundle_dir.resolve()),
+        weights_sha256=sha,
+        k=meta.arch.k_b,
+        decision=asdict(decision) if decision is not None else None,
+    )
+    state.versions.append(entry)
+    state.events.append({"time": entry.registered, "action": "register", "version": version})
+    _save(registry, state)
+    return entry
+
+
+def promote(registry: str | Path, version: str) -> ModelVersion:
+    """Make ``version`` the current model (the segment deployment's default)."""
+    registry = Path(registry)
+    state = load_state(registry)
+    entry = state.get(version)
+    previous = state.current
+    if previous == version:
+        return entry
+    if previous is not None:
+        state.get(previous).status = "retired"
+    entry.status = "promoted"
+    state.promoted.append(version)
+    state.events.append({"time": _now(), "action": "promote", "version": version, "from": previous})
+    _save(registry, state)
+    return entry
+
+
+def rollback(registry: str | Path, to: str | None = None) -> ModelVersion:
+    """Make the previously promoted model (or ``to``, promoted at some point) current again."""
+    registry = Path(registry)
+    state = load_state(registry)
+    current = state.current
+    if current is None:
+        raise ConfigError(f"nothing to roll back: no model is promoted in {registry}")
+    if to is None:
+        if len(state.promoted) < 2:
+            raise ConfigError(f"nothing to roll back to: {current} is the only model ever promoted")
+        target = state.promoted[-2]
+    else:
+        state.get(to)
+        if to == current:
+            return state.get(to)
+        if to not in state.promoted:
+            raise ConfigError(f"{to} was never promoted; use `geoseg model promote {to}` instead")
+        target = to
+    while state.promoted[-1] != target:
+        state.get(state.promoted.pop()).status = "rolled-back"
+    state.get(target).status = "promoted"
+    state.events.append({"time": _now(), "action": "rollback", "version": target, "from": current})
+    _save(registry, state)
+    return state.get(target)
+
+
+def current_model(registry: str | Path) -> Path:
+    """The bundle directory of the promoted model."""
+    registry = Path(registry)
+    current = load_state(registry).current
+    if current is None:
+        raise InputError(f"no promoted model in registry {registry}")
+    return registry / current
+
+
+def resolve_model(model: str | Path | None, registry: str | Path | None) -> Path:
+    """The model a stage should use: ``model`` when given (a bundle dir, or a version name of
+    ``registry``), else the registry's promoted model."""
+    if model is not None:
+        if registry is not None and _VERSION.match(str(model)) and not Path(model).exists():
+            return version_dir(registry, str(model))
+        return Path(model)
+    if registry is None:
+        raise ConfigError("give a model bundle or a model registry")
+    return current_model(registry)
+
+
+def version_dir(registry: str | Path, version: str) -> Path:
+    load_state(registry).get(version)
+    return Path(registry) / version
+
+
+# --- persistence -----------------------------------------------------------------------------
+
+
+def _next_version(state: RegistryState) -> str:
+    numbers = [int(m.group(1)) for v in state.versions if (m := _VERSION.match(v.version))]
+    return f"v{max(numbers, default=0) + 1:04d}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _save(registry: Path, state: RegistryState) -> None:
+    registry.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(registry / STATE, asdict(state))
+    write_catalog(registry, state)
+
+
+def write_catalog(registry: str | Path, state: RegistryState | None = None) -> Path:
+    """(Re)write the STAC catalog of the registry's versions (self-contained, relative hrefs)."""
+    registry = Path(registry).resolve()
+    state = state or load_state(registry)
+    catalog = pystac.Catalog(
+        id=CATALOG_ID,
+        description="geoseg model versions; geoseg:promoted names the model in use",
+        title="geoseg models",
+        extra_fields={"geoseg:promoted": state.current, "geoseg:promotion_stack": list(state.promoted)},
+    )
+    for v in state.versions:
+        folder = registry / v.version
+        item = pystac.Item(
+            id=v.version,
+            geometry=None,
+            bbox=None,
+            datetime=datetime.fromisoformat(v.registered),
+            properties={
+                "geoseg:status": v.status,
+                "geoseg:k": v.k,
+                "geoseg:weights_sha256": v.weights_sha256,
+                "geoseg:source": v.source,
+                "geoseg:promotion": v.decision,
+            },
+        )
+        item.add_asset("weights", pystac.Asset(str(folder / WEIGHTS), media_type="application/octet-stream",
+                                               roles=["model", "weights"]))  # fmt: skip
+        item.add_asset("metadata", pystac.Asset(str(folder / META), media_type=pystac.MediaType.JSON,
+                                                roles=["metadata"]))  # fmt: skip
+        report = folder / "alignment.json"
+        if report.is_file():
+            item.add_asset("alignment", pystac.Asset(str(report), media_type=pystac.MediaType.JSON,
+                                                     roles=["metadata"]))  # fmt: skip
+        catalog.add_item(item)
+    catalog.normalize_hrefs(str(registry))
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    return registry / "catalog.json"

@@ -1,0 +1,118 @@
+"""Model registry: versions, the label-free promotion check, promote and one-command rollback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pystac
+import pytest
+import torch
+
+from geoseg import registry
+from geoseg.align import align_clusters
+from geoseg.bundle import WEIGHTS, load_bundle, load_meta, save_bundle
+from geoseg.cli import main
+from geoseg.config import AlignConfig, PromotionConfig
+from geoseg.errors import ConfigError
+from geoseg.fileio import sha256_file
+from geoseg.registry import ModelFigures, should_promote
+from tests.test_align import OLD_CLUSTERS, make_bundle, permuted_copy, reference_tiles
+
+
+def collapsed_copy(src: Path, out: Path) -> Path:
+    """The same model, except that head B puts every pixel in cluster 0."""
+    model, meta = load_bundle(src)
+    with torch.no_grad():
+        model.head_b[0].bias[0] += 1000.0
+    return save_bundle(model, meta, out)
+
+
+def test_collapsed_model_is_not_promoted_and_a_permuted_copy_is(shared_data: Path, tmp_path: Path) -> None:
+    tiles = reference_tiles(shared_data)[:2]
+    config = AlignConfig(device="cpu")
+    old = make_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
+    good = permuted_copy(old, tmp_path / "good", [1, 2, 3, 0])
+    bad = collapsed_copy(old, tmp_path / "bad")
+    align_clusters(good, old, tiles, config=config)
+    align_clusters(bad, old, tiles, config=config)
+
+    ok = registry.check_bundle(good, old)
+    assert ok.promote, ok.reasons
+    assert ok.checks["agreement"]["value"] == 1.0
+    assert ok.checks["balance"]["value"] == pytest.approx(ok.checks["balance"]["limit"] / 0.7)
+
+    rejected = registry.check_bundle(bad, old)
+    assert not rejected.promote
+    assert rejected.checks["balance"]["passed"] is False
+    assert rejected.checks["balance"]["value"] == pytest.approx(1.0)
+    assert any("collapse" in r for r in rejected.reasons)
+    # The CLI says so and exits non-zero, so a script can gate on it.
+    assert main(["model", "check", str(bad), "--previous", str(old)]) == 1
+    assert main(["model", "check", str(good), "--previous", str(old)]) == 0
+    # Aligned to another model: the figures would not belong to this pair.
+    with pytest.raises(ConfigError, match="another model"):
+        registry.check_bundle(good, bad)
+
+
+def test_should_promote_rules() -> None:
+    balanced = ModelFigures(shares=[0.25, 0.25, 0.25, 0.25], loss=-1.0)
+    assert balanced.effective_clusters == pytest.approx(4.0)
+    assert should_promote(balanced, balanced, 0.9).promote
+    worse = ModelFigures(shares=[0.25, 0.25, 0.25, 0.25], loss=-0.5)
+    decision = should_promote(worse, balanced, 0.9, PromotionConfig(loss_tolerance=0.1))
+    assert not decision.promote and decision.checks["loss"]["passed"] is False
+    drifted = should_promote(balanced, balanced, 0.3)
+    assert not drifted.promote and drifted.checks["agreement"]["passed"] is False
+    first = should_promote(ModelFigures(shares=[0.97, 0.01, 0.01, 0.01]), None, None)
+    assert not first.promote and first.checks["loss"]["passed"] is None
+    with pytest.raises(ConfigError, match="agreement"):
+        should_promote(balanced, balanced, None)
+
+
+def test_promote_and_rollback_one_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reg = tmp_path / "models"
+    first = make_bundle(tmp_path / "first", seed=1)
+    second = make_bundle(tmp_path / "second", seed=2)
+    third = make_bundle(tmp_path / "third", seed=3)
+    with pytest.raises(Exception, match="no promoted model"):
+        registry.current_model(reg)
+
+    v1 = registry.register(first, reg)
+    assert registry.register(first, reg).version == v1.version == "v0001"  # idempotent
+    registry.promote(reg, v1.version)
+    assert main(["model", "register", str(second), "--registry", str(reg)]) == 0
+    assert main(["model", "promote", "v0002", "--registry", str(reg)]) == 0
+    v3 = registry.register(third, reg)
+    registry.promote(reg, v3.version)
+    assert registry.current_model(reg) == reg / "v0003"
+    assert load_meta(reg / "v0003").provenance["registry_version"] == "v0003"
+
+    assert main(["model", "rollback", "--registry", str(reg)]) == 0
+    current = registry.current_model(reg)
+    assert current == reg / "v0002"
+    assert sha256_file(current / WEIGHTS) == sha256_file(second / WEIGHTS)
+    assert registry.resolve_model(None, reg) == reg / "v0002"
+    assert registry.resolve_model("v0003", reg) == reg / "v0003"
+    assert registry.resolve_model(third, reg) == third
+
+    assert main(["model", "rollback", "--registry", str(reg), "--to", "v0001"]) == 0
+    assert registry.current_model(reg) == reg / "v0001"
+    statuses = {v.version: v.status for v in registry.list_versions(reg)}
+    assert statuses == {"v0001": "promoted", "v0002": "rolled-back", "v0003": "rolled-back"}
+    capsys.readouterr()
+    assert main(["model", "list", "--registry", str(reg)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].startswith("* v0001") and listed[1].startswith("  v0002")
+    # Nothing left before v0001: a clear error, exit status 2.
+    assert main(["model", "rollback", "--registry", str(reg)]) == 2
+    assert "only model ever promoted" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="never promoted"):
+        registry.rollback(reg, to="v0002")
+
+    catalog = pystac.Catalog.from_file(str(reg / "catalog.json"))
+    items = {item.id: item for item in catalog.get_items()}
+    assert set(items) == {"v0001", "v0002", "v0003"}
+    assert catalog.extra_fields["geoseg:promoted"] == "v0001"
+    assert items["v0001"].properties["geoseg:status"] == "promoted"
+    weights = Path(items["v0002"].assets["weights"].get_absolute_href())
+    assert sha256_file(weights) == sha256_file(second / WEIGHTS)
