@@ -131,9 +131,75 @@ def _run_model(args: argparse.Namespace) -> int:
     return 0 if decision.promote else 1
 
 
+# --- train --------------------------------------------------------------------------------
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from geoseg.config import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train IIC on patch stores and write a model bundle")
+    p.add_argument("store", nargs="+", type=Path, help="STORE.zarr patch store(s) with the same bands")
+    p.add_argument("--out", required=True, type=Path, help="model bundle directory to write")
+    p.add_argument("--k", type=int, default=d.k, help="clusters of the main head B")
+    p.add_argument("--k-a", type=int, default=d.k_a, help="clusters of the over-clustering head A")
+    p.add_argument("--subheads", type=int, default=d.subheads)
+    p.add_argument("--lamb-a", type=float, default=d.lamb_a, help="marginal exponent lambda, head A")
+    p.add_argument("--lamb-b", type=float, default=d.lamb_b, help="marginal exponent lambda, head B")
+    p.add_argument("--half-t", type=int, default=d.half_t, help="displacement half-width T")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--epochs", type=int, default=None, help="overrides --steps")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    p.add_argument("--preset", choices=("iic", "small"), default=d.preset)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--jitter", type=float, default=d.jitter, help="colour jitter strength (RGB bands only)")
+    p.add_argument("--no-flip", action="store_true", help="no horizontal flips in the second view")
+    p.add_argument("--affine", action="store_true", help="random rotation and scale in the second view")
+    p.add_argument("--rgb-bands", type=_bands, default=None, help="1-based R,G,B bands (default: by name)")
+    p.add_argument("--head-schedule", choices=("sum", "alternate"), default=d.head_schedule)
+    p.add_argument("--init-from", default=None, help="start from this model bundle's weights (retraining)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from geoseg.config import TrainConfig
+    from geoseg.train import train
+
+    config = TrainConfig(
+        k=args.k,
+        k_a=args.k_a,
+        subheads=args.subheads,
+        lamb_a=args.lamb_a,
+        lamb_b=args.lamb_b,
+        half_t=args.half_t,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        epochs=args.epochs,
+        preset=args.preset,
+        device=args.device,
+        seed=args.seed,
+        workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        jitter=args.jitter,
+        flip=not args.no_flip,
+        affine=args.affine,
+        init_from=args.init_from,
+        rgb_bands=args.rgb_bands,
+        head_schedule=args.head_schedule,
+    )
+    print(train(args.store, args.out, config, progress=not args.quiet))
+    return 0
+
+
 # --- main ---------------------------------------------------------------------------------
 
-_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ingest, _add_model]
+_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ingest, _add_model, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

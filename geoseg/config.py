@@ -70,6 +70,8 @@ class TrainConfig:
     flip: bool = True
     affine: bool = False
     init_from: str | None = None  # a model bundle to start from (retraining)
+    rgb_bands: tuple[int, ...] | None = None  # 1-based R, G, B bands; None: from band names
+    head_schedule: Literal["sum", "alternate"] = "sum"  # both heads every step, or A/B in turn
 
     def validate(self) -> TrainConfig:
         _require(2 <= self.k <= 254, f"k must be in [2, 254], got {self.k}")
@@ -83,6 +85,13 @@ class TrainConfig:
         _require(self.preset in ("iic", "small"), f"unknown preset {self.preset!r}")
         _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
         _require(0 <= self.jitter <= 1, "jitter must be in [0, 1]")
+        _require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        _require(self.workers >= 0, "workers must be >= 0")
+        _require(
+            self.head_schedule in ("sum", "alternate"), f"unknown head_schedule {self.head_schedule!r}"
+        )
+        if self.rgb_bands is not None:
+            _require(len(self.rgb_bands) == 3, f"rgb_bands needs three 1-based bands, got {self.rgb_bands}")
         return self
 
 

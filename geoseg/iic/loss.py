@@ -84,9 +84,7 @@ def mutual_information_loss(joints: torch.Tensor, lamb: float = 1.0) -> torch.Te
         p = (p + p.transpose(1, 2)) / 2
         p_i = p.sum(dim=2, keepdim=True)  # (D, k, 1)
         p_j = p.sum(dim=1, keepdim=True)  # (D, 1, k)
-        log_ratio = (
-            p.clamp_min(EPS).log() - lamb * p_i.clamp_min(EPS).log() - lamb * p_j.clamp_min(EPS).log()
-        )
+        log_ratio = p.clamp_min(EPS).log() - lamb * p_i.clamp_min(EPS).log() - lamb * p_j.clamp_min(EPS).log()
         return -(p * log_ratio).sum(dim=(1, 2)).mean()
 
 

@@ -3,7 +3,10 @@
 Trunk (the paper's "SegmentationNet10a"): 3x3 convolutions 64, 128, max-pool, 256, 256,
 512 (dilation 2), 512 (dilation 2), each followed by BatchNorm and ReLU. Head A
 over-clusters (k_A outputs), head B has k outputs; each head has ``subheads`` independent
-1x1 convolutions, softmax over clusters, and bilinear upsampling to the input size.
+1x1 convolutions, softmax over clusters, and bilinear upsampling to the input size (in
+that order, as in the paper: the upsampled maps are convex mixtures of softmax outputs,
+so they stay probability distributions). Weights start as in the original code
+(Kaiming-normal convolutions, BatchNorm at identity).
 
 Unlike the original code the 1x1 heads use no padding, which in the original added a
 constant one-pixel ring to every prediction.
@@ -21,6 +24,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from geoseg.errors import ConfigError
 
 # (out_channels, dilation) per conv; "M" is a 2x2 max-pool.
 _TRUNK_IIC: tuple[tuple[int, int] | str, ...] = (
@@ -63,7 +68,7 @@ class IICNet(nn.Module):
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         if arch.preset not in PRESET_WIDTH:
-            raise ValueError(f"unknown preset {arch.preset!r}; known: {sorted(PRESET_WIDTH)}")
+            raise ConfigError(f"unknown preset {arch.preset!r}; known: {sorted(PRESET_WIDTH)}")
         self.arch = arch
         layers: list[nn.Module] = []
         channels = arch.in_channels
@@ -84,6 +89,17 @@ class IICNet(nn.Module):
         self.head_b = nn.ModuleList(nn.Conv2d(channels, arch.k_b, 1) for _ in range(arch.subheads))
         self.register_buffer("input_mean", torch.zeros(arch.in_channels))
         self.register_buffer("input_std", torch.ones(arch.in_channels))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def set_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Store per-band statistics; inputs are normalised as (x - mean) / std."""
@@ -98,7 +114,7 @@ class IICNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Trunk features of raw input (normalisation included)."""
         if x.shape[1] != self.arch.in_channels:
-            raise ValueError(f"model expects {self.arch.in_channels} bands, got {x.shape[1]}")
+            raise ConfigError(f"model expects {self.arch.in_channels} bands, got {x.shape[1]}")
         return self.trunk(self.normalise(x))
 
     def forward(self, x: torch.Tensor, heads: str = "ab") -> dict[str, list[torch.Tensor]]:
@@ -109,7 +125,7 @@ class IICNet(nn.Module):
         for name, head in (("a", self.head_a), ("b", self.head_b)):
             if name in heads:
                 out[name] = [
-                    F.interpolate(conv(feats), size=size, mode="bilinear", align_corners=False).softmax(1)
+                    F.interpolate(conv(feats).softmax(1), size=size, mode="bilinear", align_corners=False)
                     for conv in head
                 ]
         return out

@@ -26,7 +26,7 @@ def _loop_loss(p1: np.ndarray, p2: np.ndarray, half_t: int, lamb: float, mask: n
     """Explicit loops over displacements and pixels, float64, no shared code with geoseg."""
     p1 = p1.astype(np.float64)
     p2 = p2.astype(np.float64)
-    n, k, h, w = p1.shape
+    _, k, h, w = p1.shape
     if mask is not None:
         p1 = p1 * mask[:, None]
         p2 = p2 * mask[:, None]
@@ -175,4 +175,6 @@ def test_clustering_loss() -> None:
     p = (p + p.T) / 2
     want = -(p * (p / torch.outer(p.sum(1), p.sum(0))).log()).sum()
     assert iic_clustering_loss(a, b).item() == pytest.approx(want.item(), rel=1e-4, abs=1e-6)
-    assert mutual_information_loss(p.unsqueeze(0).float() * 7).item() == pytest.approx(want.item(), rel=1e-4, abs=1e-6)
+    assert mutual_information_loss(p.unsqueeze(0).float() * 7).item() == pytest.approx(
+        want.item(), rel=1e-4, abs=1e-6
+    )

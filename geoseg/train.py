@@ -1,0 +1,456 @@
+"""``geoseg train``: IIC on patch stores, producing a model bundle.
+
+One step: a batch x of raw patches streams from the store(s); the second view gx is drawn
+on the device (colour jitter on RGB bands, flip, optional affine); x and gx go through
+the network in one forward pass (one BatchNorm batch); the second view's maps are warped
+back with g^-1 and the IIC segmentation loss is taken per head and sub-head, masked by
+the patches' valid pixels. Adam, as in the paper.
+
+Heads: the paper alternates epochs of head A (over-clustering) and head B. By default
+geoseg sums both heads' losses every step instead (``head_schedule="sum"``): the trunk
+forward/backward, which is nearly all of the cost, then serves both heads at once and
+both see every batch. ``head_schedule="alternate"`` reproduces the paper's alternation
+step by step (A, B, A, B, ...).
+
+Unattended runs: the checkpoint (weights, Adam state, step, history, all safetensors or
+JSON, never pickle) is written atomically every ``checkpoint_every`` steps to
+``<out>.work/``; re-running the same command resumes from it, and the batches and views
+of every step are a pure function of (seed, step), so a resumed CPU run continues exactly
+as an uninterrupted one. A NaN/inf loss stops training with TrainingError before the
+optimiser touches the weights, so the last checkpoint stays good.
+
+Checkpoint selection without labels: at every checkpoint the exponential moving average
+of the head-B training loss is compared with the best so far; the bundle keeps the
+weights with the lowest one, and model.json records the rule, the step and the value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from geoseg import __version__
+from geoseg.bundle import ModelMeta, default_clusters, load_bundle, save_bundle
+from geoseg.config import TrainConfig
+from geoseg.errors import ConfigError, InputError, TrainingError
+from geoseg.fileio import atomic_path, write_text_atomic
+from geoseg.iic.data import PatchDataset, StepBatchSampler
+from geoseg.iic.loss import iic_segmentation_loss
+from geoseg.iic.model import Architecture, IICNet
+from geoseg.iic.transforms import PairedTransform, rgb_band_indices
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+BEST_WEIGHTS = "best.safetensors"
+METRICS = "metrics.jsonl"
+CURVE = "training_curve.png"
+EMA_DECAY = 0.95  # smoothing of the head-B loss for checkpoint selection (~20 steps)
+SELECTION_RULE = (
+    f"lowest exponential moving average (decay {EMA_DECAY}) of the head-B training loss, "
+    "compared at every checkpoint; no labels used"
+)
+# Settings that may change between a run and its resumption without invalidating it.
+_RESUMABLE = {"steps", "epochs", "workers", "device", "checkpoint_every"}
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint remembers besides weights and optimiser moments."""
+
+    step: int = 0
+    ema_b: float | None = None
+    best_step: int | None = None
+    best_ema_b: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without one is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def work_dir(out: str | Path) -> Path:
+    """Where checkpoints and metrics live while training: ``<out>.work`` beside the bundle."""
+    out = Path(out)
+    return out.with_name(out.name + ".work")
+
+
+def total_steps(config: TrainConfig, num_patches: int) -> int:
+    if config.epochs:
+        per_epoch = max(1, num_patches // min(config.batch_size, num_patches))
+        return config.epochs * per_epoch
+    return config.steps
+
+
+def build_network(config: TrainConfig, num_bands: int) -> IICNet:
+    """A seeded fresh network (the global RNG is left untouched)."""
+    arch = Architecture(
+        in_channels=num_bands, k_a=config.k_a, k_b=config.k, subheads=config.subheads, preset=config.preset
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return IICNet(arch)
+
+
+def pair_losses(
+    model: IICNet,
+    x: torch.Tensor,
+    valid: torch.Tensor,
+    transform: PairedTransform,
+    generator: torch.Generator,
+    config: TrainConfig,
+    heads: str = "ab",
+) -> dict[str, torch.Tensor]:
+    """IIC loss per head (mean over sub-heads) for one batch of raw patches x (N, C, H, W)."""
+    n = x.shape[0]
+    x = x.float()
+    x2, warp = transform(x, generator)
+    mask = warp.covered(valid)
+    both = torch.cat([x, x2])
+    if x.device.type == "cuda":
+        both = both.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        maps = model(both, heads=heads)
+    losses = {}
+    for head, outs in maps.items():
+        lamb = config.lamb_a if head == "a" else config.lamb_b
+        per_sub = [
+            iic_segmentation_loss(p[:n], warp.invert(p[n:].float()), config.half_t, lamb, mask) for p in outs
+        ]
+        losses[head] = torch.stack(per_sub).mean()
+    return losses
+
+
+def train(
+    store: str | Path | Sequence[str | Path],
+    out: str | Path,
+    config: TrainConfig,
+    progress: bool = True,
+) -> Path:
+    """Train IIC on one or more patch stores; write the model bundle to ``out`` and return it."""
+    config.validate()
+    stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
+    out = Path(out)
+    dataset = PatchDataset(stores)
+    meta0 = dataset.metas[0]
+    device = resolve_device(config.device)
+    model = build_network(config, dataset.num_bands)
+    if config.init_from:
+        _load_initial_weights(model, Path(config.init_from), meta0.band_names)
+    mean, std = dataset.band_statistics()
+    model.set_normalisation(mean, std)
+    rgb = rgb_band_indices(meta0.band_names, config.rgb_bands)
+    if rgb is None and config.jitter > 0:
+        log.warning("no RGB bands among %s: colour jitter is off (set rgb_bands to force)", meta0.band_names)
+    transform = PairedTransform(rgb, config.jitter, config.flip, config.affine)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+    work = work_dir(out)
+    work.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(config, dataset)
+    state = _resume(work, model, optimizer, fingerprint, device)
+    steps = total_steps(config, len(dataset))
+    _truncate_metrics(work / METRICS, state.step)
+
+    if state.step < steps:
+        _run(model, optimizer, dataset, transform, config, device, state, steps, work, progress)
+    if state.best_step is not None and (work / BEST_WEIGHTS).is_file():
+        model.load_state_dict(load_file(str(work / BEST_WEIGHTS), device=str(device)))
+    meta = _model_meta(model, config, dataset, state, rgb, device)
+    save_bundle(model, meta, out)
+    write_text_atomic(out / METRICS, (work / METRICS).read_text() if (work / METRICS).is_file() else "")
+    plot_curve(work / METRICS, out / CURVE, state.best_step)
+    return out
+
+
+def _run(
+    model: IICNet,
+    optimizer: torch.optim.Optimizer,
+    dataset: PatchDataset,
+    transform: PairedTransform,
+    config: TrainConfig,
+    device: torch.device,
+    state: TrainState,
+    steps: int,
+    work: Path,
+    progress: bool,
+) -> None:
+    sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, state.step, steps)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    model.train()
+    started = time.perf_counter()
+    bar = tqdm(total=steps, initial=state.step, desc="train", unit="step", disable=not progress)
+    with open(work / METRICS, "a") as metrics:
+        for batch in loader:
+            step = state.step
+            x = batch["image"].to(device, non_blocking=True)
+            valid = batch["valid"].to(device, non_blocking=True)
+            generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + step)
+            heads = _heads_for(step, config.head_schedule)
+            losses = pair_losses(model, x, valid, transform, generator, config, heads)
+            total = sum(losses.values())
+            values = {h: float(v.item()) for h, v in losses.items()}  # one sync per step
+            if not all(math.isfinite(v) for v in values.values()):
+                bar.close()
+                raise TrainingError(
+                    f"loss became {values} at step {step}; training stopped. The last good checkpoint "
+                    f"is in {work / CHECKPOINT} (step {_checkpoint_step(work)}): lower --lr and re-run to resume"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()  # type: ignore[union-attr]
+            optimizer.step()
+            state.step = step + 1
+            if "b" in values:
+                b = values["b"]
+                state.ema_b = b if state.ema_b is None else EMA_DECAY * state.ema_b + (1 - EMA_DECAY) * b
+            record = {
+                "step": state.step,
+                **{f"loss_{h}": v for h, v in values.items()},
+                "ema_b": state.ema_b,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            metrics.write(json.dumps(record) + "\n")
+            bar.update(1)
+            bar.set_postfix({f"loss_{h}": f"{v:.4f}" for h, v in values.items()})
+            if state.step % config.checkpoint_every == 0 or state.step == steps:
+                metrics.flush()
+                _checkpoint(model, optimizer, state, record, work)
+    bar.close()
+
+
+def _heads_for(step: int, schedule: str) -> str:
+    if schedule == "alternate":
+        return "a" if step % 2 == 0 else "b"
+    return "ab"
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+def _checkpoint(
+    model: IICNet, optimizer: torch.optim.Optimizer, state: TrainState, record: dict[str, Any], work: Path
+) -> None:
+    """Select (label-free), then write weights + Adam state + state.json atomically."""
+    state.history.append(record)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if state.ema_b is not None and (state.best_ema_b is None or state.ema_b < state.best_ema_b):
+        state.best_ema_b, state.best_step = state.ema_b, state.step
+        with atomic_path(work / BEST_WEIGHTS) as tmp:
+            save_file(weights, str(tmp))
+    tensors, groups = optimizer_to_tensors(optimizer)
+    with atomic_path(work / CHECKPOINT) as tmp:
+        tmp.mkdir()
+        save_file(weights, str(tmp / "model.safetensors"))
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**asdict(state), "param_groups": groups}, indent=1))
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[Any]]:
+    """An optimiser's state as flat safetensors-ready tensors plus JSON param groups."""
+    sd = optimizer.state_dict()
+    tensors = {}
+    for pid, entries in sd["state"].items():
+        for name, value in entries.items():
+            tensors[f"{pid}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return tensors, sd["param_groups"]
+
+
+def optimizer_from_tensors(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[Any]
+) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _checkpoint_step(work: Path) -> int | None:
+    path = work / CHECKPOINT / "state.json"
+    return json.loads(path.read_text())["step"] if path.is_file() else None
+
+
+def _resume(
+    work: Path,
+    model: IICNet,
+    optimizer: torch.optim.Optimizer,
+    fingerprint: dict[str, Any],
+    device: torch.device,
+) -> TrainState:
+    ckpt = work / CHECKPOINT
+    if not (ckpt / "state.json").is_file():
+        return TrainState(fingerprint=fingerprint)
+    try:
+        saved = json.loads((ckpt / "state.json").read_text())
+        groups = saved.pop("param_groups")
+        state = TrainState(**saved)
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise InputError(f"corrupt checkpoint {ckpt}: {exc}; delete {work} to start over") from exc
+    if state.fingerprint != fingerprint:
+        changed = sorted(
+            k
+            for k in set(state.fingerprint) | set(fingerprint)
+            if state.fingerprint.get(k) != fingerprint.get(k)
+        )
+        raise ConfigError(
+            f"{work} holds a checkpoint of a different training run (differs in: {', '.join(changed)}); "
+            "use another --out or delete it to start over"
+        )
+    model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
+    optimizer_from_tensors(
+        optimizer, load_file(str(ckpt / "optimizer.safetensors"), device=str(device)), groups
+    )
+    log.info("resuming from %s at step %d", ckpt, state.step)
+    return state
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
+
+
+def _fingerprint(config: TrainConfig, dataset: PatchDataset) -> dict[str, Any]:
+    settings = {k: v for k, v in asdict(config).items() if k not in _RESUMABLE}
+    settings["rgb_bands"] = list(config.rgb_bands) if config.rgb_bands else None
+    settings["stores"] = _provenance_stores(dataset)
+    return json.loads(json.dumps(settings))
+
+
+def _provenance_stores(dataset: PatchDataset) -> list[dict[str, Any]]:
+    return [
+        {
+            "path": str(path.resolve()),
+            "num_patches": count,
+            "sources": [{"path": s.path, "sha256": s.sha256} for s in meta.sources],
+        }
+        for path, meta, count in zip(dataset.paths, dataset.metas, dataset.counts, strict=True)
+    ]
+
+
+def _load_initial_weights(model: IICNet, bundle_dir: Path, band_names: list[str]) -> None:
+    """Start from an existing bundle's weights; its bands and architecture must match."""
+    old, meta = load_bundle(bundle_dir)
+    if old.arch.in_channels != model.arch.in_channels:
+        raise ConfigError(
+            f"model bundle {bundle_dir} expects {old.arch.in_channels} bands "
+            f"({', '.join(meta.band_names)}), the patch store has {model.arch.in_channels} ({', '.join(band_names)})"
+        )
+    if old.arch != model.arch:
+        raise ConfigError(
+            f"model bundle {bundle_dir} has architecture {old.arch.to_dict()}, the training settings ask for "
+            f"{model.arch.to_dict()}; use the same --k/--k-a/--preset to retrain it"
+        )
+    model.load_state_dict(old.state_dict())
+
+
+def _model_meta(
+    model: IICNet,
+    config: TrainConfig,
+    dataset: PatchDataset,
+    state: TrainState,
+    rgb: tuple[int, ...] | None,
+    device: torch.device,
+) -> ModelMeta:
+    meta0 = dataset.metas[0]
+    return ModelMeta(
+        architecture=model.arch.to_dict(),
+        band_names=list(meta0.band_names),
+        band_mean=[float(v) for v in model.input_mean.cpu()],
+        band_std=[float(v) for v in model.input_std.cpu()],
+        dtype=meta0.dtype,
+        patch_size=dataset.patch_size,
+        scale=meta0.scale,
+        loss={
+            "objective": "iic-segmentation (per-displacement mutual information, averaged)",
+            "lamb_a": config.lamb_a,
+            "lamb_b": config.lamb_b,
+            "half_t": config.half_t,
+            "head_schedule": config.head_schedule,
+            "rgb_bands": list(rgb) if rgb else None,
+            "jitter": config.jitter,
+            "flip": config.flip,
+            "affine": config.affine,
+        },
+        clusters=default_clusters(config.k),
+        provenance={
+            "stores": _provenance_stores(dataset),
+            "config": asdict(config),
+            "init_from": str(config.init_from) if config.init_from else None,
+            "device": str(device),
+            "torch": torch.__version__,
+            "geoseg": __version__,
+            "steps": state.step,
+        },
+        history=state.history,
+        selection={
+            "rule": SELECTION_RULE,
+            "labels_used": False,
+            "step": state.best_step if state.best_step is not None else state.step,
+            "ema_loss_b": state.best_ema_b,
+            "final_step": state.step,
+        },
+    )
+
+
+def plot_curve(metrics: Path, png: Path, selected: int | None = None) -> Path | None:
+    """Training-curve PNG (losses per step, the smoothed head-B loss, the selected step)."""
+    if not metrics.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for key, label in (("loss_a", "head A"), ("loss_b", "head B"), ("ema_b", "head B (smoothed)")):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), label=label, lw=1.5 if key == "ema_b" else 0.8)
+    if selected is not None:
+        ax.axvline(selected, color="k", ls="--", lw=0.8, label=f"kept: step {selected}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("IIC loss (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return png
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]

@@ -1,0 +1,179 @@
+"""Training on real Dubai patches: the loss falls, bundles reload exactly, runs resume, errors are clear."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from geoseg.bundle import load_bundle, save_bundle
+from geoseg.cli import main
+from geoseg.config import TrainConfig
+from geoseg.errors import ConfigError, TrainingError
+from geoseg.iic.data import PatchDataset, StepBatchSampler
+from geoseg.iic.transforms import PairedTransform
+from geoseg.store import open_store
+from geoseg.train import build_network, pair_losses, read_metrics, train, work_dir
+
+from .conftest import make_store, write_store
+
+FAST = {"batch_size": 8, "half_t": 2, "lr": 1e-3, "k": 4, "k_a": 12, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def trained(dubai_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainConfig]:
+    config = TrainConfig(steps=8, checkpoint_every=4, **FAST)
+    out = train(dubai_store, tmp_path_factory.mktemp("run") / "model", config, progress=False)
+    return out, config
+
+
+def _fixed_batch_loss(model: torch.nn.Module, store: Path, config: TrainConfig) -> float:
+    """Head-B loss of one fixed batch and one fixed second view (BatchNorm in training mode)."""
+    data = PatchDataset([store])
+    batch = [data[i] for i in range(8)]
+    x = torch.stack([b["image"] for b in batch])
+    valid = torch.stack([b["valid"] for b in batch])
+    transform = PairedTransform(rgb=(0, 1, 2), jitter=config.jitter, flip=True)
+    model.train()
+    with torch.no_grad():
+        return pair_losses(model, x, valid, transform, torch.Generator().manual_seed(123), config, "b")[
+            "b"
+        ].item()
+
+
+def test_a_few_cpu_steps_lower_the_loss(trained, dubai_store: Path) -> None:
+    out, config = trained
+    fresh = build_network(config, 3)
+    fresh.set_normalisation(*PatchDataset([dubai_store]).band_statistics())
+    model, _ = load_bundle(out)
+    before = _fixed_batch_loss(fresh, dubai_store, config)
+    after = _fixed_batch_loss(model, dubai_store, config)
+    assert after < before - 0.05, (before, after)
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert all(np.isfinite(r["loss_a"]) and np.isfinite(r["loss_b"]) for r in rows)
+    assert (out / "training_curve.png").stat().st_size > 1000
+
+
+def test_bundle_metadata_and_label_free_selection(trained, dubai_store: Path) -> None:
+    out, config = trained
+    meta = json.loads((out / "model.json").read_text())
+    store = open_store(dubai_store)
+    assert meta["band_names"] == store.meta.band_names
+    assert meta["band_mean"] == pytest.approx(store.meta.band_mean, rel=1e-6)
+    assert meta["architecture"]["k_b"] == config.k and meta["architecture"]["k_a"] == config.k_a
+    assert meta["patch_size"] == 64 and meta["dtype"] == "uint8"
+    assert meta["loss"]["half_t"] == config.half_t and meta["loss"]["rgb_bands"] == [0, 1, 2]
+    assert meta["provenance"]["stores"][0]["sources"][0]["sha256"] == store.meta.sources[0].sha256
+    assert len(meta["clusters"]) == config.k
+    assert meta["selection"]["labels_used"] is False
+    # the kept weights are those of the checkpoint with the lowest smoothed head-B loss
+    hist = {h["step"]: h["ema_b"] for h in meta["history"]}
+    assert set(hist) == {4, 8}
+    assert meta["selection"]["step"] == min(hist, key=hist.get)
+    best = load_file(str(work_dir(out) / "best.safetensors"))
+    weights = load_file(str(out / "weights.safetensors"))
+    assert all(torch.equal(best[k], weights[k]) for k in weights)
+
+
+def test_saved_and_reloaded_bundle_predicts_identically(trained, dubai_store: Path, tmp_path: Path) -> None:
+    out, _ = trained
+    model, meta = load_bundle(out)
+    x = PatchDataset([dubai_store])[3]["image"][None]
+    with torch.no_grad():
+        first = model(x)["b"][0]
+    again, _ = load_bundle(save_bundle(model, meta, tmp_path / "copy"))
+    with torch.no_grad():
+        second = again(x)["b"][0]
+    assert torch.equal(first, second)
+    assert first.shape == (1, 4, 64, 64)
+    assert torch.allclose(first.sum(1), torch.ones(1, 64, 64), atol=1e-5)
+
+
+def test_resumed_run_continues_from_the_saved_step(dubai_store: Path, tmp_path: Path) -> None:
+    config = TrainConfig(steps=6, checkpoint_every=3, **FAST)
+    whole = train(dubai_store, tmp_path / "whole", config, progress=False)
+    # an interrupted run: its checkpoint is at step 3, and it had logged a step past it
+    part = tmp_path / "part"
+    train(dubai_store, part, TrainConfig(steps=3, checkpoint_every=3, **FAST), progress=False)
+    shutil.rmtree(part)  # killed before any bundle was written
+    with open(work_dir(part) / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 4, "loss_b": 0.0}) + "\n")
+    state = json.loads((work_dir(part) / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 3
+    resumed = train(dubai_store, part, config, progress=False)
+    rows = read_metrics(resumed / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[3]["loss_b"] != 0.0
+    # deterministic on the CPU: resuming gives exactly the uninterrupted run
+    ref = read_metrics(whole / "metrics.jsonl")
+    assert [r["loss_b"] for r in rows] == [r["loss_b"] for r in ref]
+    a = load_file(str(whole / "weights.safetensors"))
+    b = load_file(str(resumed / "weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a finished run re-run is a no-op that rewrites the same bundle
+    again = train(dubai_store, part, config, progress=False)
+    assert [r["step"] for r in read_metrics(again / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    # a different run into the same place is refused, not silently mixed
+    with pytest.raises(ConfigError, match="different training run"):
+        train(dubai_store, part, TrainConfig(steps=6, **{**FAST, "k": 5}), progress=False)
+
+
+def test_band_count_mismatch_is_a_clear_error(
+    trained, dubai_store: Path, dubai_store_4band: Path, tmp_path: Path
+) -> None:
+    out, _ = trained
+    config = TrainConfig(steps=1, init_from=str(out), **FAST)
+    with pytest.raises(ConfigError, match=r"expects 3 bands.*has 4"):
+        train(dubai_store_4band, tmp_path / "retrained", config, progress=False)
+    model, _ = load_bundle(out)
+    with pytest.raises(ConfigError, match="expects 3 bands, got 4"):
+        model(torch.zeros(1, 4, 32, 32))
+    with pytest.raises(ConfigError, match="band count"):
+        train([dubai_store, dubai_store_4band], tmp_path / "x", TrainConfig(steps=1, **FAST), progress=False)
+
+
+def test_init_from_starts_from_the_bundle_weights(trained, dubai_store: Path, tmp_path: Path) -> None:
+    out, _ = trained
+    config = TrainConfig(steps=1, init_from=str(out), **{**FAST, "lr": 1e-12})
+    retrained = train(dubai_store, tmp_path / "re", config, progress=False)
+    old = load_file(str(out / "weights.safetensors"))
+    new = load_file(str(retrained / "weights.safetensors"))
+    conv = "trunk.0.weight"
+    assert torch.allclose(old[conv], new[conv], atol=1e-6)
+    assert json.loads((retrained / "model.json").read_text())["provenance"]["init_from"] == str(out)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shared_data: Path, tmp_path: Path) -> None:
+    store = make_store(tmp_path / "nan.zarr", shared_data)
+    group = open_store(store).group
+    images = np.asarray(group["images"][:]).astype(np.float32)
+    # poison a patch of step 2's batch only
+    poisoned = StepBatchSampler(16, 8, 0, 0, 2).batch_for(1)[0]
+    images[poisoned, 0, 5, 5] = np.nan
+    meta = open_store(store).meta
+    meta.dtype = "float32"
+    shutil.rmtree(store)
+    write_store(store, images, np.ones((16, 64, 64), bool), np.zeros((16, 3), np.int64), meta)
+    config = TrainConfig(steps=4, checkpoint_every=1, **FAST)
+    with pytest.raises(TrainingError, match="step 1"):
+        train(store, tmp_path / "m", config, progress=False)
+    state = json.loads((work_dir(tmp_path / "m") / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 1
+    assert not (tmp_path / "m").exists()  # no bundle that looks complete
+    weights = load_file(str(work_dir(tmp_path / "m") / "checkpoint" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_cli_train(dubai_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--steps", "2", "--batch-size", "4", "--half-t", "1", "--k", "3", "--k-a", "9"]
+    code = main(["train", str(dubai_store), "--out", str(tmp_path / "cli"), *args, "--quiet"])
+    assert code == 0
+    assert (tmp_path / "cli" / "weights.safetensors").is_file()
+    assert main(["train", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "patch store not found" in capsys.readouterr().err
