@@ -197,9 +197,116 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- evaluate -----------------------------------------------------------------------------
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score cluster rasters against ground truth (accuracy, mIoU, NMI, ARI)"
+    )
+    p.add_argument(
+        "predictions", nargs="+", type=Path, metavar="PRED", help="cluster rasters (uint8, 255 nodata)"
+    )
+    p.add_argument(
+        "--labels", nargs="+", type=Path, required=True, help="label rasters, one per PRED, same order"
+    )
+    p.add_argument("--out", required=True, type=Path, help="report folder")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--dataset", default=None, help="label dataset (geoseg.datasets), e.g. dubai, isprs-ids"
+    )
+    source.add_argument("--palette", default=None, help="palette JSON for colour-coded labels")
+    p.add_argument("--ignore", type=int, default=255, help="class id never counted (255 always is)")
+    p.add_argument(
+        "--fit-on", nargs="+", type=Path, default=None, metavar="PRED", help="fit the mapping here (honest)"
+    )
+    p.add_argument("--fit-labels", nargs="+", type=Path, default=None, metavar="LABEL")
+    p.add_argument("--many-to-one", action="store_true", help="each cluster to its majority class")
+    p.add_argument(
+        "--images", nargs="+", type=Path, default=None, help="source images, for side-by-side PNGs"
+    )
+    p.add_argument("--examples", type=int, default=4, help="side-by-side PNGs to write")
+    p.add_argument("--seed", type=int, default=0, help="picks the side-by-side sample")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from geoseg.config import EvaluateConfig
+    from geoseg.evaluate import evaluate
+
+    config = EvaluateConfig(
+        dataset=args.dataset,
+        palette=args.palette,
+        ignore=args.ignore,
+        many_to_one=args.many_to_one,
+        seed=args.seed,
+        n_examples=args.examples,
+    )
+    report = evaluate(
+        args.predictions,
+        args.labels,
+        args.out,
+        config,
+        fit_predictions=args.fit_on,
+        fit_labels=args.fit_labels,
+        images=args.images,
+    )
+    print(
+        f"{report['protocol']} ({report['matching']}): accuracy {report['accuracy']}, "
+        f"mIoU {report['miou']}, NMI {report['nmi']}, ARI {report['ari']} -> {args.out / 'report.json'}"
+    )
+    return 0
+
+
+# --- baseline -----------------------------------------------------------------------------
+
+
+def _add_baseline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "baseline", help="label-free baselines written as cluster rasters (k-means, random net)"
+    )
+    methods = p.add_subparsers(dest="method", required=True)
+    for name, text in (
+        ("kmeans", "MiniBatchKMeans on per-band standardised pixels"),
+        ("random-net", "a randomly initialised IIC network (argmax of head B)"),
+    ):
+        m = methods.add_parser(name, help=text)
+        m.add_argument("src", nargs="+", type=Path, help="GeoTIFF/PNG/JPEG sources")
+        m.add_argument("--k", type=int, required=True, help="number of clusters")
+        m.add_argument("--out", required=True, type=Path, help="folder for <stem>_clusters.tif")
+        m.add_argument("--bands", type=int, default=None, help="use the first N bands (alpha excluded)")
+        m.add_argument("--seed", type=int, default=0)
+        if name == "kmeans":
+            m.add_argument("--fit-on", nargs="+", type=Path, default=None, help="fit on these (default: SRC)")
+        else:
+            m.add_argument("--preset", choices=("small", "iic"), default="small", help="network width")
+        m.set_defaults(run=_run_baseline)
+
+
+def _run_baseline(args: argparse.Namespace) -> int:
+    from geoseg.baseline import kmeans_baseline, random_net_baseline
+    from geoseg.config import BaselineConfig
+
+    config = BaselineConfig(k=args.k, seed=args.seed, bands=args.bands)
+    if args.method == "kmeans":
+        written = kmeans_baseline(args.src, args.out, config, fit_on=args.fit_on)
+    else:
+        config.preset = args.preset
+        written = random_net_baseline(args.src, args.out, config)
+    for path in written:
+        print(path)
+    return 0
+
+
 # --- main ---------------------------------------------------------------------------------
 
-_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ingest, _add_model, _add_train]
+_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_ingest,
+    _add_model,
+    _add_train,
+    _add_evaluate,
+    _add_baseline,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -121,16 +121,45 @@ class SegmentConfig:
 class EvaluateConfig:
     """How predictions are scored against ground truth."""
 
-    dataset: str | None = None
-    ignore: int = 255
-    many_to_one: bool = False
-    max_pixels_for_nmi: int = 2_000_000  # NMI/ARI on a seeded subsample beyond this
-    seed: int = 0
-    n_examples: int = 4
+    dataset: str | None = None  # label dataset name (geoseg.datasets)
+    palette: str | None = None  # or a palette JSON file for colour-coded labels (datasets.load_palette)
+    ignore: int = 255  # class id (after decoding) never counted; 255 is always ignored
+    many_to_one: bool = False  # majority mapping (over-clustering) instead of 1-to-1 Hungarian
+    seed: int = 0  # picks the side-by-side sample
+    n_examples: int = 4  # side-by-side PNGs written
+    block_pixels: int = 1 << 22  # pixels read per block: memory stays bounded on large rasters
+    preview_size: int = 768  # long side of each side-by-side panel
+    # NMI/ARI are exact from the contingency table: no pixel subsample is needed.
 
     def validate(self) -> EvaluateConfig:
         _require(0 <= self.ignore <= 255, "ignore must be a uint8 value")
-        _require(self.max_pixels_for_nmi >= 1000, "max_pixels_for_nmi must be >= 1000")
+        _require(not (self.dataset and self.palette), "give a dataset or a palette, not both")
+        _require(self.n_examples >= 0, "n_examples must be >= 0")
+        _require(self.block_pixels >= 1024, "block_pixels must be >= 1024")
+        _require(self.preview_size >= 16, "preview_size must be >= 16")
+        return self
+
+
+@dataclass
+class BaselineConfig:
+    """Label-free baselines (k-means on pixels, a random network): the floor under IIC."""
+
+    k: int = 6
+    seed: int = 0
+    bands: int | None = None  # use the first N bands (alpha excluded); None: all
+    fit_pixels: int = 200_000  # k-means is fitted on a seeded subsample of valid pixels
+    block_pixels: int = 1 << 21  # pixels predicted per block
+    preset: Literal["iic", "small"] = "small"  # random network width
+    tile: int = 512  # random network: window side, predicted with a margin of context
+    margin: int = 32
+
+    def validate(self) -> BaselineConfig:
+        _require(2 <= self.k <= 254, f"k must be in [2, 254], got {self.k}")
+        _require(self.bands is None or self.bands >= 1, f"bands must be >= 1, got {self.bands}")
+        _require(self.fit_pixels >= 1000, "fit_pixels must be >= 1000")
+        _require(self.block_pixels >= 1024, "block_pixels must be >= 1024")
+        _require(self.preset in ("iic", "small"), f"unknown preset {self.preset!r}")
+        _require(self.tile >= 32 and 0 <= self.margin < self.tile, "need tile >= 32 and 0 <= margin < tile")
         return self
 
 

@@ -174,7 +174,17 @@ LOVEDA = LabelDataset(
     id_map={raw: raw - 1 for raw in range(1, 8)},
 )
 
-DATASETS: dict[str, LabelDataset] = {d.name: d for d in (ISPRS_RGB, ISPRS_IDS, POTSDAM3, DUBAI, LOVEDA)}
+SYNTHETIC = LabelDataset(
+    name="synthetic",
+    classes=("road", "building", "tree", "grass", "car", "water"),
+    colours=((128, 128, 128), (200, 60, 40), (20, 110, 30), (140, 210, 90), (250, 220, 0), (40, 90, 220)),
+    source="geoseg.synthetic.generate_scene: class-id GeoTIFF, 0..5 = road..water, 255 = nodata",
+    id_map={raw: raw for raw in range(6)},
+)
+
+DATASETS: dict[str, LabelDataset] = {
+    d.name: d for d in (ISPRS_RGB, ISPRS_IDS, POTSDAM3, DUBAI, LOVEDA, SYNTHETIC)
+}
 
 
 def get_dataset(name: str) -> LabelDataset:
@@ -232,3 +242,32 @@ def _colormap(src: rasterio.io.DatasetReader) -> np.ndarray | None:
         if index < 256:
             lut[index] = rgba[:3]
     return lut
+
+
+def load_palette(path: str | Path) -> LabelDataset:
+    """A colour-coded dataset from a palette JSON file (``--palette FILE``).
+
+    Format: ``{"name": "survey-2024", "classes": [{"name": "building", "colour": "#3C1098"}, ...]}``;
+    class ids follow the list order, colours not listed decode to IGNORE.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        entries = data["classes"]
+        classes = tuple(str(e["name"]) for e in entries)
+        colours = tuple(hex_rgb(str(e["colour"])) for e in entries)
+    except FileNotFoundError:
+        raise InputError(f"palette file not found: {path}") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise InputError(f"bad palette file {path}: {exc!r}; expected {load_palette.__doc__}") from exc
+    if not classes or len(set(colours)) != len(colours) or len(classes) > 255:
+        raise InputError(f"bad palette file {path}: needs 1..255 classes with distinct colours")
+    return LabelDataset(
+        name=str(data.get("name", path.stem)),
+        classes=classes,
+        colours=colours,
+        source=f"palette file {path}",
+        palette={c: i for i, c in enumerate(colours)},
+    )

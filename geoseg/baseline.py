@@ -1,0 +1,323 @@
+"""Label-free baselines written as cluster rasters, so they go through ``geoseg evaluate``.
+
+Every quality number of IIC needs its floor beside it: k-means on per-band standardised
+raw pixels (what a GIS user would try first), and a randomly initialised IIC network
+(how much structure the architecture alone gives). Both write ``<stem>_clusters.tif``
+exactly like segmentation does: uint8 ids, nodata 255 where the source is nodata, the
+source's CRS and transform (a plain GeoTIFF with the source's pixel grid for PNG/JPEG).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.errors
+from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from geoseg.config import BaselineConfig
+from geoseg.errors import InputError
+from geoseg.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+NODATA = 255
+CLUSTERS_SUFFIX = "_clusters.tif"
+
+# (C, h, w) float32 pixels and (h, w) validity -> (h, w) uint8 cluster ids
+BlockPredictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+# --- reading sources ----------------------------------------------------------------------
+
+
+def _open(path: Path) -> rasterio.io.DatasetReader:
+    if not path.is_file():
+        raise InputError(f"source not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(f"unreadable raster {path}: {exc}") from exc
+
+
+def source_bands(src: rasterio.io.DatasetReader, n: int | None, name: Path) -> list[int]:
+    """1-based indexes of the bands to use: alpha excluded, the first ``n`` if given."""
+    bands = [i + 1 for i, ci in enumerate(src.colorinterp) if ci != ColorInterp.alpha] or [1]
+    if n is not None:
+        if len(bands) < n:
+            raise InputError(f"{name} has {len(bands)} usable bands, fewer than the {n} asked for")
+        bands = bands[:n]
+    return bands
+
+
+def _read(src: rasterio.io.DatasetReader, bands: list[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
+    data = src.read(bands, window=window).astype(np.float32)
+    valid = np.all(src.read_masks(bands, window=window) > 0, axis=0)
+    return data, valid
+
+
+def _row_blocks(height: int, width: int, pixels: int) -> Iterator[Window]:
+    rows = max(1, pixels // max(1, width))
+    for row in range(0, height, rows):
+        yield Window(0, row, width, min(rows, height - row))
+
+
+def sample_pixels(sources: Sequence[Path], config: BaselineConfig) -> np.ndarray:
+    """A seeded, roughly uniform subsample of valid pixels over all sources: (N, C) float64.
+
+    Streams block by block (Bernoulli sampling), so large rasters are never held whole.
+    """
+    rng = np.random.default_rng(config.seed)
+    quota = config.fit_pixels / len(sources)
+    parts: list[np.ndarray] = []
+    n_bands: int | None = None
+    for path in sources:
+        with _open(path) as src:
+            bands = source_bands(src, config.bands, path)
+            if n_bands is not None and len(bands) != n_bands:
+                raise InputError(f"{path} has {len(bands)} bands, other sources {n_bands}: use --bands N")
+            n_bands = len(bands)
+            p = min(1.0, 2.0 * quota / (src.width * src.height))  # x2: nodata and rounding headroom
+            for window in _row_blocks(src.height, src.width, config.block_pixels):
+                data, valid = _read(src, bands, window)
+                keep = valid & (rng.random(valid.shape) < p)
+                parts.append(data[:, keep].T.astype(np.float64))
+    pixels = np.concatenate(parts) if parts else np.zeros((0, n_bands or 1))
+    if len(pixels) > config.fit_pixels:
+        pixels = pixels[rng.choice(len(pixels), config.fit_pixels, replace=False)]
+    if len(pixels) < max(config.k * 10, 100):
+        raise InputError(
+            f"only {len(pixels)} valid pixels sampled from {len(sources)} sources: too few to fit"
+        )
+    return pixels
+
+
+def band_statistics(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation (std floored so constant bands do not divide by 0)."""
+    return pixels.mean(axis=0), np.maximum(pixels.std(axis=0), 1e-6)
+
+
+# --- writing cluster rasters like their source ----------------------------------------------
+
+
+def cluster_output_path(source: Path, out_dir: Path) -> Path:
+    return out_dir / f"{source.stem}{CLUSTERS_SUFFIX}"
+
+
+def check_unique_stems(sources: Sequence[Path]) -> None:
+    """Outputs are named by stem: two sources with one stem would overwrite each other."""
+    seen: dict[str, Path] = {}
+    for path in sources:
+        if path.stem in seen:
+            raise InputError(
+                f"{seen[path.stem]} and {path} share the name {path.stem!r}: their "
+                f"{CLUSTERS_SUFFIX} outputs would collide; write them to separate --out folders"
+            )
+        seen[path.stem] = path
+
+
+def write_cluster_raster(
+    source: Path,
+    out_path: Path,
+    predict: BlockPredictor,
+    bands: int | None,
+    colours: Sequence[tuple[int, int, int]],
+    tile: tuple[int, int],
+    margin: int = 0,
+) -> Path:
+    """Predict a source window by window and write uint8 ids on the source's grid, atomically.
+
+    Each window of ``tile`` (rows, cols) is read with ``margin`` pixels of context on every
+    side (clipped at the edges), predicted, and only its core is written. Pixels invalid in
+    the source (nodata, alpha, mask) are written as 255, the output's nodata.
+    """
+    with _open(source) as src:
+        use = source_bands(src, bands, source)
+        profile = {
+            "driver": "GTiff",
+            "width": src.width,
+            "height": src.height,
+            "count": 1,
+            "dtype": "uint8",
+            "nodata": NODATA,
+            "crs": src.crs,
+            "transform": src.transform,
+            "compress": "deflate",
+        }
+        if src.width >= 256 and src.height >= 256:
+            profile.update(tiled=True, blockxsize=256, blockysize=256)
+        with atomic_path(out_path) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(colours)})  # before any data
+                for core in _tiles(src.height, src.width, *tile):
+                    outer = _grow(core, margin, src.height, src.width)
+                    data, valid = _read(src, use, outer)
+                    ids = predict(data, valid).astype(np.uint8)
+                    ids[~valid] = NODATA
+                    r0, c0 = core.row_off - outer.row_off, core.col_off - outer.col_off
+                    dst.write(ids[r0 : r0 + core.height, c0 : c0 + core.width], 1, window=core)
+    return out_path
+
+
+def _tiles(height: int, width: int, tile_rows: int, tile_cols: int) -> Iterator[Window]:
+    for row in range(0, height, tile_rows):
+        for col in range(0, width, tile_cols):
+            yield Window(col, row, min(tile_cols, width - col), min(tile_rows, height - row))
+
+
+def _grow(window: Window, margin: int, height: int, width: int) -> Window:
+    r0, c0 = max(0, window.row_off - margin), max(0, window.col_off - margin)
+    r1 = min(height, window.row_off + window.height + margin)
+    c1 = min(width, window.col_off + window.width + margin)
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def _colours(k: int) -> list[tuple[int, int, int]]:
+    from geoseg.bundle import default_clusters
+
+    return [c.colour for c in default_clusters(k)]
+
+
+def _prepare(sources: Sequence[str | Path], out_dir: str | Path) -> tuple[list[Path], Path]:
+    paths = [Path(s) for s in sources]
+    if not paths:
+        raise InputError("no sources given")
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"source not found: {path}")
+    check_unique_stems(paths)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return paths, out
+
+
+# --- k-means ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PixelKMeans:
+    """Centroids in standardised band space, ordered by mean standardised value (dark first)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    centroids: np.ndarray  # (k, C)
+
+    def predict(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """(C, h, w) raw pixels -> (h, w) nearest-centroid ids."""
+        mean, std, centroids = (a.astype(np.float32) for a in (self.mean, self.std, self.centroids))
+        z = (data.reshape(data.shape[0], -1).T - mean) / std
+        # ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2; the first term is the same for every c
+        scores = z @ centroids.T * -2.0 + (centroids**2).sum(axis=1)
+        return scores.argmin(axis=1).astype(np.uint8).reshape(data.shape[1:])
+
+
+def fit_kmeans(sources: Sequence[str | Path], config: BaselineConfig) -> PixelKMeans:
+    """MiniBatchKMeans on a seeded subsample of per-band standardised valid pixels."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    config.validate()
+    pixels = sample_pixels([Path(s) for s in sources], config)
+    mean, std = band_statistics(pixels)
+    z = (pixels - mean) / std
+    km = MiniBatchKMeans(n_clusters=config.k, random_state=config.seed, batch_size=4096, n_init=3)
+    km.fit(z)
+    order = np.argsort(km.cluster_centers_.mean(axis=1), kind="stable")
+    return PixelKMeans(mean=mean, std=std, centroids=km.cluster_centers_[order])
+
+
+def kmeans_baseline(
+    sources: Sequence[str | Path],
+    out_dir: str | Path,
+    config: BaselineConfig | None = None,
+    fit_on: Sequence[str | Path] | None = None,
+) -> list[Path]:
+    """Fit k-means on ``fit_on`` (default: the sources) and write one cluster raster per source."""
+    config = (config or BaselineConfig()).validate()
+    paths, out = _prepare(sources, out_dir)
+    model = fit_kmeans(fit_on or paths, config)
+    return predict_kmeans(model, paths, out, config)
+
+
+def predict_kmeans(
+    model: PixelKMeans, sources: Sequence[str | Path], out_dir: str | Path, config: BaselineConfig
+) -> list[Path]:
+    """Write ``<stem>_clusters.tif`` for each source with a fitted model."""
+    paths, out = _prepare(sources, out_dir)
+    colours = _colours(len(model.centroids))
+    written = []
+    for path in tqdm(paths, desc="k-means", unit="raster", leave=False):
+        with _open(path) as src:
+            width = src.width
+            if len(source_bands(src, config.bands, path)) != model.centroids.shape[1]:
+                raise InputError(
+                    f"{path}: band count differs from the fitted model's {model.centroids.shape[1]}"
+                )
+        rows = max(1, config.block_pixels // width)
+        written.append(
+            write_cluster_raster(
+                path, cluster_output_path(path, out), model.predict, config.bands, colours, (rows, width)
+            )
+        )
+    log.info("k-means (k=%d): %d cluster rasters in %s", len(model.centroids), len(written), out)
+    return written
+
+
+# --- random network -----------------------------------------------------------------------
+
+
+def random_net_baseline(
+    sources: Sequence[str | Path],
+    out_dir: str | Path,
+    config: BaselineConfig | None = None,
+) -> list[Path]:
+    """A seeded, randomly initialised IIC network; argmax of head B per pixel.
+
+    Its input normalisation is set from the sources' own pixel statistics (as training
+    would), so the floor measures the untrained architecture, not a scaling accident.
+    """
+    import torch
+
+    from geoseg.iic.model import Architecture, build_model
+
+    config = (config or BaselineConfig()).validate()
+    paths, out = _prepare(sources, out_dir)
+    pixels = sample_pixels(paths, config)
+    mean, std = band_statistics(pixels)
+    torch.manual_seed(config.seed)
+    arch = Architecture(in_channels=pixels.shape[1], k_a=config.k, k_b=config.k, preset=config.preset)
+    model = build_model(arch).eval()
+    model.set_normalisation(mean.tolist(), std.tolist())
+
+    def predict(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            probs = model(torch.from_numpy(data[None]), heads="b")["b"][0]
+        return probs[0].argmax(0).numpy().astype(np.uint8)
+
+    colours = _colours(config.k)
+    written = [
+        write_cluster_raster(
+            path,
+            cluster_output_path(path, out),
+            predict,
+            config.bands,
+            colours,
+            (config.tile, config.tile),
+            config.margin,
+        )
+        for path in tqdm(paths, desc="random network", unit="raster", leave=False)
+    ]
+    log.info(
+        "random network (k=%d, seed %d): %d cluster rasters in %s", config.k, config.seed, len(written), out
+    )
+    return written
