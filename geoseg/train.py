@@ -46,6 +46,7 @@ from geoseg.config import TrainConfig
 from geoseg.errors import ConfigError, InputError, TrainingError
 from geoseg.fileio import atomic_path, write_text_atomic
 from geoseg.iic.data import PatchDataset, StepBatchSampler
+from geoseg.iic.distributed import DistContext, RankShard, cleanup, init_from_env, reduce_joint, wrap_model
 from geoseg.iic.loss import iic_segmentation_loss
 from geoseg.iic.model import Architecture, IICNet
 from geoseg.iic.transforms import PairedTransform, rgb_band_indices
@@ -132,7 +133,8 @@ def pair_losses(
     for head, outs in maps.items():
         lamb = config.lamb_a if head == "a" else config.lamb_b
         per_sub = [
-            iic_segmentation_loss(p[:n], warp.invert(p[n:].float()), config.half_t, lamb, mask) for p in outs
+            iic_segmentation_loss(p[:n], warp.invert(p[n:].float()), config.half_t, lamb, mask, reduce_joint)
+            for p in outs
         ]
         losses[head] = torch.stack(per_sub).mean()
     return losses
@@ -150,7 +152,9 @@ def train(
     out = Path(out)
     dataset = PatchDataset(stores)
     meta0 = dataset.metas[0]
-    device = resolve_device(config.device)
+    # Data-parallel under torchrun (WORLD_SIZE > 1): see geoseg.iic.distributed.
+    ctx = init_from_env(config.device)
+    device = ctx.device if ctx.enabled else resolve_device(config.device)
     model = build_network(config, dataset.num_bands)
     if config.init_from:
         _load_initial_weights(model, Path(config.init_from), meta0.band_names)
@@ -173,13 +177,18 @@ def train(
     _truncate_metrics(work / METRICS, state.step)
 
     if state.step < steps:
-        _run(model, optimizer, dataset, transform, config, device, state, steps, work, progress)
+        _run(model, optimizer, dataset, transform, config, device, state, steps, work, progress, ctx)
+    if not ctx.is_main:  # rank 0 alone writes the bundle
+        cleanup()
+        return out
     if state.best_step is not None and (work / BEST_WEIGHTS).is_file():
         model.load_state_dict(load_file(str(work / BEST_WEIGHTS), device=str(device)))
     meta = _model_meta(model, config, dataset, state, rgb, device)
     save_bundle(model, meta, out)
     write_text_atomic(out / METRICS, (work / METRICS).read_text() if (work / METRICS).is_file() else "")
     plot_curve(work / METRICS, out / CURVE, state.best_step)
+    if ctx.enabled:
+        cleanup()
     return out
 
 
@@ -194,18 +203,23 @@ def _run(
     steps: int,
     work: Path,
     progress: bool,
+    ctx: DistContext | None = None,
 ) -> None:
+    ctx = ctx or DistContext()
     sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, state.step, steps)
     loader = DataLoader(
         dataset,
-        batch_sampler=sampler,
+        batch_sampler=RankShard(sampler, ctx) if ctx.enabled else sampler,
         num_workers=config.workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
     model.train()
     started = time.perf_counter()
-    bar = tqdm(total=steps, initial=state.step, desc="train", unit="step", disable=not progress)
+    net = wrap_model(model, ctx, find_unused_parameters=config.head_schedule == "alternate")
+    bar = tqdm(
+        total=steps, initial=state.step, desc="train", unit="step", disable=not progress or not ctx.is_main
+    )
     with open(work / METRICS, "a") as metrics:
         for batch in loader:
             step = state.step
@@ -213,7 +227,7 @@ def _run(
             valid = batch["valid"].to(device, non_blocking=True)
             generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + step)
             heads = _heads_for(step, config.head_schedule)
-            losses = pair_losses(model, x, valid, transform, generator, config, heads)
+            losses = pair_losses(net, x, valid, transform, generator, config, heads)  # type: ignore[arg-type]
             total = sum(losses.values())
             values = {h: float(v.item()) for h, v in losses.items()}  # one sync per step
             if not all(math.isfinite(v) for v in values.values()):
@@ -235,10 +249,11 @@ def _run(
                 "ema_b": state.ema_b,
                 "seconds": round(time.perf_counter() - started, 3),
             }
-            metrics.write(json.dumps(record) + "\n")
+            if ctx.is_main:
+                metrics.write(json.dumps(record) + "\n")
             bar.update(1)
             bar.set_postfix({f"loss_{h}": f"{v:.4f}" for h, v in values.items()})
-            if state.step % config.checkpoint_every == 0 or state.step == steps:
+            if ctx.is_main and (state.step % config.checkpoint_every == 0 or state.step == steps):
                 metrics.flush()
                 _checkpoint(model, optimizer, state, record, work)
     bar.close()

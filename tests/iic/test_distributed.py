@@ -11,6 +11,7 @@ joint, not about BatchNorm.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import rasterio
 import torch
 from safetensors.torch import load_file, save_file
 
+from geoseg.bundle import load_bundle
 from geoseg.iic.distributed import (
     DistContext,
     RankShard,
@@ -110,6 +112,26 @@ def test_two_gloo_processes_match_the_single_process_loss_and_gradients(tmp_path
     half = float(loss_of(network(), x[0::2], valid[0::2]).detach())
     full = float(expected.detach())
     assert abs(half - full) > 100 * (1e-6 + 1e-5 * abs(full)), (half, full)
+
+
+def test_torchrun_geoseg_train_writes_one_bundle(shared_data: Path, tmp_path: Path) -> None:
+    """`torchrun -m geoseg.cli train` on 2 gloo processes: rank 0 alone writes metrics and bundle."""
+    from tests.iic.conftest import make_store  # not at the top: torchrun runs this file as a script
+
+    store = make_store(tmp_path / "s.zarr", shared_data, count=8)
+    out = tmp_path / "model"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+         "-m", "geoseg.cli", "train", str(store), "--out", str(out), "--steps", "2", "--batch-size", "4",
+         "--k", "3", "--k-a", "6", "--half-t", "1", "--device", "cpu", "--checkpoint-every", "1", "--quiet"],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    model, meta = load_bundle(out)
+    assert meta.arch.k_b == 3 and not any(k.startswith("module.") for k in model.state_dict())
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
 
 
 def test_single_process_context_and_shards() -> None:
