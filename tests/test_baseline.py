@@ -1,0 +1,147 @@
+"""Baselines: k-means and random-network cluster rasters written like their sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from geoseg import metrics
+from geoseg.baseline import kmeans_baseline, random_net_baseline
+from geoseg.cli import main
+from geoseg.config import BaselineConfig
+from geoseg.errors import InputError
+
+CRS_UTM = CRS.from_epsg(32617)
+TRANSFORM = from_origin(400000, 3300000, 0.1, 0.1)
+
+
+def _regions(shape: tuple[int, int]) -> np.ndarray:
+    """Three regions (ids 0..2): top, bottom left, bottom right."""
+    rows, cols = np.indices(shape)
+    bottom = rows > shape[0] // 2
+    return np.where(bottom, 1 + (cols > shape[1] * 2 // 3), 0).astype(np.uint8)
+
+
+def _multiband(
+    path: Path, shape: tuple[int, int] = (90, 120), seed: int = 0, nodata: int = 0
+) -> tuple[Path, np.ndarray]:
+    """4-band uint16 raster whose regions differ in every band; a nodata corner."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    regions = _regions(shape)
+    centres = np.array([[300, 900, 500, 2000], [1500, 400, 800, 600], [800, 800, 3000, 1200]], np.float64)
+    data = centres[regions].transpose(2, 0, 1) + rng.normal(0, 40, (4, *shape))
+    data = np.clip(data, 1, 65535).astype(np.uint16)
+    data[:, :10, :10] = nodata
+    profile = {
+        "driver": "GTiff",
+        "width": shape[1],
+        "height": shape[0],
+        "count": 4,
+        "dtype": "uint16",
+        "nodata": nodata,
+        "crs": CRS_UTM,
+        "transform": TRANSFORM,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path, regions
+
+
+def test_kmeans_recovers_regions_on_the_source_grid(tmp_path: Path) -> None:
+    src, regions = _multiband(tmp_path / "scene.tif")
+    (out,) = kmeans_baseline([src], tmp_path / "out", BaselineConfig(k=3, seed=1, fit_pixels=5000))
+    assert out == tmp_path / "out" / "scene_clusters.tif"
+    with rasterio.open(out) as ds:
+        assert ds.crs == CRS_UTM and ds.transform == TRANSFORM
+        assert ds.dtypes[0] == "uint8" and ds.nodata == 255 and ds.count == 1
+        assert ds.colormap(1)[0][:3] != ds.colormap(1)[1][:3]
+        ids = ds.read(1)
+    assert (ids[:10, :10] == 255).all()  # source nodata stays nodata
+    valid = np.ones(ids.shape, bool)
+    valid[:10, :10] = False
+    assert set(np.unique(ids[valid])) <= {0, 1, 2}
+    table = metrics.confusion_matrix(np.where(valid, ids, 255), np.where(valid, regions, 255))[:3, :3]
+    assert metrics.ari(table) == pytest.approx(1.0)  # well separated regions: a perfect partition
+
+
+def test_kmeans_is_seeded_and_fits_on_another_set(tmp_path: Path) -> None:
+    a, _ = _multiband(tmp_path / "a.tif", seed=0)
+    b, _ = _multiband(tmp_path / "b.tif", seed=1)
+    cfg = BaselineConfig(k=3, seed=4, fit_pixels=5000)
+    (first,) = kmeans_baseline([b], tmp_path / "one", cfg, fit_on=[a])
+    (second,) = kmeans_baseline([b], tmp_path / "two", cfg, fit_on=[a])
+    with rasterio.open(first) as x, rasterio.open(second) as y:
+        assert np.array_equal(x.read(1), y.read(1))
+
+
+def test_png_source_gives_plain_geotiff(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgba = np.zeros((40, 50, 4), np.uint8)
+    rgba[..., :3] = rng.integers(0, 255, (40, 50, 3))
+    rgba[..., 3] = 255
+    rgba[:5, :, 3] = 0  # transparent rows: nodata in the output
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "photo.png")
+    assert (
+        main(["baseline", "kmeans", str(tmp_path / "photo.png"), "--k", "4", "--out", str(tmp_path / "o")])
+        == 0
+    )
+    with rasterio.open(tmp_path / "o" / "photo_clusters.tif") as ds:
+        assert ds.crs is None and ds.transform.is_identity
+        assert (ds.width, ds.height) == (50, 40)
+        ids = ds.read(1)
+    assert (ids[:5] == 255).all() and (ids[5:] < 4).all()
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    a, _ = _multiband(tmp_path / "x" / "same.tif")
+    b, _ = _multiband(tmp_path / "y" / "same.tif")
+    with pytest.raises(InputError, match="same"):
+        kmeans_baseline([a, b], tmp_path / "o", BaselineConfig(k=3))
+    with pytest.raises(InputError, match="fewer than the 5"):
+        kmeans_baseline([a], tmp_path / "o", BaselineConfig(k=3, bands=5))
+    Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(InputError, match="band"):
+        kmeans_baseline([tmp_path / "rgb.png"], tmp_path / "o", BaselineConfig(k=3), fit_on=[a])
+    assert (
+        main(["baseline", "kmeans", str(tmp_path / "nope.tif"), "--k", "3", "--out", str(tmp_path / "o")])
+        == 2
+    )
+    assert not list((tmp_path / "o").glob("*clusters.tif"))  # nothing half-written
+
+
+def test_random_net_on_real_crop(shared_data: Path, tmp_path: Path) -> None:
+    """A seeded random IIC network over the ISPRS crop, tiled with context margins."""
+    with Image.open(shared_data / "isprs" / "vaihingen_area1_0_0_512_512_irrg.png") as img:
+        crop = np.asarray(img.convert("RGB"))[:160, :200]
+    Image.fromarray(crop).save(tmp_path / "crop.png")
+    cfg = BaselineConfig(k=5, seed=3, tile=96, margin=16)
+    (out,) = random_net_baseline([tmp_path / "crop.png"], tmp_path / "a", cfg)
+    (again,) = random_net_baseline([tmp_path / "crop.png"], tmp_path / "b", cfg)
+    with rasterio.open(out) as x, rasterio.open(again) as y:
+        ids, ids2 = x.read(1), y.read(1)
+        assert (x.width, x.height) == (200, 160)
+    assert np.array_equal(ids, ids2)
+    assert ids.max() < 5 and len(np.unique(ids)) >= 2  # a random net still splits real imagery
+    assert (
+        main(
+            [
+                "baseline",
+                "random-net",
+                str(tmp_path / "crop.png"),
+                "--k",
+                "5",
+                "--out",
+                str(tmp_path / "c"),
+                "--bands",
+                "4",
+            ]
+        )
+        == 2
+    )
