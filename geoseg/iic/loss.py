@@ -21,11 +21,15 @@ Differences from the original code, on purpose:
   device, so it never forces a synchronisation.
 - The joint is computed in float32 even under bf16/fp16 autocast: sums over millions of
   pixel pairs and their logarithms lose too much in 8 mantissa bits.
+- For T >= 2 the joints of all displacements come from one FFT cross-correlation
+  (one k x k product per frequency rather than per displacement): (2T+1)^2/4 times
+  fewer FLOPs than the original's ``conv2d``, which remains available (``method="conv"``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +40,7 @@ import torch.nn.functional as F
 EPS = 1e-12
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+Method = Literal["auto", "conv", "fft"]
 
 
 def displacements(half_t: int) -> list[tuple[int, int]]:
@@ -48,7 +53,11 @@ def _fp32(x: torch.Tensor) -> torch.Tensor:
 
 
 def displaced_joints(
-    p1: torch.Tensor, p2: torch.Tensor, half_t: int, mask: torch.Tensor | None = None
+    p1: torch.Tensor,
+    p2: torch.Tensor,
+    half_t: int,
+    mask: torch.Tensor | None = None,
+    method: Method = "auto",
 ) -> torch.Tensor:
     """Un-normalised joints (D, k, k), D = (2T+1)^2, in float32.
 
@@ -56,23 +65,53 @@ def displaced_joints(
     t_d = ``displacements(half_t)[d]``; pairs that fall beyond the border count zero, and
     pixels where ``mask`` (N, H, W) is False are left out on both sides.
 
-    One ``conv2d`` computes all displacements at once: the batch becomes the channel
-    dimension and p1's full map is the kernel (as in the original code).
+    ``method``: "conv" computes all displacements with one ``conv2d`` (the batch becomes
+    the channel dimension and p1's whole map the kernel, as in the original code): about
+    2 k^2 N H W (2T+1)^2 FLOPs. "fft" computes the same cross-correlation in the Fourier
+    domain (zero-padded by T, so nothing wraps around): one k x k product per frequency
+    instead of per displacement, about (2T+1)^2 / 4 times fewer FLOPs, with float32
+    round-off of ~1e-6 relative to the largest entry (negative round-off is clamped to 0).
+    "auto" uses the convolution for T <= 1 and the FFT beyond.
     """
     if p1.shape != p2.shape or p1.dim() != 4:
         raise ValueError(f"p1 and p2 must both be (N, k, H, W), got {tuple(p1.shape)} and {tuple(p2.shape)}")
+    if method == "auto":
+        method = "conv" if half_t <= 1 else "fft"
     with torch.autocast(device_type=p1.device.type, enabled=False):
         p1, p2 = _fp32(p1), _fp32(p2)
         if mask is not None:
             m = _fp32(mask.to(p1.dtype)).unsqueeze(1)
             p1, p2 = p1 * m, p2 * m
-        # conv2d: input (k, N, H+2T, W+2T) from p2, weight (k, N, H, W) from p1 ->
-        # out[c', c, T+dy, T+dx] = sum_{n,u} p2[n, c', u + t] * p1[n, c, u].
-        inp = p2.transpose(0, 1)
-        weight = p1.transpose(0, 1)
-        out = F.conv2d(inp, weight, padding=half_t)  # (k, k, 2T+1, 2T+1)
-        k = p1.shape[1]
-        return out.permute(2, 3, 1, 0).reshape(-1, k, k)
+        if method == "conv":
+            return _joints_conv(p1, p2, half_t)
+        if method == "fft":
+            return _joints_fft(p1, p2, half_t)
+        raise ValueError(f"unknown method {method!r}: 'auto', 'conv' or 'fft'")
+
+
+def _joints_conv(p1: torch.Tensor, p2: torch.Tensor, half_t: int) -> torch.Tensor:
+    # input (k, N, H+2T, W+2T) from p2, weight (k, N, H, W) from p1 ->
+    # out[c', c, T+dy, T+dx] = sum_{n,u} p2[n, c', u + t] * p1[n, c, u]
+    k = p1.shape[1]
+    out = F.conv2d(p2.transpose(0, 1), p1.transpose(0, 1), padding=half_t)  # (k, k, 2T+1, 2T+1)
+    return out.permute(2, 3, 1, 0).reshape(-1, k, k)
+
+
+def _joints_fft(p1: torch.Tensor, p2: torch.Tensor, half_t: int) -> torch.Tensor:
+    n, k, h, w = p1.shape
+    size = (h + half_t, w + half_t)  # linear, not circular, correlation for |t| <= T
+    f1 = torch.fft.rfft2(p1, s=size)
+    f2 = torch.fft.rfft2(p2, s=size)
+    bins = f1.shape[-2] * f1.shape[-1]
+    # per frequency: sum_n conj(F1[n, c]) F2[n, c'] -- a (k, N) @ (N, k) product
+    a = f1.permute(2, 3, 1, 0).reshape(bins, k, n).conj()
+    b = f2.permute(2, 3, 0, 1).reshape(bins, n, k)
+    prod = torch.bmm(a, b).reshape(f1.shape[-2], f1.shape[-1], k, k).permute(2, 3, 0, 1)
+    corr = torch.fft.irfft2(prod, s=size)  # (k, k, H', W'): lag t at index t mod H'
+    lags_y = torch.arange(-half_t, half_t + 1, device=p1.device) % size[0]
+    lags_x = torch.arange(-half_t, half_t + 1, device=p1.device) % size[1]
+    window = corr.index_select(2, lags_y).index_select(3, lags_x)  # (k, k, 2T+1, 2T+1)
+    return window.permute(2, 3, 0, 1).reshape(-1, k, k).clamp_min(0)
 
 
 def mutual_information_loss(joints: torch.Tensor, lamb: float = 1.0) -> torch.Tensor:
@@ -95,13 +134,14 @@ def iic_segmentation_loss(
     lamb: float = 1.0,
     mask: torch.Tensor | None = None,
     reduce_joint: Reduce | None = None,
+    method: Method = "auto",
 ) -> torch.Tensor:
     """The dense IIC loss of softmax maps p1, p2 (N, k, H, W); p2 already warped back into p1's frame.
 
     ``reduce_joint`` is applied to the un-normalised joints before normalisation (an
     all-reduce sum under DDP, so every process minimises the loss of the global batch).
     """
-    joints = displaced_joints(p1, p2, half_t, mask)
+    joints = displaced_joints(p1, p2, half_t, mask, method)
     if reduce_joint is not None:
         joints = reduce_joint(joints)
     return mutual_information_loss(joints, lamb)
@@ -136,7 +176,7 @@ def reference_loss_original_style(
     losses = []
     for d in range(joints.shape[0]):
         p_i_j = joints[d]
-        current_norm = float(p_i_j.sum())
+        current_norm = float(p_i_j.detach().sum())
         p_i_j = p_i_j / current_norm
         p_i_j = (p_i_j + p_i_j.t()) / 2.0
         p_i_mat = p_i_j.sum(dim=1).unsqueeze(1)

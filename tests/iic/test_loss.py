@@ -49,39 +49,52 @@ def _loop_loss(p1: np.ndarray, p2: np.ndarray, half_t: int, lamb: float, mask: n
     return float(np.mean(losses))
 
 
+@pytest.mark.parametrize("method", ["conv", "fft"])
 @pytest.mark.parametrize(
     ("k", "half_t", "lamb", "masked"),
-    [(2, 0, 1.0, False), (3, 1, 1.0, True), (5, 2, 1.5, False), (4, 3, 2.0, True)],
+    [(2, 0, 1.0, False), (3, 1, 1.0, True), (5, 2, 1.5, False), (4, 3, 2.0, True), (6, 5, 1.0, True)],
 )
-def test_segmentation_loss_matches_float64_loops(k: int, half_t: int, lamb: float, masked: bool) -> None:
+def test_segmentation_loss_matches_float64_loops(
+    k: int, half_t: int, lamb: float, masked: bool, method: str
+) -> None:
     p1 = _softmax_maps(3, k, 9, 11, seed=k)
     p2 = _softmax_maps(3, k, 9, 11, seed=k + 100)
     mask = None
     if masked:
         mask = torch.rand(3, 9, 11, generator=torch.Generator().manual_seed(7)) > 0.3
-    got = iic_segmentation_loss(p1, p2, half_t, lamb, mask=mask).item()
+    got = iic_segmentation_loss(p1, p2, half_t, lamb, mask=mask, method=method).item()
     want = _loop_loss(p1.numpy(), p2.numpy(), half_t, lamb, None if mask is None else mask.numpy())
     assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
 
 
-def test_joint_displacement_convention() -> None:
+@pytest.mark.parametrize("method", ["conv", "fft"])
+def test_joint_displacement_convention(method: str) -> None:
     """joints[d, c, c'] pairs p1 at u with p2 at u + t_d (the order of displacements())."""
     p1 = torch.zeros(1, 2, 5, 5)
     p2 = torch.zeros(1, 2, 5, 5)
     p1[0, 0, 2, 2] = 1.0  # cluster 0 at (2, 2) in view 1
     p2[0, 1, 3, 2] = 1.0  # cluster 1 at (3, 2) in view 2: displacement (dy, dx) = (1, 0)
-    joints = displaced_joints(p1, p2, half_t=1)
+    joints = displaced_joints(p1, p2, half_t=1, method=method)
     d = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)].index((1, 0))
-    assert joints[d, 0, 1] == 1.0
-    assert joints.sum() == 1.0
+    assert joints[d, 0, 1] == pytest.approx(1.0, abs=1e-6)
+    assert joints.sum() == pytest.approx(1.0, abs=1e-5)
+    assert (joints >= 0).all()
 
 
+@pytest.mark.parametrize("half_t", [0, 3])
 @pytest.mark.parametrize("k", [2, 3, 6])
-def test_identical_balanced_one_hot_maps_reach_minus_ln_k(k: int) -> None:
+def test_identical_balanced_one_hot_maps_reach_minus_ln_k(k: int, half_t: int) -> None:
     ids = torch.arange(4 * 9 * 8).reshape(4, 9, 8) % k  # 288 pixels: balanced for k = 2, 3, 6
     p = torch.nn.functional.one_hot(ids, k).permute(0, 3, 1, 2).float()
     loss = iic_segmentation_loss(p, p.clone(), half_t=0, lamb=1.0)
     assert loss.item() == pytest.approx(-math.log(k), rel=1e-5)
+    # one constant cluster per image: every displacement pairs equal ids, still -ln k
+    blocks = torch.nn.functional.one_hot(torch.arange(2 * k) % k, k).float()
+    q = blocks[:, :, None, None].expand(2 * k, k, 8, 8)
+    assert iic_segmentation_loss(q, q, half_t).item() == pytest.approx(-math.log(k), rel=1e-5)
+    # and this is the minimum: any other pair of maps scores higher
+    other = _softmax_maps(2 * k, k, 8, 8, seed=k, sharpness=5.0)
+    assert iic_segmentation_loss(other, other, half_t).item() > -math.log(k)
 
 
 @pytest.mark.parametrize("lamb", [1.0, 1.3, 2.0])
