@@ -280,11 +280,13 @@ def random_net_baseline(
     sources: Sequence[str | Path],
     out_dir: str | Path,
     config: BaselineConfig | None = None,
+    fit_on: Sequence[str | Path] | None = None,
 ) -> list[Path]:
     """A seeded, randomly initialised IIC network; argmax of head B per pixel.
 
-    Its input normalisation is set from the sources' own pixel statistics (as training
-    would), so the floor measures the untrained architecture, not a scaling accident.
+    Its input normalisation is set from the pixel statistics of ``fit_on`` (default: the
+    sources), as training would, so the floor measures the untrained architecture, not a
+    scaling accident.
     """
     import torch
 
@@ -292,7 +294,7 @@ def random_net_baseline(
 
     config = (config or BaselineConfig()).validate()
     paths, out = _prepare(sources, out_dir)
-    pixels = sample_pixels(paths, config)
+    pixels = sample_pixels([Path(p) for p in fit_on] if fit_on else paths, config)
     mean, std = band_statistics(pixels)
     torch.manual_seed(config.seed)
     arch = Architecture(in_channels=pixels.shape[1], k_a=config.k, k_b=config.k, preset=config.preset)

@@ -1,0 +1,359 @@
+"""Quality benchmark: accuracy and mIoU of the baselines (and IIC) on real ground truth.
+
+Every number goes through the same `geoseg.evaluate` a user runs, under both protocols:
+
+- **honest**: the model (k-means centroids, the random network's input statistics, IIC's
+  training) and the cluster-to-class mapping are fitted on one set, metrics come from
+  another: dubai tiles 1-4 -> tiles 5-6; for the single ISPRS and LoveDA images, the top
+  half -> the bottom half.
+- **transductive**: model and mapping fitted on the scored set itself (IIC's published
+  protocol).
+
+Writes the "## Quality" section of bench/RESULTS.md (replacing only that section) and
+the reports of every run under --work.
+
+    python bench/quality.py                    # k-means, random network, 3 seeds each
+    python bench/quality.py --with-iic         # plus IIC rows (train + segment, 3 seeds)
+    python bench/quality.py --datasets isprs --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from PIL import Image
+from rasterio.errors import NotGeoreferencedWarning
+
+from geoseg.baseline import fit_kmeans, predict_kmeans, random_net_baseline
+from geoseg.config import BaselineConfig, EvaluateConfig
+from geoseg.datasets import ISPRS_IDS, get_dataset, read_label
+from geoseg.evaluate import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "bench" / "RESULTS.md"
+SECTION = "## Quality (`bench/quality.py`)"
+
+
+@dataclass
+class Split:
+    """A benchmark case: fit and score sets of (image, label) pairs, and how to read labels."""
+
+    name: str
+    dataset: str  # geoseg.datasets name used by evaluate
+    k: int
+    fit: list[tuple[Path, Path]]
+    score: list[tuple[Path, Path]]
+    note: str
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+def dubai_split(data: Path) -> Split:
+    def pairs(tiles: Sequence[int]) -> list[tuple[Path, Path]]:
+        out = []
+        for t in tiles:
+            for image in sorted((data / "dubai" / f"tile{t}" / "images").glob("*.jpg")):
+                out.append((image, image.parent.parent / "masks" / f"{image.stem}.png"))
+        return out
+
+    return Split(
+        "dubai",
+        "dubai",
+        5,
+        pairs([1, 2, 3, 4]),
+        pairs([5, 6]),
+        "fit tiles 1-4 (36 images), score tiles 5-6 (18)",
+    )
+
+
+def _halves(
+    image: Path, label: Path, work: Path, name: str, relabel: Callable[[np.ndarray], np.ndarray] | None = None
+) -> tuple[list, list]:
+    """Top half (fit) and bottom half (score) of one image and its label, as lossless PNGs."""
+    work.mkdir(parents=True, exist_ok=True)
+    with Image.open(image) as img:
+        pixels = np.asarray(img.convert("RGB"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(label) as src:
+            raw = src.read(1)
+    if relabel is not None:
+        raw = relabel(raw)
+    mid = pixels.shape[0] // 2
+    out: list[list[tuple[Path, Path]]] = []
+    for part, rows in (("top", slice(0, mid)), ("bottom", slice(mid, None))):
+        folder = work / f"{name}_{part}"
+        folder.mkdir(exist_ok=True)
+        img_path, lab_path = folder / f"{name}_{part}.png", folder / f"{name}_{part}_label.png"
+        Image.fromarray(pixels[rows]).save(img_path)
+        Image.fromarray(np.ascontiguousarray(raw[rows])).save(lab_path)
+        out.append([(img_path, lab_path)])
+    return out[0], out[1]
+
+
+def isprs_splits(data: Path, work: Path) -> list[Split]:
+    image = data / "isprs" / "vaihingen_area1_0_0_512_512_irrg.png"
+    label = data / "isprs" / "vaihingen_area1_0_0_512_512_label.png"
+    fit, score = _halves(image, label, work, "isprs")
+    splits = [
+        Split(
+            "isprs",
+            "isprs-ids",
+            6,
+            fit,
+            score,
+            "Vaihingen 512x512 crop (IRRG), 6 classes; fit top half, score bottom half",
+        )
+    ]
+
+    # Potsdam-3 style merge: re-encode the ids as ISPRS colours and decode them with the
+    # potsdam3 dataset, whose palette merges {impervious, car}, {building, clutter}, {low veg, tree}.
+    def to_colours(raw: np.ndarray) -> np.ndarray:
+        ids = ISPRS_IDS.decode(raw)
+        lut = np.zeros((256, 3), np.uint8)  # ignore -> black, not in the palette
+        lut[: ISPRS_IDS.num_classes] = ISPRS_IDS.colours
+        return lut[ids]
+
+    fit3, score3 = _halves(image, label, work, "isprs3", relabel=to_colours)
+    splits.append(
+        Split("isprs-3", "potsdam3", 3, fit3, score3, "the same crop, IIC's Potsdam-3 merge, 3 classes")
+    )
+    return splits
+
+
+def loveda_split(data: Path, work: Path) -> Split:
+    fit, score = _halves(data / "loveda" / "0_rgb.png", data / "loveda" / "0_label.png", work, "loveda")
+    return Split(
+        "loveda",
+        "loveda",
+        7,
+        fit,
+        score,
+        "LoveDA tile 0, 1024x1024, 7 classes; fit top half, score bottom half",
+    )
+
+
+# --- methods: each returns cluster rasters for `sources`, fitted on `fit_images` -----------
+
+
+def _by_folder(sources: Sequence[Path], out: Path) -> list[tuple[list[Path], Path]]:
+    """Group sources by folder, one output folder each: stems repeat across dubai tiles."""
+    groups: dict[Path, list[Path]] = {}
+    for s in sources:
+        groups.setdefault(s.parent, []).append(s)
+    return [(files, out / f"g{i:02d}") for i, files in enumerate(groups.values())]
+
+
+def _ordered(sources: Sequence[Path], written: dict[Path, Path]) -> list[Path]:
+    return [written[s] for s in sources]
+
+
+def run_kmeans(split: Split, fit_images: list[Path], sources: list[Path], seed: int, out: Path) -> list[Path]:
+    config = BaselineConfig(k=split.k, seed=seed)
+    model = fit_kmeans(fit_images, config)
+    written = {}
+    for files, folder in _by_folder(sources, out):
+        written.update(zip(files, predict_kmeans(model, files, folder, config), strict=True))
+    return _ordered(sources, written)
+
+
+def run_random_net(
+    split: Split, fit_images: list[Path], sources: list[Path], seed: int, out: Path
+) -> list[Path]:
+    config = BaselineConfig(k=split.k, seed=seed)
+    written = {}
+    for files, folder in _by_folder(sources, out):
+        written.update(zip(files, random_net_baseline(files, folder, config, fit_on=fit_images), strict=True))
+    return _ordered(sources, written)
+
+
+def run_iic(split: Split, fit_images: list[Path], sources: list[Path], seed: int, out: Path) -> list[Path]:
+    """Ingest the fit images, train IIC (seeded), segment the sources (lazy imports)."""
+    from geoseg.ingest import ingest
+    from geoseg.segment import segment
+
+    from geoseg.config import IngestConfig, SegmentConfig, TrainConfig
+    from geoseg.train import train
+
+    store = ingest([str(p) for p in fit_images], out / "patches.zarr", IngestConfig(patch_size=128))
+    bundle = train(store, out / "model", TrainConfig(k=split.k, k_a=split.k * 4, seed=seed))
+    written = {}
+    for files, folder in _by_folder(sources, out / "pred"):
+        segment(bundle, files, folder, SegmentConfig(vectorize=False))
+        written.update({f: folder / f"{f.stem}_clusters.tif" for f in files})
+    return _ordered(sources, written)
+
+
+METHODS: dict[str, Callable[[Split, list[Path], list[Path], int, Path], list[Path]]] = {
+    "k-means": run_kmeans,
+    "random net": run_random_net,
+    "IIC": run_iic,
+}
+
+
+def run_case(split: Split, method: str, protocol: str, seed: int, work: Path) -> dict:
+    """One model fit + predictions + geoseg.evaluate; returns the report."""
+    out = work / split.name / method.replace(" ", "-") / protocol / f"seed{seed}"
+    fit = split.fit if protocol == "honest" else split.score
+    fit_images = [i for i, _ in fit]
+    score_images = [i for i, _ in split.score]
+    sources = fit_images + score_images if protocol == "honest" else score_images
+    preds = METHODS[method](split, fit_images, sources, seed, out)
+    pred_of = dict(zip(sources, preds, strict=True))
+    config = EvaluateConfig(dataset=split.dataset, n_examples=2, seed=seed)
+    kwargs = {}
+    if protocol == "honest":
+        kwargs = {
+            "fit_predictions": [pred_of[i] for i in fit_images],
+            "fit_labels": [lab for _, lab in split.fit],
+        }
+    return evaluate(
+        [pred_of[i] for i in score_images],
+        [lab for _, lab in split.score],
+        out / "report",
+        config,
+        images=score_images,
+        **kwargs,
+    )
+
+
+def majority_floor(split: Split) -> tuple[float, float]:
+    """Accuracy and mIoU of predicting the scored set's majority class everywhere."""
+    dataset = get_dataset(split.dataset)
+    counts = np.zeros(dataset.num_classes, np.int64)
+    for _, label in split.score:
+        counts += np.bincount(read_label(label, dataset).ravel(), minlength=256)[: dataset.num_classes]
+    share = counts.max() / counts.sum()
+    return float(share), float(share / np.count_nonzero(counts))
+
+
+# --- table --------------------------------------------------------------------------------
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(splits: list[Split], results: dict, seeds: Sequence[int], methods: Sequence[str]) -> list[str]:
+    lines = [
+        "| data | method | seeds | honest accuracy | honest mIoU | transductive accuracy | transductive mIoU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for split in splits:
+        acc, miou = majority_floor(split)
+        lines.append(
+            f"| {split.name} | majority class | – | {acc:.3f} | {miou:.3f} | {acc:.3f} | {miou:.3f} |"
+        )
+        for method in methods:
+            cells = []
+            for protocol in ("honest", "transductive"):
+                reports = [results[(split.name, method, protocol, s)] for s in seeds]
+                cells += [_cell([r["accuracy"] for r in reports]), _cell([r["miou"] for r in reports])]
+            lines.append(f"| {split.name} | {method} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_section(lines: list[str], path: Path = RESULTS) -> None:
+    """Replace the body of the Quality section only; other sections are left as they are."""
+    text = path.read_text()
+    start = text.index(SECTION) + len(SECTION)
+    nxt = text.find("\n## ", start)
+    end = len(text) if nxt < 0 else nxt + 1
+    body = "\n\n" + "\n".join(lines).rstrip() + "\n" + ("\n" if nxt >= 0 else "")
+    path.write_text(text[:start] + body + text[end:])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--datasets", nargs="+", default=["dubai", "isprs", "loveda"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--with-iic", action="store_true", help="also train + segment IIC (needs geoseg.train/segment)"
+    )
+    parser.add_argument("--work", type=Path, default=None, help="keep predictions and reports here")
+    parser.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="geoseg-quality-"))
+    splits: list[Split] = []
+    if "dubai" in args.datasets:
+        splits.append(dubai_split(args.data))
+    if "isprs" in args.datasets:
+        splits += isprs_splits(args.data, work / "crops")
+    if "loveda" in args.datasets:
+        splits.append(loveda_split(args.data, work / "crops"))
+    methods = ["k-means", "random net"] + (["IIC"] if args.with_iic else [])
+
+    results: dict = {}
+    timings: dict[str, float] = {}
+    for split in splits:
+        for method in methods:
+            start = time.perf_counter()
+            for protocol in ("honest", "transductive"):
+                for seed in args.seeds:
+                    report = run_case(split, method, protocol, seed, work)
+                    results[(split.name, method, protocol, seed)] = report
+                    print(
+                        f"{split.name:8s} {method:10s} {protocol:12s} seed {seed}: acc {report['accuracy']:.4f} mIoU {report['miou']:.4f}",
+                        flush=True,
+                    )
+            timings[f"{split.name}/{method}"] = time.perf_counter() - start
+
+    summary = {
+        f"{k[0]}|{k[1]}|{k[2]}|{k[3]}": {"accuracy": r["accuracy"], "miou": r["miou"]}
+        for k, r in results.items()
+    }
+    (work / "quality.json").write_text(json.dumps(summary, indent=2))
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, Python {platform.python_version()}, "
+        f"CPU only (torch threads {torch.get_num_threads()}): `python bench/quality.py {' '.join(argv)}`".rstrip()
+        + ".",
+        "",
+        "Pixel accuracy and mIoU after 1-to-1 Hungarian matching (k = number of classes), all through "
+        "`geoseg.evaluate`. **honest**: model and mapping fitted on one set, scored on another; "
+        "**transductive**: fitted and scored on the same set (IIC's published protocol). "
+        "Mean ± sample std over seeds. Majority class: predicting the most frequent class everywhere.",
+        "",
+        *[f"- {s.name}: {s.note} (dataset `{s.dataset}`, k = {s.k})" for s in splits],
+        "",
+        *table(splits, results, args.seeds, methods),
+        "",
+        "Wall time per data set and method (both protocols, all seeds): "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+        + ".",
+    ]
+    if not args.with_iic:
+        lines += [
+            "",
+            "IIC rows: `python bench/quality.py --with-iic` (train + segment per seed) once those stages exist.",
+        ]
+    print("\n".join(lines))
+    if not args.no_write:
+        write_section(lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
