@@ -25,5 +25,16 @@ lint: setup
 demo: setup
 	$(BIN)/geoseg demo --out demo-out
 
+# A local Prefect server, a process worker and the deployments (docs/usage-flows.md):
+# run `make server` and `make worker` in two terminals, then `make deploy` once.
+server: setup
+	scripts/prefect-server.sh
+
+worker: setup
+	scripts/prefect-worker.sh
+
+deploy: setup
+	scripts/prefect-deploy.sh
+
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

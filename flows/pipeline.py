@@ -1,0 +1,123 @@
+"""The ``pipeline`` flow: ingest -> train -> segment (+ vectorize) -> evaluate when labels are given.
+
+Run folder layout (``out``)::
+
+    patches.zarr/      the patch store              (ingest)
+    model/             the model bundle             (train)
+    predictions/       <stem>_clusters.tif, _confidence.tif, .gpkg, .qml, previews (segment)
+    evaluation/        report.json, report.md, PNGs (evaluate, only with labels)
+    catalog/           the run's STAC catalog: surveys, models, predictions
+    .prefect-cache/    task cache records: re-running skips finished steps
+
+:func:`run_demo` is the Prefect side of ``geoseg demo`` (the library never imports
+Prefect): it generates or takes the scene (:mod:`geoseg.demo`) and calls this flow,
+in Prefect's ephemeral mode unless a server is configured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.ingest import ingest_step
+from flows.runner import task_runner
+from flows.segment import segment_step
+from flows.settings import (
+    FlowSettings,
+    build_config,
+    check_dask_address,
+    check_inputs,
+    check_output,
+    config_dict,
+    default_out,
+)
+from flows.tasks import evaluate_task, run
+from flows.train import train_step
+from geoseg.config import EvaluateConfig, IngestConfig, SegmentConfig, TrainConfig
+
+EVALUATION = "evaluation"
+
+
+@flow(name="pipeline", task_runner=task_runner(), validate_parameters=True)
+def pipeline_flow(
+    src: str | list[str],
+    out: str | None = None,
+    labels: str | list[str] | None = None,
+    dataset: str | None = None,
+    patch_size: int | None = None,
+    steps: int | None = None,
+    k: int | None = None,
+    preset: str | None = None,
+    ingest: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    segment: dict[str, Any] | None = None,
+    evaluate: dict[str, Any] | None = None,
+    dask_address: str | None = None,
+) -> dict[str, Any]:
+    """End to end on a survey: patch store, model, cluster maps and polygons, evaluation, catalog.
+
+    Args:
+        src: raster files (GeoTIFF/COG) of the survey.
+        out: the run folder (default ``$GEOSEG_WORK_ROOT/pipeline/<first source stem>``).
+        labels: ground truth rasters, one per source: the run is then evaluated too.
+            Training never sees them.
+        dataset: label dataset (geoseg.datasets) of ``labels``.
+        patch_size, steps, k, preset: shortcuts for the ingest/train settings.
+        ingest, train, segment, evaluate: any other field of the stage's config.
+        dask_address: join this Dask scheduler (default: a LocalCluster or $GEOSEG_DASK_ADDRESS).
+
+    Returns:
+        Paths of what was written and each step's final state ("Completed" or "Cached").
+    """
+    logger = get_run_logger()
+    settings = FlowSettings.from_env()
+    check_dask_address(dask_address)
+    sources = check_inputs(src, "src", settings)
+    label_paths = check_inputs(labels, "labels", settings) if labels else None
+    if label_paths is not None and len(label_paths) != len(sources):
+        from geoseg.errors import ConfigError
+
+        raise ConfigError(f"give one label raster per source: {len(sources)} sources, {len(label_paths)} labels")
+    run_dir = check_output(out or default_out(settings, "pipeline", sources[0]), "out", settings)
+    ingest_cfg = build_config(IngestConfig, ingest, patch_size=patch_size, dataset=dataset)
+    train_cfg = build_config(TrainConfig, train, steps=steps, k=k, preset=preset)
+    segment_cfg = build_config(SegmentConfig, segment)
+    evaluate_cfg = build_config(EvaluateConfig, evaluate, dataset=dataset)
+
+    states: dict[str, Any] = {}
+    store, states["ingest"] = ingest_step(sources, run_dir, ingest_cfg)
+    logger.info("patch store %s (%s)", store, states["ingest"])
+    model, states["train"] = train_step([store], run_dir, train_cfg)
+    logger.info("model %s (%s)", model, states["train"])
+    predictions, states["segment"] = segment_step(model, sources, run_dir, segment_cfg)
+    report = None
+    if label_paths:
+        report, states["evaluate"] = run(
+            evaluate_task,
+            run_dir,
+            predictions=[p["clusters"] for p in predictions],
+            labels=[str(p) for p in label_paths],
+            out_dir=str(run_dir / EVALUATION),
+            config=config_dict(evaluate_cfg),
+            images=[str(s) for s in sources],
+        )
+        logger.info("evaluation %s (%s)", report, states["evaluate"])
+    return {
+        "run": str(run_dir),
+        "store": str(store),
+        "model": str(model),
+        "predictions": predictions,
+        "report": report,
+        "catalog": str(run_dir / "catalog" / "catalog.json"),
+        "states": states,
+    }
+
+
+def run_demo(out: str | Path, src: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """``geoseg demo``: the pipeline on the generated scene (with evaluation) or on ``src``."""
+    from geoseg.demo import demo_parameters
+
+    parameters = demo_parameters(out, src=src, **overrides)
+    return pipeline_flow(**parameters)

@@ -1,0 +1,73 @@
+"""The flows' task runner: Dask, on a LocalCluster or on the scheduler a run names.
+
+Prefect fixes a flow's task runner when the flow is decorated, but the Dask address is a
+run parameter (``dask_address``) or a worker setting (``GEOSEG_DASK_ADDRESS``). The
+DaskTaskRunner only connects when the first task is submitted, so this subclass decides
+there: by then the flow run's parameters are known. Without an address it starts a
+LocalCluster sized by :class:`flows.settings.FlowSettings`.
+
+Inside a task, :func:`library_dask` hands the same cluster to the library's own Dask work
+(ingest, vectorize): it returns the scheduler address of the worker running the task and
+secedes the task's thread from the worker's pool meanwhile, so the library's Dask tasks
+can use that thread's slot instead of waiting for it (no deadlock on a one-thread worker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import distributed
+from prefect.context import FlowRunContext
+from prefect_dask import DaskTaskRunner
+
+from flows.settings import FlowSettings, check_dask_address
+
+log = logging.getLogger(__name__)
+
+
+class GeosegTaskRunner(DaskTaskRunner):
+    """A DaskTaskRunner whose cluster is chosen from the flow run's ``dask_address`` parameter."""
+
+    @property
+    def client(self) -> distributed.Client:  # type: ignore[override]
+        if self._client is None and self._cluster is None and self.address is None:
+            self._choose_cluster()
+        return DaskTaskRunner.client.fget(self)  # type: ignore[attr-defined]
+
+    def _choose_cluster(self) -> None:
+        settings = FlowSettings.from_env()
+        context = FlowRunContext.get()
+        parameter = context.parameters.get("dask_address") if context and context.parameters else None
+        address = check_dask_address(parameter) or settings.dask_address
+        if address:
+            self.address = address
+            self.cluster_kwargs = {}
+        else:
+            self.cluster_kwargs = {**settings.cluster_kwargs(), **self.cluster_kwargs}
+
+
+def task_runner() -> GeosegTaskRunner:
+    """The runner every geoseg flow is decorated with."""
+    return GeosegTaskRunner()
+
+
+@contextlib.contextmanager
+def library_dask() -> Iterator[str | None]:
+    """The scheduler address of the Dask worker running this task (None outside Dask).
+
+    The task's thread secedes from the worker's pool while the block runs, and rejoins
+    after: the library's Dask work on the same cluster can then use the slot.
+    """
+    try:
+        worker = distributed.get_worker()
+    except ValueError:
+        yield None
+        return
+    address = worker.scheduler.address
+    distributed.secede()
+    try:
+        yield address
+    finally:
+        distributed.rejoin()

@@ -1,0 +1,121 @@
+"""The ``segment`` flow: new imagery + a model -> cluster COGs, GeoPackages, QML styles, STAC items.
+
+One segment task per source raster (Dask runs them in parallel), then one vectorize task
+per cluster COG, whose own block-parallel work runs on the same Dask cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.runner import task_runner
+from flows.settings import (
+    FlowSettings,
+    build_config,
+    check_dask_address,
+    check_input,
+    check_inputs,
+    check_output,
+    config_dict,
+    default_out,
+)
+from flows.tasks import resolve, segment_task, submit, vectorize_task
+from geoseg.config import SegmentConfig
+
+PREDICTIONS = "predictions"
+CATALOG = "catalog"
+
+
+def segment_step(
+    model: Path, sources: list[Path], run_dir: Path, config: SegmentConfig
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Segment (and vectorize) every source; add prediction items linked to source and model."""
+    from geoseg import stac
+    from geoseg.bundle import load_meta
+
+    out_dir = run_dir / PREDICTIONS
+    task_config = config_dict(config)
+    futures = [
+        (s, submit(segment_task, run_dir, model=str(model), source=str(s), out_dir=str(out_dir), config=task_config))
+        for s in sources
+    ]
+    results, states = [], []
+    for source, future in futures:
+        result, state = resolve(
+            future, segment_task, run_dir, model=str(model), source=str(source), out_dir=str(out_dir), config=task_config
+        )
+        results.append(result)
+        states.append(state)
+    if config.vectorize:
+        names = {c.id: c.name for c in load_meta(model).clusters if c.name}
+        vectors = [
+            submit(
+                vectorize_task,
+                run_dir,
+                clusters=r["clusters"],
+                out_gpkg=_gpkg_path(r["clusters"]),
+                min_area=config.min_area,
+                simplify=config.simplify,
+                class_names=names or None,
+            )
+            for r in results
+        ]
+        for r, future in zip(results, vectors, strict=True):
+            r["gpkg"], state = resolve(
+                future,
+                vectorize_task,
+                run_dir,
+                clusters=r["clusters"],
+                out_gpkg=_gpkg_path(r["clusters"]),
+                min_area=config.min_area,
+                simplify=config.simplify,
+                class_names=names or None,
+            )
+            states.append(state)
+    model_item = stac.model_item(model)
+    items = [model_item]
+    for source, r in zip(sources, results, strict=True):
+        survey = stac.survey_item(source)
+        items += [survey, stac.prediction_item(r, survey, model_item)]
+    stac.update_run_catalog(run_dir / CATALOG, items)
+    return results, states
+
+
+def _gpkg_path(clusters: str) -> str:
+    return str(Path(clusters).with_suffix(".gpkg"))
+
+
+@flow(name="segment", task_runner=task_runner(), validate_parameters=True)
+def segment_flow(
+    src: str | list[str],
+    model: str,
+    out: str | None = None,
+    vectorize: bool = True,
+    min_area: float | None = None,
+    simplify: float | None = None,
+    options: dict[str, Any] | None = None,
+    dask_address: str | None = None,
+) -> list[dict[str, Any]]:
+    """Segment new rasters with a trained model; outputs go to ``<out>/predictions``.
+
+    Args:
+        src: raster files (GeoTIFF/COG) to segment.
+        model: a model bundle folder (``model.json`` + ``weights.safetensors``).
+        out: the run folder (default ``$GEOSEG_WORK_ROOT/segment/<first source stem>``).
+        vectorize: also write ``<stem>_clusters.gpkg`` polygons.
+        min_area, simplify: polygon sieve (CRS units²) and simplification tolerance.
+        options: any other SegmentConfig field, e.g. ``{"overlap": 0.5, "device": "cuda"}``.
+        dask_address: join this Dask scheduler (default: a LocalCluster or $GEOSEG_DASK_ADDRESS).
+    """
+    settings = FlowSettings.from_env()
+    check_dask_address(dask_address)
+    sources = check_inputs(src, "src", settings)
+    bundle = check_input(model, "model", settings)
+    run_dir = check_output(out or default_out(settings, "segment", sources[0]), "out", settings)
+    config = build_config(SegmentConfig, options, vectorize=vectorize, min_area=min_area, simplify=simplify)
+    results, states = segment_step(bundle, sources, run_dir, config)
+    get_run_logger().info("%d rasters segmented into %s (%s)", len(results), run_dir / PREDICTIONS, states)
+    return results

@@ -1,0 +1,150 @@
+"""Settings of the flows and validation of the parameters that arrive from deployments.
+
+Deployment parameters come from outside (the Prefect UI, ``prefect deployment run
+--param``, automations), so every flow checks them before any work starts and fails
+with one clear ConfigError/InputError: input paths must exist, every path must lie inside
+the allowed roots when those are set, numbers must be in range (the stage configs'
+``validate()``), and a Dask address must look like one.
+
+Environment variables (read when a flow starts, so a worker's environment decides):
+
+- ``GEOSEG_DASK_ADDRESS``: join this Dask scheduler instead of starting a LocalCluster
+  (a flow's ``dask_address`` parameter takes precedence).
+- ``GEOSEG_WORK_ROOT``: where runs without an explicit ``out`` write (default
+  ``./geoseg-runs``).
+- ``GEOSEG_ALLOWED_ROOTS``: ``os.pathsep``-separated folders; when set, every input and
+  output path of a flow must lie inside one of them (a production worker should set it).
+- ``GEOSEG_DASK_WORKERS`` / ``GEOSEG_DASK_THREADS``: size of the default LocalCluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from geoseg.errors import ConfigError, InputError
+
+C = TypeVar("C")
+_ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc)://[\w.\-\[\]:]+:\d+$|^[\w.\-]+:\d+$")
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """Where flows write and which Dask cluster they use."""
+
+    dask_address: str | None = None
+    work_root: Path = Path("geoseg-runs")
+    allowed_roots: tuple[Path, ...] = ()
+    dask_workers: int = 1
+    dask_threads: int = 2
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> FlowSettings:
+        env = os.environ if environ is None else environ
+        roots = tuple(Path(p).resolve() for p in env.get("GEOSEG_ALLOWED_ROOTS", "").split(os.pathsep) if p)
+        settings = cls(
+            dask_address=env.get("GEOSEG_DASK_ADDRESS") or None,
+            work_root=Path(env.get("GEOSEG_WORK_ROOT", "geoseg-runs")),
+            allowed_roots=roots,
+            dask_workers=_int(env, "GEOSEG_DASK_WORKERS", 1),
+            dask_threads=_int(env, "GEOSEG_DASK_THREADS", 2),
+        )
+        if not 1 <= settings.dask_workers <= 256 or not 1 <= settings.dask_threads <= 256:
+            raise ConfigError("GEOSEG_DASK_WORKERS and GEOSEG_DASK_THREADS must be in [1, 256]")
+        check_dask_address(settings.dask_address)
+        return settings
+
+    def cluster_kwargs(self) -> dict[str, Any]:
+        """LocalCluster arguments: worker processes, a random dashboard port (never a clash)."""
+        return {
+            "n_workers": self.dask_workers,
+            "threads_per_worker": self.dask_threads,
+            "processes": True,
+            "dashboard_address": ":0",
+        }
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        return int(env.get(name, default))
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {env.get(name)!r}") from None
+
+
+def check_dask_address(address: str | None) -> str | None:
+    """None, or a scheduler address such as ``tcp://10.0.0.5:8786``."""
+    if address is None or address == "":
+        return None
+    if not isinstance(address, str) or not _ADDRESS.match(address):
+        raise ConfigError(f"dask_address must look like tcp://HOST:PORT, got {address!r}")
+    return address
+
+
+def _inside(path: Path, roots: Iterable[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+def check_input(path: str | Path, what: str, settings: FlowSettings) -> Path:
+    """An existing input file or folder (absolute), inside the allowed roots."""
+    if not path:
+        raise ConfigError(f"{what}: empty path")
+    resolved = Path(path).expanduser().resolve()
+    if settings.allowed_roots and not _inside(resolved, settings.allowed_roots):
+        raise ConfigError(f"{what} {path} is outside the allowed roots {[str(r) for r in settings.allowed_roots]}")
+    if not resolved.exists():
+        raise InputError(f"{what} not found: {path}")
+    return resolved
+
+
+def check_inputs(paths: str | Path | Iterable[str | Path], what: str, settings: FlowSettings) -> list[Path]:
+    """One or more inputs (a single string is one path, not a list of characters)."""
+    items = [paths] if isinstance(paths, str | Path) else list(paths)
+    if not items:
+        raise ConfigError(f"{what}: give at least one path")
+    return [check_input(p, what, settings) for p in items]
+
+
+def check_output(path: str | Path, what: str, settings: FlowSettings) -> Path:
+    """An output location (absolute) inside the allowed roots; it need not exist yet."""
+    if not path:
+        raise ConfigError(f"{what}: empty path")
+    resolved = Path(path).expanduser().resolve()
+    if settings.allowed_roots and not _inside(resolved, settings.allowed_roots):
+        raise ConfigError(f"{what} {path} is outside the allowed roots {[str(r) for r in settings.allowed_roots]}")
+    if resolved.exists() and not resolved.is_dir():
+        raise ConfigError(f"{what} {path} exists and is not a folder")
+    return resolved
+
+
+def default_out(settings: FlowSettings, flow: str, first_source: Path) -> Path:
+    """A stable run folder for a flow on a source: re-running writes (and caches) in the same place."""
+    return (settings.work_root / flow / first_source.stem).resolve()
+
+
+def build_config(cls: type[C], overrides: Mapping[str, Any] | None, **fixed: Any) -> C:
+    """A stage config from a deployment's dict of overrides: unknown keys and bad values fail early.
+
+    Lists become tuples (JSON has no tuples); ``fixed`` wins over ``overrides``.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = dict(overrides or {})
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} setting(s) {unknown}; known: {sorted(names)}")
+    values.update({k: v for k, v in fixed.items() if v is not None})
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        config = cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"bad {cls.__name__}: {exc}") from None
+    return config.validate()  # type: ignore[attr-defined]
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A config as a JSON-able dict: what tasks receive (and hash for caching)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

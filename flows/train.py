@@ -1,0 +1,65 @@
+"""The ``train`` flow: patch store(s) -> a model bundle (+ a model item in the run's STAC catalog)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.runner import task_runner
+from flows.settings import (
+    FlowSettings,
+    build_config,
+    check_dask_address,
+    check_inputs,
+    check_output,
+    config_dict,
+    default_out,
+)
+from flows.tasks import run, train_task
+from geoseg.config import TrainConfig
+
+MODEL = "model"
+CATALOG = "catalog"
+
+
+def train_step(stores: list[Path], run_dir: Path, config: TrainConfig) -> tuple[Path, str]:
+    """Run the training task (cached) and record the model, linked to its stores' surveys."""
+    from geoseg import stac
+
+    bundle, state = run(
+        train_task, run_dir, stores=[str(s) for s in stores], out=str(run_dir / MODEL), config=config_dict(config)
+    )
+    stac.update_run_catalog(run_dir / CATALOG, [stac.model_item(Path(bundle))])
+    return Path(bundle), state
+
+
+@flow(name="train", task_runner=task_runner(), validate_parameters=True)
+def train_flow(
+    store: str | list[str],
+    out: str | None = None,
+    preset: str | None = None,
+    steps: int | None = None,
+    k: int | None = None,
+    device: str | None = None,
+    options: dict[str, Any] | None = None,
+    dask_address: str | None = None,
+) -> str:
+    """Train IIC on patch stores; the bundle goes to ``<out>/model``.
+
+    Args:
+        store: one or more ``patches.zarr`` written by the ingest flow.
+        out: the run folder (default ``$GEOSEG_WORK_ROOT/train/<first store stem>``).
+        preset, steps, k, device: shortcuts for TrainConfig fields ("auto": GPU when present).
+        options: any other TrainConfig field, e.g. ``{"batch_size": 32, "lr": 1e-4}``.
+        dask_address: run the task on this Dask scheduler's workers.
+    """
+    settings = FlowSettings.from_env()
+    check_dask_address(dask_address)
+    stores = check_inputs(store, "store", settings)
+    run_dir = check_output(out or default_out(settings, "train", stores[0]), "out", settings)
+    config = build_config(TrainConfig, options, preset=preset, steps=steps, k=k, device=device)
+    bundle, state = train_step(stores, run_dir, config)
+    get_run_logger().info("model bundle %s (%s)", bundle, state)
+    return str(bundle)
