@@ -1,0 +1,179 @@
+"""The GPU worker image, checked without a Docker engine (there is none on these machines).
+
+What can be checked here: the Dockerfile installs geoseg with the project's lock file, every
+version it names is the locked one, its Python is the one pyproject allows, its default
+command exists in the installed Prefect CLI with the options it passes, the geoseg
+sub-commands it runs exist, it runs as a non-root user, and the build context keeps out
+what must not be baked in. Not checked: that the image builds, that the base image tag
+exists, that CUDA works inside it (see docs/usage-retrain.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+
+from geoseg.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    text = (ROOT / "Dockerfile").read_text()
+    logical, current = [], ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") and not current:
+            continue
+        current += line.rstrip("\\").strip() + " " if line.rstrip().endswith("\\") else line.strip()
+        if not line.rstrip().endswith("\\"):
+            if current.strip():
+                logical.append(current.strip())
+            current = ""
+    return [(s.split(None, 1)[0].upper(), s.split(None, 1)[1] if " " in s else "") for s in logical]
+
+
+def locked() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[_norm(name)] = version
+    return pins
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pip_installs() -> list[tuple[int, list[str]]]:
+    """(instruction index, arguments) of every `pip install` command in a RUN."""
+    found = []
+    for i, (op, args) in enumerate(instructions()):
+        if op != "RUN":
+            continue
+        for command in re.split(r"&&|;", args):
+            words = command.replace('"', "").replace("'", "").split()
+            if "pip" in words and "install" in words:
+                found.append((i, words[words.index("install") + 1 :]))
+    return found
+
+
+def test_install_line_uses_the_lock_file_copied_before_it() -> None:
+    steps = instructions()
+    project = [(i, a) for i, a in pip_installs() if any(w == "." or w.startswith(".[") for w in a)]
+    assert len(project) == 1, "geoseg must be installed exactly once, with `pip install ... .`"
+    for i, words in pip_installs():
+        if words in (["--upgrade", "pip"], ["-U", "pip"]):
+            continue
+        joined = " ".join(words)
+        assert re.search(r"(-c|--constraint)\s+constraints\.txt", joined), f"pip install {joined}"
+        assert any(op == "COPY" and "constraints.txt" in a.split() for op, a in steps[:i]), (
+            "constraints.txt is not copied before the install"
+        )
+
+
+def test_versions_named_in_the_dockerfile_are_the_locked_ones() -> None:
+    pins = locked()
+    text = (ROOT / "Dockerfile").read_text()
+    named = re.findall(r"([A-Za-z0-9][A-Za-z0-9_.\-]*)==([0-9][^\s\"']*)", text)
+    for name, version in named:
+        assert pins.get(_norm(name)) == version, (
+            f"{name}=={version} but constraints.txt has {pins.get(_norm(name))}"
+        )
+    # The extra the image installs is locked too, so the image resolves only pinned versions.
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for op, args in instructions():
+        for extra in re.findall(r"\.\[([a-z0-9_,-]+)\]", args) if op == "RUN" else []:
+            for group in extra.split(","):
+                for requirement in extras[group]:
+                    name = re.match(r"[A-Za-z0-9_.\-]+", requirement).group(0)  # type: ignore[union-attr]
+                    assert _norm(name) in pins, f"{name} (extra {group}) is not pinned in constraints.txt"
+
+
+def test_python_and_base_image() -> None:
+    steps = instructions()
+    args = dict(a.split("=", 1) for op, a in steps if op == "ARG" and "=" in a)
+    froms = [a for op, a in steps if op == "FROM"]
+    assert len(froms) == 1
+    base = froms[0]
+    if base.startswith("${"):
+        base = args[base.strip("${}")]
+    assert "cuda" in base and "runtime" in base, base
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert requires == ">=3.11,<3.12"
+    runs = " ".join(a for op, a in steps if op == "RUN")
+    assert "python3.11 -m venv" in runs
+    pythons = set(re.findall(r"python3\.(\d+)", runs))
+    assert pythons == {"11"}, pythons
+
+
+def test_runs_as_a_non_root_user() -> None:
+    steps = instructions()
+    users = [a.strip() for op, a in steps if op == "USER"]
+    assert users, "no USER: the image would run as root"
+    final = users[-1]
+    assert final not in ("root", "0") and not final.startswith("0:"), final
+    created = " ".join(a for op, a in steps if op == "RUN" and "useradd" in a)
+    assert re.search(rf"useradd\b.*\b{re.escape(final)}\b", created), f"user {final} is never created"
+    uid = re.search(r"--uid\s+(\d+)", created)
+    assert uid is None or int(uid.group(1)) != 0
+    last_user = max(i for i, (op, _) in enumerate(steps) if op == "USER")
+    assert not any(op == "RUN" for op, _ in steps[last_user:]), "RUN after the final USER"
+
+
+def test_default_command_is_a_prefect_docker_worker_that_the_cli_accepts() -> None:
+    steps = instructions()
+    assert not [a for op, a in steps if op == "ENTRYPOINT"], "ENTRYPOINT would prefix flow-run commands"
+    command = json.loads([a for op, a in steps if op == "CMD"][-1])
+    assert command[:3] == ["prefect", "worker", "start"]
+    options = dict(zip(command[3::2], command[4::2], strict=True))
+    assert options["--type"] == "docker"
+    assert options["--pool"] == "geoseg-gpu"
+    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent))
+    assert prefect is not None, "prefect CLI not installed beside this Python"
+    run = subprocess.run([prefect, "worker", "start", "--help"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    for option in options:
+        assert option in run.stdout, f"`prefect worker start` has no {option}"
+
+
+def test_geoseg_commands_run_in_the_image_exist() -> None:
+    commands = [c.strip() for op, a in instructions() if op == "RUN" for c in re.split(r"&&|;|\|", a)]
+    used = {m.group(1) for c in commands if (m := re.match(r"geoseg\s+([a-z][a-z-]*)", c))}
+    assert used, "the image runs no geoseg smoke check"
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert used <= set(sub.choices), used - set(sub.choices)  # type: ignore[arg-type]
+
+
+def test_build_context_has_what_the_copies_need_and_nothing_private() -> None:
+    rules = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def included(path: str) -> bool:
+        keep = True
+        for rule in rules:
+            negate = rule.startswith("!")
+            pattern = rule.lstrip("!").rstrip("/")
+            if fnmatch(path, pattern) or fnmatch(path, pattern + "/*") or path.startswith(pattern + "/"):
+                keep = negate
+        return keep
+
+    for op, args in instructions():
+        if op == "COPY":
+            sources = [s for s in args.split()[:-1] if not s.startswith("--")]
+            for src in sources:
+                assert included(src), f"COPY {src}, but .dockerignore excludes it"
+                assert (ROOT / src).exists() or src == "prefect.yaml", src
+    for private in (".venv/bin/python", ".git/config", "out/x.zarr/zarr.json", "catalogs/catalog.json"):
+        assert not included(private), private
