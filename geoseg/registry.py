@@ -4,6 +4,7 @@ which one is promoted.
 Layout of ``REGISTRY/``::
 
     registry.json          the state: versions, the promotion stack, the event log
+    current -> v0002       symlink to the promoted version (what deployments name)
     catalog.json           a STAC catalog of the versions (derived from registry.json)
     v0001/                 a copy of the bundle (model.json, weights.safetensors, reports)
     v0001/v0001.json       its STAC item (assets: weights, model.json, alignment report)
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -42,6 +44,7 @@ from geoseg.errors import ConfigError, InputError
 from geoseg.fileio import atomic_path, sha256_file, write_json_atomic
 
 STATE = "registry.json"
+CURRENT = "current"  # symlink to the promoted version
 CATALOG_ID = "geoseg-models"
 REGISTRY_FORMAT = "geoseg.registry/1"
 _VERSION = re.compile(r"^v(\d{4,})$")
@@ -331,7 +334,28 @@ def _now() -> str:
 def _save(registry: Path, state: RegistryState) -> None:
     registry.mkdir(parents=True, exist_ok=True)
     write_json_atomic(registry / STATE, asdict(state))
+    _point_current(registry, state.current)
     write_catalog(registry, state)
+
+
+def _point_current(registry: Path, version: str | None) -> None:
+    """``REGISTRY/current`` -> the promoted version's folder (a relative symlink, swapped atomically).
+
+    Deployments name ``REGISTRY/current`` as their model: they follow promotions and
+    rollbacks without being redeployed.
+    """
+    link = registry / CURRENT
+    if version is None:
+        if link.is_symlink():
+            link.unlink()
+        return
+    if link.is_symlink() and os.readlink(link) == version:
+        return
+    tmp = registry / f".{CURRENT}.tmp-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(version, tmp, target_is_directory=True)
+    os.replace(tmp, link)
 
 
 def write_catalog(registry: str | Path, state: RegistryState | None = None) -> Path:

@@ -87,9 +87,11 @@ def test_promote_and_rollback_one_command(tmp_path: Path, capsys: pytest.Capture
     assert registry.current_model(reg) == reg / "v0003"
     assert load_meta(reg / "v0003").provenance["registry_version"] == "v0003"
 
+    assert (reg / "current").resolve() == (reg / "v0003").resolve()
     assert main(["model", "rollback", "--registry", str(reg)]) == 0
     current = registry.current_model(reg)
     assert current == reg / "v0002"
+    assert sha256_file(reg / "current" / WEIGHTS) == sha256_file(second / WEIGHTS)
     assert sha256_file(current / WEIGHTS) == sha256_file(second / WEIGHTS)
     assert registry.resolve_model(None, reg) == reg / "v0002"
     assert registry.resolve_model("v0003", reg) == reg / "v0003"
