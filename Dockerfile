@@ -20,8 +20,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
-    VIRTUAL_ENV=/opt/geoseg \
-    PATH=/opt/geoseg/bin:$PATH
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
 
 # Python 3.11 (pyproject: >=3.11,<3.12); Ubuntu 24.04 ships 3.12, so it comes from deadsnakes.
 RUN apt-get update \
@@ -30,10 +30,11 @@ RUN apt-get update \
  && apt-get update \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
  && rm -rf /var/lib/apt/lists/* \
- && python3.11 -m venv /opt/geoseg
+ && python3.11 -m venv /opt/venv
 
-WORKDIR /opt/src
-# The lock file first: the dependency layer is rebuilt only when it or pyproject changes.
+# The source tree stays at /opt/geoseg: prefect.yaml's docker deployments run from there.
+WORKDIR /opt/geoseg
+# Installed exactly as `make setup` does: pip with the lock file as constraints.
 COPY pyproject.toml constraints.txt README.md ./
 COPY geoseg ./geoseg
 COPY flows ./flows
@@ -46,7 +47,7 @@ RUN python -m pip install --upgrade pip \
 # Run as an unprivileged user (to use the host's docker socket, add its group at run time:
 # `docker run --group-add $(stat -c %g /var/run/docker.sock) ...`).
 RUN useradd --create-home --uid 10001 --user-group geoseg
-# Flow runs start here: prefect.yaml's entrypoints (flows/*.py) resolve against /opt/src.
+# Flow runs start in /opt/geoseg: prefect.yaml's entrypoints (flows/*.py) resolve there.
 COPY prefect.yaml ./
 USER geoseg
 

@@ -174,6 +174,28 @@ def test_build_context_has_what_the_copies_need_and_nothing_private() -> None:
             sources = [s for s in args.split()[:-1] if not s.startswith("--")]
             for src in sources:
                 assert included(src), f"COPY {src}, but .dockerignore excludes it"
-                assert (ROOT / src).exists() or src == "prefect.yaml", src
+                assert (ROOT / src).exists(), src
     for private in (".venv/bin/python", ".git/config", "out/x.zarr/zarr.json", "catalogs/catalog.json"):
         assert not included(private), private
+
+
+def test_prefect_yaml_docker_pool_matches_the_image() -> None:
+    """The docker deployments run in this image: same pool, image name and working directory."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    steps = instructions()
+    command = json.loads([a for op, a in steps if op == "CMD"][-1])
+    pool = command[command.index("--pool") + 1]
+    workdir = [a for op, a in steps if op == "WORKDIR"][-1]
+    docker = [d for d in config["deployments"] if d["work_pool"]["name"] == pool]
+    assert docker, f"no deployment uses the {pool} pool"
+    build_tag = re.search(r"docker build -t (\S+)", (ROOT / "Dockerfile").read_text()).group(1)  # type: ignore[union-attr]
+    for deployment in docker:
+        image = deployment["work_pool"]["job_variables"]["image"]
+        assert image.split(":")[0] == build_tag.split(":")[0], image
+        pull = deployment.get("pull", config.get("pull"))
+        dirs = [s["prefect.deployments.steps.set_working_directory"]["directory"] for s in pull]
+        assert dirs == [workdir], (deployment["name"], dirs)
+        requests = deployment["work_pool"]["job_variables"]["container_create_kwargs"]["device_requests"]
+        assert any(["gpu"] in r["capabilities"] for r in requests), "the GPU is not passed to the container"
