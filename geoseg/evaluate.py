@@ -394,8 +394,7 @@ def _markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Notes", "", *[f"- {n}" for n in report["notes"]]]
     lines += ["", "## Per image", "", "| prediction | pixels | accuracy |", "|---|---|---|"]
     lines += [
-        f"| {Path(r['prediction']).name} | {r['n_pixels']} | {fmt(r['accuracy'])} |"
-        for r in report["per_image"]
+        f"| {_short(r['prediction'])} | {r['n_pixels']} | {fmt(r['accuracy'])} |" for r in report["per_image"]
     ]
     files = report["files"]
     lines += [
@@ -413,6 +412,12 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _short(path: str) -> str:
+    """Folder and file name: stems repeat across folders (e.g. one folder per survey tile)."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
 # --- figures ------------------------------------------------------------------------------
@@ -499,12 +504,26 @@ def _side_by_side(
     lut = np.full(256, IGNORE, np.uint8)
     lut[: len(mapping)] = np.where(mapping >= 0, mapping, n_classes)
     panels = []
+    titles = []
     if image is not None:
         panels.append(_display_rgb(image, ids.shape))
+        titles.append(image.name)
     panels += [colourize(lut[ids], colours), colourize(truth, colours)]
+    titles += ["prediction (mapped)", "ground truth"]
     gap = np.full((ids.shape[0], 4, 3), 255, np.uint8)
     row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
-    return save_png(row, target, max_size=None)
+    return save_png(_with_titles(row, titles, ids.shape[1] + 4), target, max_size=None)
+
+
+def _with_titles(row: np.ndarray, titles: list[str], pitch: int, height: int = 16) -> np.ndarray:
+    """A white strip above the panels naming each one."""
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (row.shape[1], height), "white")
+    draw = ImageDraw.Draw(strip)
+    for i, title in enumerate(titles):
+        draw.text((i * pitch + 3, 2), title, fill="black")
+    return np.concatenate([np.asarray(strip), row], axis=0)
 
 
 def _display_rgb(path: Path, shape: tuple[int, int]) -> np.ndarray:

@@ -74,7 +74,7 @@ def test_transductive_report_matches_metrics(tmp_path: Path) -> None:
     assert len(report["files"]["examples"]) == 2
     for example in report["files"]["examples"]:
         with Image.open(tmp_path / "report" / example) as png:
-            assert png.size == (80 * 2 + 4, 60)  # prediction | ground truth, no image given
+            assert png.size == (80 * 2 + 4, 60 + 16)  # title strip over prediction | ground truth
     on_disk = json.loads((tmp_path / "report" / "report.json").read_text())
     assert on_disk["accuracy"] == report["accuracy"] and on_disk["protocol"] == "transductive"
 
