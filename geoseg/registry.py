@@ -319,6 +319,75 @@ def version_dir(registry: str | Path, version: str) -> Path:
     return Path(registry) / version
 
 
+# --- surveys a retraining has not seen yet ----------------------------------------------------
+
+
+@dataclass
+class Survey:
+    """A survey item of a STAC catalog: its imagery, optional ground truth, when it was added."""
+
+    item_id: str
+    image: Path
+    label: Path | None
+    added: str  # ISO 8601: the item's `created`, else its datetime
+
+
+def new_surveys(catalog: str | Path, registry: str | Path, since: str | None = None) -> list[Survey]:
+    """Survey items of ``catalog`` added after the promoted model was registered (or ``since``).
+
+    "Added" is the item's ``created`` property (STAC common metadata: when the item was
+    written), falling back to its ``datetime``/``start_datetime``. With no promoted model
+    and no ``since``, every survey is new. The imagery is the item's asset with role
+    ``data`` (else the first GeoTIFF asset); ground truth, if any, the asset with role
+    ``labels``. Items without imagery are not surveys and are passed over.
+    """
+    path = Path(catalog)
+    if not path.is_file():
+        raise InputError(f"survey catalog not found: {catalog}")
+    try:
+        root = pystac.read_file(str(path))
+    except Exception as exc:  # pystac raises several types for foreign/corrupt JSON
+        raise InputError(f"unreadable STAC catalog {catalog}: {exc}") from exc
+    if since is None:
+        state = load_state(registry)
+        since = state.get(state.current).registered if state.current else None
+    cutoff = _utc(datetime.fromisoformat(since)) if since else None
+    items = [root] if isinstance(root, pystac.Item) else list(root.get_items(recursive=True))  # type: ignore[union-attr]
+    surveys = []
+    for item in items:
+        image = _asset(item, "data")
+        if image is None:
+            continue
+        added = _added(item)
+        if cutoff is not None and (added is None or added <= cutoff):
+            continue
+        label = _asset(item, "labels")
+        surveys.append(Survey(item.id, image, label, added.isoformat() if added else ""))
+    return sorted(surveys, key=lambda s: (s.added, s.item_id))
+
+
+def _asset(item: pystac.Item, role: str) -> Path | None:
+    assets = list(item.assets.values())
+    chosen = [a for a in assets if role in (a.roles or [])]
+    if not chosen and role == "data":
+        chosen = [a for a in assets if "tiff" in (a.media_type or "") and "labels" not in (a.roles or [])]
+    if not chosen:
+        return None
+    return Path(chosen[0].get_absolute_href() or chosen[0].href)
+
+
+def _added(item: pystac.Item) -> datetime | None:
+    props = item.properties
+    for key in ("created", "datetime", "start_datetime"):
+        if props.get(key):
+            return _utc(datetime.fromisoformat(str(props[key]).replace("Z", "+00:00")))
+    return _utc(item.datetime) if item.datetime else None
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 # --- persistence -----------------------------------------------------------------------------
 
 

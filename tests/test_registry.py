@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pystac
@@ -13,7 +14,7 @@ from geoseg.align import align_clusters
 from geoseg.bundle import WEIGHTS, load_bundle, load_meta, save_bundle
 from geoseg.cli import main
 from geoseg.config import AlignConfig, PromotionConfig
-from geoseg.errors import ConfigError
+from geoseg.errors import ConfigError, InputError
 from geoseg.fileio import sha256_file
 from geoseg.registry import ModelFigures, should_promote
 from tests.test_align import OLD_CLUSTERS, make_bundle, permuted_copy, reference_tiles
@@ -118,3 +119,46 @@ def test_promote_and_rollback_one_command(tmp_path: Path, capsys: pytest.Capture
     assert items["v0001"].properties["geoseg:status"] == "promoted"
     weights = Path(items["v0002"].assets["weights"].get_absolute_href())
     assert sha256_file(weights) == sha256_file(second / WEIGHTS)
+
+
+def survey_catalog(root: Path, tiles: list[Path], created: list[str], labels: dict[int, Path]) -> Path:
+    """A STAC catalog of survey items over real Lausanne tiles, as an ingest flow would list them."""
+    catalog = pystac.Catalog(id="surveys", description="test surveys")
+    for i, (tile, when) in enumerate(zip(tiles, created, strict=True)):
+        item = pystac.Item(
+            id=f"survey-{i}",
+            geometry=None,
+            bbox=None,
+            datetime=datetime(2024, 5, 1, tzinfo=UTC),
+            properties={"created": when},
+        )
+        item.add_asset("image", pystac.Asset(str(tile), media_type=pystac.MediaType.COG, roles=["data"]))
+        if i in labels:
+            item.add_asset("labels", pystac.Asset(str(labels[i]), roles=["labels"]))
+        catalog.add_item(item)
+    catalog.add_item(
+        pystac.Item(id="not-a-survey", geometry=None, bbox=None, datetime=datetime.now(UTC), properties={})
+    )
+    catalog.normalize_hrefs(str(root))
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    return root / "catalog.json"
+
+
+def test_new_surveys_are_those_added_after_the_promoted_model(shared_data: Path, tmp_path: Path) -> None:
+    tiles = reference_tiles(shared_data)[:3]
+    mask = shared_data / "lausanne" / "tree_masks" / "1091-322_05.tif"
+    reg = tmp_path / "models"
+    registry.promote(reg, registry.register(make_bundle(tmp_path / "m"), reg).version)
+    registered = datetime.fromisoformat(registry.list_versions(reg)[0].registered)
+    before = (registered - timedelta(days=7)).isoformat()
+    after = (registered + timedelta(hours=1)).isoformat()
+    catalog = survey_catalog(tmp_path / "cat", tiles, [before, after, after], {1: mask})
+
+    found = registry.new_surveys(catalog, reg)
+    assert [s.item_id for s in found] == ["survey-1", "survey-2"]
+    assert found[0].image == tiles[1] and found[0].label == mask and found[1].label is None
+    # No promoted model yet: every survey is new.
+    assert len(registry.new_surveys(catalog, tmp_path / "empty")) == 3
+    assert [s.item_id for s in registry.new_surveys(catalog, reg, since=after)] == []
+    with pytest.raises(InputError, match="not found"):
+        registry.new_surveys(tmp_path / "nope.json", reg)
