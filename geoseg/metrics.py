@@ -51,12 +51,15 @@ def hungarian_mapping(table: np.ndarray) -> np.ndarray:
     """1-to-1 mapping of clusters to classes maximising matched pixels (scipy's Hungarian).
 
     Rectangular tables are allowed: with more clusters than classes the extra clusters
-    map to nothing (-1); with fewer, some classes receive no cluster.
+    map to nothing (-1); with fewer, some classes receive no cluster. A cluster with no
+    pixels in the table maps to nothing too: the data gives no reason for any class
+    (this matters when the mapping is fitted on one set and applied to another).
     """
     table = np.asarray(table)
     mapping = np.full(table.shape[0], UNMAPPED, np.int64)
-    rows, cols = linear_sum_assignment(table, maximize=True)
-    mapping[rows] = cols
+    used = np.flatnonzero(table.sum(axis=1) > 0)
+    rows, cols = linear_sum_assignment(table[used], maximize=True)
+    mapping[used[rows]] = cols
     return mapping
 
 

@@ -299,3 +299,27 @@ def test_kmeans_on_dubai_end_to_end(shared_data: Path, tmp_path: Path) -> None:
     assert (
         h["accuracy"] <= h["transductive"]["accuracy"] + 1e-9
     )  # the mapping fitted elsewhere cannot do better
+
+
+def test_cluster_unseen_in_fit_set_counts_as_error(tmp_path: Path) -> None:
+    fit_pred = np.array([[0, 0, 1, 1]], np.uint8)
+    fit_lab = np.array([[0, 0, 1, 1]], np.uint8)
+    pred = np.array([[0, 1, 2, 2]], np.uint8)  # cluster 2 never appears where the mapping is fitted
+    lab = np.array([[0, 1, 2, 2]], np.uint8)
+    f = [
+        _tif(tmp_path / f"{n}.tif", a)
+        for n, a in (("fp", fit_pred), ("fl", fit_lab), ("p", pred), ("l", lab))
+    ]
+    report = evaluate(
+        [f[2]],
+        [f[3]],
+        tmp_path / "r",
+        EvaluateConfig(n_examples=0),
+        fit_predictions=[f[0]],
+        fit_labels=[f[1]],
+    )
+    assert report["mapping"] == {"0": 0, "1": 1, "2": None}
+    assert report["accuracy"] == pytest.approx(0.5)
+    assert report["per_class_iou"]["class 2"] == 0.0
+    assert any("no labelled pixels in the fit set" in note for note in report["notes"])
+    assert report["transductive"]["accuracy"] == pytest.approx(1.0)

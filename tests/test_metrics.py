@@ -81,6 +81,13 @@ def test_many_to_one_hand_computed() -> None:
     assert metrics.score(table, one).per_class_iou.tolist() == pytest.approx([5 / 10, 6 / 7])
 
 
+def test_clusters_without_pixels_map_to_nothing() -> None:
+    table = np.array([[0, 0, 0], [5, 1, 0], [0, 0, 0], [1, 4, 2]])
+    assert metrics.hungarian_mapping(table).tolist() == [-1, 0, -1, 1]
+    assert metrics.majority_mapping(table).tolist() == [-1, 0, -1, 1]
+    assert metrics.hungarian_mapping(np.zeros((3, 2), np.int64)).tolist() == [-1, -1, -1]
+
+
 def test_missing_predictions_are_errors() -> None:
     pred = np.array([0, 0, 255, 1], np.uint8)
     true = np.array([0, 0, 0, 1], np.uint8)
