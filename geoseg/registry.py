@@ -242,6 +242,7 @@ def register(
         source=str(bundle_dir.resolve()),
         weights_sha256=sha,
         k=meta.arch.k_b,
+        status="rejected" if decision is not None and not decision.promote else "candidate",
         decision=asdict(decision) if decision is not None else None,
     )
     state.versions.append(entry)

@@ -1,0 +1,239 @@
+"""The ``retrain`` flow: new surveys in the catalog -> a new model version, promoted only if it is no worse.
+
+Scheduled weekly in prefect.yaml. One run:
+
+1. finds the survey items added to the catalog since the promoted model was registered
+   (:func:`geoseg.registry.new_surveys`); none: the run ends there;
+2. ingests them into one patch store (the ingest flow's step, cached);
+3. trains, by default starting from the promoted model's weights (``TrainConfig.init_from``)
+   with its k, so the new model refines rather than restarts;
+4. aligns the new model's cluster ids to the promoted model's on the new imagery (which
+   both can see) so ids, colours and names carry over (:mod:`geoseg.align`); the trained
+   bundle stays as it is, the aligned one is written beside it;
+5. evaluates where the surveys have ground truth (segment + evaluate, after alignment so
+   the reported ids are the final ones);
+6. registers the aligned model as a new version and promotes it only if the label-free
+   check passes (loss on the shared imagery, cluster balance, agreement); the decision and
+   its figures are stored with the version either way.
+
+Run folder (``out``): ``patches.zarr/``, ``model/`` (as trained), ``aligned/`` (what is
+registered, with ``alignment.json``/``.md``), ``predictions/`` and ``evaluation/`` when
+labels exist, ``catalog/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from flows.ingest import ingest_step
+from flows.runner import task_runner
+from flows.settings import (
+    FlowSettings,
+    build_config,
+    check_dask_address,
+    check_input,
+    check_inputs,
+    check_output,
+    config_dict,
+)
+from flows.tasks import evaluate_task, not_user_error, run
+from flows.train import train_step
+from geoseg.config import (
+    AlignConfig,
+    EvaluateConfig,
+    IngestConfig,
+    PromotionConfig,
+    SegmentConfig,
+    TrainConfig,
+)
+
+ALIGNED = "aligned"
+EVALUATION = "evaluation"
+
+
+@task(name="find-surveys", retries=2, retry_delay_seconds=5, retry_condition_fn=not_user_error)
+def find_surveys_task(catalog: str, registry: str, since: str | None = None) -> list[dict[str, Any]]:
+    """Survey items added since the promoted model (paths as strings)."""
+    from geoseg.registry import new_surveys
+
+    return [
+        {**dataclasses.asdict(s), "image": str(s.image), "label": str(s.label) if s.label else None}
+        for s in new_surveys(catalog, registry, since)
+    ]
+
+
+@task(name="align", retries=1, retry_condition_fn=not_user_error)
+def align_task(
+    model: str, previous: str, reference: list[str], out: str, config: dict[str, Any]
+) -> dict[str, Any]:
+    """Carry the previous model's cluster ids over to the new one; returns the alignment figures."""
+    from geoseg.align import align_clusters
+
+    result = align_clusters(model, previous, reference, out_dir=out, config=AlignConfig(**config))
+    return dataclasses.asdict(result)
+
+
+@task(name="register-and-promote", retries=1, retry_condition_fn=not_user_error)
+def register_task(bundle: str, registry: str, previous: str | None, config: dict[str, Any]) -> dict[str, Any]:
+    """Register the bundle as a version; promote it only if the label-free check passes."""
+    from geoseg import registry as models
+
+    decision = models.check_bundle(bundle, previous, PromotionConfig(**config))
+    entry = models.register(bundle, registry, decision)  # status "rejected" when the check fails
+    if decision.promote:
+        entry = models.promote(registry, entry.version)
+    return {"version": entry.version, "promoted": decision.promote, "decision": dataclasses.asdict(decision)}
+
+
+@flow(name="retrain", task_runner=task_runner(), validate_parameters=True)
+def retrain_flow(
+    catalog: str,
+    registry: str,
+    out: str | None = None,
+    warm_start: bool = True,
+    since: str | None = None,
+    patch_size: int | None = None,
+    steps: int | None = None,
+    k: int | None = None,
+    reference: list[str] | None = None,
+    ingest: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    segment: dict[str, Any] | None = None,
+    evaluate: dict[str, Any] | None = None,
+    align: dict[str, Any] | None = None,
+    promotion: dict[str, Any] | None = None,
+    dask_address: str | None = None,
+) -> dict[str, Any]:
+    """Retrain on the surveys added since the promoted model; promote the result only if it passes.
+
+    Args:
+        catalog: STAC catalog (``catalog.json``) listing the survey items.
+        registry: the model registry folder (``geoseg model list --registry ...``).
+        out: the run folder (default ``$GEOSEG_WORK_ROOT/retrain/<UTC date>``).
+        warm_start: start from the promoted model's weights (and keep its k).
+        since: ISO time; surveys added after it (default: the promoted model's registration).
+        patch_size, steps, k: shortcuts for the ingest/train settings.
+        reference: extra imagery for the alignment besides the new surveys.
+        ingest, train, segment, evaluate, align, promotion: any other field of that config.
+        dask_address: join this Dask scheduler (default: a LocalCluster or $GEOSEG_DASK_ADDRESS).
+
+    Returns:
+        What happened: the surveys, the paths written, the version and the promotion decision.
+    """
+    from geoseg import registry as models
+    from geoseg.bundle import load_meta
+
+    logger = get_run_logger()
+    settings = FlowSettings.from_env()
+    check_dask_address(dask_address)
+    catalog_path = check_input(catalog, "catalog", settings)
+    registry_dir = check_output(registry, "registry", settings)
+    extra_reference = check_inputs(reference, "reference", settings) if reference else []
+    align_cfg = build_config(AlignConfig, align)
+    promotion_cfg = build_config(PromotionConfig, promotion)
+    ingest_cfg = build_config(IngestConfig, ingest, patch_size=patch_size)
+    segment_cfg = build_config(SegmentConfig, segment, vectorize=False)
+    evaluate_cfg = build_config(EvaluateConfig, evaluate)
+
+    previous = (
+        models.current_model(registry_dir).resolve() if models.load_state(registry_dir).current else None
+    )
+    surveys = find_surveys_task(catalog=str(catalog_path), registry=str(registry_dir), since=since)
+    if not surveys:
+        logger.info("no surveys added to %s since the promoted model: nothing to retrain", catalog_path)
+        return {
+            "surveys": [],
+            "version": None,
+            "promoted": False,
+            "previous": str(previous) if previous else None,
+        }
+    logger.info("%d new survey(s): %s", len(surveys), [s["item_id"] for s in surveys])
+
+    default = settings.work_root / "retrain" / datetime.now(UTC).strftime("%Y-%m-%d")
+    run_dir = check_output(out or default, "out", settings)
+    fixed: dict[str, Any] = {"steps": steps, "k": k}
+    if previous is not None:
+        meta = load_meta(previous)
+        fixed["k"] = k or meta.arch.k_b  # alignment carries ids over only with k >= the old k
+        if warm_start:
+            arch = meta.arch
+            fixed.update(init_from=str(previous), k_a=arch.k_a, subheads=arch.subheads, preset=arch.preset)
+    train_cfg = build_config(TrainConfig, train, **fixed)
+
+    images = [Path(s["image"]) for s in surveys]
+    store, ingest_state = ingest_step(images, run_dir, ingest_cfg)
+    model, train_state = train_step([store], run_dir, train_cfg)
+    logger.info("store %s (%s), model %s (%s)", store, ingest_state, model, train_state)
+
+    candidate = model
+    alignment = None
+    if previous is not None:
+        alignment = align_task(
+            model=str(model),
+            previous=str(previous),
+            reference=[str(store), *map(str, extra_reference)],
+            out=str(run_dir / ALIGNED),
+            config=config_dict(align_cfg),
+        )
+        candidate = Path(alignment["bundle"])
+        logger.info(
+            "aligned to %s: agreement %.3f, report %s",
+            previous,
+            alignment["agreement"],
+            alignment["report_md"],
+        )
+
+    report = _evaluate(surveys, candidate, run_dir, segment_cfg, evaluate_cfg)
+    outcome = register_task(
+        bundle=str(candidate),
+        registry=str(registry_dir),
+        previous=str(previous) if previous else None,
+        config=config_dict(promotion_cfg),
+    )
+    if outcome["promoted"]:
+        logger.info("promoted %s", outcome["version"])
+    else:
+        logger.warning(
+            "%s registered but NOT promoted: %s", outcome["version"], outcome["decision"]["reasons"]
+        )
+    return {
+        "surveys": [s["item_id"] for s in surveys],
+        "run": str(run_dir),
+        "store": str(store),
+        "model": str(candidate),
+        "previous": str(previous) if previous else None,
+        "alignment": alignment,
+        "report": report,
+        **outcome,
+    }
+
+
+def _evaluate(
+    surveys: list[dict[str, Any]],
+    model: Path,
+    run_dir: Path,
+    segment_cfg: SegmentConfig,
+    evaluate_cfg: EvaluateConfig,
+) -> str | None:
+    """Segment the surveys that have ground truth and score them; None when none has."""
+    labelled = [s for s in surveys if s.get("label")]
+    if not labelled:
+        return None
+    from flows.segment import segment_step
+
+    predictions, _ = segment_step(model, [Path(s["image"]) for s in labelled], run_dir, segment_cfg)
+    report, _ = run(
+        evaluate_task,
+        run_dir,
+        predictions=[p["clusters"] for p in predictions],
+        labels=[s["label"] for s in labelled],
+        out_dir=str(run_dir / EVALUATION),
+        config=config_dict(evaluate_cfg),
+        images=[s["image"] for s in labelled],
+    )
+    return str(report)
