@@ -1,0 +1,119 @@
+"""Flow settings and parameter validation, and the cache key's file fingerprints (no server needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from flows.settings import (
+    FlowSettings,
+    build_config,
+    check_dask_address,
+    check_input,
+    check_inputs,
+    check_output,
+    config_dict,
+    default_out,
+)
+from flows.tasks import fingerprint, outputs_exist
+from geoseg.config import IngestConfig, SegmentConfig, TrainConfig
+from geoseg.errors import ConfigError, InputError
+
+
+def test_settings_from_environment(tmp_path: Path) -> None:
+    env = {
+        "GEOSEG_DASK_ADDRESS": "tcp://10.0.0.5:8786",
+        "GEOSEG_WORK_ROOT": str(tmp_path / "runs"),
+        "GEOSEG_ALLOWED_ROOTS": os.pathsep.join([str(tmp_path), "/data"]),
+        "GEOSEG_DASK_WORKERS": "3",
+    }
+    s = FlowSettings.from_env(env)
+    assert s.dask_address == "tcp://10.0.0.5:8786"
+    assert s.allowed_roots == (tmp_path.resolve(), Path("/data"))
+    assert s.cluster_kwargs()["n_workers"] == 3
+    assert default_out(s, "segment", Path("/x/survey_a.tif")) == (tmp_path / "runs" / "segment" / "survey_a")
+    defaults = FlowSettings.from_env({})
+    assert defaults.dask_address is None and defaults.allowed_roots == ()
+    with pytest.raises(ConfigError, match="GEOSEG_DASK_WORKERS"):
+        FlowSettings.from_env({"GEOSEG_DASK_WORKERS": "many"})
+    with pytest.raises(ConfigError, match="dask_address"):
+        FlowSettings.from_env({"GEOSEG_DASK_ADDRESS": "not an address"})
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:8786", "127.0.0.1:8786", "tls://sched.example.org:8786"])
+def test_dask_addresses_accepted(address: str) -> None:
+    assert check_dask_address(address) == address
+
+
+@pytest.mark.parametrize("address", ["http://x:80/", "tcp://host", "8786", "tcp://a b:1"])
+def test_dask_addresses_rejected(address: str) -> None:
+    with pytest.raises(ConfigError, match="dask_address"):
+        check_dask_address(address)
+
+
+def test_paths_must_exist_and_stay_inside_allowed_roots(tmp_path: Path) -> None:
+    inside = tmp_path / "data"
+    inside.mkdir()
+    (inside / "a.tif").write_bytes(b"x")
+    s = FlowSettings(allowed_roots=(inside.resolve(),))
+    assert check_input(inside / "a.tif", "src", s) == (inside / "a.tif").resolve()
+    with pytest.raises(InputError, match=r"src not found: .*b\.tif"):
+        check_input(inside / "b.tif", "src", s)
+    outside = tmp_path / "elsewhere.tif"
+    outside.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="outside the allowed roots"):
+        check_input(outside, "src", s)
+    # .. cannot climb out of an allowed root
+    with pytest.raises(ConfigError, match="outside the allowed roots"):
+        check_input(inside / ".." / "elsewhere.tif", "src", s)
+    with pytest.raises(ConfigError, match="outside the allowed roots"):
+        check_output(tmp_path / "out", "out", s)
+    assert check_output(inside / "run", "out", s) == (inside / "run").resolve()
+    with pytest.raises(ConfigError, match="not a folder"):
+        check_output(inside / "a.tif", "out", s)
+    # A single string is one path; an empty list is an error.
+    assert check_inputs(str(inside / "a.tif"), "src", s) == [(inside / "a.tif").resolve()]
+    with pytest.raises(ConfigError, match="at least one"):
+        check_inputs([], "src", s)
+
+
+def test_configs_from_deployment_dicts() -> None:
+    cfg = build_config(IngestConfig, {"bands": [1, 2, 3], "stride": 32}, patch_size=64, dataset=None)
+    assert cfg.bands == (1, 2, 3) and cfg.patch_size == 64 and cfg.stride == 32
+    assert config_dict(cfg)["bands"] == [1, 2, 3]
+    assert build_config(TrainConfig, None, steps=5).steps == 5
+    with pytest.raises(ConfigError, match=r"unknown SegmentConfig setting\(s\) \['overlapp'\]"):
+        build_config(SegmentConfig, {"overlapp": 0.5})
+    with pytest.raises(ConfigError, match="overlap"):
+        build_config(SegmentConfig, {"overlap": 0.95})
+    with pytest.raises(ConfigError, match="patch_size"):
+        build_config(IngestConfig, None, patch_size=2)
+
+
+def test_fingerprints_follow_file_content_not_names(tmp_path: Path) -> None:
+    a = tmp_path / "a.tif"
+    a.write_bytes(b"one")
+    first = fingerprint({"src": [str(a)], "k": 3})
+    assert fingerprint({"src": [str(a)], "k": 3}) == first
+    a.write_bytes(b"two")
+    assert fingerprint({"src": [str(a)], "k": 3}) != first
+    # Folders: any visible file's size or mtime; hidden entries (cache records) are ignored.
+    store = tmp_path / "patches.zarr"
+    (store / "images").mkdir(parents=True)
+    (store / "zarr.json").write_text("{}")
+    listing = fingerprint(str(store))
+    (store / ".prefect-cache").mkdir()
+    (store / ".prefect-cache" / "key").write_text("r")
+    assert fingerprint(str(store)) == listing
+    (store / "images" / "c0").write_bytes(b"chunk")
+    assert fingerprint(str(store)) != listing
+    # Not a path: the value itself.
+    assert fingerprint("cuda") == "cuda"
+
+
+def test_outputs_exist_checks_every_absolute_path(tmp_path: Path) -> None:
+    (tmp_path / "a.tif").write_bytes(b"x")
+    assert outputs_exist({"clusters": str(tmp_path / "a.tif"), "gpkg": None, "n": 3})
+    assert not outputs_exist([str(tmp_path / "a.tif"), str(tmp_path / "gone.gpkg")])
