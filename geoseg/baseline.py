@@ -167,7 +167,23 @@ def write_cluster_raster(
                     ids[~valid] = NODATA
                     r0, c0 = core.row_off - outer.row_off, core.col_off - outer.col_off
                     dst.write(ids[r0 : r0 + core.height, c0 : c0 + core.width], 1, window=core)
+    write_preview(out_path, colours)
     return out_path
+
+
+def write_preview(
+    cluster_raster: Path, colours: Sequence[tuple[int, int, int]], max_size: int = 1024
+) -> Path:
+    """``<stem>.png`` beside a cluster raster, read decimated (never the whole raster at full size)."""
+    from rasterio.enums import Resampling
+
+    from geoseg.preview import colourize, save_png
+
+    with rasterio.open(cluster_raster) as src:
+        step = max(1, -(-max(src.width, src.height) // max_size))
+        shape = (max(1, src.height // step), max(1, src.width // step))
+        ids = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+    return save_png(colourize(ids, colours), cluster_raster.with_suffix(".png"), max_size=None)
 
 
 def _tiles(height: int, width: int, tile_rows: int, tile_cols: int) -> Iterator[Window]:
