@@ -167,3 +167,21 @@ def test_bad_reference_and_incompatible_models(shared_data: Path, tmp_path: Path
     with pytest.raises(ConfigError, match="cannot carry"):
         align_clusters(new, old, [shared_data / "neon" / "OSBS_029.tif"])
     assert load_meta(new).alignment is None
+
+
+def test_patch_store_reference(shared_data: Path, tmp_path: Path) -> None:
+    """A zarr patch store (real Dubai patches) as the reference, subsampled to max_patches."""
+    from tests.iic.conftest import make_store
+
+    store = make_store(tmp_path / "ref.zarr", shared_data, count=12)
+    old = make_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
+    perm = [3, 2, 1, 0]
+    new = permuted_copy(old, tmp_path / "new", perm)
+    config = AlignConfig(device="cpu", max_patches=6, batch_size=4)
+    result = align_clusters(new, old, [store], out_dir=tmp_path / "aligned", config=config)
+    assert [result.permutation[perm[i]] for i in range(K)] == list(range(K))
+    assert result.agreement == 1.0
+    # 6 patches of 64x64, minus the 8-pixel nodata strip of patch 0 (always in the subsample).
+    assert result.pixels == 6 * 64 * 64 - 64 * 8
+    with pytest.raises(InputError, match="bands"):
+        align_clusters(new, old, [make_store(tmp_path / "four.zarr", shared_data, extra_band=True, count=4)])
