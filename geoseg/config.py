@@ -102,14 +102,19 @@ class SegmentConfig:
     overlap: float = 0.25  # fraction of a window shared with its neighbour
     batch_size: int = 8
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    block_rows: int | None = None  # output rows processed per block (None: auto)
+    window: int | None = None  # window side in pixels of the model's grid (None: the model's patch size)
     head: Literal["a", "b"] = "b"
     vectorize: bool = True
     min_area: float = 0.0  # sieve: minimum mapping unit in CRS units^2 (0 = off)
     simplify: float = 0.0  # polygon simplification tolerance in CRS units (0 = off)
+    vectorize_block: int = 2048  # vectorize: block side in pixels (one Dask task per block)
+    preview_size: int = 2048  # long side of the PNG preview
 
     def validate(self) -> SegmentConfig:
         _require(0.0 <= self.overlap < 0.9, f"overlap must be in [0, 0.9), got {self.overlap}")
+        _require(self.window is None or 16 <= self.window <= 8192, f"window must be in [16, 8192], got {self.window}")
+        _require(self.vectorize_block >= 64, f"vectorize_block must be >= 64, got {self.vectorize_block}")
+        _require(self.preview_size >= 16, "preview_size must be >= 16")
         _require(self.batch_size >= 1, "batch_size must be >= 1")
         _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
         _require(self.head in ("a", "b"), f"head must be 'a' or 'b', got {self.head!r}")

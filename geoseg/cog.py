@@ -1,0 +1,106 @@
+"""Cloud-Optimised GeoTIFFs: an intermediate tiled GeoTIFF written block by block, then COG.
+
+A COG cannot be written incrementally (its overviews and header come first), so outputs
+are written in two steps: blocks of rows go into a plain tiled GeoTIFF as they finish
+(memory bounded by the block), then GDAL's COG driver copies it into internal 512 x 512
+tiles with overviews. The copy streams tile by tile through GDAL's block cache, so it
+too never holds the raster. Cluster ids get ``mode`` overviews (a zoomed-out pixel shows
+the most frequent cluster, never an average of ids); the colour table travels with the
+copy. Every write goes to a temporary name renamed into place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.crs import CRS
+
+from geoseg.errors import InputError
+from geoseg.fileio import atomic_path
+
+BLOCKSIZE = 512
+
+
+def tiled_profile(
+    crs: CRS | None,
+    transform: Affine,
+    height: int,
+    width: int,
+    dtype: str,
+    nodata: float | None,
+    count: int = 1,
+) -> dict[str, Any]:
+    """Profile of the intermediate tiled GeoTIFF (fast to write; deflate, 512 tiles)."""
+    return {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": count,
+        "dtype": dtype,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": BLOCKSIZE,
+        "blockysize": BLOCKSIZE,
+        "compress": "deflate",
+        "zlevel": 1,
+        "BIGTIFF": "IF_SAFER",
+    }
+
+
+def to_cog(
+    src: str | Path,
+    dst: str | Path,
+    resampling: str = "mode",
+    colormap: Mapping[int, tuple[int, ...]] | None = None,
+    tags: Mapping[str, str] | None = None,
+    band_tags: Mapping[str, str] | None = None,
+    scale: float | None = None,
+) -> Path:
+    """Copy a (tiled) GeoTIFF into a COG at ``dst`` (atomically); ``src`` is left in place.
+
+    ``resampling`` is the overview resampling (``mode`` or ``nearest`` for class ids,
+    ``average`` for continuous values). ``colormap``, tags and a band ``scale`` are set on
+    ``src`` first so that the COG driver carries them into the copy.
+    """
+    src, dst = Path(src), Path(dst)
+    if colormap is not None or tags or band_tags or scale is not None:
+        with rasterio.open(src, "r+") as ds:
+            if colormap is not None:
+                ds.write_colormap(1, {int(k): tuple(v) for k, v in colormap.items()})
+            if tags:
+                ds.update_tags(**tags)
+            if band_tags:
+                ds.update_tags(1, **band_tags)
+            if scale is not None:
+                ds.scales = (scale,) * ds.count
+                ds.offsets = (0.0,) * ds.count
+    with atomic_path(dst) as tmp, rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+        rasterio.shutil.copy(
+            str(src),
+            str(tmp),
+            driver="COG",
+            BLOCKSIZE=BLOCKSIZE,
+            COMPRESS="DEFLATE",
+            OVERVIEW_RESAMPLING=resampling.upper(),
+            OVERVIEWS="AUTO",
+            BIGTIFF="IF_SAFER",
+            NUM_THREADS="ALL_CPUS",
+        )
+    return dst
+
+
+def validate_cog(path: str | Path) -> tuple[bool, list[str], list[str]]:
+    """rio-cogeo's COG validation: (is valid, errors, warnings)."""
+    from rio_cogeo.cogeo import cog_validate
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such COG: {path}")
+    return cog_validate(str(path), quiet=True)

@@ -1,0 +1,456 @@
+"""Seamless sliding-window segmentation of large rasters into cluster and confidence COGs.
+
+For each source raster the window grid (:mod:`geoseg.windows`) is walked one row of
+windows at a time. Each window is read with the model's resampling (``scale`` of
+model.json), predicted, brought back to source resolution and added, weighted by
+:func:`geoseg.windows.blend_weights`, into a strip accumulator one window high and one
+raster wide. Rows that no later window touches are final: they are normalised, turned
+into cluster ids (argmax) and confidence (max probability), written into intermediate
+tiled GeoTIFFs, and dropped. Memory is therefore bounded by ``k x window x width`` floats
+plus one strip of source pixels, whatever the raster's height; the intermediates are then
+copied into COGs (:mod:`geoseg.cog`). Pixels that are nodata (or alpha 0) in any source
+band are nodata (255) in every output.
+
+Outputs per source, in ``out_dir``: ``<stem>_clusters.tif`` (uint8 ids, nodata 255,
+colour table, mode overviews), ``<stem>_confidence.tif`` (uint8 percent 0-100, nodata
+255), a ``.qml`` beside each, ``<stem>_clusters.png`` (preview), ``<stem>_prediction.json``
+(a STAC item) and, when asked, ``<stem>_clusters.gpkg`` with its style.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pystac
+import rasterio
+import rasterio.errors
+import torch
+import torch.nn.functional as F
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from geoseg.baseline import check_unique_stems, source_bands
+from geoseg.bundle import Cluster, ModelMeta, default_clusters, load_bundle
+from geoseg.cog import tiled_profile, to_cog
+from geoseg.config import SegmentConfig
+from geoseg.errors import InputError
+from geoseg.fileio import atomic_path
+from geoseg.iic.model import IICNet
+from geoseg.preview import colourize, save_png
+from geoseg.style import StyleClass, paletted_raster_qml, pseudocolour_raster_qml
+from geoseg.windows import WindowGrid, blend_weights
+
+log = logging.getLogger(__name__)
+
+NODATA = 255
+CONFIDENCE_MAX = 100  # confidence is stored as a whole percent: 0..100, nodata 255
+MIN_SIDE = 8  # the trunk pools once: a window needs a few pixels on each side
+
+
+@dataclass
+class SegmentResult:
+    """Paths written for one source raster."""
+
+    source: Path
+    clusters: Path
+    confidence: Path
+    clusters_qml: Path
+    confidence_qml: Path
+    preview_png: Path
+    stac_item: Path
+    gpkg: Path | None = None
+    gpkg_qml: Path | None = None
+
+
+def output_paths(source: Path, out_dir: Path) -> dict[str, Path]:
+    """Where the outputs of ``source`` go (names as in DESIGN.md)."""
+    stem = source.stem
+    return {
+        "clusters": out_dir / f"{stem}_clusters.tif",
+        "confidence": out_dir / f"{stem}_confidence.tif",
+        "clusters_qml": out_dir / f"{stem}_clusters.qml",
+        "confidence_qml": out_dir / f"{stem}_confidence.qml",
+        "preview_png": out_dir / f"{stem}_clusters.png",
+        "stac_item": out_dir / f"{stem}_prediction.json",
+        "gpkg": out_dir / f"{stem}_clusters.gpkg",
+    }
+
+
+# --- checks -------------------------------------------------------------------------------
+
+
+def open_source(path: Path) -> DatasetReader:
+    """Open a raster; a missing or unreadable file is an InputError naming it."""
+    if not path.is_file():
+        raise InputError(f"source not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(f"unreadable raster {path}: {exc}") from exc
+
+
+def _band_names(src: DatasetReader, bands: Sequence[int]) -> list[str]:
+    if all(src.descriptions[b - 1] for b in bands):
+        return [str(src.descriptions[b - 1]).lower() for b in bands]
+    return [src.colorinterp[b - 1].name.lower() for b in bands]
+
+
+def check_bands(src: DatasetReader, path: Path, meta: ModelMeta, model_dir: Path) -> list[int]:
+    """The source bands to feed the model, checked against model.json (count, dtype, order).
+
+    Count and dtype must match (a uint16 raster through a uint8 model gives garbage, not an
+    error, so it is refused). Order is checked where both sides name their bands: the same
+    names in another order is refused; unrelated naming schemes are not compared.
+    """
+    bands = source_bands(src, None, path)
+    expected = meta.arch.in_channels
+    if len(bands) != expected:
+        raise InputError(
+            f"{path} has {len(bands)} bands (alpha excluded) but model {model_dir} expects {expected} "
+            f"({', '.join(meta.band_names)})"
+        )
+    src_dtype, model_dtype = np.dtype(src.dtypes[bands[0] - 1]), np.dtype(meta.dtype)
+    if src_dtype.kind != model_dtype.kind or (src_dtype.kind in "iu" and src_dtype != model_dtype):
+        raise InputError(f"{path} is {src_dtype} but model {model_dir} was trained on {model_dtype} pixels")
+    names = _band_names(src, bands)
+    model_names = [n.lower() for n in meta.band_names]
+    if sorted(names) == sorted(model_names) and names != model_names:
+        raise InputError(f"{path} has bands in the order {names} but model {model_dir} expects {model_names}")
+    return bands
+
+
+# --- inference ----------------------------------------------------------------------------
+
+
+def predict_probabilities(
+    model: IICNet, batch: torch.Tensor, scale: float = 1.0, head: str = "b"
+) -> torch.Tensor:
+    """(N, C, h, w) raw pixels -> (N, k, h, w) softmax, resampled as the model was trained.
+
+    With ``scale != 1`` the input is resampled to the model's grid (bilinear, antialiased
+    when shrinking, like an averaging read) and the probabilities back to (h, w).
+    """
+    h, w = batch.shape[-2:]
+    x = batch.float()
+    if scale != 1.0:
+        size = (max(MIN_SIDE, round(h * scale)), max(MIN_SIDE, round(w * scale)))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    with torch.inference_mode():
+        probs = model(x, heads=head)[head][0]
+    if probs.shape[-2:] != (h, w):
+        probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+    return probs
+
+
+class _StripBlender:
+    """Weighted sums of probabilities over rows ``[base, base + height)`` of the raster."""
+
+    def __init__(self, k: int, height: int, width: int) -> None:
+        self.base = 0
+        self.probs = np.zeros((k, height, width), np.float32)
+        self.weight = np.zeros((height, width), np.float32)
+        self.valid = np.zeros((height, width), bool)
+
+    def add(self, probs: np.ndarray, weights: np.ndarray, row: int, col: int) -> None:
+        r = row - self.base
+        h, w = weights.shape
+        self.probs[:, r : r + h, col : col + w] += probs * weights
+        self.weight[r : r + h, col : col + w] += weights
+
+    def pop(self, upto: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Finished rows ``[base, upto)``: (ids uint8, confidence uint8 %, valid); then shift."""
+        n = upto - self.base
+        probs = self.probs[:, :n] / np.maximum(self.weight[:n], 1e-12)
+        ids = probs.argmax(0).astype(np.uint8)
+        confidence = np.rint(probs.max(0) * CONFIDENCE_MAX).astype(np.uint8)
+        valid = self.valid[:n].copy()
+        ids[~valid] = NODATA
+        confidence[~valid] = NODATA
+        for array in (self.probs, self.weight, self.valid):
+            array[..., : array.shape[-2] - n, :] = array[..., n:, :]
+            array[..., array.shape[-2] - n :, :] = 0
+        self.base = upto
+        return ids, confidence, valid
+
+
+def _window_side(meta: ModelMeta, config: SegmentConfig) -> int:
+    """Window side in source pixels: the model's patch (or config.window) at the model's scale."""
+    return max(MIN_SIDE, round((config.window or meta.patch_size) / meta.scale))
+
+
+def _segment_into(
+    model: IICNet,
+    meta: ModelMeta,
+    src: DatasetReader,
+    path: Path,
+    bands: list[int],
+    clusters_tmp: Path,
+    confidence_tmp: Path,
+    config: SegmentConfig,
+    progress: bool,
+) -> None:
+    """Stream the blended prediction of ``src`` into two intermediate tiled GeoTIFFs."""
+    device = next(model.parameters()).device
+    k = model.arch.k_b if config.head == "b" else model.arch.k_a
+    grid = WindowGrid.from_fraction(src.height, src.width, _window_side(meta, config), config.overlap)
+    weights = blend_weights(grid.win_height, grid.win_width, grid.overlap)
+    fill = model.input_mean.detach().cpu().numpy().astype(np.float32)[:, None, None]
+    blender = _StripBlender(k, grid.win_height, src.width)
+    profile = tiled_profile(src.crs, src.transform, src.height, src.width, "uint8", NODATA)
+    bar = tqdm(total=len(grid), desc=f"segment {path.name}", unit="win", disable=not progress)
+    with (
+        rasterio.open(clusters_tmp, "w", **profile) as ids_dst,
+        rasterio.open(confidence_tmp, "w", **profile) as conf_dst,
+    ):
+        for index, row in enumerate(grid.row_offsets):
+            strip_window = Window(0, row, src.width, grid.win_height)
+            try:
+                strip = src.read(bands, window=strip_window).astype(np.float32)
+                valid = np.all(src.read_masks(bands, window=strip_window) > 0, axis=0)
+            except rasterio.errors.RasterioError as exc:
+                raise InputError(
+                    f"corrupt raster {path} (rows {row}..{row + grid.win_height}): {exc}"
+                ) from exc
+            strip = np.where(valid[None], strip, fill)  # nodata read as the band mean: neutral input
+            blender.valid[row - blender.base : row - blender.base + grid.win_height] = valid
+            cols = grid.col_offsets
+            for start in range(0, len(cols), config.batch_size):
+                chunk = cols[start : start + config.batch_size]
+                batch = np.stack([strip[:, :, c : c + grid.win_width] for c in chunk])
+                probs = predict_probabilities(
+                    model, torch.from_numpy(batch).to(device), meta.scale, config.head
+                )
+                probs = probs.float().cpu().numpy()
+                for c, p in zip(chunk, probs, strict=True):
+                    blender.add(p, weights, row, c)
+                bar.update(len(chunk))
+            upto = grid.rows_final_after(index)
+            if upto > blender.base:
+                base = blender.base
+                ids, confidence, _ = blender.pop(upto)
+                out = Window(0, base, src.width, upto - base)
+                ids_dst.write(ids, 1, window=out)
+                conf_dst.write(confidence, 1, window=out)
+    bar.close()
+
+
+# --- outputs ------------------------------------------------------------------------------
+
+
+def cluster_table(meta: ModelMeta, config: SegmentConfig, model: IICNet) -> list[Cluster]:
+    """The clusters of the head used: model.json's table for head B, default colours for A."""
+    if config.head == "b" and meta.clusters:
+        return sorted(meta.clusters, key=lambda c: c.id)
+    return default_clusters(model.arch.k_a if config.head == "a" else model.arch.k_b)
+
+
+def style_classes(clusters: Sequence[Cluster]) -> list[StyleClass]:
+    return [StyleClass(c.id, tuple(c.colour), c.name) for c in clusters]  # type: ignore[arg-type]
+
+
+def write_preview(clusters_tif: Path, colours: Sequence[tuple[int, int, int]], out: Path, size: int) -> Path:
+    """PNG of the cluster COG, read decimated (from its overviews): never the full raster."""
+    with rasterio.open(clusters_tif) as src:
+        factor = max(1.0, max(src.height, src.width) / size)
+        shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
+        ids = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+    return save_png(colourize(ids, colours, NODATA), out, max_size=size)
+
+
+def segment_raster(
+    model: IICNet,
+    meta: ModelMeta,
+    model_dir: Path,
+    source: Path,
+    out_dir: Path,
+    config: SegmentConfig,
+    progress: bool = True,
+) -> SegmentResult:
+    """Segment one raster with a loaded model; see :func:`segment`."""
+    paths = output_paths(source, out_dir)
+    clusters = cluster_table(meta, config, model)
+    with open_source(source) as src:
+        bands = check_bands(src, source, meta, model_dir)
+        if min(src.height, src.width) < MIN_SIDE:
+            raise InputError(f"{source} is {src.height}x{src.width} pixels: too small to segment")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ids_tmp = out_dir / f".{source.stem}_clusters.tiled-{os.getpid()}.tif"
+        conf_tmp = out_dir / f".{source.stem}_confidence.tiled-{os.getpid()}.tif"
+        try:
+            _segment_into(model, meta, src, source, bands, ids_tmp, conf_tmp, config, progress)
+            table = json.dumps([{"id": c.id, "colour": list(c.colour), "name": c.name} for c in clusters])
+            to_cog(
+                ids_tmp,
+                paths["clusters"],
+                resampling="mode",
+                colormap={c.id: (*c.colour, 255) for c in clusters},
+                tags={"GEOSEG_CLUSTERS": table, "GEOSEG_MODEL": str(model_dir), "GEOSEG_SOURCE": str(source)},
+                band_tags={"DESCRIPTION": "cluster id"},
+            )
+            to_cog(
+                conf_tmp,
+                paths["confidence"],
+                resampling="average",
+                tags={"GEOSEG_SOURCE": str(source), "units": "percent"},
+                band_tags={"DESCRIPTION": "confidence: max softmax probability, percent"},
+            )
+        finally:  # the intermediates never outlive the run, whatever happened
+            ids_tmp.unlink(missing_ok=True)
+            conf_tmp.unlink(missing_ok=True)
+    paletted_raster_qml(style_classes(clusters), paths["clusters_qml"])
+    pseudocolour_raster_qml(paths["confidence_qml"], 0, CONFIDENCE_MAX, label=" %")
+    write_preview(paths["clusters"], [c.colour for c in clusters], paths["preview_png"], config.preview_size)
+    result = SegmentResult(
+        source=source,
+        clusters=paths["clusters"],
+        confidence=paths["confidence"],
+        clusters_qml=paths["clusters_qml"],
+        confidence_qml=paths["confidence_qml"],
+        preview_png=paths["preview_png"],
+        stac_item=paths["stac_item"],
+    )
+    if config.vectorize:
+        from geoseg.vectorize import vector_style_path, vectorize
+
+        names = {c.id: c.name for c in clusters if c.name}
+        result.gpkg = vectorize(
+            result.clusters,
+            paths["gpkg"],
+            min_area=config.min_area,
+            simplify=config.simplify,
+            class_names=names or None,
+            block_size=config.vectorize_block,
+        )
+        result.gpkg_qml = vector_style_path(result.gpkg)
+    write_prediction_item(result, model_dir, meta, clusters)
+    return result
+
+
+def write_prediction_item(
+    result: SegmentResult, model_dir: Path, meta: ModelMeta, clusters: Sequence[Cluster]
+) -> Path:
+    """The STAC item of one prediction (label + projection extensions), beside the outputs."""
+    item = prediction_item(result, model_dir, meta, clusters)
+    item.set_self_href(str(result.stac_item.resolve()))
+    item.make_asset_hrefs_relative()
+    with atomic_path(result.stac_item) as tmp:
+        tmp.write_text(json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")
+    return result.stac_item
+
+
+def prediction_item(
+    result: SegmentResult, model_dir: Path, meta: ModelMeta, clusters: Sequence[Cluster]
+) -> pystac.Item:
+    """A pystac Item for the cluster COG: label extension (raster, classes), projection, links.
+
+    Links: ``source`` to the source raster (``derived_from``) and to the model bundle's
+    model.json (``via``), so a user can find what a map came from.
+    """
+    from pystac.extensions.label import LabelClasses, LabelExtension, LabelType
+    from pystac.extensions.projection import ProjectionExtension
+    from rasterio.warp import transform_bounds
+
+    with rasterio.open(result.clusters) as ds:
+        crs, transform, shape, bounds = ds.crs, ds.transform, ds.shape, ds.bounds
+    if crs is not None:
+        west, south, east, north = transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21)
+    else:  # a plain image: pixel bounds, honestly not geographic
+        west, south, east, north = bounds.left, bounds.bottom, bounds.right, bounds.top
+    geometry = {
+        "type": "Polygon",
+        "coordinates": [[[west, south], [east, south], [east, north], [west, north], [west, south]]],
+    }
+    item = pystac.Item(
+        id=f"{result.source.stem}-prediction",
+        geometry=geometry,
+        bbox=[west, south, east, north],
+        datetime=datetime.datetime.now(datetime.UTC),
+        properties={"geoseg:model": str(model_dir), "geoseg:confidence_units": "percent"},
+    )
+    label = LabelExtension.ext(item, add_if_missing=True)
+    label.apply(
+        label_description="IIC clusters (label-free): ids are clusters, not ground-truth classes",
+        label_type=LabelType.RASTER,
+        label_properties=None,
+        label_classes=[LabelClasses.create(classes=[c.name or c.id for c in clusters], name=None)],
+        label_tasks=["segmentation"],
+        label_methods=["automated"],
+    )
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    proj.epsg = crs.to_epsg() if crs is not None else None
+    if crs is not None and proj.epsg is None:
+        proj.wkt2 = crs.to_wkt()
+    proj.transform = list(transform)[:6]
+    proj.shape = list(shape)
+    roles = {
+        "clusters": ("image/tiff; application=geotiff; profile=cloud-optimized", ["data", "labels"]),
+        "confidence": ("image/tiff; application=geotiff; profile=cloud-optimized", ["data"]),
+        "clusters_qml": ("application/xml", ["style"]),
+        "confidence_qml": ("application/xml", ["style"]),
+        "preview_png": ("image/png", ["overview"]),
+        "gpkg": ("application/geopackage+sqlite3", ["data", "labels"]),
+        "gpkg_qml": ("application/xml", ["style"]),
+    }
+    for key, (media_type, asset_roles) in roles.items():
+        path = getattr(result, key)
+        if path is not None:
+            item.add_asset(
+                key, pystac.Asset(str(Path(path).resolve()), media_type=media_type, roles=asset_roles)
+            )
+    item.add_link(pystac.Link("source", str(result.source.resolve()), media_type="image/tiff"))
+    item.add_link(pystac.Link("derived_from", str(result.source.resolve()), media_type="image/tiff"))
+    item.add_link(
+        pystac.Link("via", str((model_dir / "model.json").resolve()), media_type="application/json")
+    )
+    return item
+
+
+def segment(
+    model_dir: str | Path,
+    sources: Sequence[str | Path],
+    out_dir: str | Path,
+    config: SegmentConfig | None = None,
+    progress: bool = True,
+) -> list[SegmentResult]:
+    """Segment every source raster with the model bundle in ``model_dir``.
+
+    Args:
+        model_dir: a model bundle (model.json + weights.safetensors).
+        sources: GeoTIFFs (any size) with the bands and dtype the model was trained on.
+        out_dir: folder for the outputs (created); existing outputs are replaced atomically.
+        config: window overlap, batch size, device, head, vectorization options.
+        progress: show a progress bar per raster.
+
+    Returns:
+        One :class:`SegmentResult` per source, in order.
+
+    Raises:
+        InputError: a missing/corrupt model or raster, or bands that do not match the model.
+        ConfigError: bad parameters.
+    """
+    from geoseg.train import resolve_device
+
+    config = (config or SegmentConfig()).validate()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    paths = [Path(s) for s in sources]
+    if not paths:
+        raise InputError("no source rasters given")
+    check_unique_stems(paths)
+    for path in paths:  # fail before any work on a missing input
+        if not path.is_file():
+            raise InputError(f"source not found: {path}")
+    model, meta = load_bundle(model_dir, resolve_device(config.device))
+    return [segment_raster(model, meta, model_dir, path, out_dir, config, progress) for path in paths]
