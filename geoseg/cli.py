@@ -300,6 +300,84 @@ def _run_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- segment / vectorize ------------------------------------------------------------------
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    from geoseg.config import SegmentConfig
+
+    d = SegmentConfig()
+    p = sub.add_parser(
+        "segment", help="segment rasters with a model: cluster + confidence COGs, styles, polygons"
+    )
+    p.add_argument("model", type=Path, help="model bundle folder (model.json + weights.safetensors)")
+    p.add_argument("src", nargs="+", type=Path, help="GeoTIFFs with the model's bands and dtype")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--overlap", type=float, default=d.overlap, help="fraction of a window shared by neighbours"
+    )
+    p.add_argument(
+        "--window", type=int, default=None, help="window side at the model's scale (default: patch size)"
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per forward pass")
+    p.add_argument("--head", choices=("a", "b"), default=d.head, help="b: the k clusters; a: over-clustering")
+    p.add_argument("--no-vectorize", action="store_true", help="do not write the GeoPackage")
+    p.add_argument("--min-area", type=float, default=d.min_area, help="polygon sieve, CRS units squared")
+    p.add_argument("--simplify", type=float, default=d.simplify, help="polygon simplification, CRS units")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_segment)
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from geoseg.config import SegmentConfig
+    from geoseg.segment import segment
+
+    config = SegmentConfig(
+        overlap=args.overlap,
+        window=args.window,
+        device=args.device,
+        batch_size=args.batch_size,
+        head=args.head,
+        vectorize=not args.no_vectorize,
+        min_area=args.min_area,
+        simplify=args.simplify,
+    )
+    for result in segment(args.model, args.src, args.out, config, progress=not args.quiet):
+        print(result.clusters)
+        if result.gpkg is not None:
+            print(result.gpkg)
+    return 0
+
+
+def _add_vectorize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("vectorize", help="cluster raster -> GeoPackage polygons (+ .qml)")
+    p.add_argument("clusters", type=Path, metavar="CLUSTERS.tif", help="uint8 cluster raster, nodata 255")
+    p.add_argument("--out", required=True, type=Path, help="GeoPackage to write")
+    p.add_argument(
+        "--min-area", type=float, default=0.0, help="sieve regions smaller than this (CRS units^2)"
+    )
+    p.add_argument("--simplify", type=float, default=0.0, help="simplification tolerance (CRS units)")
+    p.add_argument("--block-size", type=int, default=2048, help="block side in pixels (one task each)")
+    p.add_argument("--dask-address", default=None, help="run blocks on an existing Dask scheduler")
+    p.set_defaults(run=_run_vectorize)
+
+
+def _run_vectorize(args: argparse.Namespace) -> int:
+    from geoseg.vectorize import vectorize
+
+    out = vectorize(
+        args.clusters,
+        args.out,
+        min_area=args.min_area,
+        simplify=args.simplify,
+        dask_address=args.dask_address,
+        block_size=args.block_size,
+    )
+    print(out)
+    return 0
+
+
 # --- demo ---------------------------------------------------------------------------------
 
 
@@ -347,6 +425,8 @@ _PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_evaluate,
     _add_baseline,
+    _add_segment,
+    _add_vectorize,
     _add_demo,
 ]
 

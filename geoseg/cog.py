@@ -60,27 +60,23 @@ def to_cog(
     resampling: str = "mode",
     colormap: Mapping[int, tuple[int, ...]] | None = None,
     tags: Mapping[str, str] | None = None,
-    band_tags: Mapping[str, str] | None = None,
-    scale: float | None = None,
+    description: str | None = None,
 ) -> Path:
     """Copy a (tiled) GeoTIFF into a COG at ``dst`` (atomically); ``src`` is left in place.
 
     ``resampling`` is the overview resampling (``mode`` or ``nearest`` for class ids,
-    ``average`` for continuous values). ``colormap``, tags and a band ``scale`` are set on
-    ``src`` first so that the COG driver carries them into the copy.
+    ``average`` for continuous values). ``colormap``, tags and the band description are set
+    on ``src`` first so that the COG driver carries them into the copy.
     """
     src, dst = Path(src), Path(dst)
-    if colormap is not None or tags or band_tags or scale is not None:
+    if colormap is not None or tags or description:
         with rasterio.open(src, "r+") as ds:
             if colormap is not None:
                 ds.write_colormap(1, {int(k): tuple(v) for k, v in colormap.items()})
             if tags:
                 ds.update_tags(**tags)
-            if band_tags:
-                ds.update_tags(1, **band_tags)
-            if scale is not None:
-                ds.scales = (scale,) * ds.count
-                ds.offsets = (0.0,) * ds.count
+            if description:
+                ds.set_band_description(1, description)
     with atomic_path(dst) as tmp, rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
         rasterio.shutil.copy(
             str(src),

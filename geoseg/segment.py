@@ -298,14 +298,14 @@ def segment_raster(
                 resampling="mode",
                 colormap={c.id: (*c.colour, 255) for c in clusters},
                 tags={"GEOSEG_CLUSTERS": table, "GEOSEG_MODEL": str(model_dir), "GEOSEG_SOURCE": str(source)},
-                band_tags={"DESCRIPTION": "cluster id"},
+                description="cluster id",
             )
             to_cog(
                 conf_tmp,
                 paths["confidence"],
                 resampling="average",
                 tags={"GEOSEG_SOURCE": str(source), "units": "percent"},
-                band_tags={"DESCRIPTION": "confidence: max softmax probability, percent"},
+                description="confidence: max softmax probability, percent",
             )
         finally:  # the intermediates never outlive the run, whatever happened
             ids_tmp.unlink(missing_ok=True)
