@@ -11,6 +11,11 @@ sees stable ids without knowing alignment exists. Colours and names carry over;
 ``model.json`` records the alignment; a JSON + markdown report lists the clusters whose
 share of the reference moved more than a threshold.
 
+Both models predict with segment's own inference (:func:`geoseg.segment.predict_probabilities`,
+its band checks and nodata handling), so the ids compared are the ids they would write.
+Only head-B sub-head 0, the one segmentation uses and the cluster table describes, is
+aligned.
+
 The same pass also accumulates, per model, the label-free IIC objective on the reference
 (the mutual information between a pixel's cluster and its neighbours' within the
 displacement window), so that the promotion check can compare both models' losses on the
@@ -21,17 +26,14 @@ from __future__ import annotations
 
 import logging
 import shutil
-import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
-from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
@@ -42,6 +44,7 @@ from geoseg.errors import ConfigError, InputError
 from geoseg.fileio import atomic_path, sha256_file, write_json_atomic, write_text_atomic
 from geoseg.iic.loss import displaced_joints, mutual_information_loss
 from geoseg.iic.model import IICNet
+from geoseg.segment import check_bands, open_source, predict_probabilities
 from geoseg.store import open_store
 
 log = logging.getLogger(__name__)
@@ -76,7 +79,6 @@ class Alignment:
     loss_new: float | None
     reference: list[str]
     matrix: list[list[int]]  # rows: new ids (aligned), cols: old ids
-    subhead_permutations: list[list[int]] = field(default_factory=list)
     report_json: str | None = None
     report_md: str | None = None
 
@@ -127,15 +129,19 @@ def match_clusters(matrix: np.ndarray) -> list[int]:
     return [p if p >= 0 else next(spare) for p in perm]
 
 
-def permute_head_b(model: IICNet, permutations: Sequence[Sequence[int]]) -> None:
-    """Reorder head-B output channels in place: trained channel i becomes channel perm[i]."""
+def permute_head_b(model: IICNet, perm: Sequence[int], subhead: int = 0) -> None:
+    """Reorder a head-B sub-head's output channels in place: trained channel i becomes perm[i].
+
+    Sub-head 0 is the one segmentation uses and the cluster table describes; the other
+    sub-heads (if any) are independent clusterings and are left as trained.
+    """
+    conv = model.head_b[subhead]
+    inverse = torch.empty(len(perm), dtype=torch.long)
+    inverse[torch.as_tensor(list(perm))] = torch.arange(len(perm))
     with torch.no_grad():
-        for conv, perm in zip(model.head_b, permutations, strict=True):
-            inverse = torch.empty(len(perm), dtype=torch.long)
-            inverse[torch.as_tensor(list(perm))] = torch.arange(len(perm))
-            conv.weight.copy_(conv.weight[inverse])
-            if conv.bias is not None:
-                conv.bias.copy_(conv.bias[inverse])
+        conv.weight.copy_(conv.weight[inverse])
+        if conv.bias is not None:
+            conv.bias.copy_(conv.bias[inverse])
 
 
 def carry_clusters(old: Sequence[Cluster], k_new: int) -> list[Cluster]:
@@ -171,41 +177,42 @@ def align_clusters(
     _check_compatible(new_model_dir, new_meta, old_model_dir, old_meta)
 
     k_new, k_old = new_meta.arch.k_b, old_meta.arch.k_b
-    subheads = new_meta.arch.subheads
-    matrices = [np.zeros((k_new, k_old), np.int64) for _ in range(subheads)]
+    matrix = np.zeros((k_new, k_old), np.int64)
     half_t = int(old_meta.loss.get("half_t", 5))
     lamb = float(old_meta.loss.get("lamb_b", 1.0))
     joints: dict[str, torch.Tensor | None] = {"new": None, "old": None}
     sources = expand_reference(reference)
-    for x, valid in tqdm(
-        _reference_batches(sources, old_meta, config), desc="align: reference", unit="batch", leave=False
+    for x, valid, scale in tqdm(
+        _reference_batches(sources, old_meta, old_model_dir, config),
+        desc="align: reference",
+        unit="batch",
+        leave=False,
     ):
-        x = x.to(device)
-        mask = valid.to(device)
-        with torch.inference_mode():
-            p_new = new_model(x, heads="b")["b"]
-            p_old = old_model(x, heads="b")["b"][0]
-            if config.reference_loss:
-                joints["new"] = _add(joints["new"], displaced_joints(p_new[0], p_new[0], half_t, mask=mask))
+        x, mask = x.to(device), valid.to(device)
+        # Segment's own inference (resampling to the model's scale included): the ids
+        # compared here are the ids the models would write.
+        p_new = predict_probabilities(new_model, x, scale)
+        p_old = predict_probabilities(old_model, x, scale)
+        if config.reference_loss:
+            with torch.inference_mode():
+                joints["new"] = _add(joints["new"], displaced_joints(p_new, p_new, half_t, mask=mask))
                 joints["old"] = _add(joints["old"], displaced_joints(p_old, p_old, half_t, mask=mask))
-        old_ids = p_old.argmax(1).cpu().numpy()
-        vmask = valid.numpy()
-        for s in range(subheads):
-            matrices[s] += agreement_matrix(p_new[s].argmax(1).cpu().numpy(), old_ids, k_new, k_old, vmask)
+        matrix += agreement_matrix(
+            p_new.argmax(1).cpu().numpy(), p_old.argmax(1).cpu().numpy(), k_new, k_old, valid.numpy()
+        )
 
-    pixels = int(matrices[0].sum())
+    pixels = int(matrix.sum())
     if pixels == 0:
         raise InputError(f"no valid reference pixels in {[str(s) for s in sources]}")
-    perms = [match_clusters(m) for m in matrices]
-    perm = perms[0]
+    perm = match_clusters(matrix)
     aligned = np.zeros((k_new, k_old), np.int64)
-    aligned[perm] = matrices[0]
+    aligned[perm] = matrix
     agreement = float(np.trace(aligned[:k_old]) / pixels)
-    agreement_before = float(np.trace(matrices[0][: min(k_new, k_old)]) / pixels)
+    agreement_before = float(np.trace(matrix[: min(k_new, k_old)]) / pixels)
     shares_new = (aligned.sum(1) / pixels).tolist()
     shares_old = (aligned.sum(0) / pixels).tolist()
 
-    permute_head_b(new_model, perms)
+    permute_head_b(new_model, perm)
     clusters = carry_clusters(old_meta.clusters, k_new)
     moved = _moved(clusters, shares_old, shares_new, config.share_threshold)
     previous = {
@@ -213,11 +220,10 @@ def align_clusters(
         "weights_sha256": sha256_file(old_model_dir / WEIGHTS),
         "version": (old_meta.provenance or {}).get("registry_version"),
     }
-    composed = [_compose(new_meta.alignment, s, p) for s, p in enumerate(perms)]
     result = Alignment(
         bundle=str(out),
         previous=previous,
-        permutation=composed[0],
+        permutation=_compose(new_meta.alignment, perm),
         agreement=agreement,
         agreement_before=agreement_before,
         pixels=pixels,
@@ -229,7 +235,6 @@ def align_clusters(
         loss_new=_loss(joints["new"], lamb),
         reference=[str(s) for s in sources],
         matrix=aligned.tolist(),
-        subhead_permutations=composed if subheads > 1 else [],
     )
     new_meta.clusters = clusters
     new_meta.alignment = result.record()
@@ -265,15 +270,21 @@ def expand_reference(reference: Sequence[str | Path]) -> list[Path]:
 
 
 def _reference_batches(
-    sources: Sequence[Path], meta: ModelMeta, config: AlignConfig
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(N, C, H, W) raw pixels and (N, H, W) validity, window by window or patch by patch."""
-    bands = len(meta.band_names) if meta.band_names else meta.arch.in_channels
+    sources: Sequence[Path], meta: ModelMeta, model_dir: Path, config: AlignConfig
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+    """(N, C, H, W) raw pixels, (N, H, W) validity and the scale to predict them at.
+
+    Rasters are read window by window at source resolution (the prediction resamples to
+    the model's scale, as segment does); patch stores are already at their scale.
+    """
+    bands = meta.arch.in_channels
     for source in sources:
         if _is_store(source):
-            yield from _store_batches(source, bands, config)
+            for x, valid in _store_batches(source, bands, config):
+                yield x, valid, 1.0
         else:
-            yield from _raster_windows(source, bands, meta.scale, config.window)
+            for x, valid in _raster_windows(source, meta, model_dir, config.window):
+                yield x, valid, meta.scale
 
 
 def _store_batches(
@@ -294,30 +305,25 @@ def _store_batches(
 
 
 def _raster_windows(
-    path: Path, bands: int, scale: float, window: int
+    path: Path, meta: ModelMeta, model_dir: Path, window: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Windowed reads of a raster at the models' scale; never the whole raster at once."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                indexes = [i + 1 for i, ci in enumerate(src.colorinterp) if ci != ColorInterp.alpha]
-                if len(indexes) != bands:
-                    raise InputError(f"{path}: {len(indexes)} bands, the models expect {bands}")
-                step = max(1, round(window / scale))
-                for row in range(0, src.height, step):
-                    for col in range(0, src.width, step):
-                        win = Window(col, row, min(step, src.width - col), min(step, src.height - row))
-                        shape = (max(1, round(win.height * scale)), max(1, round(win.width * scale)))
-                        data = src.read(indexes, window=win, out_shape=(len(indexes), *shape),
-                                        resampling=Resampling.bilinear)  # fmt: skip
-                        valid = src.dataset_mask(window=win, out_shape=shape, resampling=Resampling.nearest)
-                        yield (
-                            torch.from_numpy(data.astype(np.float32))[None],
-                            torch.from_numpy(valid > 0)[None],
-                        )
-    except RasterioError as exc:
-        raise InputError(f"unreadable reference raster {path}: {exc}") from exc
+    """Windowed reads of a raster (never the whole raster at once), checked and filled as
+    segment does: bands by count/dtype/order, nodata read as the band mean (neutral input)."""
+    src = open_source(path)
+    with src:
+        bands = check_bands(src, path, meta, model_dir)
+        fill = np.asarray(meta.band_mean, np.float32)[:, None, None]
+        step = max(1, round(window / meta.scale))
+        for row in range(0, src.height, step):
+            for col in range(0, src.width, step):
+                win = Window(col, row, min(step, src.width - col), min(step, src.height - row))
+                try:
+                    data = src.read(bands, window=win).astype(np.float32)
+                    valid = np.all(src.read_masks(bands, window=win) > 0, axis=0)
+                except RasterioError as exc:
+                    raise InputError(f"unreadable reference raster {path}: {exc}") from exc
+                data = np.where(valid[None], data, fill)
+                yield torch.from_numpy(data)[None], torch.from_numpy(valid)[None]
 
 
 def _is_store(path: Path) -> bool:
@@ -356,13 +362,10 @@ def _loss(joint: torch.Tensor | None, lamb: float) -> float | None:
     return None if joint is None else float(mutual_information_loss(joint, lamb))
 
 
-def _compose(previous: dict[str, Any] | None, subhead: int, perm: list[int]) -> list[int]:
+def _compose(previous: dict[str, Any] | None, perm: list[int]) -> list[int]:
     """Trained channel -> final id, through an earlier alignment of the same bundle if any."""
-    if not previous:
-        return list(perm)
-    earlier = previous.get("subhead_permutations") or [previous.get("permutation")]
-    first = earlier[subhead] if subhead < len(earlier) and earlier[subhead] else None
-    if first is None or len(first) != len(perm):
+    first = (previous or {}).get("permutation")
+    if not first or len(first) != len(perm):
         return list(perm)
     return [perm[p] for p in first]
 

@@ -66,7 +66,7 @@ def predict(bundle: Path, raster: Path) -> np.ndarray:
 def permuted_copy(src: Path, out: Path, perm: list[int]) -> Path:
     """The same model with head-B channel i moved to perm[i], and a fresh colour table."""
     model, meta = load_bundle(src)
-    permute_head_b(model, [perm])
+    permute_head_b(model, perm)
     meta.clusters = [Cluster(i, (i, i, i)) for i in range(len(perm))]
     return save_bundle(model, meta, out)
 
