@@ -28,7 +28,7 @@ def ingest_step(
     sources: list[Path], run_dir: Path, config: IngestConfig, labels: list[Path] | None = None
 ) -> tuple[Path, str]:
     """Run the ingest task (cached) and record the survey in the run's catalog."""
-    from geoseg import stac
+    from geoseg import catalog as stac
 
     store, state = run(
         ingest_task,

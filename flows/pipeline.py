@@ -79,7 +79,9 @@ def pipeline_flow(
     if label_paths is not None and len(label_paths) != len(sources):
         from geoseg.errors import ConfigError
 
-        raise ConfigError(f"give one label raster per source: {len(sources)} sources, {len(label_paths)} labels")
+        raise ConfigError(
+            f"give one label raster per source: {len(sources)} sources, {len(label_paths)} labels"
+        )
     run_dir = check_output(out or default_out(settings, "pipeline", sources[0]), "out", settings)
     ingest_cfg = build_config(IngestConfig, ingest, patch_size=patch_size, dataset=dataset)
     train_cfg = build_config(TrainConfig, train, steps=steps, k=k, preset=preset)

@@ -33,19 +33,36 @@ def segment_step(
     model: Path, sources: list[Path], run_dir: Path, config: SegmentConfig
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Segment (and vectorize) every source; add prediction items linked to source and model."""
-    from geoseg import stac
+    from geoseg import catalog as stac
     from geoseg.bundle import load_meta
+    from geoseg.vectorize import vector_style_path
 
     out_dir = run_dir / PREDICTIONS
     task_config = config_dict(config)
     futures = [
-        (s, submit(segment_task, run_dir, model=str(model), source=str(s), out_dir=str(out_dir), config=task_config))
+        (
+            s,
+            submit(
+                segment_task,
+                run_dir,
+                model=str(model),
+                source=str(s),
+                out_dir=str(out_dir),
+                config=task_config,
+            ),
+        )
         for s in sources
     ]
     results, states = [], []
     for source, future in futures:
         result, state = resolve(
-            future, segment_task, run_dir, model=str(model), source=str(source), out_dir=str(out_dir), config=task_config
+            future,
+            segment_task,
+            run_dir,
+            model=str(model),
+            source=str(source),
+            out_dir=str(out_dir),
+            config=task_config,
         )
         results.append(result)
         states.append(state)
@@ -64,7 +81,7 @@ def segment_step(
             for r in results
         ]
         for r, future in zip(results, vectors, strict=True):
-            r["gpkg"], state = resolve(
+            gpkg, state = resolve(
                 future,
                 vectorize_task,
                 run_dir,
@@ -74,6 +91,7 @@ def segment_step(
                 simplify=config.simplify,
                 class_names=names or None,
             )
+            r["gpkg"], r["gpkg_qml"] = gpkg, str(vector_style_path(gpkg))
             states.append(state)
     model_item = stac.model_item(model)
     items = [model_item]
@@ -85,6 +103,7 @@ def segment_step(
 
 
 def _gpkg_path(clusters: str) -> str:
+    """``<stem>_clusters.gpkg`` beside ``<stem>_clusters.tif``, as ``geoseg segment`` names it."""
     return str(Path(clusters).with_suffix(".gpkg"))
 
 

@@ -95,7 +95,9 @@ def check_input(path: str | Path, what: str, settings: FlowSettings) -> Path:
         raise ConfigError(f"{what}: empty path")
     resolved = Path(path).expanduser().resolve()
     if settings.allowed_roots and not _inside(resolved, settings.allowed_roots):
-        raise ConfigError(f"{what} {path} is outside the allowed roots {[str(r) for r in settings.allowed_roots]}")
+        raise ConfigError(
+            f"{what} {path} is outside the allowed roots {[str(r) for r in settings.allowed_roots]}"
+        )
     if not resolved.exists():
         raise InputError(f"{what} not found: {path}")
     return resolved
@@ -115,7 +117,9 @@ def check_output(path: str | Path, what: str, settings: FlowSettings) -> Path:
         raise ConfigError(f"{what}: empty path")
     resolved = Path(path).expanduser().resolve()
     if settings.allowed_roots and not _inside(resolved, settings.allowed_roots):
-        raise ConfigError(f"{what} {path} is outside the allowed roots {[str(r) for r in settings.allowed_roots]}")
+        raise ConfigError(
+            f"{what} {path} is outside the allowed roots {[str(r) for r in settings.allowed_roots]}"
+        )
     if resolved.exists() and not resolved.is_dir():
         raise ConfigError(f"{what} {path} exists and is not a folder")
     return resolved

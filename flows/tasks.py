@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import Task, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
-from prefect.filesystems import LocalFileSystem
 from prefect.futures import PrefectFuture
 from prefect.states import State
 from prefect.utilities.hashing import hash_objects
@@ -112,7 +111,8 @@ CACHE_POLICY = INPUTS + TASK_SOURCE + FileFingerprints()
 
 def cached(task_: Task, run_dir: str | Path, refresh: bool = False) -> Task:
     """The task with its cache records kept in ``run_dir/.prefect-cache``."""
-    storage = LocalFileSystem(basepath=str(Path(run_dir) / CACHE_DIR))
+    # A Path (not a str, which would name a saved block) is a local result storage folder.
+    storage = Path(run_dir).resolve() / CACHE_DIR
     return task_.with_options(result_storage=storage, persist_result=True, refresh_cache=refresh)
 
 
@@ -190,8 +190,9 @@ def _as_paths(obj: Any) -> Any:
 @task(name="ingest", cache_policy=CACHE_POLICY, **_IO)
 def ingest_task(sources: list[str], out: str, config: dict[str, Any], labels: list[str] | None = None) -> str:
     """Cut the survey into a zarr patch store on the flow's Dask cluster."""
-    from geoseg.config import IngestConfig
     from geoseg.ingest import ingest
+
+    from geoseg.config import IngestConfig
 
     cfg = IngestConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
     with library_dask() as address:
@@ -206,7 +207,7 @@ def train_task(stores: list[str], out: str, config: dict[str, Any]) -> str:
 
     cfg = TrainConfig(**config)
     device = resolve_device(cfg.device)
-    logging.getLogger("geoseg.flows").info("training on %s (requested %s)", device, cfg.device)
+    get_run_logger().info("training on %s (requested %s)", device, cfg.device)
     cfg = dataclasses.replace(cfg, device=device.type)
     return str(train(stores, out, cfg, progress=False))
 
@@ -219,7 +220,7 @@ def segment_task(model: str, source: str, out_dir: str, config: dict[str, Any]) 
 
     cfg = SegmentConfig(**{**config, "vectorize": False})
     (result,) = segment(model, [source], out_dir, cfg, progress=False)
-    return _as_paths(result)
+    return _as_paths(result)  # source, clusters, confidence, *_qml, preview_png, stac_item
 
 
 @task(name="vectorize", cache_policy=CACHE_POLICY, **_IO)
@@ -237,14 +238,23 @@ def vectorize_task(
     with library_dask() as address:
         return str(
             vectorize(
-                clusters, out_gpkg, min_area=min_area, simplify=simplify, class_names=names, dask_address=address
+                clusters,
+                out_gpkg,
+                min_area=min_area,
+                simplify=simplify,
+                class_names=names,
+                dask_address=address,
             )
         )
 
 
 @task(name="evaluate", cache_policy=CACHE_POLICY, **_IO)
 def evaluate_task(
-    predictions: list[str], labels: list[str], out_dir: str, config: dict[str, Any], images: list[str] | None = None
+    predictions: list[str],
+    labels: list[str],
+    out_dir: str,
+    config: dict[str, Any],
+    images: list[str] | None = None,
 ) -> str:
     """Score cluster maps against ground truth; returns report.json."""
     from geoseg.config import EvaluateConfig

@@ -26,10 +26,14 @@ CATALOG = "catalog"
 
 def train_step(stores: list[Path], run_dir: Path, config: TrainConfig) -> tuple[Path, str]:
     """Run the training task (cached) and record the model, linked to its stores' surveys."""
-    from geoseg import stac
+    from geoseg import catalog as stac
 
     bundle, state = run(
-        train_task, run_dir, stores=[str(s) for s in stores], out=str(run_dir / MODEL), config=config_dict(config)
+        train_task,
+        run_dir,
+        stores=[str(s) for s in stores],
+        out=str(run_dir / MODEL),
+        config=config_dict(config),
     )
     stac.update_run_catalog(run_dir / CATALOG, [stac.model_item(Path(bundle))])
     return Path(bundle), state

@@ -65,20 +65,21 @@ def summary(result: dict[str, Any]) -> str:
     """What the demo wrote, one line per output a user opens (QGIS, a browser, a STAC tool)."""
     lines = [f"geoseg demo finished: run folder {result['run']}"]
     for p in result["predictions"]:
-        lines.append(f"  cluster map (COG)      {p.get('clusters')}")
-        lines.append(f"  confidence (COG)       {p.get('confidence')}")
+        lines.append(f"  cluster map (COG)      {p['clusters']}")
+        lines.append(f"  confidence (COG)       {p['confidence']}")
         if p.get("gpkg"):
             lines.append(f"  polygons (GeoPackage)  {p['gpkg']}")
-        styles = sorted({str(s) for s in Path(p["clusters"]).parent.glob("*.qml")})
-        for style in styles:
-            lines.append(f"  QGIS style             {style}")
-        if p.get("preview"):
-            lines.append(f"  preview (PNG)          {p['preview']}")
+        for key in ("clusters_qml", "confidence_qml", "gpkg_qml"):
+            if p.get(key):
+                lines.append(f"  QGIS style             {p[key]}")
+        lines.append(f"  preview (PNG)          {p['preview_png']}")
     if result.get("report"):
         report = Path(result["report"])
         lines.append(f"  evaluation report      {report} ({report.with_name('report.md').name} beside it)")
     lines.append(f"  model bundle           {result['model']}")
     lines.append(f"  STAC catalog           {result['catalog']}")
-    states = ", ".join(f"{k}: {v if isinstance(v, str) else '/'.join(v)}" for k, v in result["states"].items())
+    states = ", ".join(
+        f"{k}: {v if isinstance(v, str) else '/'.join(v)}" for k, v in result["states"].items()
+    )
     lines.append(f"  steps                  {states}")
     return "\n".join(lines)

@@ -36,7 +36,9 @@ def small_scene(tmp_path_factory: pytest.TempPathFactory) -> SceneFiles:
 
 
 @pytest.fixture(scope="session")
-def small_run(prefect_harness: None, small_scene: SceneFiles, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def small_run(
+    prefect_harness: None, small_scene: SceneFiles, tmp_path_factory: pytest.TempPathFactory
+) -> dict:
     from flows.pipeline import pipeline_flow
 
     out = tmp_path_factory.mktemp("run") / "pipeline"

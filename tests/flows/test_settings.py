@@ -42,7 +42,9 @@ def test_settings_from_environment(tmp_path: Path) -> None:
         FlowSettings.from_env({"GEOSEG_DASK_ADDRESS": "not an address"})
 
 
-@pytest.mark.parametrize("address", ["tcp://127.0.0.1:8786", "127.0.0.1:8786", "tls://sched.example.org:8786"])
+@pytest.mark.parametrize(
+    "address", ["tcp://127.0.0.1:8786", "127.0.0.1:8786", "tls://sched.example.org:8786"]
+)
 def test_dask_addresses_accepted(address: str) -> None:
     assert check_dask_address(address) == address
 

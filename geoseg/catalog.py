@@ -1,0 +1,287 @@
+"""The run catalog: a self-contained STAC catalog of what a flow run ingested, trained and predicted.
+
+A run folder's ``catalog/`` has three sub-catalogs: ``surveys`` (one item per source
+raster, with the patch store that ingested it), ``models`` (bundle items, ``derived_from``
+the surveys they were trained on, from model.json's provenance) and ``predictions``
+(segment's own label-extension item per cluster COG, re-linked: ``source`` -> the survey
+item, ``derived_from`` -> the model item). Hrefs are relative, so the run folder can be
+moved or published as it is. Items are identified by content (sha256 prefixes): re-running
+a flow replaces them in place.
+
+Validation is offline: the core STAC schemas ship with pystac, extension schemas are URLs,
+so the label extension's required fields are checked explicitly
+(:func:`validate_run_catalog`).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pystac
+from affine import Affine
+
+from geoseg.errors import InputError
+from geoseg.fileio import atomic_path, sha256_file
+
+RUN_CATALOG_ID = "geoseg-run"
+KIND = "geoseg:kind"
+_SUBCATALOGS = {"survey": "surveys", "model": "models", "prediction": "predictions"}
+_GEOTIFF = "image/tiff; application=geotiff"
+
+
+def _run_stamp(path: Path) -> datetime.datetime:
+    """An item's datetime: when its file was written (stable across re-runs that skip work)."""
+    return datetime.datetime.fromtimestamp(path.stat().st_mtime, tz=datetime.UTC).replace(microsecond=0)
+
+
+def _footprint(crs: Any, transform: Affine, width: int, height: int) -> tuple[dict | None, list | None]:
+    """WGS84 polygon and bbox of a grid; (None, None) for an image without a CRS."""
+    if crs is None:
+        return None, None
+    from rasterio.crs import CRS as _CRS
+    from rasterio.warp import transform_bounds
+
+    left, top = transform * (0, 0)
+    right, bottom = transform * (width, height)
+    west, south, east, north = transform_bounds(
+        _CRS.from_user_input(crs),
+        "EPSG:4326",
+        min(left, right),
+        min(top, bottom),
+        max(left, right),
+        max(top, bottom),
+    )
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    return {"type": "Polygon", "coordinates": [ring]}, [west, south, east, north]
+
+
+def _grid_of(path: Path) -> tuple[Any, Affine, int, int, str | None]:
+    import rasterio as _rasterio
+
+    with _rasterio.open(path) as src:
+        epsg = src.crs.to_epsg() if src.crs else None
+        return src.crs, src.transform, src.width, src.height, f"EPSG:{epsg}" if epsg else None
+
+
+def _projection(item: pystac.Item, code: str | None, transform: Affine, width: int, height: int) -> None:
+    from pystac.extensions.projection import ProjectionExtension
+
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    proj.code = code
+    proj.shape = [height, width]
+    proj.transform = list(transform)[:6]
+
+
+def survey_item(source: str | Path, store: str | Path | None = None) -> pystac.Item:
+    """A STAC item for one source raster of a survey (and the patch store it went into)."""
+    source = Path(source).resolve()
+    if not source.is_file():
+        raise InputError(f"survey raster not found: {source}")
+    digest = sha256_file(source)
+    try:
+        crs, transform, width, height, code = _grid_of(source)
+    except Exception as exc:  # rasterio raises several types for unreadable files
+        raise InputError(f"unreadable raster {source}: {exc}") from exc
+    geometry, bbox = _footprint(crs, transform, width, height)
+    item = pystac.Item(
+        id=f"survey-{source.stem}-{digest[:8]}",
+        geometry=geometry,
+        bbox=bbox,
+        datetime=_run_stamp(source),
+        properties={KIND: "survey", "title": source.name, "file:checksum": f"1220{digest}"},
+    )
+    if code:
+        _projection(item, code, transform, width, height)
+    media = _GEOTIFF if source.suffix.lower() in (".tif", ".tiff") else None
+    item.add_asset("image", pystac.Asset(str(source), media_type=media, roles=["data"], title="orthophoto"))
+    if store is not None and Path(store).exists():
+        item.add_asset(
+            "patches",
+            pystac.Asset(
+                str(Path(store).resolve()),
+                media_type="application/vnd.zarr",
+                roles=["data"],
+                title="patch store",
+            ),
+        )
+    return item
+
+
+def model_item(bundle: str | Path, derived_from: Sequence[pystac.Item] | None = None) -> pystac.Item:
+    """A STAC item for a model bundle: no footprint; bands, clusters, selection rule, device.
+
+    ``derived_from`` defaults to the surveys of the training stores recorded in model.json
+    (those whose rasters still exist); :func:`update_run_catalog` adds them with the model.
+    """
+    from geoseg.bundle import META, WEIGHTS, load_meta
+
+    bundle = Path(bundle).resolve()
+    meta = load_meta(bundle)
+    if derived_from is None:
+        derived_from = [
+            survey_item(source["path"], store=store["path"])
+            for store in meta.provenance.get("stores", [])
+            for source in store.get("sources", [])
+            if Path(source["path"]).is_file()
+        ]
+    digest = sha256_file(bundle / WEIGHTS)
+    item = pystac.Item(
+        id=f"model-{digest[:12]}",
+        geometry=None,
+        bbox=None,
+        datetime=_run_stamp(bundle / WEIGHTS),
+        properties={
+            KIND: "model",
+            "title": f"IIC model {bundle.name}",
+            "geoseg:bands": list(meta.band_names),
+            "geoseg:patch_size": meta.patch_size,
+            "geoseg:scale": meta.scale,
+            "geoseg:clusters": [
+                {"id": c.id, "colour": list(c.colour), "name": c.name} for c in meta.clusters
+            ],
+            "geoseg:selection": meta.selection,
+            "geoseg:device": meta.provenance.get("device"),
+        },
+    )
+    item.add_asset(
+        "weights", pystac.Asset(str(bundle / WEIGHTS), media_type="application/octet-stream", roles=["data"])
+    )
+    item.add_asset(
+        "metadata", pystac.Asset(str(bundle / META), media_type=pystac.MediaType.JSON, roles=["metadata"])
+    )
+    for survey in derived_from:
+        item.add_link(pystac.Link("derived_from", survey, media_type=pystac.MediaType.JSON))
+    return item
+
+
+_EXTRA_ASSETS = {  # outputs the flow adds after segment wrote its item (vectorize runs as its own task)
+    "gpkg": ("application/geopackage+sqlite3", ["data", "labels"]),
+    "gpkg_qml": ("application/xml", ["style"]),
+}
+
+
+def prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: pystac.Item) -> pystac.Item:
+    """The run catalog's item of one prediction: segment's own STAC item, linked into the catalog.
+
+    ``outputs`` are a segment result's paths (``stac_item``, ``clusters``, ``gpkg``, ...).
+    Segment's item (label + projection extensions, assets) links to the raw source file
+    and model.json; here those links are replaced by ``source`` -> the survey item (with
+    the label extension's asset list) and ``derived_from`` -> the model item.
+    """
+    from pystac.extensions.label import LabelExtension
+
+    written = Path(outputs["stac_item"])
+    if not written.is_file():
+        raise InputError(f"segment wrote no STAC item: {written}")
+    item = pystac.Item.from_file(str(written))
+    item.make_asset_hrefs_absolute()
+    item.id = f"prediction-{source.id.removeprefix('survey-')}-{model.id}"
+    item.properties[KIND] = "prediction"
+    item.properties["title"] = Path(outputs["clusters"]).name
+    item.clear_links()
+    for key, (media, roles) in _EXTRA_ASSETS.items():
+        if outputs.get(key) and key not in item.assets and Path(outputs[key]).exists():
+            item.add_asset(
+                key, pystac.Asset(str(Path(outputs[key]).resolve()), media_type=media, roles=roles)
+            )
+    LabelExtension.ext(item).add_source(source, assets=["image"])
+    item.add_link(pystac.Link("derived_from", model, media_type=pystac.MediaType.JSON, title="model"))
+    return item
+
+
+def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) -> Path:
+    """Add (or replace, by id) items in the run catalog at ``catalog_dir``; returns catalog.json.
+
+    The catalog is written self-contained (relative hrefs) into a temporary sibling folder
+    and renamed into place, so a reader never sees half of it.
+    """
+    catalog_dir = Path(catalog_dir).resolve()
+    root_file = catalog_dir / "catalog.json"
+    if root_file.exists():
+        catalog = pystac.Catalog.from_file(str(root_file))
+        catalog.make_all_asset_hrefs_absolute()
+        for item in catalog.get_items(recursive=True):
+            for link in item.links:
+                if link.rel in ("source", "derived_from"):
+                    link.resolve_stac_object(root=catalog)
+    else:
+        catalog = pystac.Catalog(
+            id=RUN_CATALOG_ID,
+            description="geoseg run: surveys ingested, models trained, predictions made",
+            title="geoseg run catalog",
+        )
+    for name in _SUBCATALOGS.values():
+        if catalog.get_child(name) is None:
+            catalog.add_child(pystac.Catalog(id=name, description=f"{name} of this run", title=name))
+    # Items added now (and the items they link to) replace same-id items; links must point
+    # at the new objects.
+    new: dict[str, pystac.Item] = {}
+    pending = list(items)
+    while pending:
+        item = pending.pop(0)
+        if item.id in new:
+            continue
+        new[item.id] = item
+        pending += [
+            link.target
+            for link in item.links
+            if link.rel in ("source", "derived_from") and isinstance(link.target, pystac.Item)
+        ]
+    for item in new.values():
+        kind = item.properties.get(KIND)
+        if kind not in _SUBCATALOGS:
+            raise ValueError(f"item {item.id} has no {KIND} among {sorted(_SUBCATALOGS)}")
+        child = catalog.get_child(_SUBCATALOGS[kind])
+        assert child is not None
+        child.remove_item(item.id)
+        child.add_item(item)
+    for item in catalog.get_items(recursive=True):
+        for link in item.links:
+            if link.rel in ("source", "derived_from") and isinstance(link.target, pystac.Item):
+                link.target = new.get(link.target.id, link.target)
+    with atomic_path(catalog_dir) as tmp:
+        catalog.normalize_hrefs(str(tmp / "catalog.json"))  # a file href: the temp name has a dot
+        catalog.make_all_asset_hrefs_relative()
+        catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    return root_file
+
+
+def validate_run_catalog(catalog_dir: str | Path) -> int:
+    """Load the catalog with pystac and validate every object offline; returns their number.
+
+    Core STAC schemas (bundled with pystac) are checked for every catalog and item; the
+    label extension's required fields are checked explicitly; every link and asset href
+    must be relative and resolve to an existing file (a self-contained catalog).
+    """
+    from pystac.extensions.label import LabelExtension
+    from pystac.validation import validate_dict
+
+    root = Path(catalog_dir) / "catalog.json"
+    if not root.is_file():
+        raise InputError(f"no STAC catalog at {root}")
+    catalog = pystac.Catalog.from_file(str(root))
+    count = 0
+    for obj in [catalog, *catalog.get_children(), *catalog.get_items(recursive=True)]:
+        data = obj.to_dict(include_self_link=False, transform_hrefs=True)
+        validate_dict(data, extensions=[], href=obj.get_self_href())
+        base = Path(obj.get_self_href() or "").parent
+        for link in data.get("links", []):
+            href = link["href"]
+            if "://" in href or href.startswith("/"):
+                raise InputError(f"{obj.id}: link {link['rel']} is not relative: {href}")
+            if not (base / href).exists():
+                raise InputError(f"{obj.id}: link {link['rel']} points to a missing file: {href}")
+        for key, asset in data.get("assets", {}).items():
+            if "://" in asset["href"] or asset["href"].startswith("/"):
+                raise InputError(f"{obj.id}: asset {key} href is not relative: {asset['href']}")
+            if not (base / asset["href"]).exists():
+                raise InputError(f"{obj.id}: asset {key} points to a missing file: {asset['href']}")
+        if isinstance(obj, pystac.Item) and LabelExtension.has_extension(obj):
+            label = LabelExtension.ext(obj)
+            if not label.label_description or label.label_type is None or not label.get_sources():
+                raise InputError(f"{obj.id}: label extension misses description/type/source")
+        count += 1
+    return count
