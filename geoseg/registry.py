@@ -339,8 +339,9 @@ def new_surveys(catalog: str | Path, registry: str | Path, since: str | None = N
     "Added" is the item's ``created`` property (STAC common metadata: when the item was
     written), falling back to its ``datetime``/``start_datetime``. With no promoted model
     and no ``since``, every survey is new. The imagery is the item's asset with role
-    ``data`` (else the first GeoTIFF asset); ground truth, if any, the asset with role
-    ``labels``. Items without imagery are not surveys and are passed over.
+    ``data`` (not a patch store; else the first GeoTIFF asset); ground truth, if any, the
+    asset with role ``labels``. Items without imagery, and items of another
+    ``geoseg:kind`` (models, predictions of a run catalog), are passed over.
     """
     path = Path(catalog)
     if not path.is_file():
@@ -356,6 +357,8 @@ def new_surveys(catalog: str | Path, registry: str | Path, since: str | None = N
     items = [root] if isinstance(root, pystac.Item) else list(root.get_items(recursive=True))  # type: ignore[union-attr]
     surveys = []
     for item in items:
+        if item.properties.get("geoseg:kind", "survey") != "survey":
+            continue  # models and predictions of a run catalog
         image = _asset(item, "data")
         if image is None:
             continue
@@ -369,7 +372,7 @@ def new_surveys(catalog: str | Path, registry: str | Path, since: str | None = N
 
 def _asset(item: pystac.Item, role: str) -> Path | None:
     assets = list(item.assets.values())
-    chosen = [a for a in assets if role in (a.roles or [])]
+    chosen = [a for a in assets if role in (a.roles or []) and "zarr" not in (a.media_type or "")]
     if not chosen and role == "data":
         chosen = [a for a in assets if "tiff" in (a.media_type or "") and "labels" not in (a.roles or [])]
     if not chosen:
