@@ -213,7 +213,8 @@ def read_label(
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
                 data = src.read(window=window)
-                colormap = _colormap(src) if src.count == 1 else None
+                if dataset is not None and dataset.colour_coded and src.count == 1:
+                    data = expand_colormap(src, data[0])
     except rasterio.errors.RasterioError as exc:
         raise InputError(f"unreadable label file {path}: {exc}") from exc
     if dataset is None:
@@ -221,8 +222,6 @@ def read_label(
             raise InputError(f"{path}: {data.shape[0]}-band label needs a colour-coded --dataset")
         return data[0].astype(np.uint8)
     if dataset.colour_coded:
-        if colormap is not None:
-            data = np.moveaxis(colormap[data[0]], -1, 0)
         if data.shape[0] < 3:
             raise InputError(f"{path}: dataset {dataset.name!r} expects RGB colour-coded labels")
         return dataset.decode(data)
@@ -231,43 +230,17 @@ def read_label(
     return dataset.decode(data[0])
 
 
-def _colormap(src: rasterio.io.DatasetReader) -> np.ndarray | None:
-    """A (256, 3) lookup table for a paletted band, or None."""
+def expand_colormap(src: rasterio.io.DatasetReader, band: np.ndarray) -> np.ndarray:
+    """Expand a paletted band (H, W) through the file's colour table to (3, H, W) RGB.
+
+    A single band without a colour table is returned as (1, H, W): not colour-coded.
+    """
     try:
         table = src.colormap(1)
     except ValueError:
-        return None
+        return band[None]
     lut = np.zeros((256, 3), np.uint8)
     for index, rgba in table.items():
         if index < 256:
             lut[index] = rgba[:3]
-    return lut
-
-
-def load_palette(path: str | Path) -> LabelDataset:
-    """A colour-coded dataset from a palette JSON file (``--palette FILE``).
-
-    Format: ``{"name": "survey-2024", "classes": [{"name": "building", "colour": "#3C1098"}, ...]}``;
-    class ids follow the list order, colours not listed decode to IGNORE.
-    """
-    import json
-
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-        entries = data["classes"]
-        classes = tuple(str(e["name"]) for e in entries)
-        colours = tuple(hex_rgb(str(e["colour"])) for e in entries)
-    except FileNotFoundError:
-        raise InputError(f"palette file not found: {path}") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
-        raise InputError(f"bad palette file {path}: {exc!r}; expected {load_palette.__doc__}") from exc
-    if not classes or len(set(colours)) != len(colours) or len(classes) > 255:
-        raise InputError(f"bad palette file {path}: needs 1..255 classes with distinct colours")
-    return LabelDataset(
-        name=str(data.get("name", path.stem)),
-        classes=classes,
-        colours=colours,
-        source=f"palette file {path}",
-        palette={c: i for i, c in enumerate(colours)},
-    )
+    return np.moveaxis(lut[band], -1, 0)

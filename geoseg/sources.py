@@ -1,0 +1,213 @@
+"""Input rasters: finding them, opening them safely, and reading windows of them.
+
+Sources are GeoTIFFs of any band count and dtype, plain PNG/JPEG images (no CRS: a
+warning, and an identity transform is recorded), folders of those, or STAC item /
+collection / catalog JSON whose data assets point at rasters.
+
+Reads work on the *scaled grid*: the source resampled by ``scale`` (0.5 halves the
+resolution). A window of the scaled grid maps to a fractional window of the source, read
+with ``out_shape`` so GDAL resamples on read: bilinear for images, nearest for labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pystac
+import rasterio
+import rasterio.errors
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+
+from geoseg.errors import InputError
+
+log = logging.getLogger(__name__)
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt")
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What geoseg needs to know about one source raster (at its native resolution)."""
+
+    path: Path
+    width: int
+    height: int
+    bands: tuple[int, ...]  # 1-based indexes used (alpha excluded unless asked for)
+    band_names: tuple[str, ...]
+    dtype: str
+    crs: CRS | None
+    transform: Affine
+    nodata: float | None
+
+    def scaled_shape(self, scale: float) -> tuple[int, int]:
+        """(height, width) of the grid resampled by ``scale``."""
+        return max(1, round(self.height * scale)), max(1, round(self.width * scale))
+
+    def scaled_transform(self, scale: float) -> Affine:
+        """The affine transform of the scaled grid (same corner, pixels 1/scale as large)."""
+        height, width = self.scaled_shape(scale)
+        return self.transform * Affine.scale(self.width / width, self.height / height)
+
+
+def discover_sources(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand files, folders and STAC JSON into a sorted-per-argument list of raster paths."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise InputError(f"source not found: {path}")
+        if path.is_dir():
+            rasters = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+            if not rasters:
+                raise InputError(f"no rasters ({', '.join(RASTER_SUFFIXES)}) in folder {path}")
+            found += rasters
+        elif path.suffix.lower() == ".json":
+            found += stac_rasters(path)
+        else:
+            found.append(path)
+    if not found:
+        raise InputError("no sources given")
+    return found
+
+
+def stac_rasters(path: Path) -> list[Path]:
+    """Raster files referenced by the data assets of a STAC item, collection or catalog."""
+    try:
+        obj = pystac.read_file(str(path))
+    except Exception as exc:  # pystac raises several types for bad JSON / non-STAC files
+        raise InputError(f"not a readable STAC file: {path} ({exc})") from exc
+    items = [obj] if isinstance(obj, pystac.Item) else list(obj.get_items(recursive=True))  # type: ignore[union-attr]
+    rasters: list[Path] = []
+    for item in items:
+        for asset in item.assets.values():
+            href = Path(asset.get_absolute_href() or asset.href)
+            roles = asset.roles or ["data"]
+            if "data" in roles and href.suffix.lower() in RASTER_SUFFIXES:
+                rasters.append(href)
+    if not rasters:
+        raise InputError(f"STAC file {path} has no raster data assets")
+    return rasters
+
+
+def open_dataset(path: str | Path) -> DatasetReader:
+    """rasterio.open with a clear InputError for missing or corrupt files; no georef warning."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"raster not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(f"unreadable or corrupt raster {path}: {exc}") from exc
+
+
+def usable_bands(src: DatasetReader, selection: Sequence[int] | None, path: Path) -> tuple[int, ...]:
+    """1-based band indexes to read: the selection as given, else every band but alpha."""
+    if selection is not None:
+        bad = [b for b in selection if not 1 <= b <= src.count]
+        if bad:
+            raise InputError(f"{path} has {src.count} bands; cannot select band(s) {bad}")
+        return tuple(selection)
+    bands = tuple(i + 1 for i, ci in enumerate(src.colorinterp) if ci != ColorInterp.alpha)
+    return bands or (1,)
+
+
+def band_names(src: DatasetReader, bands: Sequence[int]) -> tuple[str, ...]:
+    """Band descriptions where the file has them, else colour interpretations (red, nir...)."""
+    names = []
+    for b in bands:
+        description = src.descriptions[b - 1]
+        names.append(str(description).lower() if description else src.colorinterp[b - 1].name.lower())
+    return tuple(names)
+
+
+def open_raster(path: str | Path, bands: Sequence[int] | None = None) -> RasterInfo:
+    """Describe a source; plain images without a CRS get a warning and an identity transform."""
+    path = Path(path)
+    with open_dataset(path) as src:
+        use = usable_bands(src, bands, path)
+        dtypes = {src.dtypes[b - 1] for b in use}
+        if len(dtypes) > 1:
+            raise InputError(f"{path} mixes band dtypes {sorted(dtypes)}")
+        if src.crs is None:
+            log.warning("%s has no CRS: recording an identity transform (pixel coordinates)", path)
+        transform = src.transform if src.crs is not None else Affine.identity()
+        return RasterInfo(
+            path=path,
+            width=src.width,
+            height=src.height,
+            bands=use,
+            band_names=band_names(src, use),
+            dtype=dtypes.pop(),
+            crs=src.crs,
+            transform=transform,
+            nodata=src.nodata,
+        )
+
+
+def source_window(info: RasterInfo, scale: float, row: int, col: int, height: int, width: int) -> Window:
+    """The fractional source window under a window of the scaled grid (clipped to the raster)."""
+    scaled_h, scaled_w = info.scaled_shape(scale)
+    fy, fx = info.height / scaled_h, info.width / scaled_w
+    return Window(col * fx, row * fy, width * fx, height * fy)
+
+
+def read_scaled(
+    src: DatasetReader,
+    info: RasterInfo,
+    scale: float,
+    row: int,
+    col: int,
+    height: int,
+    width: int,
+    resampling: Resampling = Resampling.bilinear,
+    bands: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a window of the scaled grid: (C, h, w) data and (h, w) validity from nodata/alpha.
+
+    The window must lie inside the scaled grid; callers pad beyond the edge themselves.
+    At scale 1 the read is exact (integer windows, no resampling).
+    """
+    use = list(bands or info.bands)
+    window = source_window(info, scale, row, col, height, width)
+    if scale == 1.0:
+        window = Window(col, row, width, height)
+    data = src.read(use, window=window, out_shape=(len(use), height, width), resampling=resampling)
+    masks = src.read_masks(
+        use, window=window, out_shape=(len(use), height, width), resampling=Resampling.nearest
+    )
+    return data, np.all(masks > 0, axis=0)
+
+
+def patch_offsets(length: int, patch: int, stride: int) -> list[int]:
+    """Patch starts along one axis covering [0, length): the last patch may run past the edge."""
+    if length < patch:
+        return []
+    starts = list(range(0, length - patch + 1, stride))
+    if starts[-1] + patch < length:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
+def grid_size(length: int, patch: int, stride: int) -> int:
+    """Number of patch starts of :func:`patch_offsets` without building the list."""
+    if length < patch:
+        return 0
+    n = (length - patch) // stride + 1
+    return n + (1 if (n - 1) * stride + patch < length else 0)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return math.ceil(a / b)
