@@ -145,8 +145,8 @@ def predict_probabilities(
     """
     h, w = batch.shape[-2:]
     x = batch.float()
-    if scale != 1.0:
-        size = (max(MIN_SIDE, round(h * scale)), max(MIN_SIDE, round(w * scale)))
+    if scale != 1.0:  # an even size at the model's scale keeps the pooling geometry exact
+        size = (max(MIN_SIDE, 2 * round(h * scale / 2)), max(MIN_SIDE, 2 * round(w * scale / 2)))
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
     with torch.inference_mode():
         probs = model(x, heads=head)[head][0]
@@ -186,9 +186,75 @@ class _StripBlender:
         return ids, confidence, valid
 
 
-def _window_side(meta: ModelMeta, config: SegmentConfig) -> int:
-    """Window side in source pixels: the model's patch (or config.window) at the model's scale."""
-    return max(MIN_SIDE, round((config.window or meta.patch_size) / meta.scale))
+def _pooling(model: IICNet) -> int:
+    """The network's total downsampling: windows are aligned to it (max-pool phase)."""
+    factor = 1
+    for module in model.modules():
+        if isinstance(module, torch.nn.MaxPool2d):
+            factor *= int(module.stride if isinstance(module.stride, int) else module.stride[0])
+    return factor
+
+
+def receptive_radius(model: IICNet) -> int:
+    """Pixels (at the model's scale) of context each side that an output pixel depends on.
+
+    Summed over the trunk (convolutions: dilation x (kernel // 2), pools: kernel - 1, each
+    times the current stride) plus one input-resolution step for the bilinear upsampling.
+    """
+    radius, jump = 0, 1
+    for module in model.trunk.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            radius += module.dilation[0] * (module.kernel_size[0] // 2) * jump
+            jump *= module.stride[0]
+        elif isinstance(module, torch.nn.MaxPool2d):
+            kernel = module.kernel_size if isinstance(module.kernel_size, int) else module.kernel_size[0]
+            radius += (kernel - 1) * jump
+            jump *= module.stride if isinstance(module.stride, int) else module.stride[0]
+    return radius + jump
+
+
+def plan_grid(model: IICNet, meta: ModelMeta, config: SegmentConfig, height: int, width: int) -> WindowGrid:
+    """The window grid over the raster padded to the alignment (source pixels).
+
+    The window is the model's patch (or ``config.window``) at the model's scale. Window,
+    overlap and offsets are multiples of the pooling factor (at the model's scale), so
+    every window meets the same max-pool grid and the factor-2 upsampling that a single
+    pass over the whole raster would; an odd-sized raster is padded by edge replication
+    (the padding is never written). A non-zero overlap is raised to at least twice the
+    receptive radius (+ alignment), so that every pixel has a window that saw all of its
+    context (see :func:`geoseg.windows.ramp`).
+    """
+    align = max(1, round(_pooling(model) / min(meta.scale, 1.0)))
+    side = max(MIN_SIDE, round((config.window or meta.patch_size) / meta.scale))
+    padded_h, padded_w = -(-height // align) * align, -(-width // align) * align
+    overlap = config.overlap
+    if overlap > 0:
+        needed = (2 * receptive_radius(model) / meta.scale + align) / side
+        overlap = max(overlap, min(needed, 0.75))
+    return WindowGrid.from_fraction(padded_h, padded_w, side, overlap, align=align)
+
+
+def _read_strip(
+    src: DatasetReader, path: Path, bands: list[int], row: int, grid: WindowGrid, fill: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``[row, row + window)`` of the raster padded to the grid: (C, h, W) float32, valid.
+
+    Nodata pixels are read as ``fill`` (the band means: a neutral input); the padding
+    replicates the edge, as a single pass over the padded raster would see it.
+    """
+    rows = min(grid.win_height, src.height - row)
+    window = Window(0, row, src.width, rows)
+    try:
+        strip = src.read(bands, window=window).astype(np.float32)
+        valid = np.all(src.read_masks(bands, window=window) > 0, axis=0)
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(f"corrupt raster {path} (rows {row}..{row + rows}): {exc}") from exc
+    strip = np.where(valid[None], strip, fill)
+    pad = ((0, grid.win_height - rows), (0, grid.width - src.width))
+    if any(p[1] for p in pad):
+        strip = np.pad(strip, ((0, 0), *pad), mode="edge")
+        valid = np.pad(valid, pad, constant_values=False)
+    return strip, valid
 
 
 def _segment_into(
@@ -205,10 +271,14 @@ def _segment_into(
     """Stream the blended prediction of ``src`` into two intermediate tiled GeoTIFFs."""
     device = next(model.parameters()).device
     k = model.arch.k_b if config.head == "b" else model.arch.k_a
-    grid = WindowGrid.from_fraction(src.height, src.width, _window_side(meta, config), config.overlap)
-    weights = blend_weights(grid.win_height, grid.win_width, grid.overlap)
+    grid = plan_grid(model, meta, config, src.height, src.width)
+    margin = round(receptive_radius(model) / meta.scale)
+    weights = {  # one weight array per kind of window (interior, at a border, at a corner)
+        edges: blend_weights(grid.win_height, grid.win_width, grid.overlap, margin, borders=edges)
+        for edges in {grid.borders(r, c) for r, c in grid}
+    }
     fill = model.input_mean.detach().cpu().numpy().astype(np.float32)[:, None, None]
-    blender = _StripBlender(k, grid.win_height, src.width)
+    blender = _StripBlender(k, grid.win_height, grid.width)
     profile = tiled_profile(src.crs, src.transform, src.height, src.width, "uint8", NODATA)
     bar = tqdm(total=len(grid), desc=f"segment {path.name}", unit="win", disable=not progress)
     with (
@@ -216,15 +286,7 @@ def _segment_into(
         rasterio.open(confidence_tmp, "w", **profile) as conf_dst,
     ):
         for index, row in enumerate(grid.row_offsets):
-            strip_window = Window(0, row, src.width, grid.win_height)
-            try:
-                strip = src.read(bands, window=strip_window).astype(np.float32)
-                valid = np.all(src.read_masks(bands, window=strip_window) > 0, axis=0)
-            except rasterio.errors.RasterioError as exc:
-                raise InputError(
-                    f"corrupt raster {path} (rows {row}..{row + grid.win_height}): {exc}"
-                ) from exc
-            strip = np.where(valid[None], strip, fill)  # nodata read as the band mean: neutral input
+            strip, valid = _read_strip(src, path, bands, row, grid, fill)
             blender.valid[row - blender.base : row - blender.base + grid.win_height] = valid
             cols = grid.col_offsets
             for start in range(0, len(cols), config.batch_size):
@@ -235,15 +297,15 @@ def _segment_into(
                 )
                 probs = probs.float().cpu().numpy()
                 for c, p in zip(chunk, probs, strict=True):
-                    blender.add(p, weights, row, c)
+                    blender.add(p, weights[grid.borders(row, c)], row, c)
                 bar.update(len(chunk))
-            upto = grid.rows_final_after(index)
+            upto = min(grid.rows_final_after(index), src.height)
             if upto > blender.base:
                 base = blender.base
                 ids, confidence, _ = blender.pop(upto)
                 out = Window(0, base, src.width, upto - base)
-                ids_dst.write(ids, 1, window=out)
-                conf_dst.write(confidence, 1, window=out)
+                ids_dst.write(ids[:, : src.width], 1, window=out)
+                conf_dst.write(confidence[:, : src.width], 1, window=out)
     bar.close()
 
 

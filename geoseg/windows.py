@@ -60,9 +60,20 @@ class WindowGrid:
             raise ConfigError(f"overlap must be in [0, window), got {self.overlap} for window {self.window}")
 
     @classmethod
-    def from_fraction(cls, height: int, width: int, window: int, overlap: float) -> WindowGrid:
-        """Grid whose overlap is a fraction of the window (rounded up to whole pixels)."""
-        return cls(height, width, window, min(window - 1, int(np.ceil(overlap * window))))
+    def from_fraction(
+        cls, height: int, width: int, window: int, overlap: float, align: int = 1
+    ) -> WindowGrid:
+        """Grid whose overlap is a fraction of the window (rounded up to whole pixels).
+
+        With ``align > 1`` the window, the overlap and so every offset are multiples of
+        ``align``, and so must ``height`` and ``width`` be (pad the raster): a network that
+        pools by ``align`` then sees every window on the same pooling grid as a single pass.
+        """
+        if height % align or width % align:
+            raise ConfigError(f"grid {height}x{width} is not a multiple of align={align}: pad it")
+        window = max(align, window // align * align)
+        step = int(np.ceil(overlap * window / align)) * align
+        return cls(height, width, window, min(window - align, step))
 
     @property
     def stride(self) -> int:
@@ -94,20 +105,62 @@ class WindowGrid:
             for col in cols:
                 yield row, col
 
+    def borders(self, row: int, col: int) -> tuple[bool, bool, bool, bool]:
+        """Which edges (top, bottom, left, right) of the window at (row, col) lie on the border."""
+        return (
+            row == 0,
+            row + self.win_height >= self.height,
+            col == 0,
+            col + self.win_width >= self.width,
+        )
+
     def rows_final_after(self, index: int) -> int:
         """Rows ``[0, n)`` that no window row after ``index`` touches (all of them after the last)."""
         rows = self.row_offsets
         return self.height if index + 1 >= len(rows) else rows[index + 1]
 
 
-def ramp(length: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
-    """1-D weights: 1 in the middle, falling linearly to ``floor`` over ``overlap`` pixels at each end."""
+def ramp(
+    length: int,
+    overlap: int,
+    margin: int = 0,
+    floor: float = 1e-3,
+    at_start: bool = False,
+    at_end: bool = False,
+) -> np.ndarray:
+    """1-D weights: ``floor`` within ``margin`` pixels of each end, rising linearly to 1 at
+    ``overlap - margin`` pixels from the end, 1 in the middle.
+
+    ``margin`` is the network's receptive radius: predictions that close to a window edge
+    saw zero padding instead of image and are (almost) ignored wherever a neighbouring
+    window covers the pixel. With ``overlap >= 2 * margin`` every pixel is then decided by
+    a window that saw its whole context, so the blend equals a single pass. An end that
+    lies on the raster's border (``at_start``/``at_end``) keeps full weight: no window
+    beyond it could do better, and a single pass sees the same border there.
+    """
     if overlap <= 0:
         return np.ones(length, np.float32)
-    distance = np.minimum(np.arange(length), np.arange(length)[::-1]).astype(np.float32)
-    return np.clip((distance + 1.0) / (overlap + 1.0), floor, 1.0).astype(np.float32)
+    margin = max(0, min(margin, (overlap - 1) // 2))
+    index = np.arange(length, dtype=np.float32)
+    far = np.full(length, length + overlap, np.float32)  # a border end never falls off
+    distance = np.minimum(far if at_start else index, far if at_end else index[::-1])
+    rise = max(1.0, overlap - 2.0 * margin)
+    return np.clip((distance + 1.0 - margin) / rise, floor, 1.0).astype(np.float32)
 
 
-def blend_weights(height: int, width: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
-    """(height, width) float32 weights of one window: the outer product of two ramps."""
-    return np.outer(ramp(height, overlap, floor), ramp(width, overlap, floor))
+def blend_weights(
+    height: int,
+    width: int,
+    overlap: int,
+    margin: int = 0,
+    floor: float = 1e-3,
+    borders: tuple[bool, bool, bool, bool] = (False, False, False, False),
+) -> np.ndarray:
+    """(height, width) float32 weights of one window: the outer product of two ramps.
+
+    ``borders`` says which of its (top, bottom, left, right) edges lie on the raster border.
+    """
+    top, bottom, left, right = borders
+    return np.outer(
+        ramp(height, overlap, margin, floor, top, bottom), ramp(width, overlap, margin, floor, left, right)
+    )

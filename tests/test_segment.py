@@ -1,0 +1,317 @@
+"""Segmentation on real georeferenced imagery (Lausanne, NEON, SpaceNet) and generated edge cases.
+
+Models are tiny random IIC networks in eval mode (no training needed: a random trunk
+already gives structured, non-trivial cluster maps, and eval mode makes the stitched vs
+single-pass comparison exact up to window context).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pystac
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from geoseg.bundle import Cluster, ModelMeta, default_clusters, load_bundle, save_bundle
+from geoseg.cli import main
+from geoseg.cog import validate_cog
+from geoseg.config import SegmentConfig
+from geoseg.errors import ConfigError, InputError
+from geoseg.iic.model import Architecture, build_model
+from geoseg.segment import CONFIDENCE_MAX, NODATA, predict_probabilities, segment
+
+K = 4
+NAMES = ["dark", "bright", "green", None]
+
+
+def make_bundle(
+    path: Path,
+    band_names: list[str],
+    dtype: str,
+    mean: float,
+    std: float,
+    patch: int = 128,
+    scale: float = 1.0,
+    seed: int = 0,
+) -> Path:
+    torch.manual_seed(seed)
+    arch = Architecture(in_channels=len(band_names), k_a=8, k_b=K, preset="small")
+    model = build_model(arch).eval()
+    model.set_normalisation([mean] * len(band_names), [std] * len(band_names))
+    clusters = [Cluster(c.id, c.colour, NAMES[c.id]) for c in default_clusters(K)]
+    meta = ModelMeta(
+        architecture=arch.to_dict(),
+        band_names=band_names,
+        band_mean=[mean] * len(band_names),
+        band_std=[std] * len(band_names),
+        dtype=dtype,
+        patch_size=patch,
+        scale=scale,
+        loss={},
+        clusters=clusters,
+    )
+    return save_bundle(model, meta, path)
+
+
+def write_raster(path: Path, data: np.ndarray, nodata: float | None = None, crs: str = "EPSG:2056") -> Path:
+    """A small georeferenced GeoTIFF (0.5 m pixels in Swiss coordinates)."""
+    count, height, width = data.shape
+    transform = Affine(0.5, 0, 2_538_000.0, 0, -0.5, 1_152_000.0)
+    with rasterio.open(
+        path, "w", driver="GTiff", height=height, width=width, count=count, dtype=data.dtype,
+        crs=CRS.from_string(crs), transform=transform, nodata=nodata,
+    ) as dst:  # fmt: skip
+        dst.write(data)
+    return path
+
+
+def crop(src_path: Path, out: Path, window: Window) -> Path:
+    """A real raster's window as its own GeoTIFF (same CRS, the window's transform, nodata)."""
+    with rasterio.open(src_path) as src:
+        profile = src.profile | {
+            "height": window.height,
+            "width": window.width,
+            "transform": src.window_transform(window),
+        }
+        profile.pop("blockysize", None)
+        profile["tiled"] = False
+        data = src.read(window=window)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(data)
+    return out
+
+
+def single_pass(model_dir: Path, data: np.ndarray) -> np.ndarray:
+    """Cluster ids of the whole raster in one forward pass.
+
+    The network pools by 2 and upsamples by the exact factor 2 only on even sizes, so an
+    odd-sized raster is padded by one replicated row/column first (as segment does).
+    """
+    model, meta = load_bundle(model_dir)
+    _, h, w = data.shape
+    x = np.pad(data.astype(np.float32), ((0, 0), (0, h % 2), (0, w % 2)), mode="edge")
+    probs = predict_probabilities(model, torch.from_numpy(x)[None], meta.scale)
+    return probs.argmax(1)[0].numpy()[:h, :w]
+
+
+@pytest.fixture(scope="module")
+def rgb_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("m") / "rgb", ["red", "green", "blue"], "uint8", 110.0, 50.0)
+
+
+@pytest.fixture(scope="module")
+def lausanne(shared_data: Path) -> Path:
+    return shared_data / "lausanne" / "big_img" / "1091-322_00.tif"
+
+
+@pytest.fixture(scope="module")
+def lausanne_run(rgb_model: Path, lausanne: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("lausanne")
+    (result,) = segment(rgb_model, [lausanne], out, SegmentConfig(batch_size=16), progress=False)
+    return result
+
+
+def test_lausanne_outputs_keep_the_source_grid_and_are_valid_cogs(lausanne_run, lausanne: Path) -> None:
+    with (
+        rasterio.open(lausanne) as src,
+        rasterio.open(lausanne_run.clusters) as ids,
+        rasterio.open(lausanne_run.confidence) as conf,
+    ):
+        for out in (ids, conf):
+            assert out.crs == src.crs
+            assert out.transform == src.transform
+            assert out.shape == src.shape
+            assert out.nodata == NODATA
+            assert out.block_shapes == [(512, 512)]
+            assert out.dtypes == ("uint8",)
+        assert ids.overviews(1), "an 875 px wide COG needs at least one overview"
+        cmap = ids.colormap(1)
+        for cluster in default_clusters(K):
+            assert cmap[cluster.id][:3] == cluster.colour
+        clusters = ids.read(1)
+        confidence = conf.read(1)
+    assert validate_cog(lausanne_run.clusters)[0]
+    assert validate_cog(lausanne_run.confidence)[0]
+    assert np.all(clusters < K), "no nodata in Lausanne: every pixel gets a cluster"
+    assert len(np.unique(clusters)) >= 2, "a random net still separates the scene into clusters"
+    # confidence is a max over K probabilities: between 1/K and 1, in percent
+    assert confidence.min() >= np.floor(CONFIDENCE_MAX / K) and confidence.max() <= CONFIDENCE_MAX
+
+
+def test_stitched_windows_agree_with_single_pass(lausanne_run, rgb_model: Path, lausanne: Path) -> None:
+    with rasterio.open(lausanne) as src:
+        whole = single_pass(rgb_model, src.read())
+    with rasterio.open(lausanne_run.clusters) as ids:
+        stitched = ids.read(1)
+    agreement = float(np.mean(whole == stitched))
+    assert agreement >= 0.995, f"stitched vs single pass agree on {agreement:.4%} of pixels"
+
+
+def test_styles_preview_and_stac_item(lausanne_run, lausanne: Path, rgb_model: Path) -> None:
+    qml = lausanne_run.clusters_qml.read_text()
+    assert 'type="paletted"' in qml and 'label="bright"' in qml and 'label="cluster 3"' in qml
+    assert "singlebandpseudocolor" in lausanne_run.confidence_qml.read_text()
+    from PIL import Image
+
+    with Image.open(lausanne_run.preview_png) as png, rasterio.open(lausanne) as src:
+        assert png.size == (src.width, src.height)  # under the 2048 px preview limit: full size
+    item = pystac.Item.from_file(str(lausanne_run.stac_item))
+    assert "label:type" in item.properties and item.properties["label:type"] == "raster"
+    assert item.properties["proj:code"] == "EPSG:2056" or item.properties.get("proj:epsg") == 2056
+    links = {link.rel: link.get_absolute_href() for link in item.links}
+    assert Path(links["derived_from"]) == lausanne.resolve()
+    assert Path(links["via"]) == (rgb_model / "model.json").resolve()
+    assert Path(item.assets["clusters"].get_absolute_href()) == lausanne_run.clusters.resolve()
+    from pyproj import Transformer
+
+    with rasterio.open(lausanne) as src:
+        b = src.bounds
+    to_wgs84 = Transformer.from_crs(2056, 4326, always_xy=True)
+    for x, y in ((b.left, b.bottom), (b.right, b.top), (b.left, b.top), (b.right, b.bottom)):
+        lon, lat = to_wgs84.transform(x, y)
+        assert item.bbox[0] - 1e-9 <= lon <= item.bbox[2] + 1e-9
+        assert item.bbox[1] - 1e-9 <= lat <= item.bbox[3] + 1e-9
+    assert item.bbox[2] - item.bbox[0] < 0.01  # a 437 m wide tile, not the whole world
+
+
+def test_lausanne_geopackage_reopens(lausanne_run) -> None:
+    import geopandas as gpd
+
+    info = pyogrio.read_info(lausanne_run.gpkg)
+    assert len(pyogrio.list_layers(lausanne_run.gpkg)) == 1
+    assert CRS.from_user_input(info["crs"]).to_epsg() == 2056
+    frame = gpd.read_file(lausanne_run.gpkg)
+    assert info["features"] == len(frame) > 0
+    assert set(frame.columns) >= {"cluster_id", "class_name", "area", "geometry"}
+    named = frame[frame.cluster_id == 1]
+    assert (named.class_name == "bright").all()
+    assert frame[frame.cluster_id == 3].class_name.isna().all()  # no name in the model: null
+    assert lausanne_run.gpkg_qml.is_file()
+
+
+def test_neon_nodata_becomes_nodata_everywhere(tmp_path: Path, shared_data: Path, rgb_model: Path) -> None:
+    source = shared_data / "neon" / "OSBS_029.tif"
+    (result,) = segment(rgb_model, [source], tmp_path, SegmentConfig(vectorize=False), progress=False)
+    with rasterio.open(source) as src:
+        invalid = ~np.all(src.read_masks() > 0, axis=0)
+        crs, transform = src.crs, src.transform
+    assert invalid.sum() > 1000, "the NEON tile has nodata (255) pixels"
+    for path in (result.clusters, result.confidence):
+        with rasterio.open(path) as out:
+            assert out.crs == crs and out.transform == transform
+            values = out.read(1)
+        assert np.array_equal(values == NODATA, invalid)
+    assert result.gpkg is None
+
+
+def test_spacenet_one_band_uint16(tmp_path: Path, shared_data: Path) -> None:
+    source = crop(
+        shared_data / "spacenet" / "sample_geotiff.tif", tmp_path / "atlanta.tif", Window(300, 200, 250, 190)
+    )
+    model = make_bundle(tmp_path / "pan", ["gray"], "uint16", 800.0, 400.0)
+    (result,) = segment(model, [source], tmp_path / "out", SegmentConfig(vectorize=False), progress=False)
+    with rasterio.open(source) as src, rasterio.open(result.clusters) as out:
+        assert out.crs == src.crs and out.crs.to_epsg() == 32616
+        assert out.transform == src.transform and out.shape == (190, 250)
+        assert src.nodata == 0
+        ids = out.read(1)
+    assert np.all(ids < K)
+    assert validate_cog(result.clusters)[0]
+
+
+def test_raster_not_a_multiple_of_the_window_is_covered_to_its_edges(
+    tmp_path: Path, rgb_model: Path, lausanne: Path
+) -> None:
+    source = crop(lausanne, tmp_path / "odd.tif", Window(301, 203, 157, 131))  # odd sizes
+    config = SegmentConfig(window=64, overlap=0.3, vectorize=False)
+    (result,) = segment(rgb_model, [source], tmp_path / "out", config, progress=False)
+    with rasterio.open(result.clusters) as out, rasterio.open(source) as src:
+        ids = out.read(1)
+        whole = single_pass(rgb_model, src.read())
+    assert ids.shape == (131, 157)
+    assert np.all(ids < K), "every pixel up to the last row and column is predicted"
+    # the last rows/columns (covered by windows shifted back to the edge) agree with a
+    # single pass over the whole raster as well as the interior does
+    assert np.mean(whole == ids) >= 0.99
+    assert np.mean(whole[-2:] == ids[-2:]) >= 0.97 and np.mean(whole[:, -2:] == ids[:, -2:]) >= 0.97
+
+
+def test_model_scale_resamples_and_output_stays_at_source_resolution(tmp_path: Path, lausanne: Path) -> None:
+    source = crop(lausanne, tmp_path / "small.tif", Window(100, 100, 200, 150))
+    model = make_bundle(
+        tmp_path / "half", ["red", "green", "blue"], "uint8", 110.0, 50.0, patch=32, scale=0.5
+    )
+    (result,) = segment(model, [source], tmp_path / "out", SegmentConfig(vectorize=False), progress=False)
+    with rasterio.open(source) as src, rasterio.open(result.clusters) as out:
+        assert out.shape == src.shape and out.transform == src.transform
+        assert np.all(out.read(1) < K)
+
+
+def test_band_count_dtype_and_order_mismatch_are_clear_errors(tmp_path: Path, lausanne: Path) -> None:
+    one_band = make_bundle(tmp_path / "one", ["gray"], "uint8", 100.0, 50.0)
+    with pytest.raises(InputError, match=r"1091-322_00\.tif has 3 bands.*expects 1"):
+        segment(one_band, [lausanne], tmp_path / "out", progress=False)
+    wide = make_bundle(tmp_path / "u16", ["red", "green", "blue"], "uint16", 100.0, 50.0)
+    with pytest.raises(InputError, match=r"uint8 but model .* uint16"):
+        segment(wide, [lausanne], tmp_path / "out", progress=False)
+    bgr = make_bundle(tmp_path / "bgr", ["blue", "green", "red"], "uint8", 100.0, 50.0)
+    with pytest.raises(InputError, match="order"):
+        segment(bgr, [lausanne], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_missing_model_files_are_clear_errors(tmp_path: Path, rgb_model: Path, lausanne: Path) -> None:
+    no_weights = shutil.copytree(rgb_model, tmp_path / "no_weights")
+    (no_weights / "weights.safetensors").unlink()
+    with pytest.raises(InputError, match=r"weights\.safetensors"):
+        segment(no_weights, [lausanne], tmp_path / "out", progress=False)
+    no_meta = shutil.copytree(rgb_model, tmp_path / "no_meta")
+    (no_meta / "model.json").unlink()
+    with pytest.raises(InputError, match=r"model\.json"):
+        segment(no_meta, [lausanne], tmp_path / "out", progress=False)
+    with pytest.raises(InputError, match="source not found"):
+        segment(rgb_model, [tmp_path / "absent.tif"], tmp_path / "out", progress=False)
+
+
+def test_corrupt_rasters_are_clear_errors_and_leave_nothing(
+    tmp_path: Path, rgb_model: Path, lausanne: Path
+) -> None:
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"II*\x00" + bytes(range(256)) * 8)
+    with pytest.raises(InputError, match=r"garbage\.tif"):
+        segment(rgb_model, [garbage], tmp_path / "out", progress=False)
+    # a real GeoTIFF cut in half: the header opens, the pixel data is gone
+    source = crop(lausanne, tmp_path / "whole.tif", Window(0, 0, 400, 300))
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"truncated\.tif"):
+        segment(rgb_model, [truncated], tmp_path / "out", progress=False)
+    leftovers = list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else []
+    assert leftovers == [], f"nothing half-written may remain: {leftovers}"
+
+
+def test_config_is_validated(rgb_model: Path, lausanne: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        segment(rgb_model, [lausanne], tmp_path, SegmentConfig(overlap=0.95), progress=False)
+
+
+def test_cli_segment_and_its_errors(tmp_path: Path, rgb_model: Path, capsys: pytest.CaptureFixture) -> None:
+    rng = np.random.default_rng(0)
+    source = write_raster(tmp_path / "tiny.tif", rng.integers(0, 255, (3, 70, 90), dtype=np.uint8))
+    out = tmp_path / "out"
+    rc = main(["segment", str(rgb_model), str(source), "--out", str(out), "--overlap", "0.5", "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(out / "tiny_clusters.tif"), str(out / "tiny_clusters.gpkg")]
+    assert json.loads((out / "tiny_prediction.json").read_text())["type"] == "Feature"
+    rc = main(["segment", str(tmp_path / "nowhere"), str(source), "--out", str(out), "--quiet"])
+    assert rc == 2 and "model.json" in capsys.readouterr().err
