@@ -244,3 +244,32 @@ def expand_colormap(src: rasterio.io.DatasetReader, band: np.ndarray) -> np.ndar
         if index < 256:
             lut[index] = rgba[:3]
     return np.moveaxis(lut[band], -1, 0)
+
+
+def load_palette(path: str | Path) -> LabelDataset:
+    """A colour-coded dataset from a palette JSON file (``--palette FILE``).
+
+    Format: ``{"name": "survey-2024", "classes": [{"name": "building", "colour": "#3C1098"}, ...]}``;
+    class ids follow the list order, colours not listed decode to IGNORE.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        entries = data["classes"]
+        classes = tuple(str(e["name"]) for e in entries)
+        colours = tuple(hex_rgb(str(e["colour"])) for e in entries)
+    except FileNotFoundError:
+        raise InputError(f"palette file not found: {path}") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise InputError(f"bad palette file {path}: {exc!r}; expected {load_palette.__doc__}") from exc
+    if not classes or len(set(colours)) != len(colours) or len(classes) > 255:
+        raise InputError(f"bad palette file {path}: needs 1..255 classes with distinct colours")
+    return LabelDataset(
+        name=str(data.get("name", path.stem)),
+        classes=classes,
+        colours=colours,
+        source=f"palette file {path}",
+        palette={c: i for i, c in enumerate(colours)},
+    )
