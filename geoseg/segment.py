@@ -23,7 +23,6 @@ import datetime
 import json
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +34,11 @@ import rasterio.errors
 import torch
 import torch.nn.functional as F
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from geoseg.baseline import check_unique_stems, source_bands
+from geoseg.baseline import check_unique_stems
 from geoseg.bundle import Cluster, ModelMeta, default_clusters, load_bundle
 from geoseg.cog import tiled_profile, to_cog
 from geoseg.config import SegmentConfig
@@ -48,6 +46,7 @@ from geoseg.errors import InputError
 from geoseg.fileio import atomic_path
 from geoseg.iic.model import IICNet
 from geoseg.preview import colourize, save_png
+from geoseg.sources import RasterInfo, band_names, open_dataset, open_raster, read_scaled, usable_bands
 from geoseg.style import StyleClass, paletted_raster_qml, pseudocolour_raster_qml
 from geoseg.windows import WindowGrid, blend_weights
 
@@ -90,24 +89,6 @@ def output_paths(source: Path, out_dir: Path) -> dict[str, Path]:
 # --- checks -------------------------------------------------------------------------------
 
 
-def open_source(path: Path) -> DatasetReader:
-    """Open a raster; a missing or unreadable file is an InputError naming it."""
-    if not path.is_file():
-        raise InputError(f"source not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except rasterio.errors.RasterioError as exc:
-        raise InputError(f"unreadable raster {path}: {exc}") from exc
-
-
-def _band_names(src: DatasetReader, bands: Sequence[int]) -> list[str]:
-    if all(src.descriptions[b - 1] for b in bands):
-        return [str(src.descriptions[b - 1]).lower() for b in bands]
-    return [src.colorinterp[b - 1].name.lower() for b in bands]
-
-
 def check_bands(src: DatasetReader, path: Path, meta: ModelMeta, model_dir: Path) -> list[int]:
     """The source bands to feed the model, checked against model.json (count, dtype, order).
 
@@ -115,7 +96,7 @@ def check_bands(src: DatasetReader, path: Path, meta: ModelMeta, model_dir: Path
     error, so it is refused). Order is checked where both sides name their bands: the same
     names in another order is refused; unrelated naming schemes are not compared.
     """
-    bands = source_bands(src, None, path)
+    bands = list(usable_bands(src, None, path))
     expected = meta.arch.in_channels
     if len(bands) != expected:
         raise InputError(
@@ -125,7 +106,7 @@ def check_bands(src: DatasetReader, path: Path, meta: ModelMeta, model_dir: Path
     src_dtype, model_dtype = np.dtype(src.dtypes[bands[0] - 1]), np.dtype(meta.dtype)
     if src_dtype.kind != model_dtype.kind or (src_dtype.kind in "iu" and src_dtype != model_dtype):
         raise InputError(f"{path} is {src_dtype} but model {model_dir} was trained on {model_dtype} pixels")
-    names = _band_names(src, bands)
+    names = list(band_names(src, bands))
     model_names = [n.lower() for n in meta.band_names]
     if sorted(names) == sorted(model_names) and names != model_names:
         raise InputError(f"{path} has bands in the order {names} but model {model_dir} expects {model_names}")
@@ -235,7 +216,7 @@ def plan_grid(model: IICNet, meta: ModelMeta, config: SegmentConfig, height: int
 
 
 def _read_strip(
-    src: DatasetReader, path: Path, bands: list[int], row: int, grid: WindowGrid, fill: np.ndarray
+    src: DatasetReader, info: RasterInfo, row: int, grid: WindowGrid, fill: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``[row, row + window)`` of the raster padded to the grid: (C, h, W) float32, valid.
 
@@ -243,13 +224,11 @@ def _read_strip(
     replicates the edge, as a single pass over the padded raster would see it.
     """
     rows = min(grid.win_height, src.height - row)
-    window = Window(0, row, src.width, rows)
     try:
-        strip = src.read(bands, window=window).astype(np.float32)
-        valid = np.all(src.read_masks(bands, window=window) > 0, axis=0)
+        data, valid = read_scaled(src, info, 1.0, row, 0, rows, src.width)
     except rasterio.errors.RasterioError as exc:
-        raise InputError(f"corrupt raster {path} (rows {row}..{row + rows}): {exc}") from exc
-    strip = np.where(valid[None], strip, fill)
+        raise InputError(f"corrupt raster {info.path} (rows {row}..{row + rows}): {exc}") from exc
+    strip = np.where(valid[None], data.astype(np.float32), fill)
     pad = ((0, grid.win_height - rows), (0, grid.width - src.width))
     if any(p[1] for p in pad):
         strip = np.pad(strip, ((0, 0), *pad), mode="edge")
@@ -272,6 +251,7 @@ def _segment_into(
     device = next(model.parameters()).device
     k = model.arch.k_b if config.head == "b" else model.arch.k_a
     grid = plan_grid(model, meta, config, src.height, src.width)
+    info = open_raster(path, bands)
     margin = round(receptive_radius(model) / meta.scale)
     weights = {  # one weight array per kind of window (interior, at a border, at a corner)
         edges: blend_weights(grid.win_height, grid.win_width, grid.overlap, margin, borders=edges)
@@ -286,7 +266,7 @@ def _segment_into(
         rasterio.open(confidence_tmp, "w", **profile) as conf_dst,
     ):
         for index, row in enumerate(grid.row_offsets):
-            strip, valid = _read_strip(src, path, bands, row, grid, fill)
+            strip, valid = _read_strip(src, info, row, grid, fill)
             blender.valid[row - blender.base : row - blender.base + grid.win_height] = valid
             cols = grid.col_offsets
             for start in range(0, len(cols), config.batch_size):
@@ -344,7 +324,7 @@ def segment_raster(
     """Segment one raster with a loaded model; see :func:`segment`."""
     paths = output_paths(source, out_dir)
     clusters = cluster_table(meta, config, model)
-    with open_source(source) as src:
+    with open_dataset(source) as src:
         bands = check_bands(src, source, meta, model_dir)
         if min(src.height, src.width) < MIN_SIDE:
             raise InputError(f"{source} is {src.height}x{src.width} pixels: too small to segment")
