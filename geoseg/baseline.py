@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-import rasterio.errors
-from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from tqdm import tqdm
@@ -26,11 +24,14 @@ from tqdm import tqdm
 from geoseg.config import BaselineConfig
 from geoseg.errors import InputError
 from geoseg.fileio import atomic_path
+from geoseg.sources import open_dataset, usable_bands
+from geoseg.style import StyleClass, paletted_raster_qml
 
 log = logging.getLogger(__name__)
 
 NODATA = 255
 CLUSTERS_SUFFIX = "_clusters.tif"
+PREVIEW_SIZE = 1024
 
 # (C, h, w) float32 pixels and (h, w) validity -> (h, w) uint8 cluster ids
 BlockPredictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -39,20 +40,9 @@ BlockPredictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # --- reading sources ----------------------------------------------------------------------
 
 
-def _open(path: Path) -> rasterio.io.DatasetReader:
-    if not path.is_file():
-        raise InputError(f"source not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except rasterio.errors.RasterioError as exc:
-        raise InputError(f"unreadable raster {path}: {exc}") from exc
-
-
 def source_bands(src: rasterio.io.DatasetReader, n: int | None, name: Path) -> list[int]:
     """1-based indexes of the bands to use: alpha excluded, the first ``n`` if given."""
-    bands = [i + 1 for i, ci in enumerate(src.colorinterp) if ci != ColorInterp.alpha] or [1]
+    bands = list(usable_bands(src, None, name))
     if n is not None:
         if len(bands) < n:
             raise InputError(f"{name} has {len(bands)} usable bands, fewer than the {n} asked for")
@@ -82,7 +72,7 @@ def sample_pixels(sources: Sequence[Path], config: BaselineConfig) -> np.ndarray
     parts: list[np.ndarray] = []
     n_bands: int | None = None
     for path in sources:
-        with _open(path) as src:
+        with open_dataset(path) as src:
             bands = source_bands(src, config.bands, path)
             if n_bands is not None and len(bands) != n_bands:
                 raise InputError(f"{path} has {len(bands)} bands, other sources {n_bands}: use --bands N")
@@ -141,7 +131,7 @@ def write_cluster_raster(
     side (clipped at the edges), predicted, and only its core is written. Pixels invalid in
     the source (nodata, alpha, mask) are written as 255, the output's nodata.
     """
-    with _open(source) as src:
+    with open_dataset(source) as src:
         use = source_bands(src, bands, source)
         profile = {
             "driver": "GTiff",
@@ -167,23 +157,16 @@ def write_cluster_raster(
                     ids[~valid] = NODATA
                     r0, c0 = core.row_off - outer.row_off, core.col_off - outer.col_off
                     dst.write(ids[r0 : r0 + core.height, c0 : c0 + core.width], 1, window=core)
-    write_preview(out_path, colours)
+    _companions(out_path, colours)
     return out_path
 
 
-def write_preview(
-    cluster_raster: Path, colours: Sequence[tuple[int, int, int]], max_size: int = 1024
-) -> Path:
-    """``<stem>.png`` beside a cluster raster, read decimated (never the whole raster at full size)."""
-    from rasterio.enums import Resampling
+def _companions(cluster_raster: Path, colours: Sequence[tuple[int, int, int]]) -> None:
+    """What segmentation writes beside a cluster raster: a PNG preview and a QGIS style."""
+    from geoseg.segment import write_preview
 
-    from geoseg.preview import colourize, save_png
-
-    with rasterio.open(cluster_raster) as src:
-        step = max(1, -(-max(src.width, src.height) // max_size))
-        shape = (max(1, src.height // step), max(1, src.width // step))
-        ids = src.read(1, out_shape=shape, resampling=Resampling.nearest)
-    return save_png(colourize(ids, colours), cluster_raster.with_suffix(".png"), max_size=None)
+    write_preview(cluster_raster, colours, cluster_raster.with_suffix(".png"), PREVIEW_SIZE)
+    paletted_raster_qml([StyleClass(i, c) for i, c in enumerate(colours)], cluster_raster.with_suffix(".qml"))
 
 
 def _tiles(height: int, width: int, tile_rows: int, tile_cols: int) -> Iterator[Window]:
@@ -273,7 +256,7 @@ def predict_kmeans(
     colours = _colours(len(model.centroids))
     written = []
     for path in tqdm(paths, desc="k-means", unit="raster", leave=False):
-        with _open(path) as src:
+        with open_dataset(path) as src:
             width = src.width
             if len(source_bands(src, config.bands, path)) != model.centroids.shape[1]:
                 raise InputError(

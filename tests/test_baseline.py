@@ -64,6 +64,7 @@ def test_kmeans_recovers_regions_on_the_source_grid(tmp_path: Path) -> None:
         assert ds.colormap(1)[0][:3] != ds.colormap(1)[1][:3]
         ids = ds.read(1)
     assert (ids[:10, :10] == 255).all()  # source nodata stays nodata
+    assert "paletted" in out.with_suffix(".qml").read_text()  # a QGIS style beside it
     with Image.open(out.with_suffix(".png")) as png:  # a preview to look at
         assert png.size == (120, 90)
         assert np.asarray(png.convert("RGB"))[:10, :10].max() == 0  # nodata is black
