@@ -12,7 +12,7 @@ sees stable ids without knowing alignment exists. Colours and names carry over;
 share of the reference moved more than a threshold.
 
 Both models predict with segment's own inference (:func:`geoseg.segment.predict_probabilities`,
-its band checks and nodata handling), so the ids compared are the ids they would write.
+its band checks, :mod:`geoseg.sources` reads and nodata handling), so the ids compared are the ids they would write.
 Only head-B sub-head 0, the one segmentation uses and the cluster table describes, is
 aligned.
 
@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 from rasterio.errors import RasterioError
-from rasterio.windows import Window
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
@@ -44,7 +43,8 @@ from geoseg.errors import ConfigError, InputError
 from geoseg.fileio import atomic_path, sha256_file, write_json_atomic, write_text_atomic
 from geoseg.iic.loss import displaced_joints, mutual_information_loss
 from geoseg.iic.model import IICNet
-from geoseg.segment import check_bands, open_source, predict_probabilities
+from geoseg.segment import check_bands, predict_probabilities
+from geoseg.sources import open_dataset, open_raster, read_scaled
 from geoseg.store import open_store
 
 log = logging.getLogger(__name__)
@@ -309,20 +309,19 @@ def _raster_windows(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Windowed reads of a raster (never the whole raster at once), checked and filled as
     segment does: bands by count/dtype/order, nodata read as the band mean (neutral input)."""
-    src = open_source(path)
-    with src:
+    info = open_raster(path)
+    with open_dataset(path) as src:
         bands = check_bands(src, path, meta, model_dir)
         fill = np.asarray(meta.band_mean, np.float32)[:, None, None]
         step = max(1, round(window / meta.scale))
         for row in range(0, src.height, step):
             for col in range(0, src.width, step):
-                win = Window(col, row, min(step, src.width - col), min(step, src.height - row))
+                h, w = min(step, src.height - row), min(step, src.width - col)
                 try:
-                    data = src.read(bands, window=win).astype(np.float32)
-                    valid = np.all(src.read_masks(bands, window=win) > 0, axis=0)
+                    data, valid = read_scaled(src, info, 1.0, row, col, h, w, bands=bands)
                 except RasterioError as exc:
                     raise InputError(f"unreadable reference raster {path}: {exc}") from exc
-                data = np.where(valid[None], data, fill)
+                data = np.where(valid[None], data.astype(np.float32), fill)
                 yield torch.from_numpy(data)[None], torch.from_numpy(valid)[None]
 
 
