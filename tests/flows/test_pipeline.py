@@ -1,0 +1,190 @@
+"""The flows under real Prefect runs (test harness server), real files, real Dask."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pystac
+import pytest
+import rasterio
+from rasterio.crs import CRS
+
+from geoseg.catalog import validate_run_catalog
+from geoseg.store import open_store
+from tests.flows.conftest import TINY, copy_scene, free_port, mtimes
+
+
+def _items(catalog_json: str | Path, kind: str) -> list[pystac.Item]:
+    catalog = pystac.Catalog.from_file(str(catalog_json))
+    return [i for i in catalog.get_items(recursive=True) if i.properties["geoseg:kind"] == kind]
+
+
+def test_pipeline_end_to_end_on_a_generated_scene(small_run: dict, small_scene) -> None:
+    assert set(small_run["states"]) == {"ingest", "train", "segment", "evaluate"}
+    (prediction,) = small_run["predictions"]
+    # Cluster COG on the scene's grid, with nodata 255.
+    with rasterio.open(prediction["clusters"]) as out, rasterio.open(small_scene.image) as src:
+        assert out.crs == src.crs == CRS.from_epsg(32633)
+        assert out.transform == src.transform and out.shape == src.shape
+        assert out.dtypes[0] == "uint8" and out.nodata == 255
+        ids = out.read(1)
+    assert len(np.unique(ids[ids != 255])) >= 2
+    # Polygons with a cluster id per row, in the source CRS; QGIS styles beside the outputs.
+    info = pyogrio.read_info(prediction["gpkg"])
+    assert info["features"] > 0 and CRS.from_user_input(info["crs"]) == CRS.from_epsg(32633)
+    assert list(Path(prediction["clusters"]).parent.glob("*.qml"))
+    # Evaluation against the generated ground truth.
+    report = json.loads(Path(small_run["report"]).read_text())
+    assert 0.0 <= report["accuracy"] <= 1.0 and report["n_classes"] == 6
+    # The run's STAC catalog: self-contained, valid, linked source -> prediction <- model.
+    assert validate_run_catalog(Path(small_run["catalog"]).parent) >= 7
+    (survey,) = _items(small_run["catalog"], "survey")
+    (model,) = _items(small_run["catalog"], "model")
+    (pred,) = _items(small_run["catalog"], "prediction")
+    assert Path(survey.assets["image"].get_absolute_href()) == small_scene.image.resolve()
+    assert Path(pred.assets["clusters"].get_absolute_href()) == Path(prediction["clusters"]).resolve()
+    assert "label" in " ".join(pred.stac_extensions)
+    assert pred.get_single_link("source").get_href().endswith(f"{survey.id}.json")
+    assert pred.get_single_link("derived_from").get_href().endswith(f"{model.id}.json")
+    assert model.get_single_link("derived_from").get_href().endswith(f"{survey.id}.json")
+
+
+def test_rerun_on_the_same_survey_hits_the_cache(small_run: dict, small_scene) -> None:
+    from flows.pipeline import pipeline_flow
+
+    run = Path(small_run["run"])
+    before = {k: v for k, v in mtimes(run).items() if not k.startswith("catalog")}
+    again = pipeline_flow(
+        src=str(small_scene.image),
+        out=str(run),
+        labels=str(small_scene.labels),
+        dataset="synthetic",
+        **TINY,
+    )
+    flat = [s for v in again["states"].values() for s in ([v] if isinstance(v, str) else v)]
+    assert flat and all(s == "Cached" for s in flat), again["states"]
+    after = {k: v for k, v in mtimes(run).items() if not k.startswith("catalog")}
+    assert after == before  # nothing rewritten
+    assert again["predictions"] == small_run["predictions"]
+
+
+def test_corrupt_input_fails_the_flow_clearly_and_keeps_earlier_outputs(
+    prefect_harness: None, small_scene, tmp_path: Path
+) -> None:
+    from flows.ingest import ingest_flow
+
+    src = copy_scene(small_scene, tmp_path / "survey")
+    run = tmp_path / "run"
+    store = ingest_flow(src=str(src), out=str(run), patch_size=32)
+    before = mtimes(store)
+    # Damage the survey in place: same name, garbage after the TIFF header.
+    data = bytearray(src.read_bytes())
+    data[16:] = b"\x00" * (len(data) - 16)
+    src.write_bytes(bytes(data))
+    state = ingest_flow(src=str(src), out=str(run), patch_size=32, return_state=True)
+    assert state.is_failed()
+    assert src.name in state.message, state.message
+    assert mtimes(store) == before
+    assert open_store(store).num_patches > 0
+
+
+def test_pipeline_on_the_lausanne_geotiffs_without_labels(
+    prefect_harness: None, shared_data: Path, tmp_path: Path
+) -> None:
+    from flows.pipeline import pipeline_flow
+
+    tiles = sorted((shared_data / "lausanne" / "img").glob("*.tif"))[:3]
+    result = pipeline_flow(src=[str(t) for t in tiles], out=str(tmp_path / "run"), **TINY)
+    assert "evaluate" not in result["states"] and result["report"] is None
+    assert len(result["predictions"]) == len(tiles)
+    for tile, prediction in zip(tiles, result["predictions"], strict=True):
+        with rasterio.open(prediction["clusters"]) as out, rasterio.open(tile) as src:
+            assert out.crs == src.crs == CRS.from_epsg(2056)
+            assert out.transform == src.transform and out.shape == src.shape
+    assert len(_items(result["catalog"], "prediction")) == len(tiles)
+    assert len(_items(result["catalog"], "survey")) == len(tiles)
+    assert validate_run_catalog(Path(result["catalog"]).parent) >= 4 + 2 * len(tiles) + 1
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path):
+    """A `dask scheduler` and a `dask worker` on loopback, as separate processes."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    log = (tmp_path / "dask.log").open("w")
+    scheduler = subprocess.Popen(
+        [
+            bin_dir / "dask",
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-address",
+            ":0",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    worker = subprocess.Popen(
+        [bin_dir / "dask", "worker", address, "--nthreads", "2", "--nworkers", "1", "--no-dashboard"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        import distributed
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with distributed.Client(address, timeout=5, set_as_default=False) as client:
+                    client.wait_for_workers(1, timeout=60)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        yield address
+    finally:
+        for proc in (worker, scheduler):
+            proc.terminate()
+        for proc in (worker, scheduler):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+def test_dask_address_reaches_a_separately_started_scheduler(
+    prefect_harness: None, small_scene, dask_cluster: str, tmp_path: Path
+) -> None:
+    import distributed
+
+    from flows.ingest import ingest_flow
+
+    src = copy_scene(small_scene, tmp_path / "survey")
+    store = ingest_flow(src=str(src), out=str(tmp_path / "run"), patch_size=32, dask_address=dask_cluster)
+    assert open_store(store).num_patches > 0
+
+    def prefixes(dask_scheduler) -> dict[str, int]:
+        return {name: sum(p.state_counts.values()) for name, p in dask_scheduler.task_prefixes.items()}
+
+    with distributed.Client(dask_cluster, set_as_default=False) as client:
+        seen = client.run_on_scheduler(prefixes)
+    # The Prefect task ran there, and so did the library's own Dask work of ingest (its
+    # shard writers), handed the same scheduler by the task.
+    assert "ingest_task" in seen, seen
+    assert set(seen) - {"ingest_task"}, f"no library Dask tasks on the scheduler: {seen}"
