@@ -1,0 +1,163 @@
+"""Vectorize: polygons per cluster on real georeferenced rasters, block seams merged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from rasterio.crs import CRS
+
+from geoseg.cli import main
+from geoseg.errors import InputError
+from geoseg.vectorize import vector_style_path, vectorize
+
+NODATA = 255
+
+
+@pytest.fixture(scope="module")
+def neon_clusters(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-cluster map of the real NEON tile (brightness quartiles), nodata where the tile has it.
+
+    Real structure (tree crowns, shadows, ground) in a real CRS, at no model cost.
+    """
+    source = shared_data / "neon" / "OSBS_029.tif"
+    with rasterio.open(source) as src:
+        data = src.read().astype(np.float32)
+        invalid = ~np.all(src.read_masks() > 0, axis=0)
+        profile = src.profile
+    gray = data.mean(0)
+    edges = np.quantile(gray[~invalid], [0.25, 0.5, 0.75])
+    ids = np.digitize(gray, edges).astype(np.uint8)
+    ids[invalid] = NODATA
+    out = tmp_path_factory.mktemp("neon") / "OSBS_029_clusters.tif"
+    profile.update(count=1, dtype="uint8", nodata=NODATA, compress="deflate")
+    table = [
+        {"id": i, "colour": [60 * i, 100, 200 - 40 * i], "name": n}
+        for i, n in enumerate(["shadow", "crown", None, "sand"])
+    ]
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(ids, 1)
+        dst.update_tags(GEOSEG_CLUSTERS=json.dumps(table))
+    return out
+
+
+@pytest.fixture(scope="module")
+def single_block(neon_clusters: Path, tmp_path_factory: pytest.TempPathFactory) -> gpd.GeoDataFrame:
+    out = vectorize(neon_clusters, tmp_path_factory.mktemp("v1") / "one.gpkg", block_size=4096)
+    return gpd.read_file(out)
+
+
+def _pixel_areas(path: Path) -> dict[int, float]:
+    with rasterio.open(path) as src:
+        ids = src.read(1)
+        pixel = abs(src.transform.a * src.transform.e)
+    values, counts = np.unique(ids[ids != NODATA], return_counts=True)
+    return {int(v): float(c) * pixel for v, c in zip(values, counts, strict=True)}
+
+
+def test_polygon_areas_sum_to_the_raster_area_of_each_cluster(neon_clusters: Path, single_block) -> None:
+    expected = _pixel_areas(neon_clusters)
+    assert set(expected) == {0, 1, 2, 3}
+    measured = single_block.groupby("cluster_id")["area"].sum().to_dict()
+    assert set(measured) == set(expected), "every cluster is kept, 0 included; nodata is dropped"
+    for cluster, area in expected.items():
+        assert abs(measured[cluster] - area) <= 0.005 * area
+    assert np.allclose(single_block.geometry.area, single_block["area"])
+
+
+def test_block_parallel_result_equals_single_block(neon_clusters: Path, single_block, tmp_path: Path) -> None:
+    blocked = gpd.read_file(vectorize(neon_clusters, tmp_path / "blocked.gpkg", block_size=64))
+    assert len(blocked) == len(single_block)
+    for cluster in range(4):
+        a = np.sort(single_block.loc[single_block.cluster_id == cluster, "area"].to_numpy())
+        b = np.sort(blocked.loc[blocked.cluster_id == cluster, "area"].to_numpy())
+        assert np.allclose(a, b), f"cluster {cluster}: areas differ between blocked and single-block"
+    # no polygon is split by an internal block line: same-cluster polygons never touch
+    geoms = blocked.geometry.to_numpy()
+    tree = shapely.STRtree(geoms)
+    left, right = tree.query(geoms, predicate="intersects")
+    pairs = (left < right) & (blocked.cluster_id.to_numpy()[left] == blocked.cluster_id.to_numpy()[right])
+    assert not pairs.any(), f"{pairs.sum()} same-cluster polygon pairs touch"
+
+
+def test_geopackage_reopens_through_gdal_with_crs_and_columns(neon_clusters: Path, tmp_path: Path) -> None:
+    out = vectorize(neon_clusters, tmp_path / "neon.gpkg", block_size=128)
+    layers = pyogrio.list_layers(out)
+    assert len(layers) == 1 and layers[0][1] == "MultiPolygon"
+    info = pyogrio.read_info(out)
+    with rasterio.open(neon_clusters) as src:
+        assert CRS.from_user_input(info["crs"]) == src.crs
+    frame = gpd.read_file(out)
+    assert info["features"] == len(frame) > 100
+    assert list(info["fields"]) == ["cluster_id", "class_name", "area"]
+    assert frame.geometry.is_valid.all()
+    names = frame.groupby("cluster_id")["class_name"].first().to_dict()
+    assert names[0] == "shadow" and names[1] == "crown" and names[3] == "sand"
+    assert frame.loc[frame.cluster_id == 2, "class_name"].isna().all()
+    qml = vector_style_path(out).read_text()
+    assert 'attr="cluster_id"' in qml and 'label="crown"' in qml
+
+
+def test_sieve_removes_regions_below_the_mapping_unit(
+    neon_clusters: Path, single_block, tmp_path: Path
+) -> None:
+    with rasterio.open(neon_clusters) as src:
+        pixel = abs(src.transform.a * src.transform.e)
+    min_area = 25 * pixel
+    sieved = gpd.read_file(vectorize(neon_clusters, tmp_path / "s.gpkg", min_area=min_area, block_size=4096))
+    assert len(sieved) < len(single_block) / 3
+    # regions are only merged, never dropped: the valid area is unchanged
+    assert np.isclose(sieved["area"].sum(), single_block["area"].sum())
+    # what stays smaller than the unit is only where no valid neighbour could absorb it
+    small = sieved[sieved["area"] < min_area - 1e-9]
+    assert len(small) <= 0.01 * len(sieved)
+
+
+def test_simplify_reduces_vertices(neon_clusters: Path, single_block, tmp_path: Path) -> None:
+    simple = gpd.read_file(vectorize(neon_clusters, tmp_path / "simple.gpkg", simplify=0.25))
+    assert len(simple) == len(single_block)
+    assert (
+        shapely.get_num_coordinates(simple.geometry.to_numpy()).sum()
+        < 0.8 * shapely.get_num_coordinates(single_block.geometry.to_numpy()).sum()
+    )
+
+
+def test_dask_scheduler_address_gives_the_same_polygons(
+    neon_clusters: Path, single_block, tmp_path: Path
+) -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        out = vectorize(
+            neon_clusters, tmp_path / "d.gpkg", block_size=100, dask_address=cluster.scheduler_address
+        )
+    frame = gpd.read_file(out)
+    assert len(frame) == len(single_block)
+    assert np.isclose(frame["area"].sum(), single_block["area"].sum())
+
+
+def test_bad_inputs_are_clear_errors(tmp_path: Path, shared_data: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        vectorize(tmp_path / "absent.tif", tmp_path / "x.gpkg")
+    with pytest.raises(InputError, match=r"OSBS_029\.tif is not a single-band"):
+        vectorize(shared_data / "neon" / "OSBS_029.tif", tmp_path / "x.gpkg")
+    corrupt = tmp_path / "corrupt_clusters.tif"
+    corrupt.write_bytes(b"not a tiff at all" * 10)
+    with pytest.raises(InputError, match=r"corrupt_clusters\.tif"):
+        vectorize(corrupt, tmp_path / "x.gpkg")
+    assert not (tmp_path / "x.gpkg").exists()
+
+
+def test_cli_vectorize(neon_clusters: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli.gpkg"
+    assert main(["vectorize", str(neon_clusters), "--out", str(out), "--min-area", "0.5"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert pyogrio.read_info(out)["features"] > 0
+    assert main(["vectorize", str(tmp_path / "nope.tif"), "--out", str(out)]) == 2
+    assert "not found" in capsys.readouterr().err
