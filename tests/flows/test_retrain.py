@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import inspect
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pystac
 import yaml
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
+
+from geoseg import registry as models
+from geoseg.bundle import WEIGHTS, load_meta
+from geoseg.fileio import sha256_file
+from geoseg.synthetic import SceneFiles, generate_scene
+from tests.flows.conftest import TINY_TRAIN
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,3 +55,63 @@ def test_segment_gpu_deployment_follows_the_registry_that_retrain_promotes_into(
     assert segment
     registry = Path(weekly["parameters"]["registry"])
     assert Path(segment[0]["parameters"]["model"]) == registry / "current"
+
+
+def survey_item(scene: SceneFiles, item_id: str, created: datetime, with_labels: bool) -> pystac.Item:
+    item = pystac.Item(
+        id=item_id, geometry=None, bbox=None, datetime=created, properties={"created": created.isoformat()}
+    )
+    item.add_asset(
+        "image", pystac.Asset(str(scene.image), media_type=pystac.MediaType.GEOTIFF, roles=["data"])
+    )
+    if with_labels:
+        item.add_asset(
+            "labels", pystac.Asset(str(scene.labels), media_type=pystac.MediaType.GEOTIFF, roles=["labels"])
+        )
+    return item
+
+
+def save_catalog(root: Path, items: list[pystac.Item]) -> Path:
+    catalog = pystac.Catalog(id="surveys", description="aerial surveys as they arrive")
+    for item in items:
+        catalog.add_item(item.clone())
+    catalog.normalize_hrefs(str(root))
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    return root / "catalog.json"
+
+
+def test_retrain_flow_end_to_end(prefect_harness: None, tmp_path: Path) -> None:
+    """First survey -> v0001 promoted; a later survey -> warm-started, aligned v0002; then nothing new."""
+    from flows.retrain import retrain_flow
+
+    first = generate_scene(tmp_path / "a", size=128, seed=5, name="survey_a")
+    second = generate_scene(tmp_path / "b", size=128, seed=6, name="survey_b")
+    registry = tmp_path / "models"
+    items = [survey_item(first, "survey-a", datetime.now(UTC) - timedelta(days=1), with_labels=False)]
+    catalog = save_catalog(tmp_path / "catalog", items)
+    tiny = {"patch_size": 32, "steps": 2, "k": 4, "train": TINY_TRAIN, "evaluate": {"dataset": "synthetic"}}
+
+    one = retrain_flow(catalog=str(catalog), registry=str(registry), out=str(tmp_path / "run1"), **tiny)
+    assert one["surveys"] == ["survey-a"] and one["previous"] is None and one["alignment"] is None
+    assert one["version"] == "v0001" and one["promoted"]
+    assert models.current_model(registry) == registry / "v0001"
+
+    items.append(survey_item(second, "survey-b", datetime.now(UTC) + timedelta(seconds=1), with_labels=True))
+    catalog = save_catalog(tmp_path / "catalog", items)
+    two = retrain_flow(catalog=str(catalog), registry=str(registry), out=str(tmp_path / "run2"), **tiny)
+    assert two["surveys"] == ["survey-b"]
+    assert two["version"] == "v0002" and Path(two["previous"]) == (registry / "v0001").resolve()
+    trained, aligned = load_meta(tmp_path / "run2" / "model"), load_meta(registry / "v0002")
+    assert trained.provenance["init_from"] == str((registry / "v0001").resolve())  # warm start
+    assert aligned.alignment is not None
+    assert aligned.alignment["previous"]["weights_sha256"] == sha256_file(registry / "v0001" / WEIGHTS)
+    assert [c.colour for c in aligned.clusters] == [c.colour for c in load_meta(registry / "v0001").clusters]
+    assert Path(two["report"]).is_file()  # survey-b has labels: evaluated
+    state = models.load_state(registry)
+    decision = state.get("v0002").decision
+    assert decision is not None and decision["promote"] == two["promoted"]
+    assert state.current == ("v0002" if two["promoted"] else "v0001")
+    assert state.get("v0002").status == ("promoted" if two["promoted"] else "rejected")
+
+    three = retrain_flow(catalog=str(catalog), registry=str(registry), out=str(tmp_path / "run3"), **tiny)
+    assert three["surveys"] == [] and three["version"] is None
