@@ -1,0 +1,273 @@
+"""Benchmark: segmentation throughput vs a FLOP limit, peak memory on a wide raster, and
+vectorize vs GDAL's gdal_polygonize on the same cluster raster.
+
+    python bench/segment.py                 # the recorded run (about 5-10 min on 2 cores)
+    python bench/segment.py --rss-rows 20000  # the full 20000 x 20000 raster (hours on 2 cores)
+
+What it measures, all in one run on one machine:
+
+1. FLOPs per pixel of the small IIC network (torch's FlopCounterMode on one window), the
+   CPU's measured float32 matmul GFLOP/s (the practical peak: convolutions run as GEMMs),
+   hence a limit in Mpx/s, and the Mpx/s that ``geoseg.segment`` reaches on a generated
+   raster (window overlap included in the limit: each pixel is predicted by more than one
+   window).
+2. Peak RSS of ``geoseg segment`` in a fresh process on a generated raster 20000 pixels
+   wide (written with windowed writes in a temporary folder). Memory is bounded by one
+   strip of windows x the raster width, independent of the height (finished rows are
+   written and dropped), so by default only ``--rss-rows`` rows are segmented to keep the
+   run short on 2 shared cores; ``--rss-rows 20000`` runs the whole 20000 x 20000 raster.
+3. ``geoseg.vectorize`` vs ``gdal_polygonize`` (Debian's gdal-bin; installed here with
+   apt-get when missing) on the same generated cluster raster, both writing a GeoPackage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from affine import Affine
+from rasterio.windows import Window
+
+from geoseg.bundle import ModelMeta, default_clusters, save_bundle
+from geoseg.config import SegmentConfig
+from geoseg.iic.model import Architecture, build_model
+
+CRS = "EPSG:2056"
+TRANSFORM = Affine(0.5, 0, 2_600_000.0, 0, -0.5, 1_200_000.0)
+
+
+def make_model(out: Path, patch: int = 128) -> Path:
+    torch.manual_seed(0)
+    arch = Architecture(in_channels=3, k_a=24, k_b=6, preset="small")
+    model = build_model(arch).eval()
+    model.set_normalisation([110.0] * 3, [50.0] * 3)
+    meta = ModelMeta(
+        architecture=arch.to_dict(),
+        band_names=["red", "green", "blue"],
+        band_mean=[110.0] * 3,
+        band_std=[50.0] * 3,
+        dtype="uint8",
+        patch_size=patch,
+        scale=1.0,
+        loss={},
+        clusters=default_clusters(6),
+    )
+    return save_bundle(model, meta, out)
+
+
+def write_scene(path: Path, height: int, width: int, rows_per_write: int = 512, seed: int = 0) -> Path:
+    """A textured RGB GeoTIFF written block by block (never whole in memory)."""
+    rng = np.random.default_rng(seed)
+    profile = {
+        "driver": "GTiff", "height": height, "width": width, "count": 3, "dtype": "uint8",
+        "crs": CRS, "transform": TRANSFORM, "tiled": True, "blockxsize": 512, "blockysize": 512,
+        "compress": "deflate", "zlevel": 1, "BIGTIFF": "IF_SAFER",
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, height, rows_per_write):
+            h = min(rows_per_write, height - row)
+            coarse = rng.random((3, -(-h // 16), -(-width // 16)), dtype=np.float32)
+            smooth = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)[:, :h, :width]
+            noise = rng.normal(0, 0.05, (3, h, width)).astype(np.float32)
+            dst.write(
+                np.clip((smooth + noise) * 255, 0, 255).astype(np.uint8), window=Window(0, row, width, h)
+            )
+    return path
+
+
+def flops_per_pixel(model_dir: Path, side: int = 256) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from geoseg.bundle import load_bundle
+
+    model, _ = load_bundle(model_dir)
+    x = torch.rand(1, 3, side, side) * 255
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(x, heads="b")
+    return counter.get_total_flops() / (side * side)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def window_overhead(model_dir: Path, height: int, width: int, config: SegmentConfig) -> float:
+    """Predicted pixels / raster pixels for the grid segment uses."""
+    from geoseg.bundle import load_bundle
+    from geoseg.segment import plan_grid
+
+    model, meta = load_bundle(model_dir)
+    grid = plan_grid(model, meta, config, height, width)
+    return len(grid) * grid.win_height * grid.win_width / (height * width)
+
+
+_RSS_CHILD = """
+import resource, sys, time
+from geoseg.config import SegmentConfig
+from geoseg.segment import segment
+t = time.perf_counter()
+segment(sys.argv[1], [sys.argv[2]], sys.argv[3], SegmentConfig(vectorize=False, batch_size=8), progress=False)
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(own / 1024, time.perf_counter() - t)
+"""
+
+
+def peak_rss(model_dir: Path, source: Path, out: Path) -> tuple[float, float]:
+    """(peak RSS MiB, seconds) of segmenting ``source`` in a fresh Python process."""
+    done = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, str(model_dir), str(source), str(out)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    rss, seconds = done.stdout.split()[-2:]
+    return float(rss), float(seconds)
+
+
+def gdal_polygonize() -> list[str]:
+    for name in ("gdal_polygonize.py", "gdal_polygonize"):
+        if found := shutil.which(name):
+            return [found]
+    print("installing gdal-bin (Debian) for gdal_polygonize ...", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "gdal-bin"],
+        check=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+    for name in ("gdal_polygonize.py", "gdal_polygonize"):
+        if found := shutil.which(name):
+            return [found]
+    raise SystemExit("gdal_polygonize not found after installing gdal-bin")
+
+
+def cluster_raster(path: Path, side: int, seed: int = 1) -> Path:
+    """A 6-cluster map with realistic region sizes (smooth noise quantised), nodata corner."""
+    from scipy.ndimage import zoom
+
+    rng = np.random.default_rng(seed)
+    field = zoom(rng.random((side // 32, side // 32)), 32, order=1)[:side, :side]
+    ids = np.digitize(field, np.quantile(field, [1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6])).astype(np.uint8)
+    ids[: side // 10, : side // 10] = 255
+    with rasterio.open(
+        path, "w", driver="GTiff", height=side, width=side, count=1, dtype="uint8", crs=CRS,
+        transform=TRANSFORM, nodata=255, tiled=True, blockxsize=512, blockysize=512, compress="deflate",
+    ) as dst:  # fmt: skip
+        dst.write(ids, 1)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--speed-size", type=int, default=1024, help="side of the throughput raster")
+    parser.add_argument("--rss-width", type=int, default=20000)
+    parser.add_argument("--rss-rows", type=int, default=512, help="rows of the RSS raster (20000: full)")
+    parser.add_argument("--vector-size", type=int, default=4096, help="side of the cluster raster")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+
+    from geoseg.segment import segment
+    from geoseg.vectorize import vectorize
+
+    results: dict[str, object] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, GPU: {'yes' if torch.cuda.is_available() else 'none'}",
+    }
+    with tempfile.TemporaryDirectory(prefix="geoseg-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        model = make_model(tmp / "model")
+        config = SegmentConfig(vectorize=False)
+
+        # 1. throughput vs the FLOP limit
+        fpp = flops_per_pixel(model)
+        peak = matmul_gflops()
+        side = args.speed_size
+        scene = write_scene(tmp / "scene.tif", side, side)
+        overhead = window_overhead(model, side, side, config)
+        t = time.perf_counter()
+        segment(model, [scene], tmp / "speed", config, progress=False)
+        seconds = time.perf_counter() - t
+        mpx = side * side / 1e6
+        results["segment"] = {
+            "raster": f"{side}x{side} RGB uint8",
+            "network_gflop_per_mpx": round(fpp / 1e3, 1),
+            "window_overhead": round(overhead, 3),
+            "matmul_gflops": round(peak, 1),
+            "limit_mpx_s": round(peak * 1e9 / (fpp * overhead) / 1e6, 3),
+            "limit_mpx_s_no_overlap": round(peak * 1e9 / fpp / 1e6, 3),
+            "measured_mpx_s": round(mpx / seconds, 3),
+            "seconds": round(seconds, 1),
+        }
+        print(json.dumps(results["segment"]), flush=True)
+
+        # 2. peak RSS on a raster 20000 pixels wide
+        wide = write_scene(tmp / "wide.tif", args.rss_rows, args.rss_width)
+        rss, rss_seconds = peak_rss(model, wide, tmp / "rss")
+        results["rss"] = {
+            "raster": f"{args.rss_width} wide x {args.rss_rows} rows RGB uint8",
+            "peak_rss_mib": round(rss, 1),
+            "seconds": round(rss_seconds, 1),
+        }
+        print(json.dumps(results["rss"]), flush=True)
+        (tmp / "wide.tif").unlink()
+
+        # 3. vectorize vs gdal_polygonize on the same cluster raster
+        clusters = cluster_raster(tmp / "clusters.tif", args.vector_size)
+        command = gdal_polygonize()
+        t = time.perf_counter()
+        subprocess.run(
+            [
+                *command,
+                "-q",
+                "-8",
+                str(clusters),
+                "-f",
+                "GPKG",
+                str(tmp / "gdal.gpkg"),
+                "polygons",
+                "cluster_id",
+            ],
+            check=True,
+        )
+        gdal_seconds = time.perf_counter() - t
+        t = time.perf_counter()
+        vectorize(clusters, tmp / "geoseg.gpkg", block_size=1024)
+        ours = time.perf_counter() - t
+        import pyogrio
+
+        results["vectorize"] = {
+            "raster": f"{args.vector_size}x{args.vector_size} uint8, 6 clusters",
+            "gdal_polygonize_s": round(gdal_seconds, 2),
+            "geoseg_vectorize_s": round(ours, 2),
+            "speedup": round(gdal_seconds / ours, 2),
+            "gdal_features": pyogrio.read_info(tmp / "gdal.gpkg")["features"],
+            "geoseg_features": pyogrio.read_info(tmp / "geoseg.gpkg")["features"],
+        }
+        print(json.dumps(results["vectorize"]), flush=True)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
