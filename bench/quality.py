@@ -190,6 +190,9 @@ def run_random_net(
     return _ordered(sources, written)
 
 
+IIC_TRAINING: dict = {"steps": 500, "preset": "small"}  # set from the command line
+
+
 def run_iic(split: Split, fit_images: list[Path], sources: list[Path], seed: int, out: Path) -> list[Path]:
     """Ingest the fit images, train IIC (seeded), segment the sources (lazy imports)."""
     from geoseg.config import IngestConfig, SegmentConfig, TrainConfig
@@ -197,8 +200,11 @@ def run_iic(split: Split, fit_images: list[Path], sources: list[Path], seed: int
     from geoseg.segment import segment
     from geoseg.train import train
 
-    store = ingest([str(p) for p in fit_images], out / "patches.zarr", IngestConfig(patch_size=128))
-    bundle = train(store, out / "model", TrainConfig(k=split.k, k_a=split.k * 4, seed=seed))
+    store = ingest(
+        [str(p) for p in fit_images], out / "patches.zarr", IngestConfig(patch_size=128), progress=False
+    )
+    config = TrainConfig(k=split.k, k_a=split.k * 4, seed=seed, **IIC_TRAINING)
+    bundle = train(store, out / "model", config, progress=False)
     written = {}
     for files, folder in _by_folder(sources, out / "pred"):
         segment(bundle, files, folder, SegmentConfig(vectorize=False))
@@ -297,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--with-iic", action="store_true", help="also train + segment IIC (needs geoseg.train/segment)"
     )
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=["k-means", "random net"])
+    parser.add_argument("--iic-steps", type=int, default=500, help="IIC training steps per run")
+    parser.add_argument("--iic-preset", choices=("small", "iic"), default="small", help="IIC network width")
     parser.add_argument("--work", type=Path, default=None, help="keep predictions and reports here")
     parser.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -310,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits += isprs_splits(args.data, work / "crops")
     if "loveda" in args.datasets:
         splits.append(loveda_split(args.data, work / "crops"))
-    methods = ["k-means", "random net"] + (["IIC"] if args.with_iic else [])
+    methods = list(dict.fromkeys([*args.methods, *(["IIC"] if args.with_iic else [])]))
+    IIC_TRAINING.update(steps=args.iic_steps, preset=args.iic_preset)
 
     results: dict = {}
     timings: dict[str, float] = {}
@@ -352,7 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
         + ".",
     ]
-    if not args.with_iic:
+    if "IIC" in methods:
+        lines += [
+            "",
+            f"IIC: TrainConfig(k = classes, k_a = 4k, steps={args.iic_steps}, preset={args.iic_preset!r}), SegmentConfig defaults.",
+        ]
+    else:
         lines += [
             "",
             "IIC rows: `python bench/quality.py --with-iic` (train + segment per seed) once those stages exist.",
