@@ -395,7 +395,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)")
     p.add_argument("--src", type=Path, default=None, help="your own GeoTIFF instead of the generated scene")
     p.add_argument("--size", type=int, default=None, help="generated scene size in pixels (default 768)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 300)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 120)")
     p.add_argument("--seed", type=int, default=None, help="scene seed (default 0)")
     p.add_argument("--dask-address", default=None, help="join an existing Dask scheduler")
     p.set_defaults(run=_run_demo)

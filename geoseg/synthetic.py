@@ -466,17 +466,18 @@ def _write_image(path: Path, image: np.ndarray, crs: CRS, transform: Affine, nam
     profile = _profile(crs, transform, image.shape[-1], image.shape[0])
     profile["photometric"] = "RGB" if image.shape[0] == 3 else "MINISBLACK"
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(image)
-        for i, name in enumerate(names, start=1):
-            dst.set_band_description(i, name)
+        # Tags before pixels: GDAL cannot change photometric tags of a TIFF being written.
         interp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
         dst.colorinterp = interp + [ColorInterp.undefined] * (image.shape[0] - 3)
+        for i, name in enumerate(names, start=1):
+            dst.set_band_description(i, name)
+        dst.write(image)
 
 
 def _write_labels(path: Path, labels: np.ndarray, crs: CRS, transform: Affine) -> None:
     profile = _profile(crs, transform, labels.shape[-1], 1)
     profile["nodata"] = IGNORE
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(labels, 1)
-        dst.set_band_description(1, "class")
         dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(SYNTHETIC.colours)})
+        dst.set_band_description(1, "class")
+        dst.write(labels, 1)
