@@ -185,3 +185,17 @@ def test_patch_store_reference(shared_data: Path, tmp_path: Path) -> None:
     assert result.pixels == 6 * 64 * 64 - 64 * 8
     with pytest.raises(InputError, match="bands"):
         align_clusters(new, old, [make_store(tmp_path / "four.zarr", shared_data, extra_band=True, count=4)])
+
+
+def test_cli_align(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from geoseg.cli import main
+
+    old = make_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
+    new = permuted_copy(old, tmp_path / "new", [1, 0, 3, 2])
+    tile = reference_tiles(shared_data)[0]
+    argv = ["model", "align", str(new), "--to", str(old), "--reference", str(tile), "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "aligned")]) == 0
+    assert "agreement 1.0000" in capsys.readouterr().out
+    assert load_meta(tmp_path / "aligned").clusters == OLD_CLUSTERS
+    assert main([*argv[:-2], "--reference", str(tmp_path / "missing.tif")]) == 2
+    assert "not found" in capsys.readouterr().err
