@@ -24,6 +24,9 @@ from geoseg.errors import InputError
 from geoseg.fileio import atomic_path
 
 BLOCKSIZE = 512
+# GDAL's block cache defaults to 5% of RAM; writing and COG-copying stream tile rows, so a
+# fixed cache keeps the memory of a 20000 x 20000 output as small as that of a small one.
+GDAL_CACHE_MB = 256
 
 
 def tiled_profile(
@@ -77,7 +80,7 @@ def to_cog(
                 ds.update_tags(**tags)
             if description:
                 ds.set_band_description(1, description)
-    with atomic_path(dst) as tmp, rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+    with atomic_path(dst) as tmp, rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_CACHEMAX=GDAL_CACHE_MB):
         rasterio.shutil.copy(
             str(src),
             str(tmp),
