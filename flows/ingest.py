@@ -14,6 +14,7 @@ from flows.settings import (
     check_dask_address,
     check_inputs,
     check_output,
+    check_sources,
     config_dict,
     default_out,
 )
@@ -66,7 +67,7 @@ def ingest_flow(
     """
     settings = FlowSettings.from_env()
     check_dask_address(dask_address)
-    sources = check_inputs(src, "src", settings)
+    sources = check_sources(src, settings)
     label_paths = check_inputs(labels, "labels", settings) if labels else None
     run_dir = check_output(out or default_out(settings, "ingest", sources[0]), "out", settings)
     config = build_config(IngestConfig, options, patch_size=patch_size, dataset=dataset)

@@ -30,6 +30,7 @@ from flows.settings import (
     check_dask_address,
     check_inputs,
     check_output,
+    check_sources,
     config_dict,
     default_out,
 )
@@ -74,7 +75,7 @@ def pipeline_flow(
     logger = get_run_logger()
     settings = FlowSettings.from_env()
     check_dask_address(dask_address)
-    sources = check_inputs(src, "src", settings)
+    sources = check_sources(src, settings)
     label_paths = check_inputs(labels, "labels", settings) if labels else None
     if label_paths is not None and len(label_paths) != len(sources):
         from geoseg.errors import ConfigError
@@ -118,8 +119,23 @@ def pipeline_flow(
 
 
 def run_demo(out: str | Path, src: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
-    """``geoseg demo``: the pipeline on the generated scene (with evaluation) or on ``src``."""
+    """``geoseg demo``: the pipeline on the generated scene (with evaluation) or on ``src``.
+
+    Ephemeral Prefect starts its API server in a subprocess and gives it 20 s by default,
+    too little on a busy 2-core machine: the demo allows 180 s unless the user set
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.
+    """
+    import logging
+    import os
+
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
     from geoseg.demo import demo_parameters
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
     parameters = demo_parameters(out, src=src, **overrides)
-    return pipeline_flow(**parameters)
+    updates = {}
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
+        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = 180
+    with temporary_settings(updates=updates):
+        return pipeline_flow(**parameters)

@@ -79,11 +79,13 @@ def align_task(
 
 
 @task(name="register-and-promote", retries=1, retry_condition_fn=not_user_error)
-def register_task(bundle: str, registry: str, previous: str | None, config: dict[str, Any]) -> dict[str, Any]:
+def register_task(
+    bundle: str, registry: str, previous: str | None, config: dict[str, Any], reference: list[str]
+) -> dict[str, Any]:
     """Register the bundle as a version; promote it only if the label-free check passes."""
     from geoseg import registry as models
 
-    decision = models.check_bundle(bundle, previous, PromotionConfig(**config))
+    decision = models.check_bundle(bundle, previous, PromotionConfig(**config), reference=reference)
     entry = models.register(bundle, registry, decision)  # status "rejected" when the check fails
     if decision.promote:
         entry = models.promote(registry, entry.version)
@@ -194,6 +196,7 @@ def retrain_flow(
         registry=str(registry_dir),
         previous=str(previous) if previous else None,
         config=config_dict(promotion_cfg),
+        reference=[str(store), *map(str, extra_reference)],  # balance of a first model
     )
     if outcome["promoted"]:
         logger.info("promoted %s", outcome["version"])

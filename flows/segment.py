@@ -17,8 +17,8 @@ from flows.settings import (
     build_config,
     check_dask_address,
     check_input,
-    check_inputs,
     check_output,
+    check_sources,
     config_dict,
     default_out,
 )
@@ -131,7 +131,7 @@ def segment_flow(
     """
     settings = FlowSettings.from_env()
     check_dask_address(dask_address)
-    sources = check_inputs(src, "src", settings)
+    sources = check_sources(src, settings)
     bundle = check_input(model, "model", settings)
     run_dir = check_output(out or default_out(settings, "segment", sources[0]), "out", settings)
     config = build_config(SegmentConfig, options, vectorize=vectorize, min_area=min_area, simplify=simplify)

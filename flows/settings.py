@@ -111,6 +111,17 @@ def check_inputs(paths: str | Path | Iterable[str | Path], what: str, settings: 
     return [check_input(p, what, settings) for p in items]
 
 
+def check_sources(paths: str | Path | Iterable[str | Path], settings: FlowSettings) -> list[Path]:
+    """Survey rasters: files, folders of rasters or STAC JSON, expanded to raster files.
+
+    Every raster, including those a STAC item points to, must pass :func:`check_input`.
+    """
+    from geoseg.sources import discover_sources
+
+    rasters = discover_sources(check_inputs(paths, "src", settings))
+    return [check_input(r, "src raster", settings) for r in rasters]
+
+
 def check_output(path: str | Path, what: str, settings: FlowSettings) -> Path:
     """An output location (absolute) inside the allowed roots; it need not exist yet."""
     if not path:

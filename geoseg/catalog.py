@@ -249,12 +249,35 @@ def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) ->
     return root_file
 
 
-def validate_run_catalog(catalog_dir: str | Path) -> int:
+def export_catalog(catalog_dir: str | Path, dest_dir: str | Path) -> Path:
+    """Copy a run catalog's JSON to ``dest_dir``, hrefs rewritten relative to the new place.
+
+    The assets stay where they are (no data is copied): ``catalogs/demo/`` in the
+    repository is the demo run's catalog exported this way, and resolves once
+    ``make demo`` has written ``demo-out/``.
+    """
+    source = Path(catalog_dir) / "catalog.json"
+    if not source.is_file():
+        raise InputError(f"no STAC catalog at {source}")
+    catalog = pystac.Catalog.from_file(str(source))
+    catalog.fully_resolve()
+    catalog.make_all_asset_hrefs_absolute()
+    dest = Path(dest_dir).resolve()
+    with atomic_path(dest) as tmp:
+        catalog.normalize_hrefs(str(tmp / "catalog.json"))
+        catalog.make_all_asset_hrefs_relative()
+        catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    # normalize_hrefs made asset hrefs relative to the temporary folder: same depth, same parent.
+    return dest / "catalog.json"
+
+
+def validate_run_catalog(catalog_dir: str | Path, check_assets: bool = True) -> int:
     """Load the catalog with pystac and validate every object offline; returns their number.
 
     Core STAC schemas (bundled with pystac) are checked for every catalog and item; the
     label extension's required fields are checked explicitly; every link and asset href
-    must be relative and resolve to an existing file (a self-contained catalog).
+    must be relative and resolve to an existing file (a self-contained catalog); asset
+    existence is not checked with ``check_assets=False`` (an exported example catalog).
     """
     from pystac.extensions.label import LabelExtension
     from pystac.validation import validate_dict
@@ -277,7 +300,7 @@ def validate_run_catalog(catalog_dir: str | Path) -> int:
         for key, asset in data.get("assets", {}).items():
             if "://" in asset["href"] or asset["href"].startswith("/"):
                 raise InputError(f"{obj.id}: asset {key} href is not relative: {asset['href']}")
-            if not (base / asset["href"]).exists():
+            if check_assets and not (base / asset["href"]).exists():
                 raise InputError(f"{obj.id}: asset {key} points to a missing file: {asset['href']}")
         if isinstance(obj, pystac.Item) and LabelExtension.has_extension(obj):
             label = LabelExtension.ext(obj)

@@ -14,6 +14,7 @@ from flows.settings import (
     check_input,
     check_inputs,
     check_output,
+    check_sources,
     config_dict,
     default_out,
 )
@@ -119,3 +120,12 @@ def test_outputs_exist_checks_every_absolute_path(tmp_path: Path) -> None:
     (tmp_path / "a.tif").write_bytes(b"x")
     assert outputs_exist({"clusters": str(tmp_path / "a.tif"), "gpkg": None, "n": 3})
     assert not outputs_exist([str(tmp_path / "a.tif"), str(tmp_path / "gone.gpkg")])
+
+
+def test_sources_expand_folders_and_keep_to_allowed_roots(shared_data: Path) -> None:
+    folder = shared_data / "lausanne" / "img"
+    rasters = check_sources(str(folder), FlowSettings())
+    assert len(rasters) == len(list(folder.glob("*.tif"))) > 1
+    assert rasters == sorted(rasters) and all(r.suffix == ".tif" for r in rasters)
+    with pytest.raises(ConfigError, match="outside the allowed roots"):
+        check_sources(str(folder), FlowSettings(allowed_roots=(shared_data.resolve() / "dubai",)))
