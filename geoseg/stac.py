@@ -1,0 +1,115 @@
+"""Small STAC helpers: an item for one raster file, and a self-contained catalog on disk.
+
+Items carry the raster's footprint in EPSG:4326 (``rasterio.warp.transform_bounds``) and
+the projection extension (EPSG code where there is one, else WKT2; shape; transform), so
+a GIS client can place them without opening the file. A raster without a CRS (a plain
+PNG/JPEG) gets no geometry: STAC allows a null geometry for non-spatial items.
+
+The run catalog of a flow (surveys, models, predictions) lives in :mod:`geoseg.catalog`;
+these helpers are the generic building blocks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pystac
+from pystac.extensions.projection import ProjectionExtension
+from pystac.validation import validate_dict
+from rasterio.warp import transform_bounds
+
+from geoseg.errors import InputError
+from geoseg.fileio import atomic_path, sha256_file
+from geoseg.sources import open_dataset
+
+_MEDIA = {
+    ".tif": pystac.MediaType.GEOTIFF,
+    ".tiff": pystac.MediaType.GEOTIFF,
+    ".png": pystac.MediaType.PNG,
+    ".jpg": pystac.MediaType.JPEG,
+    ".jpeg": pystac.MediaType.JPEG,
+    ".jp2": pystac.MediaType.JPEG2000,
+}
+
+
+def _item_id(path: Path, digest: str) -> str:
+    """A stable id from the file name and its content (re-ingesting a file keeps its id)."""
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', path.stem)}-{digest[:8]}"
+
+
+def raster_item(
+    path: str | Path, item_id: str | None = None, roles: Sequence[str] = ("data",)
+) -> pystac.Item:
+    """A STAC item for one raster file: WGS84 footprint, projection extension, one asset.
+
+    The item's datetime is the file's modification time (UTC), the asset href the file's
+    absolute path (:func:`save_catalog` makes it relative) with a ``file:checksum``
+    property (multihash sha2-256), so a catalog records exactly which bytes were used.
+    """
+    path = Path(path).resolve()
+    with open_dataset(path) as src:
+        crs, transform, width, height = src.crs, src.transform, src.width, src.height
+        count, dtypes = src.count, src.dtypes
+    digest = sha256_file(path)
+    geometry = bbox = None
+    if crs is not None:
+        left, bottom, right, top = (
+            min(transform.c, transform.c + transform.a * width),
+            min(transform.f, transform.f + transform.e * height),
+            max(transform.c, transform.c + transform.a * width),
+            max(transform.f, transform.f + transform.e * height),
+        )
+        west, south, east, north = transform_bounds(crs, "EPSG:4326", left, bottom, right, top)
+        bbox = [west, south, east, north]
+        ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+        geometry = {"type": "Polygon", "coordinates": [ring]}
+    stamp = datetime.datetime.fromtimestamp(path.stat().st_mtime, tz=datetime.UTC).replace(microsecond=0)
+    item = pystac.Item(
+        id=item_id or _item_id(path, digest),
+        geometry=geometry,
+        bbox=bbox,
+        datetime=stamp,
+        properties={"title": path.name, "geoseg:bands": count, "geoseg:dtype": dtypes[0]},
+    )
+    if crs is not None:
+        proj = ProjectionExtension.ext(item, add_if_missing=True)
+        epsg = crs.to_epsg()
+        if epsg is not None:
+            proj.epsg = epsg
+        else:
+            proj.epsg = None
+            proj.wkt2 = crs.to_wkt()
+        proj.shape = [height, width]
+        proj.transform = list(transform)[:6]
+    asset = pystac.Asset(
+        str(path), media_type=_MEDIA.get(path.suffix.lower()), roles=list(roles), title=path.name
+    )
+    asset.extra_fields["file:checksum"] = f"1220{digest}"
+    item.add_asset("image", asset)
+    return item
+
+
+def save_catalog(catalog: pystac.Catalog, root_dir: str | Path) -> Path:
+    """Write ``catalog`` self-contained (relative hrefs) into ``root_dir``; return catalog.json.
+
+    Written into a temporary sibling folder, validated against the core STAC schemas
+    bundled with pystac (offline: extension schemas are URLs, not fetched), then renamed into place: a reader never sees half a
+    catalog, and an invalid one is never left behind (InputError).
+    """
+    root_dir = Path(root_dir).resolve()
+    with atomic_path(root_dir) as tmp:
+        catalog.normalize_hrefs(str(tmp / "catalog.json"))
+        catalog.make_all_asset_hrefs_relative()
+        catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        try:
+            for obj in [catalog, *catalog.get_children(), *catalog.get_items(recursive=True)]:
+                data = obj.to_dict(include_self_link=False, transform_hrefs=True)
+                validate_dict(data, extensions=[], href=obj.get_self_href())
+        except pystac.errors.STACValidationError as exc:
+            raise InputError(f"invalid STAC catalog for {root_dir}: {exc}") from exc
+    # Asset hrefs were made relative to the temporary folder: same parent, same depth.
+    catalog.normalize_hrefs(str(root_dir / "catalog.json"))
+    return root_dir / "catalog.json"
