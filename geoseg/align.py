@@ -245,6 +245,47 @@ def align_clusters(
     return result
 
 
+@dataclass
+class ReferenceFigures:
+    """One model's cluster shares and label-free loss on reference imagery."""
+
+    shares: list[float]
+    loss: float | None
+    pixels: int
+
+
+def reference_figures(
+    model_dir: str | Path, reference: Sequence[str | Path], config: AlignConfig | None = None
+) -> ReferenceFigures:
+    """Shares and IIC loss of one model over ``reference`` (rasters or a patch store).
+
+    What the promotion check looks at when there is no previous model to align to (the
+    first model of a registry): a collapsed model still shows as one cluster.
+    """
+    config = (config or AlignConfig()).validate()
+    model_dir = Path(model_dir)
+    model, meta = load_bundle(model_dir, _device(config.device))
+    device = next(model.parameters()).device
+    k = meta.arch.k_b
+    counts = np.zeros(k, np.int64)
+    joint: torch.Tensor | None = None
+    half_t, lamb = int(meta.loss.get("half_t", 5)), float(meta.loss.get("lamb_b", 1.0))
+    sources = expand_reference(reference)
+    for x, valid, scale in tqdm(
+        _reference_batches(sources, meta, model_dir, config), desc="reference", unit="batch", leave=False
+    ):
+        p = predict_probabilities(model, x.to(device), scale)
+        if config.reference_loss:
+            with torch.inference_mode():
+                joint = _add(joint, displaced_joints(p, p, half_t, mask=valid.to(device)))
+        ids = p.argmax(1).cpu().numpy()[valid.numpy()]
+        counts += np.bincount(ids, minlength=k)[:k]
+    pixels = int(counts.sum())
+    if pixels == 0:
+        raise InputError(f"no valid reference pixels in {[str(s) for s in sources]}")
+    return ReferenceFigures((counts / pixels).tolist(), _loss(joint, lamb), pixels)
+
+
 def expand_reference(reference: Sequence[str | Path]) -> list[Path]:
     """Files, folders of rasters and patch stores, in a stable order; missing ones are errors."""
     if isinstance(reference, str | Path):

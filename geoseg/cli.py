@@ -94,6 +94,7 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     q = msub.add_parser("check", help="the label-free promotion check of an aligned bundle")
     q.add_argument("bundle", type=Path)
     q.add_argument("--previous", type=Path, default=None, help="the model it was aligned to")
+    q.add_argument("--reference", nargs="+", default=None, help="imagery for a first model's balance check")
     for q in msub.choices.values():
         q.set_defaults(run=_run_model)
 
@@ -126,7 +127,7 @@ def _run_model(args: argparse.Namespace) -> int:
         result = align_clusters(args.bundle, args.to, args.reference, args.out, config)
         print(f"agreement {result.agreement:.4f}; report {result.report_md}")
         return 0
-    decision = registry.check_bundle(args.bundle, args.previous)
+    decision = registry.check_bundle(args.bundle, args.previous, reference=args.reference)
     print("promote" if decision.promote else "do not promote: " + "; ".join(decision.reasons))
     return 0 if decision.promote else 1
 

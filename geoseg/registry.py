@@ -31,6 +31,7 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,20 +160,29 @@ def figures_from_alignment(record: dict[str, Any]) -> tuple[ModelFigures, ModelF
 
 
 def check_bundle(
-    bundle_dir: str | Path, previous_dir: str | Path | None, config: PromotionConfig | None = None
+    bundle_dir: str | Path,
+    previous_dir: str | Path | None,
+    config: PromotionConfig | None = None,
+    reference: Sequence[str | Path] | None = None,
 ) -> PromotionDecision:
     """The promotion check of an aligned bundle against the model it was aligned to.
 
     The bundle must have been aligned to exactly ``previous_dir``'s weights (the record
-    carries their sha256), so the figures compared belong to this pair of models.
+    carries their sha256), so the figures compared belong to this pair of models. With no
+    previous model (a registry's first), the balance check runs on ``reference`` imagery;
+    without reference imagery it is recorded as skipped.
     """
     meta = load_meta(bundle_dir)
     if previous_dir is None:
+        if reference:
+            from geoseg.align import reference_figures
+
+            figures = reference_figures(bundle_dir, reference)
+            return should_promote(ModelFigures(figures.shares, figures.loss), None, None, config)
         shares = (meta.alignment or {}).get("shares_new")
         if shares is None:
-            return PromotionDecision(
-                True, {"first": {"passed": True, "value": "no previous model"}}, reasons=[]
-            )
+            skipped = {"passed": None, "skipped": "no previous model and no reference imagery"}
+            return PromotionDecision(True, {"balance": skipped}, reasons=[])
         return should_promote(ModelFigures(list(shares)), None, None, config)
     record = meta.alignment
     if not record:

@@ -5,19 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pystac
 import pytest
 import torch
 
 from geoseg import registry
-from geoseg.align import align_clusters
+from geoseg.align import align_clusters, reference_figures
 from geoseg.bundle import WEIGHTS, load_bundle, load_meta, save_bundle
 from geoseg.cli import main
 from geoseg.config import AlignConfig, PromotionConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.fileio import sha256_file
 from geoseg.registry import ModelFigures, should_promote
-from tests.test_align import OLD_CLUSTERS, make_bundle, permuted_copy, reference_tiles
+from tests.test_align import OLD_CLUSTERS, make_bundle, permuted_copy, predict, reference_tiles
 
 
 def collapsed_copy(src: Path, out: Path) -> Path:
@@ -53,6 +54,21 @@ def test_collapsed_model_is_not_promoted_and_a_permuted_copy_is(shared_data: Pat
     # Aligned to another model: the figures would not belong to this pair.
     with pytest.raises(ConfigError, match="another model"):
         registry.check_bundle(good, bad)
+
+
+def test_first_model_balance_is_checked_on_reference_imagery(shared_data: Path, tmp_path: Path) -> None:
+    tiles = reference_tiles(shared_data)[:2]
+    good = make_bundle(tmp_path / "good", clusters=OLD_CLUSTERS)
+    bad = collapsed_copy(good, tmp_path / "bad")
+    figures = reference_figures(good, tiles, AlignConfig(device="cpu"))
+    ids = np.concatenate([predict(good, t).ravel() for t in tiles])
+    np.testing.assert_allclose(figures.shares, np.bincount(ids, minlength=4) / ids.size, atol=1e-12)
+    assert registry.check_bundle(good, None, reference=tiles).promote
+    rejected = registry.check_bundle(bad, None, reference=tiles)
+    assert not rejected.promote and rejected.checks["balance"]["value"] == pytest.approx(1.0)
+    assert rejected.checks["agreement"]["passed"] is None  # no previous model: skipped, not passed
+    skipped = registry.check_bundle(bad, None)  # no reference: nothing to measure, says so
+    assert skipped.promote and skipped.checks["balance"]["passed"] is None
 
 
 def test_should_promote_rules() -> None:

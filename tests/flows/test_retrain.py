@@ -95,6 +95,8 @@ def test_retrain_flow_end_to_end(prefect_harness: None, tmp_path: Path) -> None:
     assert one["surveys"] == ["survey-a"] and one["previous"] is None and one["alignment"] is None
     assert one["version"] == "v0001" and one["promoted"]
     assert models.current_model(registry) == registry / "v0001"
+    first_decision = models.load_state(registry).get("v0001").decision
+    assert first_decision is not None and first_decision["checks"]["balance"]["passed"] is True  # measured
 
     items.append(survey_item(second, "survey-b", datetime.now(UTC) + timedelta(seconds=1), with_labels=True))
     catalog = save_catalog(tmp_path / "catalog", items)
