@@ -134,7 +134,8 @@ def band_names(src: DatasetReader, bands: Sequence[int]) -> tuple[str, ...]:
 
 
 def open_raster(path: str | Path, bands: Sequence[int] | None = None) -> RasterInfo:
-    """Describe a source; plain images without a CRS get a warning and an identity transform."""
+    """Describe a source; images without a CRS get a warning (and, without a world file, the
+    identity transform). Missing or corrupt files raise InputError naming the file."""
     path = Path(path)
     with open_dataset(path) as src:
         use = usable_bands(src, bands, path)
@@ -142,8 +143,10 @@ def open_raster(path: str | Path, bands: Sequence[int] | None = None) -> RasterI
         if len(dtypes) > 1:
             raise InputError(f"{path} mixes band dtypes {sorted(dtypes)}")
         if src.crs is None:
-            log.warning("%s has no CRS: recording an identity transform (pixel coordinates)", path)
-        transform = src.transform if src.crs is not None else Affine.identity()
+            # GDAL still reads a world file (.tfw/.jgw/.pgw: ISPRS as distributed); a plain
+            # image without one gets the identity transform: pixel coordinates.
+            log.warning("%s has no CRS: recording its world-file or identity transform", path)
+        transform = src.transform
         return RasterInfo(
             path=path,
             width=src.width,

@@ -1,0 +1,329 @@
+"""geoseg ingest on real imagery (Lausanne, NEON, SpaceNet, Dubai) and generated bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from affine import Affine
+from PIL import Image
+from rasterio.enums import Resampling
+from rasterio.windows import Window, from_bounds
+
+import geoseg.ingest as ingest_module
+from geoseg.cli import main
+from geoseg.config import IngestConfig
+from geoseg.datasets import get_dataset
+from geoseg.errors import ConfigError, InputError
+from geoseg.ingest import PROGRESS_DIR, ingest
+from geoseg.store import open_store
+
+BIG = ("lausanne", "big_img", "1091-322_00.tif")
+DUBAI_COLOURS = {  # the masks' true colours (../shared/data/README.md), written out independently
+    (0x3C, 0x10, 0x98): "building",
+    (0x84, 0x29, 0xF6): "land",
+    (0x6E, 0xC1, 0xE4): "road",
+    (0xFE, 0xDD, 0x3A): "vegetation",
+    (0xE2, 0xA9, 0x29): "water",
+}
+
+
+def write_tif(
+    path: Path, data: np.ndarray, nodata: float | None = None, crs: str | None = "EPSG:2056"
+) -> Path:
+    count, height, width = data.shape
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
+        crs=crs, transform=Affine(0.5, 0, 2_600_000, 0, -0.5, 1_200_000) if crs else None, nodata=nodata,
+    ) as dst:  # fmt: skip
+        dst.write(data)
+    return path
+
+
+def reassemble(store_path: Path, source: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Paste a store's patches of one source back onto its grid: (C, H, W) pixels and validity."""
+    store = open_store(store_path)
+    info, size = store.meta.sources[source], store.meta.patch_size
+    canvas = np.zeros((store.num_bands, info.height + size, info.width + size), store.images.dtype)
+    valid = np.zeros((info.height + size, info.width + size), bool)
+    images, masks = store.images[:], store.valid[:]
+    for i, (s, row, col) in enumerate(store.origin):
+        if s == source:
+            canvas[:, row : row + size, col : col + size] = images[i]
+            valid[row : row + size, col : col + size] |= masks[i]
+    return canvas[:, : info.height, : info.width], valid[: info.height, : info.width]
+
+
+# --- real imagery -------------------------------------------------------------------------
+
+
+def test_lausanne_reassembles_exactly_at_map_coordinates(tmp_path: Path, shared_data: Path) -> None:
+    source = shared_data.joinpath(*BIG)
+    config = IngestConfig(patch_size=64, min_valid=0.0, patches_per_shard=16)
+    store_path = ingest([source], tmp_path / "big.zarr", config, progress=False)
+    store = open_store(store_path)
+    with rasterio.open(source) as src:
+        pixels, transform, crs = src.read(), src.transform, src.crs
+    # 875 x 600 px in 64 px patches: 14 x 10 patches, edges padded (600 = 9 * 64 + 24).
+    assert store.num_patches == 14 * 10 and store.images.dtype == np.uint8
+    assert store.images.shape[1:] == (3, 64, 64)
+    canvas, valid = reassemble(store_path)
+    assert np.array_equal(canvas, pixels), "reassembled patches differ from the source pixels"
+    assert valid.all()
+    # Padding is flagged: the bottom-right patch holds 875 - 832 = 43 by 600 - 576 = 24 valid pixels.
+    last = int(np.argmax((store.origin[:, 1] == 576) & (store.origin[:, 2] == 832)))
+    assert store.valid[last].sum() == 43 * 24 and store.valid[last][:24, :43].all()
+    meta = store.meta.sources[0]
+    assert rasterio.crs.CRS.from_wkt(meta.crs_wkt) == crs and meta.affine == transform
+    # Each patch, placed by origin + the store's transform, is the source read at those map bounds.
+    for i in range(0, store.num_patches, 7):
+        _, row, col = store.origin[i]
+        x0, y0 = meta.affine * (col, row)
+        x1, y1 = meta.affine * (col + 64, row + 64)
+        window = from_bounds(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1), transform).round_offsets()
+        with rasterio.open(source) as src:
+            part = src.read(window=window, boundless=True, fill_value=0)
+        assert np.array_equal(part, store.images[i]), f"patch {i} is not at its map coordinates"
+    # Per-band statistics over valid pixels.
+    assert np.allclose(store.meta.band_mean, pixels.reshape(3, -1).mean(1))
+    assert np.allclose(store.meta.band_std, pixels.reshape(3, -1).std(1))
+    # A STAC catalog of the inputs beside the store.
+    catalog = pystac.Catalog.from_file(str(tmp_path / "big.zarr.stac" / "catalog.json"))
+    (item,) = list(catalog.get_items(recursive=True))
+    assert Path(item.assets["image"].get_absolute_href()).resolve() == source.resolve()
+
+
+def test_lausanne_tiles_folder_keeps_each_source_and_its_transform(tmp_path: Path, shared_data: Path) -> None:
+    """A folder of 25 georeferenced tiles: origin's source index picks the tile, whose own
+    transform (recorded per source) places the patch; pixels are the tile's exactly."""
+    tiles = sorted((shared_data / "lausanne" / "img").glob("*.tif"))
+    config = IngestConfig(patch_size=48, min_valid=0.9, patches_per_shard=32)
+    store = open_store(
+        ingest([shared_data / "lausanne" / "img"], tmp_path / "t.zarr", config, progress=False)
+    )
+    assert len(store.meta.sources) == 25 and store.num_patches == 25 * 2 * 3  # 175x120: 3 x 2 full patches
+    images = store.images[:]
+    for i, (s, row, col) in enumerate(store.origin):
+        with rasterio.open(tiles[s]) as src:
+            assert Path(store.meta.sources[s].path) == tiles[s].resolve()
+            assert store.meta.sources[s].affine == src.transform
+            assert np.array_equal(images[i], src.read(window=Window(col, row, 48, 48)))
+
+
+def test_scale_half_resamples_on_read(tmp_path: Path, shared_data: Path) -> None:
+    source = shared_data.joinpath(*BIG)
+    config = IngestConfig(patch_size=64, scale=0.5, min_valid=0.0)
+    store = open_store(ingest([source], tmp_path / "half.zarr", config, progress=False))
+    meta = store.meta.sources[0]
+    assert (meta.height, meta.width) == (300, 438) and meta.affine.a == pytest.approx(0.5 * 875 / 438)
+    # Windowed reads stitch into exactly GDAL's bilinear resampling of the whole raster: no
+    # seams or half-pixel shifts at patch borders.
+    with rasterio.open(source) as src:
+        whole = src.read(out_shape=(3, 300, 438), resampling=Resampling.bilinear)
+        nearest = src.read(out_shape=(3, 300, 438), resampling=Resampling.nearest)
+    canvas, valid = reassemble(store.path)
+    assert valid.all() and np.array_equal(canvas, whole)
+    assert not np.array_equal(canvas, nearest)
+
+
+def test_neon_nodata_masked(tmp_path: Path, shared_data: Path) -> None:
+    source = shared_data / "neon" / "OSBS_029.tif"
+    store_path = ingest([source], tmp_path / "neon.zarr", IngestConfig(patch_size=50), progress=False)
+    store = open_store(store_path)
+    with rasterio.open(source) as src:
+        pixels, nodata_valid = src.read(), np.all(src.read_masks() > 0, axis=0)
+    assert (~nodata_valid).sum() > 1000, "the NEON tile has nodata (255) pixels"
+    canvas, valid = reassemble(store_path)
+    assert np.array_equal(valid, nodata_valid), "valid must be False exactly where a band is 255"
+    assert np.array_equal(canvas, pixels)
+    masked = np.moveaxis(pixels, 0, -1)[nodata_valid]
+    assert np.allclose(store.meta.band_mean, masked.mean(0)), "statistics over valid pixels only"
+
+
+def test_spacenet_stays_one_band_uint16(tmp_path: Path, shared_data: Path) -> None:
+    source = shared_data / "spacenet" / "sample_geotiff.tif"
+    store_path = ingest([source], tmp_path / "pan.zarr", IngestConfig(patch_size=100), progress=False)
+    store = open_store(store_path)
+    assert store.images.dtype == np.uint16 and store.images.shape[1:] == (1, 100, 100)
+    assert store.meta.dtype == "uint16" and len(store.meta.band_names) == 1
+    with rasterio.open(source) as src:
+        pixels, nodata = src.read(), src.nodata
+    canvas, valid = reassemble(store_path)
+    assert np.array_equal(valid, pixels[0] != nodata)
+    assert np.array_equal(np.where(valid, canvas[0], 0), np.where(valid, pixels[0], 0))
+    assert max(store.meta.band_mean) > 255, "uint16 values kept, not squeezed to 8 bits"
+
+
+def test_dubai_label_shares_match_an_independent_decoding(tmp_path: Path, shared_data: Path) -> None:
+    images = sorted((shared_data / "dubai").glob("tile*/images/*.jpg"))
+    masks = [p.parent.parent / "masks" / f"{p.stem}.png" for p in images]
+    assert len(images) == 54
+    config = IngestConfig(patch_size=128, min_valid=0.0, dataset="dubai", patches_per_shard=128)
+    store = open_store(ingest(images, tmp_path / "dubai.zarr", config, labels=masks, progress=False))
+    assert store.meta.sources[0].crs_wkt is None and store.meta.sources[0].affine == Affine.identity()
+    labels = store.labels
+    assert labels is not None and labels.dtype == np.uint8
+    ids = labels[:][store.valid[:]]
+    store_share = np.bincount(ids, minlength=256) / ids.size
+    counts = dict.fromkeys([*DUBAI_COLOURS.values(), "ignore"], 0)
+    total = 0
+    for mask in masks:
+        rgb = np.asarray(Image.open(mask).convert("RGB")).reshape(-1, 3)
+        packed = (rgb[:, 0].astype(np.int64) << 16) | (rgb[:, 1].astype(np.int64) << 8) | rgb[:, 2]
+        matched = np.zeros(len(packed), bool)
+        for (r, g, b), name in DUBAI_COLOURS.items():
+            hit = packed == (r << 16 | g << 8 | b)
+            counts[name] += int(hit.sum())
+            matched |= hit
+        counts["ignore"] += int((~matched).sum())
+        total += len(packed)
+    for cid, name in enumerate(get_dataset("dubai").classes):
+        assert abs(store_share[cid] - counts[name] / total) < 0.01, name
+    assert abs(store_share[255] - counts["ignore"] / total) < 0.01
+    # The data fact (not the README's 52.4% land / 13.6% water): land ~39%, water ~31%.
+    assert abs(counts["land"] / total - 0.391) < 0.01 and abs(counts["water"] / total - 0.311) < 0.01
+
+
+def test_world_file_raster_with_isprs_colour_labels(tmp_path: Path) -> None:
+    """ISPRS as distributed: TIFFs without geotags beside .tfw world files, RGB-coded labels."""
+    rng = np.random.default_rng(0)
+    image = tmp_path / "top_potsdam_2_10_RGB.tif"
+    label = tmp_path / "top_potsdam_2_10_label.tif"
+    for path, data in (
+        (image, rng.integers(0, 256, (3, 80, 96), dtype=np.uint8)),
+        (label, np.zeros((3, 80, 96), np.uint8)),
+    ):
+        write_tif(path, data, crs=None)
+        path.with_suffix(".tfw").write_text("0.05\n0\n0\n-0.05\n366000.025\n5808999.975\n")
+    colours = np.array([[255, 255, 255], [0, 0, 255], [0, 255, 255], [0, 255, 0], [255, 255, 0], [255, 0, 0]])
+    truth = rng.integers(0, 6, (80, 96))
+    with rasterio.open(label, "r+") as dst:
+        dst.write(np.moveaxis(colours[truth], -1, 0).astype(np.uint8))
+    config = IngestConfig(patch_size=32, min_valid=0.0, dataset="isprs")
+    store = open_store(ingest([image], tmp_path / "p.zarr", config, labels=[label], progress=False))
+    assert store.meta.sources[0].affine == Affine(0.05, 0, 366000.0, 0, -0.05, 5809000.0)
+    assert store.meta.sources[0].crs_wkt is None
+    assert store.labels is not None
+    for i, (_, row, col) in enumerate(store.origin):
+        h, w = min(32, 80 - row), min(32, 96 - col)
+        assert np.array_equal(store.labels[i][:h, :w], truth[row : row + h, col : col + w])
+        assert (store.labels[i][h:, :] == 255).all() and (store.labels[i][:, w:] == 255).all()
+
+
+# --- resuming, idempotence ----------------------------------------------------------------
+
+
+def test_interrupted_ingest_resumes_skipping_done_shards(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = shared_data.joinpath(*BIG)
+    config = IngestConfig(patch_size=64, min_valid=0.0, patches_per_shard=16, workers=1)  # 9 shards
+    out = tmp_path / "r.zarr"
+    real = ingest_module._write_shard
+    written: list[int] = []
+
+    def crash_on_shard_5(out: str, shard: int, *args: object) -> None:
+        if shard == 5:
+            raise KeyboardInterrupt("power cut")
+        real(out, shard, *args)  # type: ignore[arg-type]
+        written.append(shard)
+
+    monkeypatch.setattr(ingest_module, "_write_shard", crash_on_shard_5)
+    with pytest.raises(KeyboardInterrupt):
+        ingest([source], out, config, progress=False)
+    with pytest.raises(InputError, match="incomplete"):
+        open_store(out)
+    done = {int(p.stem) for p in (out / PROGRESS_DIR).glob("*.json")}
+    assert 5 not in done and done == set(written) and len(done) >= 1
+
+    resumed: list[int] = []
+
+    def record(out: str, shard: int, *args: object) -> None:
+        real(out, shard, *args)  # type: ignore[arg-type]
+        resumed.append(shard)
+
+    monkeypatch.setattr(ingest_module, "_write_shard", record)
+    ingest([source], out, config, progress=False)
+    assert sorted(resumed) == sorted(set(range(9)) - done), "complete shards are skipped"
+    canvas, _ = reassemble(out)
+    with rasterio.open(source) as src:
+        assert np.array_equal(canvas, src.read())
+    assert not (out / PROGRESS_DIR).exists()
+    # A second run of the complete store writes nothing; other inputs never overwrite it.
+    resumed.clear()
+    ingest([source], out, config, progress=False)
+    assert resumed == []
+    with pytest.raises(ConfigError, match="other inputs"):
+        ingest([shared_data / "neon" / "OSBS_029.tif"], out, config, progress=False)
+
+
+def test_joins_a_dask_scheduler(tmp_path: Path, shared_data: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    source = shared_data / "neon" / "OSBS_029.tif"
+    config = IngestConfig(patch_size=50, patches_per_shard=8)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        out = ingest([source], tmp_path / "d.zarr", config, dask_address=cluster.scheduler_address)
+        assert client.scheduler_info()["workers"]
+    local = ingest([source], tmp_path / "l.zarr", config, progress=False)
+    assert np.array_equal(open_store(out).images[:], open_store(local).images[:])
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+def _bad_inputs(tmp_path: Path, shared_data: Path) -> dict[str, tuple[list[Path], list[Path] | None, str]]:
+    """name -> (sources, labels, file the message must name)."""
+    rng = np.random.default_rng(1)
+    ok = write_tif(tmp_path / "ok.tif", rng.integers(0, 200, (3, 100, 100), dtype=np.uint8))
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(b"II*\x00" + bytes(rng.integers(0, 256, 2000, dtype=np.uint8)))
+    one_band = write_tif(tmp_path / "one_band.tif", rng.integers(0, 200, (1, 100, 100), dtype=np.uint8))
+    tiny = write_tif(tmp_path / "tiny.tif", rng.integers(0, 200, (3, 40, 100), dtype=np.uint8))
+    empty = write_tif(tmp_path / "all_nodata.tif", np.full((3, 100, 100), 255, np.uint8), nodata=255)
+    bad_label = tmp_path / "bad_label.png"
+    bad_label.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 50)
+    small_label = write_tif(tmp_path / "small_label.tif", np.zeros((1, 99, 100), np.uint8))
+    return {
+        "missing": ([tmp_path / "missing.tif"], None, "missing.tif"),
+        "corrupt": ([corrupt], None, "corrupt.tif"),
+        "mixed bands": ([ok, one_band], None, "one_band.tif"),
+        "smaller than a patch": ([tiny], None, "tiny.tif"),
+        "all nodata": ([empty], None, "all_nodata.tif"),
+        "unreadable labels": ([ok], [bad_label], "bad_label.png"),
+        "labels not aligned": ([ok], [small_label], "small_label.tif"),
+        "missing labels": ([ok], [tmp_path / "no_label.png"], "no_label.png"),
+    }
+
+
+def test_bad_inputs_name_the_file_and_leave_no_complete_store(tmp_path: Path, shared_data: Path) -> None:
+    for name, (sources, labels, culprit) in _bad_inputs(tmp_path, shared_data).items():
+        out = tmp_path / f"{name.replace(' ', '_')}.zarr"
+        with pytest.raises(InputError) as caught:
+            ingest(sources, out, IngestConfig(patch_size=64), labels=labels, progress=False)
+        assert culprit in str(caught.value), (name, str(caught.value))
+        if out.exists():
+            with pytest.raises(InputError):
+                open_store(out)
+
+
+def test_cli_exit_status_and_message(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    sources, labels, culprit = _bad_inputs(tmp_path, shared_data)["labels not aligned"]
+    argv = ["ingest", *map(str, sources), "--out", str(tmp_path / "x.zarr"), "--patch-size", "64"]
+    assert main([*argv, "--labels", *map(str, labels or [])]) == 2
+    assert culprit in capsys.readouterr().err
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    store = open_store(out)
+    assert store.meta.complete and store.num_patches == 3 and store.labels is None  # (0,0), (0,64), (64,0)
+    meta = json.loads((Path(out) / "zarr.json").read_text())["attributes"]["geoseg"]
+    assert meta["patch_size"] == 64 and meta["sources"][0]["sha256"]
