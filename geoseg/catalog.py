@@ -181,6 +181,7 @@ def prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: pyst
     item.id = f"prediction-{source.id.removeprefix('survey-')}-{model.id}"
     item.properties[KIND] = "prediction"
     item.properties["title"] = Path(outputs["clusters"]).name
+    item.properties["geoseg:model"] = model.id  # segment wrote the bundle's absolute path
     item.clear_links()
     for key, (media, roles) in _EXTRA_ASSETS.items():
         if outputs.get(key) and key not in item.assets and Path(outputs[key]).exists():

@@ -95,6 +95,23 @@ def test_corrupt_input_fails_the_flow_clearly_and_keeps_earlier_outputs(
     assert open_store(store).num_patches > 0
 
 
+def test_a_cached_step_whose_outputs_were_deleted_runs_again(
+    prefect_harness: None, small_scene, tmp_path: Path
+) -> None:
+    import shutil
+
+    from flows.ingest import ingest_flow
+
+    src = copy_scene(small_scene, tmp_path / "survey")
+    run = tmp_path / "run"
+    store = ingest_flow(src=str(src), out=str(run), patch_size=32)
+    patches = open_store(store).num_patches
+    shutil.rmtree(store)
+    # Same parameters and inputs: the cache record exists, but its output does not.
+    assert ingest_flow(src=str(src), out=str(run), patch_size=32) == store
+    assert open_store(store).num_patches == patches
+
+
 def test_pipeline_on_the_lausanne_geotiffs_without_labels(
     prefect_harness: None, shared_data: Path, tmp_path: Path
 ) -> None:

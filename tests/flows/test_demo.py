@@ -1,0 +1,61 @@
+"""`geoseg demo`: the README's main command, shrunk (small scene, 2 steps) but otherwise as users run it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pystac
+
+from geoseg.catalog import export_catalog, validate_run_catalog
+from geoseg.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_prints_where_every_output_is(prefect_harness: None, tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--size", "192", "--steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    paths = {label.strip(): Path(p) for label, p in re.findall(r"^  ([^/]+?)\s+(/\S+)", printed, re.M)}
+    for label in (
+        "cluster map (COG)",
+        "confidence (COG)",
+        "polygons (GeoPackage)",
+        "QGIS style",
+        "evaluation report",
+        "STAC catalog",
+        "model bundle",
+    ):
+        assert label in paths, printed
+        assert paths[label].exists(), (label, paths[label])
+    report = json.loads(paths["evaluation report"].read_text())
+    assert report["dataset"] == "synthetic"
+    assert validate_run_catalog(paths["STAC catalog"].parent) >= 7
+    # Exported elsewhere (as catalogs/demo/ is), links and asset hrefs still resolve.
+    exported = export_catalog(paths["STAC catalog"].parent, tmp_path / "example")
+    assert validate_run_catalog(exported.parent) >= 7
+
+
+def test_demo_on_a_missing_raster_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--src", str(tmp_path / "nope.tif")]) == 2
+    assert "nope.tif" in capsys.readouterr().err
+
+
+def test_repository_example_catalog_loads_and_validates() -> None:
+    """catalogs/demo/: the demo run's catalog (JSON only; its assets appear with `make demo`)."""
+    root = ROOT / "catalogs" / "demo"
+    assert validate_run_catalog(root, check_assets=False) >= 7
+    catalog = pystac.Catalog.from_file(str(root / "catalog.json"))
+    kinds = sorted(i.properties["geoseg:kind"] for i in catalog.get_items(recursive=True))
+    assert kinds == ["model", "prediction", "survey"]
+    prediction = next(
+        i for i in catalog.get_items(recursive=True) if i.properties["geoseg:kind"] == "prediction"
+    )
+    assert prediction.assets["clusters"].href.endswith("demo-out/run/predictions/scene_clusters.tif")
+
+
+def test_example_catalog_is_small_json_only() -> None:
+    files = [p for p in (ROOT / "catalogs" / "demo").rglob("*") if p.is_file()]
+    assert files and all(p.suffix == ".json" for p in files)
+    assert sum(p.stat().st_size for p in files) < 200_000
