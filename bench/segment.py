@@ -174,6 +174,55 @@ def cluster_raster(path: Path, side: int, seed: int = 1) -> Path:
     return path
 
 
+def speed(model: Path, side: int, config: SegmentConfig, tmp: Path) -> dict[str, object]:
+    from geoseg.segment import segment
+
+    fpp = flops_per_pixel(model)
+    peak = matmul_gflops()
+    scene = write_scene(tmp / "scene.tif", side, side)
+    overhead = window_overhead(model, side, side, config)
+    t = time.perf_counter()
+    segment(model, [scene], tmp / "speed", config, progress=False)
+    seconds = time.perf_counter() - t
+    mpx = side * side / 1e6
+    return {
+        "raster": f"{side}x{side} RGB uint8",
+        "network_gflop_per_mpx": round(fpp / 1e3, 1),
+        "window_overhead": round(overhead, 3),
+        "matmul_gflops": round(peak, 1),
+        "limit_mpx_s": round(peak * 1e9 / (fpp * overhead) / 1e6, 3),
+        "limit_mpx_s_no_overlap": round(peak * 1e9 / fpp / 1e6, 3),
+        "measured_mpx_s": round(mpx / seconds, 3),
+        "seconds": round(seconds, 1),
+    }
+
+
+def vector_race(size: int, tmp: Path) -> dict[str, object]:
+    import pyogrio
+
+    from geoseg.vectorize import vectorize
+
+    clusters = cluster_raster(tmp / "clusters.tif", size)
+    command = gdal_polygonize()
+    t = time.perf_counter()
+    subprocess.run(
+        [*command, "-q", "-8", str(clusters), "-f", "GPKG", str(tmp / "gdal.gpkg"), "polygons", "cluster_id"],
+        check=True,
+    )
+    gdal_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    vectorize(clusters, tmp / "geoseg.gpkg")  # default block size: 2048
+    ours = time.perf_counter() - t
+    return {
+        "raster": f"{size}x{size} uint8, 6 clusters",
+        "gdal_polygonize_s": round(gdal_seconds, 2),
+        "geoseg_vectorize_s": round(ours, 2),
+        "speedup": round(gdal_seconds / ours, 2),
+        "gdal_features": pyogrio.read_info(tmp / "gdal.gpkg")["features"],
+        "geoseg_features": pyogrio.read_info(tmp / "geoseg.gpkg")["features"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -183,10 +232,10 @@ def main() -> None:
     parser.add_argument("--rss-rows", type=int, default=512, help="rows of the RSS raster (20000: full)")
     parser.add_argument("--vector-size", type=int, default=4096, help="side of the cluster raster")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--parts", default="speed,rss,vectorize", help="comma-separated subset of speed,rss,vectorize"
+    )
     args = parser.parse_args()
-
-    from geoseg.segment import segment
-    from geoseg.vectorize import vectorize
 
     results: dict[str, object] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
@@ -198,72 +247,23 @@ def main() -> None:
         model = make_model(tmp / "model")
         config = SegmentConfig(vectorize=False)
 
-        # 1. throughput vs the FLOP limit
-        fpp = flops_per_pixel(model)
-        peak = matmul_gflops()
-        side = args.speed_size
-        scene = write_scene(tmp / "scene.tif", side, side)
-        overhead = window_overhead(model, side, side, config)
-        t = time.perf_counter()
-        segment(model, [scene], tmp / "speed", config, progress=False)
-        seconds = time.perf_counter() - t
-        mpx = side * side / 1e6
-        results["segment"] = {
-            "raster": f"{side}x{side} RGB uint8",
-            "network_gflop_per_mpx": round(fpp / 1e3, 1),
-            "window_overhead": round(overhead, 3),
-            "matmul_gflops": round(peak, 1),
-            "limit_mpx_s": round(peak * 1e9 / (fpp * overhead) / 1e6, 3),
-            "limit_mpx_s_no_overlap": round(peak * 1e9 / fpp / 1e6, 3),
-            "measured_mpx_s": round(mpx / seconds, 3),
-            "seconds": round(seconds, 1),
-        }
-        print(json.dumps(results["segment"]), flush=True)
-
-        # 2. peak RSS on a raster 20000 pixels wide
-        wide = write_scene(tmp / "wide.tif", args.rss_rows, args.rss_width)
-        rss, rss_seconds = peak_rss(model, wide, tmp / "rss")
-        results["rss"] = {
-            "raster": f"{args.rss_width} wide x {args.rss_rows} rows RGB uint8",
-            "peak_rss_mib": round(rss, 1),
-            "seconds": round(rss_seconds, 1),
-        }
-        print(json.dumps(results["rss"]), flush=True)
-        (tmp / "wide.tif").unlink()
-
-        # 3. vectorize vs gdal_polygonize on the same cluster raster
-        clusters = cluster_raster(tmp / "clusters.tif", args.vector_size)
-        command = gdal_polygonize()
-        t = time.perf_counter()
-        subprocess.run(
-            [
-                *command,
-                "-q",
-                "-8",
-                str(clusters),
-                "-f",
-                "GPKG",
-                str(tmp / "gdal.gpkg"),
-                "polygons",
-                "cluster_id",
-            ],
-            check=True,
-        )
-        gdal_seconds = time.perf_counter() - t
-        t = time.perf_counter()
-        vectorize(clusters, tmp / "geoseg.gpkg", block_size=1024)
-        ours = time.perf_counter() - t
-        import pyogrio
-
-        results["vectorize"] = {
-            "raster": f"{args.vector_size}x{args.vector_size} uint8, 6 clusters",
-            "gdal_polygonize_s": round(gdal_seconds, 2),
-            "geoseg_vectorize_s": round(ours, 2),
-            "speedup": round(gdal_seconds / ours, 2),
-            "gdal_features": pyogrio.read_info(tmp / "gdal.gpkg")["features"],
-            "geoseg_features": pyogrio.read_info(tmp / "geoseg.gpkg")["features"],
-        }
-        print(json.dumps(results["vectorize"]), flush=True)
+        parts = set(args.parts.split(","))
+        if "speed" in parts:  # 1. throughput vs the FLOP limit
+            results["segment"] = speed(model, args.speed_size, config, tmp)
+            print(json.dumps(results["segment"]), flush=True)
+        if "rss" in parts:  # 2. peak RSS on a raster 20000 pixels wide
+            wide = write_scene(tmp / "wide.tif", args.rss_rows, args.rss_width)
+            rss, rss_seconds = peak_rss(model, wide, tmp / "rss")
+            results["rss"] = {
+                "raster": f"{args.rss_width} wide x {args.rss_rows} rows RGB uint8",
+                "peak_rss_mib": round(rss, 1),
+                "seconds": round(rss_seconds, 1),
+            }
+            print(json.dumps(results["rss"]), flush=True)
+            wide.unlink()
+        if "vectorize" in parts:  # 3. vectorize vs gdal_polygonize on the same cluster raster
+            results["vectorize"] = vector_race(args.vector_size, tmp)
+            print(json.dumps(results["vectorize"]), flush=True)
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -11,8 +11,12 @@ split by an internal block line and the result equals single-block polygonising.
 then are coordinates mapped to the raster's CRS with its affine transform.
 
 Rows: ``cluster_id``, ``class_name`` (null where the model names none), ``area`` (CRS
-units squared, of the written geometry). Geometries are made valid (GDAL's 8-connected
-rings may touch themselves at a vertex) and written as MultiPolygons in bulk with pyogrio.
+units squared, of the written geometry), written as MultiPolygons in bulk with pyogrio.
+Polygons are GDAL's, as ``gdal_polygonize`` writes them: where pixels of a region meet
+only diagonally a ring may touch itself at a vertex (OGC-invalid, read fine by GDAL and
+QGIS; ``shapely.make_valid`` repairs it without changing areas). Repairing every polygon
+cost more than polygonising on large regions, so only pieces that are unioned at seams are
+repaired (GEOS needs that).
 
 The sieve runs per block on the block plus a halo of ``min(size, block)`` pixels: regions
 smaller than the unit are decided exactly when the unit's pixel count fits in the halo;
@@ -114,8 +118,6 @@ def polygonize_block(
         geoms.append(shapely.geometry.shape(geojson))
         values.append(int(value))
     geometry = np.asarray(geoms, dtype=object)
-    if len(geometry):
-        geometry = make_valid(geometry)
     bounds = shapely.bounds(geometry) if len(geometry) else np.zeros((0, 4))
     seams = np.zeros(len(geometry), bool)
     if block.col > 0:
@@ -126,6 +128,8 @@ def polygonize_block(
         seams |= bounds[:, 1] <= block.row
     if block.row + block.height < height:
         seams |= bounds[:, 3] >= block.row + block.height
+    if seams.any():  # pieces to be unioned must be valid for GEOS; the others stay as GDAL made them
+        geometry[seams] = make_valid(geometry[seams])
     return BlockPolygons(shapely.to_wkb(geometry), np.asarray(values, np.int32), seams)
 
 
@@ -148,6 +152,15 @@ def make_valid(geometry: np.ndarray) -> np.ndarray:
     return geometry
 
 
+def _dissolve(pieces: np.ndarray) -> shapely.Geometry:
+    """Union of the pieces of one region cut by block lines.
+
+    A plain GEOS union (OverlayNG): faster here than densifying for a coverage union,
+    whose simplification of the dense result dominated on large regions.
+    """
+    return shapely.union_all(pieces)
+
+
 def merge_seams(
     geometry: np.ndarray, values: np.ndarray, on_seam: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -160,9 +173,11 @@ def merge_seams(
     index = np.flatnonzero(on_seam)
     if len(index) == 0:
         return geometry, values
-    tree = shapely.STRtree(geometry[index])
-    left, right = tree.query(geometry[index], predicate="intersects")
-    keep = (left < right) & (values[index[left]] == values[index[right]])
+    pieces = geometry[index]
+    left, right = shapely.STRtree(pieces).query(pieces)  # bounding boxes only: cheap
+    same = (left < right) & (values[index[left]] == values[index[right]])
+    left, right = left[same], right[same]
+    keep = shapely.intersects(pieces[left], pieces[right])  # the exact test, same cluster only
     parent = np.arange(len(index))
 
     def find(i: int) -> int:
@@ -181,8 +196,7 @@ def merge_seams(
         members = index[roots == root]
         if len(members) == 1:
             continue
-        union = shapely.union_all(geometry[members])
-        merged_geoms.append(shapely.simplify(union, 0.0))  # drop collinear vertices left on the seam
+        merged_geoms.append(_dissolve(geometry[members]))
         merged_values.append(values[members[0]])
         drop.extend(members.tolist())
     keep_mask = np.ones(len(geometry), bool)
