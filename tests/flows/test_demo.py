@@ -37,6 +37,19 @@ def test_demo_prints_where_every_output_is(prefect_harness: None, tmp_path: Path
     assert validate_run_catalog(exported.parent) >= 7
 
 
+def test_demo_on_the_users_raster_segments_it_without_evaluation(
+    prefect_harness: None, shared_data: Path, tmp_path: Path, capsys
+) -> None:
+    tile = shared_data / "lausanne" / "img" / "1091-322_00.tif"
+    assert tile.is_file()
+    assert main(["demo", "--out", str(tmp_path / "mine"), "--src", str(tile), "--steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "evaluation report" not in printed
+    clusters = tmp_path / "mine" / "run" / "predictions" / "1091-322_00_clusters.tif"
+    assert str(clusters) in printed and clusters.is_file()
+    assert not (tmp_path / "mine" / "scene").exists()  # no scene generated
+
+
 def test_demo_on_a_missing_raster_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["demo", "--out", str(tmp_path), "--src", str(tmp_path / "nope.tif")]) == 2
     assert "nope.tif" in capsys.readouterr().err
