@@ -6,7 +6,23 @@ Each dataset documents its source and how its label files encode classes.
 Class order note: torchgeo's ``Potsdam2D``/``Vaihingen2D`` list "Clutter/background"
 first (ids 0..5 = clutter, impervious, building, low vegetation, tree, car); geoseg
 follows the ISPRS benchmark order used by IIC (impervious, building, low vegetation,
-tree, car, clutter). Colours are the same; only the id order differs.
+tree, car, clutter). Colours are the same; only the id order differs:
+``TORCHGEO_ISPRS_ORDER[geoseg_id] == torchgeo_id``.
+
+ISPRS Potsdam / Vaihingen as distributed (ingest them as they are, nothing to convert):
+
+- Potsdam: ``2_Ortho_RGB/top_potsdam_2_10_RGB.tif`` (RGB), ``4_Ortho_RGBIR/
+  top_potsdam_2_10_RGBIR.tif`` (R, G, B, IR: ``--bands 4,1,2`` gives IIC's IRRG),
+  ``5_Labels_all/top_potsdam_2_10_label.tif`` (RGB colour-coded: ``--dataset isprs``, or
+  ``potsdam3`` for IIC's 3-class merge). 5 cm; IIC works at 10 cm: ``--scale 0.5``
+  (labels are resampled nearest, never blended into unknown colours).
+- Vaihingen: ``top/top_mosaic_09cm_area1.tif`` (IRRG), colour-coded ground truth with the
+  same palette.
+- Georeferencing comes from the world files beside the tiles (``.tfw``; ``.jgw``/``.pgw``
+  for JPEG/PNG): GDAL reads them, so the store records the world-file transform. Where the
+  tiles carry no CRS, the store records none (``crs_wkt`` null) and ingest warns.
+- Labels are matched to images by the order given (``--labels`` one per source); a label
+  raster of another size than its image is refused (InputError naming the file).
 """
 
 from __future__ import annotations
@@ -98,6 +114,8 @@ def hex_rgb(code: str) -> tuple[int, int, int]:
 _ISPRS_CLASSES = ("impervious surfaces", "building", "low vegetation", "tree", "car", "clutter")
 _ISPRS_COLOURS = ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0))
 _POTSDAM3 = {"impervious+car": (0, 4), "building+clutter": (1, 5), "vegetation": (2, 3)}
+# geoseg ISPRS id -> torchgeo Potsdam2D/Vaihingen2D id (torchgeo puts clutter first).
+TORCHGEO_ISPRS_ORDER = (1, 2, 3, 4, 5, 0)
 
 ISPRS_RGB = LabelDataset(
     name="isprs",
