@@ -1,0 +1,114 @@
+"""geoseg.sources: discovery (files, folders, STAC), safe opening, scaled windowed reads."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from affine import Affine
+from hypothesis import given
+from hypothesis import strategies as st
+from rasterio.enums import ColorInterp
+from rasterio.windows import Window
+
+from geoseg.errors import InputError
+from geoseg.sources import (
+    discover_sources,
+    grid_size,
+    open_dataset,
+    open_raster,
+    patch_offsets,
+    read_scaled,
+)
+from geoseg.stac import raster_item, save_catalog
+
+
+def test_discover_files_folders_and_stac(shared_data: Path, tmp_path: Path) -> None:
+    tiles = sorted((shared_data / "lausanne" / "img").glob("*.tif"))
+    neon = shared_data / "neon" / "OSBS_029.tif"
+    assert discover_sources([shared_data / "lausanne" / "img", neon]) == [*tiles, neon]
+    catalog = pystac.Catalog(id="survey", description="two rasters")
+    for path in (tiles[0], neon):
+        catalog.add_item(raster_item(path))
+    root = save_catalog(catalog, tmp_path / "cat")
+    found = discover_sources([root])
+    assert sorted(p.resolve() for p in found) == sorted([tiles[0].resolve(), neon.resolve()])
+    item_file = next((tmp_path / "cat").glob("*/*.json"))
+    assert len(discover_sources([item_file])) == 1
+
+
+def test_discover_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="nowhere"):
+        discover_sources([tmp_path / "nowhere.tif"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="empty"):
+        discover_sources([tmp_path / "empty"])
+    (tmp_path / "notstac.json").write_text('{"hello": 1}')
+    with pytest.raises(InputError, match=r"notstac\.json"):
+        discover_sources([tmp_path / "notstac.json"])
+
+
+def test_open_raster_geotiff_and_plain_image(shared_data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    neon = open_raster(shared_data / "neon" / "OSBS_029.tif")
+    assert neon.nodata == 255 and neon.bands == (1, 2, 3) and neon.dtype == "uint8"
+    assert neon.crs is not None and neon.crs.to_epsg() == 32617
+    pan = open_raster(shared_data / "spacenet" / "sample_geotiff.tif")
+    assert pan.bands == (1,) and pan.dtype == "uint16" and pan.nodata == 0
+    with caplog.at_level(logging.WARNING, logger="geoseg.sources"):
+        jpeg = open_raster(shared_data / "dubai" / "tile1" / "images" / "image_part_001.jpg")
+    assert jpeg.crs is None and jpeg.transform == Affine.identity()
+    assert "no CRS" in caplog.text and "image_part_001.jpg" in caplog.text
+    with pytest.raises(InputError, match="cannot select band"):
+        open_raster(shared_data / "neon" / "OSBS_029.tif", bands=(1, 4))
+
+
+def test_corrupt_file_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "truncated.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 100)
+    with pytest.raises(InputError, match=r"truncated\.tif"):
+        open_raster(bad)
+    with pytest.raises(InputError, match=r"gone\.tif"):
+        open_dataset(tmp_path / "gone.tif")
+
+
+def test_read_scaled_exact_and_alpha_mask(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 255, (4, 60, 80), dtype=np.uint8)
+    data[3] = 255
+    data[3, 10:20, 30:50] = 0  # transparent block
+    path = tmp_path / "rgba.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=80, height=60, count=4, dtype="uint8", photometric="RGB", alpha="YES",
+        crs="EPSG:2056", transform=Affine(1, 0, 2_600_000, 0, -1, 1_200_000),
+    ) as dst:  # fmt: skip
+        dst.write(data)
+    with rasterio.open(path) as src:
+        assert src.colorinterp[3] == ColorInterp.alpha
+    info = open_raster(path)
+    assert info.bands == (1, 2, 3), "alpha is a mask, not a band"
+    with open_dataset(path) as src:
+        pixels, valid = read_scaled(src, info, 1.0, 5, 25, 30, 40)
+        assert np.array_equal(pixels, src.read((1, 2, 3), window=Window(25, 5, 40, 30)))
+    assert np.array_equal(valid, data[3, 5:35, 25:65] > 0)
+    assert (~valid).sum() == 10 * 20
+    # Half scale: the grid halves, its pixels double, the corner stays.
+    assert info.scaled_shape(0.5) == (30, 40)
+    assert info.scaled_transform(0.5) == Affine(2, 0, 2_600_000, 0, -2, 1_200_000)
+
+
+@given(length=st.integers(1, 3000), patch=st.integers(8, 512), stride_frac=st.floats(0.1, 1.0))
+def test_patch_offsets_cover_the_axis(length: int, patch: int, stride_frac: float) -> None:
+    stride = max(1, int(patch * stride_frac))
+    starts = patch_offsets(length, patch, stride)
+    assert len(starts) == grid_size(length, patch, stride)
+    if length < patch:
+        assert starts == []
+        return
+    assert starts[0] == 0 and all(b - a == stride for a, b in itertools.pairwise(starts))
+    assert starts[-1] + patch >= length, "the last patch reaches the edge"
+    assert starts[-1] < length and (len(starts) == 1 or starts[-2] + patch < length)
