@@ -21,15 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pystac
-from affine import Affine
 
 from geoseg.errors import InputError
-from geoseg.fileio import atomic_path, sha256_file
+from geoseg.fileio import sha256_file
+from geoseg.stac import raster_item, save_catalog
 
 RUN_CATALOG_ID = "geoseg-run"
 KIND = "geoseg:kind"
 _SUBCATALOGS = {"survey": "surveys", "model": "models", "prediction": "predictions"}
-_GEOTIFF = "image/tiff; application=geotiff"
 
 
 def _run_stamp(path: Path) -> datetime.datetime:
@@ -37,66 +36,18 @@ def _run_stamp(path: Path) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(path.stat().st_mtime, tz=datetime.UTC).replace(microsecond=0)
 
 
-def _footprint(crs: Any, transform: Affine, width: int, height: int) -> tuple[dict | None, list | None]:
-    """WGS84 polygon and bbox of a grid; (None, None) for an image without a CRS."""
-    if crs is None:
-        return None, None
-    from rasterio.crs import CRS as _CRS
-    from rasterio.warp import transform_bounds
-
-    left, top = transform * (0, 0)
-    right, bottom = transform * (width, height)
-    west, south, east, north = transform_bounds(
-        _CRS.from_user_input(crs),
-        "EPSG:4326",
-        min(left, right),
-        min(top, bottom),
-        max(left, right),
-        max(top, bottom),
-    )
-    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
-    return {"type": "Polygon", "coordinates": [ring]}, [west, south, east, north]
-
-
-def _grid_of(path: Path) -> tuple[Any, Affine, int, int, str | None]:
-    import rasterio as _rasterio
-
-    with _rasterio.open(path) as src:
-        epsg = src.crs.to_epsg() if src.crs else None
-        return src.crs, src.transform, src.width, src.height, f"EPSG:{epsg}" if epsg else None
-
-
-def _projection(item: pystac.Item, code: str | None, transform: Affine, width: int, height: int) -> None:
-    from pystac.extensions.projection import ProjectionExtension
-
-    proj = ProjectionExtension.ext(item, add_if_missing=True)
-    proj.code = code
-    proj.shape = [height, width]
-    proj.transform = list(transform)[:6]
-
-
 def survey_item(source: str | Path, store: str | Path | None = None) -> pystac.Item:
-    """A STAC item for one source raster of a survey (and the patch store it went into)."""
+    """A STAC item for one source raster of a survey (and the patch store it went into).
+
+    :func:`geoseg.stac.raster_item` gives the footprint, projection and checksummed asset;
+    the id is prefixed ``survey-`` and the patch store added as a second asset.
+    """
     source = Path(source).resolve()
     if not source.is_file():
         raise InputError(f"survey raster not found: {source}")
-    digest = sha256_file(source)
-    try:
-        crs, transform, width, height, code = _grid_of(source)
-    except Exception as exc:  # rasterio raises several types for unreadable files
-        raise InputError(f"unreadable raster {source}: {exc}") from exc
-    geometry, bbox = _footprint(crs, transform, width, height)
-    item = pystac.Item(
-        id=f"survey-{source.stem}-{digest[:8]}",
-        geometry=geometry,
-        bbox=bbox,
-        datetime=_run_stamp(source),
-        properties={KIND: "survey", "title": source.name, "file:checksum": f"1220{digest}"},
-    )
-    if code:
-        _projection(item, code, transform, width, height)
-    media = _GEOTIFF if source.suffix.lower() in (".tif", ".tiff") else None
-    item.add_asset("image", pystac.Asset(str(source), media_type=media, roles=["data"], title="orthophoto"))
+    item = raster_item(source)
+    item.id = f"survey-{item.id}"
+    item.properties[KIND] = "survey"
     if store is not None and Path(store).exists():
         item.add_asset(
             "patches",
@@ -196,8 +147,9 @@ def prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: pyst
 def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) -> Path:
     """Add (or replace, by id) items in the run catalog at ``catalog_dir``; returns catalog.json.
 
-    The catalog is written self-contained (relative hrefs) into a temporary sibling folder
-    and renamed into place, so a reader never sees half of it.
+    The catalog is written with :func:`geoseg.stac.save_catalog`: self-contained (relative
+    hrefs), validated, into a temporary sibling folder renamed into place, so a reader
+    never sees half of it.
     """
     catalog_dir = Path(catalog_dir).resolve()
     root_file = catalog_dir / "catalog.json"
@@ -243,11 +195,7 @@ def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) ->
         for link in item.links:
             if link.rel in ("source", "derived_from") and isinstance(link.target, pystac.Item):
                 link.target = new.get(link.target.id, link.target)
-    with atomic_path(catalog_dir) as tmp:
-        catalog.normalize_hrefs(str(tmp / "catalog.json"))  # a file href: the temp name has a dot
-        catalog.make_all_asset_hrefs_relative()
-        catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-    return root_file
+    return save_catalog(catalog, catalog_dir)
 
 
 def export_catalog(catalog_dir: str | Path, dest_dir: str | Path) -> Path:
@@ -263,13 +211,7 @@ def export_catalog(catalog_dir: str | Path, dest_dir: str | Path) -> Path:
     catalog = pystac.Catalog.from_file(str(source))
     catalog.fully_resolve()
     catalog.make_all_asset_hrefs_absolute()
-    dest = Path(dest_dir).resolve()
-    with atomic_path(dest) as tmp:
-        catalog.normalize_hrefs(str(tmp / "catalog.json"))
-        catalog.make_all_asset_hrefs_relative()
-        catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-    # normalize_hrefs made asset hrefs relative to the temporary folder: same depth, same parent.
-    return dest / "catalog.json"
+    return save_catalog(catalog, dest_dir)
 
 
 def validate_run_catalog(catalog_dir: str | Path, check_assets: bool = True) -> int:
