@@ -359,7 +359,7 @@ def _add_vectorize(sub: argparse._SubParsersAction) -> None:
         "--min-area", type=float, default=0.0, help="sieve regions smaller than this (CRS units^2)"
     )
     p.add_argument("--simplify", type=float, default=0.0, help="simplification tolerance (CRS units)")
-    p.add_argument("--block-size", type=int, default=2048, help="block side in pixels (one task each)")
+    p.add_argument("--block-size", type=int, default=4096, help="block side in pixels (one task each)")
     p.add_argument("--dask-address", default=None, help="run blocks on an existing Dask scheduler")
     p.set_defaults(run=_run_vectorize)
 

@@ -107,7 +107,7 @@ class SegmentConfig:
     vectorize: bool = True
     min_area: float = 0.0  # sieve: minimum mapping unit in CRS units^2 (0 = off)
     simplify: float = 0.0  # polygon simplification tolerance in CRS units (0 = off)
-    vectorize_block: int = 2048  # vectorize: block side in pixels (one Dask task per block)
+    vectorize_block: int = 4096  # vectorize: block side in pixels (one Dask task per block)
     preview_size: int = 2048  # long side of the PNG preview
 
     def validate(self) -> SegmentConfig:

@@ -15,8 +15,8 @@ units squared, of the written geometry), written as MultiPolygons in bulk with p
 Polygons are GDAL's, as ``gdal_polygonize`` writes them: where pixels of a region meet
 only diagonally a ring may touch itself at a vertex (OGC-invalid, read fine by GDAL and
 QGIS; ``shapely.make_valid`` repairs it without changing areas). Repairing every polygon
-cost more than polygonising on large regions, so only pieces that are unioned at seams are
-repaired (GEOS needs that).
+cost more than polygonising on large regions, so it is left to the user; merged seam
+polygons come out of GEOS's union valid.
 
 The sieve runs per block on the block plus a halo of ``min(size, block)`` pixels: regions
 smaller than the unit are decided exactly when the unit's pixel count fits in the halo;
@@ -128,8 +128,6 @@ def polygonize_block(
         seams |= bounds[:, 1] <= block.row
     if block.row + block.height < height:
         seams |= bounds[:, 3] >= block.row + block.height
-    if seams.any():  # pieces to be unioned must be valid for GEOS; the others stay as GDAL made them
-        geometry[seams] = make_valid(geometry[seams])
     return BlockPolygons(shapely.to_wkb(geometry), np.asarray(values, np.int32), seams)
 
 
@@ -158,7 +156,10 @@ def _dissolve(pieces: np.ndarray) -> shapely.Geometry:
     A plain GEOS union (OverlayNG): faster here than densifying for a coverage union,
     whose simplification of the dense result dominated on large regions.
     """
-    return shapely.union_all(pieces)
+    try:
+        return shapely.union_all(pieces)
+    except shapely.errors.GEOSException:  # a ring quirk GEOS cannot node: repair, then union
+        return shapely.union_all(make_valid(pieces))
 
 
 def merge_seams(
@@ -259,7 +260,7 @@ def vectorize(
     simplify: float = 0.0,
     class_names: Mapping[int, str] | None = None,
     dask_address: str | None = None,
-    block_size: int = 2048,
+    block_size: int = 4096,
 ) -> Path:
     """Polygons of a cluster raster in a GeoPackage (+ ``.qml``), in the raster's CRS.
 
