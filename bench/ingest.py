@@ -80,6 +80,34 @@ def ingest_mb_s(path: Path, out: Path, patch: int, workers: int) -> tuple[float,
     return nbytes / seconds / 1e6, seconds
 
 
+def zarr_write_mb_s(out: Path, patch: int, per_shard: int = 64, shards: int = 24) -> float:
+    """MB/s of writing in-memory patches into the store layout alone (1-patch chunks,
+    ``per_shard``-patch shards, images + valid), one thread: zarr's ceiling for ingest."""
+    import zarr
+
+    rng = np.random.default_rng(1)
+    images = (100 + rng.integers(0, 24, (per_shard, 3, patch, patch))).astype(np.uint8)
+    valid = np.ones((per_shard, patch, patch), bool)
+    group = zarr.open_group(str(out), mode="w", zarr_format=3)
+    n = per_shard * shards
+    a = group.create_array(
+        "images", shape=(n, 3, patch, patch), dtype="uint8", chunks=(1, 3, patch, patch),
+        shards=(per_shard, 3, patch, patch),
+    )  # fmt: skip
+    v = group.create_array(
+        "valid",
+        shape=(n, patch, patch),
+        dtype=bool,
+        chunks=(1, patch, patch),
+        shards=(per_shard, patch, patch),
+    )
+    start = time.perf_counter()
+    for s in range(shards):
+        a[s * per_shard : (s + 1) * per_shard] = images
+        v[s * per_shard : (s + 1) * per_shard] = valid
+    return images.nbytes * shards / (time.perf_counter() - start) / 1e6
+
+
 def peak_rss_mb(path: Path, out: Path, patch: int, workers: int) -> tuple[float, float]:
     """Peak RSS (MB) and wall time of an ingest in a fresh Python process."""
     code = (
@@ -118,6 +146,8 @@ def main() -> None:
             f"patch {args.patch}: raw rasterio read {raw[0]:.1f} MB/s ({raw[1]:.2f} s), "
             f"ingest with {args.workers} workers {ing[0]:.1f} MB/s ({ing[1]:.2f} s), ratio {ing[0] / raw[0]:.2f}"
         )
+        ceiling = zarr_write_mb_s(work / "ceiling.zarr", args.patch)
+        print(f"zarr write alone (same layout, from memory, one thread): {ceiling:.1f} MB/s of pixels")
         if args.rss_size:
             (work / "tput.tif").unlink()
             big = make_raster(work / "big.tif", args.rss_size, compress)

@@ -7,9 +7,10 @@ How it runs, and why:
    ``min_valid``. Validity needs the nodata/alpha mask only where the raster has one;
    otherwise it follows from the padding at the edges, without reading pixels. Knowing N
    up front lets every shard have exactly one writer.
-2. **Write** (parallel, Dask): one task per zarr shard reads its patches, grouped by row
-   of patches into one strip read each, and writes the shard in one go. Memory per task
-   is one strip (patch height x raster width), never a whole raster.
+2. **Write** (parallel, Dask): each task writes a few consecutive zarr shards (those in
+   one 512-row band of a source), each shard in one go by that task alone. Patches are
+   read as bounding windows of runs of patch rows. Memory per task is a few strips, never
+   a whole raster.
 3. **Finish**: per-band statistics are combined from the shard tasks and the group is
    marked ``complete`` last. Each finished shard leaves a marker (with its statistics) in
    ``STORE/.progress``, so an interrupted ingest resumes with the shards still missing.
@@ -22,18 +23,22 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import dask
 import numpy as np
+import rasterio
 import zarr
 from dask.callbacks import Callback
 from rasterio.enums import MaskFlags, Resampling
+from rasterio.io import DatasetReader
 from tqdm.auto import tqdm
 
 from geoseg import __version__
+from geoseg.cog import GDAL_CACHE_MB
 from geoseg.config import IngestConfig
 from geoseg.datasets import IGNORE, LabelDataset, expand_colormap, get_dataset
 from geoseg.errors import ConfigError, InputError
@@ -128,7 +133,7 @@ def _valid_patches(info: RasterInfo, config: IngestConfig) -> np.ndarray:
     inside_r = np.minimum(size, height - np.asarray(rows))
     inside_c = np.minimum(size, width - np.asarray(cols))
     fraction = np.outer(inside_r, inside_c) / float(size * size)
-    with open_dataset(info.path) as src:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_dataset(info.path) as src:
         all_valid = all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in info.bands)
         if not all_valid:
             # Where the raster has nodata/alpha, count its valid pixels patch row by patch row.
@@ -185,13 +190,9 @@ def ingest(
     todo = [s for s in shards if not (progress_dir / f"{s}.json").is_file()]
     if len(todo) < len(shards):
         log.info("resuming %s: %d of %d shards already written", out, len(shards) - len(todo), len(shards))
-    tasks = [
-        dask.delayed(_write_shard)(
-            str(out), s, plan.origins[s * per_shard : (s + 1) * per_shard], plan, config
-        )
-        for s in todo
-    ]
-    _run(tasks, config.workers, dask_address, progress, desc=f"ingest {out.name}")
+    groups = _task_groups(todo, plan.origins, per_shard)
+    tasks = [dask.delayed(_write_shards)(str(out), group, plan, config) for group in groups]
+    _run(tasks, len(todo), config.workers, dask_address, progress, desc=f"ingest {out.name}")
     stats = [json.loads((progress_dir / f"{s}.json").read_text()) for s in shards]
     _finish(out, plan, stats)
     shutil.rmtree(progress_dir, ignore_errors=True)
@@ -299,7 +300,56 @@ def _runs(origins: np.ndarray, max_rows: int) -> list[tuple[int, int, int]]:
     return runs
 
 
-def _write_shard(out: str, shard: int, origins: np.ndarray, plan: Plan, config: IngestConfig) -> None:
+def _task_groups(
+    todo: Sequence[int], origins: np.ndarray, per_shard: int, band_rows: int = 512, max_shards: int = 16
+) -> list[list[int]]:
+    """Consecutive shards to write in one task: those whose patches lie in the same band of
+    ``band_rows`` rows of one source (a typical GeoTIFF tile height), so that the task's
+    dataset handle decompresses each tile once. Each shard still has exactly one writer."""
+    groups: list[list[int]] = []
+    for shard in todo:
+        first, last = origins[shard * per_shard], origins[min(len(origins), (shard + 1) * per_shard) - 1]
+        if groups:
+            group = groups[-1]
+            head = origins[group[0] * per_shard]
+            if (
+                group[-1] == shard - 1
+                and len(group) < max_shards
+                and last[0] == head[0]
+                and first[0] == head[0]
+                and last[1] - head[1] < band_rows
+            ):
+                group.append(shard)
+                continue
+        groups.append([shard])
+    return groups
+
+
+def _write_shards(out: str, shards: list[int], plan: Plan, config: IngestConfig) -> int:
+    """Write several shards in turn with shared dataset handles; returns how many."""
+    per_shard = config.patches_per_shard
+    with ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+        handles: dict[int, DatasetReader] = {}
+        for index in sorted(
+            {int(i) for s in shards for i in plan.origins[s * per_shard : (s + 1) * per_shard, 0]}
+        ):
+            handles[index] = stack.enter_context(open_dataset(plan.sources[index].info.path))
+        for shard in shards:
+            _write_shard(
+                out, shard, plan.origins[shard * per_shard : (shard + 1) * per_shard], plan, config, handles
+            )
+    return len(shards)
+
+
+def _write_shard(
+    out: str,
+    shard: int,
+    origins: np.ndarray,
+    plan: Plan,
+    config: IngestConfig,
+    handles: dict[int, DatasetReader] | None = None,
+) -> None:
     """Read one shard's patches and write the shard once (its only writer).
 
     Patches are read as few windows as possible: one bounding window per run of rows of
@@ -320,8 +370,11 @@ def _write_shard(out: str, shard: int, origins: np.ndarray, plan: Plan, config: 
         run = origins[start:stop]
         r0, c0 = int(run[:, 1].min()), int(run[:, 2].min())
         r1, c1 = min(height, int(run[:, 1].max()) + size), min(width, int(run[:, 2].max()) + size)
-        with open_dataset(source.info.path) as src:
-            data, mask = read_scaled(src, source.info, scale, r0, c0, r1 - r0, c1 - c0)
+        if handles is not None and src_index in handles:
+            data, mask = read_scaled(handles[src_index], source.info, scale, r0, c0, r1 - r0, c1 - c0)
+        else:
+            with open_dataset(source.info.path) as src:
+                data, mask = read_scaled(src, source.info, scale, r0, c0, r1 - r0, c1 - c0)
         window_labels = (
             _read_label_strip(source, dataset, scale, r0, c0, r1 - r0, c1 - c0)
             if labels is not None
@@ -419,19 +472,20 @@ class _TqdmCallback(Callback):
         self.bar = bar
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
-        if str(key[0] if isinstance(key, tuple) else key).startswith("_write_shard"):
-            self.bar.update(1)
+        if str(key[0] if isinstance(key, tuple) else key).startswith("_write_shards"):
+            self.bar.update(int(result))
 
 
-def _run(tasks: list[Any], workers: int, dask_address: str | None, progress: bool, desc: str) -> None:
-    with tqdm(total=len(tasks), desc=desc, unit="shard", disable=not progress) as bar:
+def _run(
+    tasks: list[Any], n_shards: int, workers: int, dask_address: str | None, progress: bool, desc: str
+) -> None:
+    with tqdm(total=n_shards, desc=desc, unit="shard", disable=not progress) as bar:
         if dask_address:
             from distributed import Client, as_completed
 
             with Client(dask_address) as client:
                 for future in as_completed(client.compute(tasks)):
-                    future.result()
-                    bar.update(1)
+                    bar.update(int(future.result()))
         else:
             with _TqdmCallback(bar):
                 dask.compute(*tasks, scheduler="threads", num_workers=workers)
