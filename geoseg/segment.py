@@ -19,7 +19,6 @@ colour table, mode overviews), ``<stem>_confidence.tif`` (uint8 percent 0-100, n
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
@@ -397,67 +396,27 @@ def write_prediction_item(
 def prediction_item(
     result: SegmentResult, model_dir: Path, meta: ModelMeta, clusters: Sequence[Cluster]
 ) -> pystac.Item:
-    """A pystac Item for the cluster COG: label extension (raster, classes), projection, links.
+    """:func:`geoseg.stac.prediction_item` with this result's outputs as assets."""
+    from geoseg.stac import prediction_item as stac_prediction_item
 
-    Links: ``source`` to the source raster (``derived_from``) and to the model bundle's
-    model.json (``via``), so a user can find what a map came from.
-    """
-    from pystac.extensions.label import LabelClasses, LabelExtension, LabelType
-    from pystac.extensions.projection import ProjectionExtension
-    from rasterio.warp import transform_bounds
-
-    with rasterio.open(result.clusters) as ds:
-        crs, transform, shape, bounds = ds.crs, ds.transform, ds.shape, ds.bounds
-    if crs is not None:
-        west, south, east, north = transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21)
-    else:  # a plain image: pixel bounds, honestly not geographic
-        west, south, east, north = bounds.left, bounds.bottom, bounds.right, bounds.top
-    geometry = {
-        "type": "Polygon",
-        "coordinates": [[[west, south], [east, south], [east, north], [west, north], [west, south]]],
-    }
-    item = pystac.Item(
-        id=f"{result.source.stem}-prediction",
-        geometry=geometry,
-        bbox=[west, south, east, north],
-        datetime=datetime.datetime.now(datetime.UTC),
-        properties={"geoseg:model": str(model_dir), "geoseg:confidence_units": "percent"},
-    )
-    label = LabelExtension.ext(item, add_if_missing=True)
-    label.apply(
-        label_description="IIC clusters (label-free): ids are clusters, not ground-truth classes",
-        label_type=LabelType.RASTER,
-        label_properties=None,
-        label_classes=[LabelClasses.create(classes=[c.name or c.id for c in clusters], name=None)],
-        label_tasks=["segmentation"],
-        label_methods=["automated"],
-    )
-    proj = ProjectionExtension.ext(item, add_if_missing=True)
-    proj.epsg = crs.to_epsg() if crs is not None else None
-    if crs is not None and proj.epsg is None:
-        proj.wkt2 = crs.to_wkt()
-    proj.transform = list(transform)[:6]
-    proj.shape = list(shape)
-    roles = {
-        "clusters": ("image/tiff; application=geotiff; profile=cloud-optimized", ["data", "labels"]),
-        "confidence": ("image/tiff; application=geotiff; profile=cloud-optimized", ["data"]),
+    cog = "image/tiff; application=geotiff; profile=cloud-optimized"
+    kinds = {
+        "confidence": (cog, ["data"]),
         "clusters_qml": ("application/xml", ["style"]),
         "confidence_qml": ("application/xml", ["style"]),
         "preview_png": ("image/png", ["overview"]),
         "gpkg": ("application/geopackage+sqlite3", ["data", "labels"]),
         "gpkg_qml": ("application/xml", ["style"]),
     }
-    for key, (media_type, asset_roles) in roles.items():
-        path = getattr(result, key)
-        if path is not None:
-            item.add_asset(
-                key, pystac.Asset(str(Path(path).resolve()), media_type=media_type, roles=asset_roles)
-            )
-    item.add_link(pystac.Link("source", str(result.source.resolve()), media_type="image/tiff"))
-    item.add_link(pystac.Link("derived_from", str(result.source.resolve()), media_type="image/tiff"))
-    item.add_link(
-        pystac.Link("via", str((model_dir / "model.json").resolve()), media_type="application/json")
+    assets = {
+        key: (Path(getattr(result, key)), media, roles)
+        for key, (media, roles) in kinds.items()
+        if getattr(result, key) is not None
+    }
+    item = stac_prediction_item(
+        result.clusters, result.source, model_dir, [(c.id, c.name) for c in clusters], assets
     )
+    item.properties["geoseg:confidence_units"] = "percent"
     return item
 
 

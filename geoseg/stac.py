@@ -113,3 +113,39 @@ def save_catalog(catalog: pystac.Catalog, root_dir: str | Path) -> Path:
     # Asset hrefs were made relative to the temporary folder: same parent, same depth.
     catalog.normalize_hrefs(str(root_dir / "catalog.json"))
     return root_dir / "catalog.json"
+
+
+def prediction_item(
+    clusters: str | Path,
+    source: str | Path,
+    model_dir: str | Path,
+    classes: Sequence[tuple[int, str | None]],
+    assets: dict[str, tuple[Path, str, list[str]]] | None = None,
+) -> pystac.Item:
+    """The STAC item of one segmentation output (written by ``geoseg segment``).
+
+    :func:`raster_item` of the cluster COG (footprint, projection, checksum; its asset
+    renamed ``clusters``), the label extension (raster labels, the cluster names or ids as
+    classes), further ``assets`` (key -> (path, media type, roles)), and links
+    ``derived_from`` the source raster and ``via`` the model's model.json.
+    """
+    from pystac.extensions.label import LabelClasses, LabelExtension, LabelType
+
+    item = raster_item(clusters, item_id=f"{Path(source).stem}-prediction", roles=("data", "labels"))
+    item.assets["clusters"] = item.assets.pop("image")
+    item.properties["geoseg:model"] = str(model_dir)
+    LabelExtension.ext(item, add_if_missing=True).apply(
+        label_description="IIC clusters (label-free): ids are clusters, not ground-truth classes",
+        label_type=LabelType.RASTER,
+        label_properties=None,
+        label_classes=[LabelClasses.create(classes=[name or cid for cid, name in classes], name=None)],
+        label_tasks=["segmentation"],
+        label_methods=["automated"],
+    )
+    for key, (path, media_type, roles) in (assets or {}).items():
+        item.add_asset(key, pystac.Asset(str(Path(path).resolve()), media_type=media_type, roles=roles))
+    source_href = str(Path(source).resolve())
+    item.add_link(pystac.Link("derived_from", source_href, media_type="image/tiff", title="source"))
+    model_json = str((Path(model_dir) / "model.json").resolve())
+    item.add_link(pystac.Link("via", model_json, media_type="application/json", title="model"))
+    return item
