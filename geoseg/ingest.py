@@ -43,7 +43,15 @@ from geoseg.config import IngestConfig
 from geoseg.datasets import IGNORE, LabelDataset, expand_colormap, get_dataset
 from geoseg.errors import ConfigError, InputError
 from geoseg.fileio import sha256_file, write_json_atomic
-from geoseg.sources import RasterInfo, discover_sources, open_dataset, open_raster, patch_offsets, read_scaled
+from geoseg.sources import (
+    RasterInfo,
+    discover_sources,
+    open_dataset,
+    open_raster,
+    patch_offsets,
+    read_scaled,
+    read_valid,
+)
 from geoseg.store import IMAGES, LABELS, ORIGIN, VALID, SourceInfo, StoreMeta, open_store
 
 log = logging.getLogger(__name__)
@@ -141,7 +149,7 @@ def _valid_patches(info: RasterInfo, config: IngestConfig) -> np.ndarray:
                 tqdm(rows, desc=f"mask {info.path.name}", leave=False, disable=len(rows) < 64)
             ):
                 h = int(inside_r[i])
-                _, valid = read_scaled(src, info, config.scale, row, 0, h, width, Resampling.nearest)
+                valid = read_valid(src, info, config.scale, row, 0, h, width)
                 for j, col in enumerate(cols):
                     fraction[i, j] = valid[:, col : col + size].sum() / float(size * size)
     keep_r, keep_c = np.nonzero(fraction >= max(config.min_valid, 1e-9))

@@ -188,10 +188,34 @@ def read_scaled(
     if scale == 1.0:
         window = Window(col, row, width, height)
     data = src.read(use, window=window, out_shape=(len(use), height, width), resampling=resampling)
+    return data, read_valid(src, info, scale, row, col, height, width, bands=use)
+
+
+def read_valid(
+    src: DatasetReader,
+    info: RasterInfo,
+    scale: float,
+    row: int,
+    col: int,
+    height: int,
+    width: int,
+    bands: Sequence[int] | None = None,
+) -> np.ndarray:
+    """(h, w) validity of a window of the scaled grid, without reading the pixels.
+
+    A pixel is valid where every used band is valid in GDAL's per-band masks (nodata,
+    alpha, internal masks); resampled nearest so masks never blend.
+    """
+    use = list(bands or info.bands)
+    window = (
+        Window(col, row, width, height)
+        if scale == 1.0
+        else source_window(info, scale, row, col, height, width)
+    )
     masks = src.read_masks(
         use, window=window, out_shape=(len(use), height, width), resampling=Resampling.nearest
     )
-    return data, np.all(masks > 0, axis=0)
+    return np.all(masks > 0, axis=0)
 
 
 def patch_offsets(length: int, patch: int, stride: int) -> list[int]:
