@@ -456,7 +456,7 @@ def _finish(out: Path, plan: Plan, stats: list[dict[str, Any]]) -> None:
     mean = total / max(count, 1)
     std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean**2, 0.0))
     group = zarr.open_group(str(out), mode="r+")
-    meta = StoreMeta.from_attrs(dict(group.attrs)["geoseg"])
+    meta = StoreMeta.from_attrs(dict(group.attrs)["geoseg"])  # type: ignore[arg-type]
     meta.band_mean, meta.band_std = mean.tolist(), std.tolist()
     meta.extra["valid_pixels"] = count
     meta.complete = True

@@ -87,7 +87,7 @@ def stac_rasters(path: Path) -> list[Path]:
         obj = pystac.read_file(str(path))
     except Exception as exc:  # pystac raises several types for bad JSON / non-STAC files
         raise InputError(f"not a readable STAC file: {path} ({exc})") from exc
-    items = [obj] if isinstance(obj, pystac.Item) else list(obj.get_items(recursive=True))  # type: ignore[union-attr]
+    items = [obj] if isinstance(obj, pystac.Item) else list(obj.get_items(recursive=True))  # type: ignore[attr-defined]
     rasters: list[Path] = []
     for item in items:
         for asset in item.assets.values():
