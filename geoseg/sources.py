@@ -187,7 +187,10 @@ def read_scaled(
     window = source_window(info, scale, row, col, height, width)
     if scale == 1.0:
         window = Window(col, row, width, height)
-    data = src.read(use, window=window, out_shape=(len(use), height, width), resampling=resampling)
+    try:
+        data = src.read(use, window=window, out_shape=(len(use), height, width), resampling=resampling)
+    except rasterio.errors.RasterioError as exc:  # a truncated or damaged file opens, then fails here
+        raise InputError(f"unreadable or corrupt raster {src.name}: {exc}") from exc
     return data, read_valid(src, info, scale, row, col, height, width, bands=use)
 
 
@@ -212,9 +215,12 @@ def read_valid(
         if scale == 1.0
         else source_window(info, scale, row, col, height, width)
     )
-    masks = src.read_masks(
-        use, window=window, out_shape=(len(use), height, width), resampling=Resampling.nearest
-    )
+    try:
+        masks = src.read_masks(
+            use, window=window, out_shape=(len(use), height, width), resampling=Resampling.nearest
+        )
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(f"unreadable or corrupt raster {src.name}: {exc}") from exc
     return np.all(masks > 0, axis=0)
 
 

@@ -288,12 +288,21 @@ def _bad_inputs(tmp_path: Path, shared_data: Path) -> dict[str, tuple[list[Path]
     one_band = write_tif(tmp_path / "one_band.tif", rng.integers(0, 200, (1, 100, 100), dtype=np.uint8))
     tiny = write_tif(tmp_path / "tiny.tif", rng.integers(0, 200, (3, 40, 100), dtype=np.uint8))
     empty = write_tif(tmp_path / "all_nodata.tif", np.full((3, 100, 100), 255, np.uint8), nodata=255)
+    truncated = tmp_path / "truncated.tif"  # a valid header, tiles cut off: fails only when read
+    with rasterio.open(
+        truncated, "w", driver="GTiff", width=256, height=256, count=3, dtype="uint8", crs="EPSG:2056",
+        transform=Affine(1, 0, 0, 0, -1, 0), tiled=True, blockxsize=128, blockysize=128, compress="deflate",
+    ) as dst:  # fmt: skip
+        dst.write(rng.integers(0, 255, (3, 256, 256), dtype=np.uint8))
+    with open(truncated, "r+b") as handle:
+        handle.truncate(truncated.stat().st_size // 2)
     bad_label = tmp_path / "bad_label.png"
     bad_label.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 50)
     small_label = write_tif(tmp_path / "small_label.tif", np.zeros((1, 99, 100), np.uint8))
     return {
         "missing": ([tmp_path / "missing.tif"], None, "missing.tif"),
         "corrupt": ([corrupt], None, "corrupt.tif"),
+        "truncated": ([truncated], None, "truncated.tif"),
         "mixed bands": ([ok, one_band], None, "one_band.tif"),
         "smaller than a patch": ([tiny], None, "tiny.tif"),
         "all nodata": ([empty], None, "all_nodata.tif"),
