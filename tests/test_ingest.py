@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +263,47 @@ def test_interrupted_ingest_resumes_skipping_done_shards(
     assert resumed == []
     with pytest.raises(ConfigError, match="other inputs"):
         ingest([shared_data / "neon" / "OSBS_029.tif"], out, config, progress=False)
+
+
+def test_killed_ingest_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real interruption: the ingest process is SIGKILLed once a few shards are done."""
+    rng = np.random.default_rng(2)
+    source = write_tif(tmp_path / "scene.tif", rng.integers(0, 255, (3, 1024, 1024), dtype=np.uint8))
+    out = tmp_path / "killed.zarr"
+    config = IngestConfig(patch_size=16, patches_per_shard=8, workers=1)  # 4096 patches, 512 shards
+    code = (
+        "import sys; from geoseg.config import IngestConfig; from geoseg.ingest import ingest; "
+        "ingest([sys.argv[1]], sys.argv[2], IngestConfig(patch_size=16, patches_per_shard=8, workers=1), "
+        "progress=False)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, str(source), str(out)])
+    deadline = time.monotonic() + 120
+
+    def markers() -> int:
+        return len(list((out / PROGRESS_DIR).glob("*.json"))) if (out / PROGRESS_DIR).is_dir() else 0
+
+    while markers() == 0:
+        assert child.poll() is None and time.monotonic() < deadline, "ingest ended before it could be killed"
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    with pytest.raises(InputError, match="incomplete"):
+        open_store(out)
+    done = {int(p.stem) for p in (out / PROGRESS_DIR).glob("*.json")}
+    assert 1 <= len(done) < 512
+    real = ingest_module._write_shard
+    written: list[int] = []
+
+    def record(out: str, shard: int, *args: object) -> None:
+        real(out, shard, *args)  # type: ignore[arg-type]
+        written.append(shard)
+
+    monkeypatch.setattr(ingest_module, "_write_shard", record)
+    ingest([source], out, config, progress=False)
+    assert sorted(written) == sorted(set(range(512)) - done)
+    canvas, valid = reassemble(out)
+    with rasterio.open(source) as src:
+        assert valid.all() and np.array_equal(canvas, src.read())
 
 
 def test_joins_a_dask_scheduler(tmp_path: Path, shared_data: Path) -> None:
