@@ -12,7 +12,6 @@ with ``out_shape`` so GDAL resamples on read: bilinear for images, nearest for l
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -240,7 +239,3 @@ def grid_size(length: int, patch: int, stride: int) -> int:
         return 0
     n = (length - patch) // stride + 1
     return n + (1 if (n - 1) * stride + patch < length else 0)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)
