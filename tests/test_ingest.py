@@ -15,7 +15,7 @@ import pytest
 import rasterio
 from affine import Affine
 from PIL import Image
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.windows import Window, from_bounds
 
 import geoseg.ingest as ingest_module
@@ -216,6 +216,21 @@ def test_world_file_raster_with_isprs_colour_labels(tmp_path: Path) -> None:
         h, w = min(32, 80 - row), min(32, 96 - col)
         assert np.array_equal(store.labels[i][:h, :w], truth[row : row + h, col : col + w])
         assert (store.labels[i][h:, :] == 255).all() and (store.labels[i][:, w:] == 255).all()
+
+
+def test_potsdam_rgbir_world_file_band_selection(tmp_path: Path) -> None:
+    """A 4-band RGBIR TIFF + .tfw (ISPRS Potsdam naming) keeps 4 bands; --bands 1,2,3 keeps RGB."""
+    data = np.random.default_rng(5).integers(0, 256, (4, 64, 64), dtype=np.uint8)
+    image = write_tif(tmp_path / "top_potsdam_2_10_RGBIR.tif", data, crs=None)
+    with rasterio.open(image, "r+") as dst:  # GDAL tags a 4th uint8 band alpha; IR is not alpha
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined]
+    image.with_suffix(".tfw").write_text("0.05\n0\n0\n-0.05\n366000.025\n5808999.975\n")
+    common = [str(image), "--patch-size", "32", "--min-valid", "0"]
+    assert main(["ingest", *common, "--out", str(tmp_path / "all.zarr")]) == 0
+    assert main(["ingest", *common, "--bands", "1,2,3", "--out", str(tmp_path / "rgb.zarr")]) == 0
+    full, rgb = open_store(tmp_path / "all.zarr"), open_store(tmp_path / "rgb.zarr")
+    assert full.num_bands == 4 and rgb.num_bands == 3
+    assert np.array_equal(np.asarray(rgb.images[:]), np.asarray(full.images[:])[:, :3])
 
 
 # --- resuming, idempotence ----------------------------------------------------------------
