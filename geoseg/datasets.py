@@ -27,7 +27,6 @@ ISPRS Potsdam / Vaihingen as distributed (ingest them as they are, nothing to co
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +35,10 @@ import numpy as np
 import rasterio
 import rasterio.errors
 import rasterio.io
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geoseg.errors import ConfigError, InputError
+from geoseg.sources import open_dataset
 
 IGNORE = 255
 
@@ -224,17 +223,13 @@ def read_label(
     Palette PNGs are expanded through their colour table before colour decoding.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"label file not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                data = src.read(window=window)
-                if dataset is not None and dataset.colour_coded and src.count == 1:
-                    data = expand_colormap(src, data[0])
-    except rasterio.errors.RasterioError as exc:
-        raise InputError(f"unreadable label file {path}: {exc}") from exc
+    with open_dataset(path) as src:
+        try:
+            data = src.read(window=window)
+        except rasterio.errors.RasterioError as exc:
+            raise InputError(f"unreadable label file {path}: {exc}") from exc
+        if dataset is not None and dataset.colour_coded and src.count == 1:
+            data = expand_colormap(src, data[0])
     if dataset is None:
         if data.shape[0] != 1:
             raise InputError(f"{path}: {data.shape[0]}-band label needs a colour-coded --dataset")

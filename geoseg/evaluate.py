@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ import numpy as np
 import rasterio
 import rasterio.errors
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from tqdm import tqdm
 
@@ -35,6 +33,7 @@ from geoseg.datasets import IGNORE, LabelDataset, get_dataset, load_palette, rea
 from geoseg.errors import InputError
 from geoseg.fileio import atomic_path, write_json_atomic, write_text_atomic
 from geoseg.preview import colourize, save_png
+from geoseg.sources import open_dataset
 
 log = logging.getLogger(__name__)
 
@@ -212,15 +211,6 @@ def _pairs(
     return pairs
 
 
-def _open(path: Path) -> rasterio.io.DatasetReader:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except rasterio.errors.RasterioError as exc:
-        raise InputError(f"unreadable raster {path}: {exc}") from exc
-
-
 def _check_pair(pred: rasterio.io.DatasetReader, label: rasterio.io.DatasetReader, names: tuple) -> None:
     """Same grid or a clear error naming both files."""
     if (pred.height, pred.width) != (label.height, label.width):
@@ -260,7 +250,7 @@ def _tally(
     tally = _Tally()
     for pred_path, label_path in tqdm(pairs, desc=desc, unit="image", leave=False):
         image_table = np.zeros((256, 256), np.int64)
-        with _open(pred_path) as pred, _open(label_path) as label:
+        with open_dataset(pred_path) as pred, open_dataset(label_path) as label:
             _check_pair(pred, label, (pred_path, label_path))
             rows = max(1, config.block_pixels // max(1, pred.width))
             for row in range(0, pred.height, rows):
@@ -494,7 +484,7 @@ def _side_by_side(
     config: EvaluateConfig,
     target: Path,
 ) -> Path:
-    with _open(prediction) as src:
+    with open_dataset(prediction) as src:
         ids = _read_prediction(src, Window(0, 0, src.width, src.height), prediction)
     step = max(1, math.ceil(max(ids.shape) / config.preview_size))
     ids = ids[::step, ::step]
@@ -528,7 +518,7 @@ def _with_titles(row: np.ndarray, titles: list[str], pitch: int, height: int = 1
 
 def _display_rgb(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """A source image as 8-bit RGB at ``shape``: first three bands, 2-98 % stretch per band."""
-    with _open(path) as src:
+    with open_dataset(path) as src:
         bands = [1, 2, 3] if src.count >= 3 else [1, 1, 1]
         data = src.read(bands, out_shape=(3, *shape), resampling=Resampling.nearest).astype(np.float64)
         valid = src.read_masks(1, out_shape=shape, resampling=Resampling.nearest) > 0
