@@ -412,7 +412,9 @@ def _run_demo(args: argparse.Namespace) -> int:
             raise
         print("geoseg demo: needs the flows/ package: run it from the repository checkout", file=sys.stderr)
         return 2
-    overrides = {k: v for k, v in (("size", args.size), ("steps", args.steps), ("seed", args.seed)) if v is not None}
+    overrides = {
+        k: v for k, v in (("size", args.size), ("steps", args.steps), ("seed", args.seed)) if v is not None
+    }
     result = run_demo(args.out, src=args.src, dask_address=args.dask_address, **overrides)
     print(summary(result))
     return 0

@@ -87,9 +87,7 @@ class TrainConfig:
         _require(0 <= self.jitter <= 1, "jitter must be in [0, 1]")
         _require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         _require(self.workers >= 0, "workers must be >= 0")
-        _require(
-            self.head_schedule in ("sum", "alternate"), f"unknown head_schedule {self.head_schedule!r}"
-        )
+        _require(self.head_schedule in ("sum", "alternate"), f"unknown head_schedule {self.head_schedule!r}")
         if self.rgb_bands is not None:
             _require(len(self.rgb_bands) == 3, f"rgb_bands needs three 1-based bands, got {self.rgb_bands}")
         return self
@@ -112,7 +110,10 @@ class SegmentConfig:
 
     def validate(self) -> SegmentConfig:
         _require(0.0 <= self.overlap < 0.9, f"overlap must be in [0, 0.9), got {self.overlap}")
-        _require(self.window is None or 16 <= self.window <= 8192, f"window must be in [16, 8192], got {self.window}")
+        _require(
+            self.window is None or 16 <= self.window <= 8192,
+            f"window must be in [16, 8192], got {self.window}",
+        )
         _require(self.vectorize_block >= 64, f"vectorize_block must be >= 64, got {self.vectorize_block}")
         _require(self.preview_size >= 16, "preview_size must be >= 16")
         _require(self.batch_size >= 1, "batch_size must be >= 1")
