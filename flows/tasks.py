@@ -190,9 +190,8 @@ def _as_paths(obj: Any) -> Any:
 @task(name="ingest", cache_policy=CACHE_POLICY, **_IO)
 def ingest_task(sources: list[str], out: str, config: dict[str, Any], labels: list[str] | None = None) -> str:
     """Cut the survey into a zarr patch store on the flow's Dask cluster."""
-    from geoseg.ingest import ingest
-
     from geoseg.config import IngestConfig
+    from geoseg.ingest import ingest
 
     cfg = IngestConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
     with library_dask() as address:
