@@ -160,7 +160,12 @@ def open_raster(path: str | Path, bands: Sequence[int] | None = None) -> RasterI
 
 
 def source_window(info: RasterInfo, scale: float, row: int, col: int, height: int, width: int) -> Window:
-    """The fractional source window under a window of the scaled grid (clipped to the raster)."""
+    """The fractional source window under a window of the scaled grid (clipped to the raster).
+
+    At scale 1 it is the integer window itself, so reads are exact (no resampling).
+    """
+    if scale == 1.0:
+        return Window(col, row, width, height)
     scaled_h, scaled_w = info.scaled_shape(scale)
     fy, fx = info.height / scaled_h, info.width / scaled_w
     return Window(col * fx, row * fy, width * fx, height * fy)
@@ -184,8 +189,6 @@ def read_scaled(
     """
     use = list(bands or info.bands)
     window = source_window(info, scale, row, col, height, width)
-    if scale == 1.0:
-        window = Window(col, row, width, height)
     try:
         data = src.read(use, window=window, out_shape=(len(use), height, width), resampling=resampling)
     except rasterio.errors.RasterioError as exc:  # a truncated or damaged file opens, then fails here
@@ -209,11 +212,7 @@ def read_valid(
     alpha, internal masks); resampled nearest so masks never blend.
     """
     use = list(bands or info.bands)
-    window = (
-        Window(col, row, width, height)
-        if scale == 1.0
-        else source_window(info, scale, row, col, height, width)
-    )
+    window = source_window(info, scale, row, col, height, width)
     try:
         masks = src.read_masks(
             use, window=window, out_shape=(len(use), height, width), resampling=Resampling.nearest
