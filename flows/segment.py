@@ -68,29 +68,19 @@ def segment_step(
         states.append(state)
     if config.vectorize:
         names = {c.id: c.name for c in load_meta(model).clusters if c.name}
-        vectors = [
-            submit(
-                vectorize_task,
-                run_dir,
-                clusters=r["clusters"],
-                out_gpkg=_gpkg_path(r["clusters"]),
-                min_area=config.min_area,
-                simplify=config.simplify,
-                class_names=names or None,
-            )
-            for r in results
-        ]
+
+        def vector_kwargs(r: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "clusters": r["clusters"],
+                "out_gpkg": _gpkg_path(r["clusters"]),
+                "min_area": config.min_area,
+                "simplify": config.simplify,
+                "class_names": names or None,
+            }
+
+        vectors = [submit(vectorize_task, run_dir, **vector_kwargs(r)) for r in results]
         for r, future in zip(results, vectors, strict=True):
-            gpkg, state = resolve(
-                future,
-                vectorize_task,
-                run_dir,
-                clusters=r["clusters"],
-                out_gpkg=_gpkg_path(r["clusters"]),
-                min_area=config.min_area,
-                simplify=config.simplify,
-                class_names=names or None,
-            )
+            gpkg, state = resolve(future, vectorize_task, run_dir, **vector_kwargs(r))
             r["gpkg"], r["gpkg_qml"] = gpkg, str(vector_style_path(gpkg))
             states.append(state)
     model_item = stac.model_item(model)

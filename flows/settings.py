@@ -89,8 +89,8 @@ def _inside(path: Path, roots: Iterable[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
-def check_input(path: str | Path, what: str, settings: FlowSettings) -> Path:
-    """An existing input file or folder (absolute), inside the allowed roots."""
+def _allowed_path(path: str | Path, what: str, settings: FlowSettings) -> Path:
+    """The absolute path, refused when empty or outside the allowed roots."""
     if not path:
         raise ConfigError(f"{what}: empty path")
     resolved = Path(path).expanduser().resolve()
@@ -98,6 +98,12 @@ def check_input(path: str | Path, what: str, settings: FlowSettings) -> Path:
         raise ConfigError(
             f"{what} {path} is outside the allowed roots {[str(r) for r in settings.allowed_roots]}"
         )
+    return resolved
+
+
+def check_input(path: str | Path, what: str, settings: FlowSettings) -> Path:
+    """An existing input file or folder (absolute), inside the allowed roots."""
+    resolved = _allowed_path(path, what, settings)
     if not resolved.exists():
         raise InputError(f"{what} not found: {path}")
     return resolved
@@ -124,13 +130,7 @@ def check_sources(paths: str | Path | Iterable[str | Path], settings: FlowSettin
 
 def check_output(path: str | Path, what: str, settings: FlowSettings) -> Path:
     """An output location (absolute) inside the allowed roots; it need not exist yet."""
-    if not path:
-        raise ConfigError(f"{what}: empty path")
-    resolved = Path(path).expanduser().resolve()
-    if settings.allowed_roots and not _inside(resolved, settings.allowed_roots):
-        raise ConfigError(
-            f"{what} {path} is outside the allowed roots {[str(r) for r in settings.allowed_roots]}"
-        )
+    resolved = _allowed_path(path, what, settings)
     if resolved.exists() and not resolved.is_dir():
         raise ConfigError(f"{what} {path} exists and is not a folder")
     return resolved
