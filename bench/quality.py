@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "## Quality (`bench/quality.py`)"
+IIC_SECTION = "## Quality of IIC (`bench/quality.py --with-iic`)"
 NOTE = (
     "Reading the table: 1-to-1 matching with k = number of classes punishes a model that splits a "
     "dominant class: every extra cluster inside it counts as an error. LoveDA tile 0 is 79% one class "
@@ -191,6 +192,7 @@ def run_random_net(
 
 
 IIC_TRAINING: dict = {"steps": 500, "preset": "small"}  # set from the command line
+IIC_INGEST: dict = {"patch_size": 128, "scale": 1.0}
 
 
 def run_iic(split: Split, fit_images: list[Path], sources: list[Path], seed: int, out: Path) -> list[Path]:
@@ -201,7 +203,7 @@ def run_iic(split: Split, fit_images: list[Path], sources: list[Path], seed: int
     from geoseg.train import train
 
     store = ingest(
-        [str(p) for p in fit_images], out / "patches.zarr", IngestConfig(patch_size=128), progress=False
+        [str(p) for p in fit_images], out / "patches.zarr", IngestConfig(**IIC_INGEST), progress=False
     )
     config = TrainConfig(k=split.k, k_a=split.k * 4, seed=seed, **IIC_TRAINING)
     bundle = train(store, out / "model", config, progress=False)
@@ -278,17 +280,20 @@ def table(splits: list[Split], results: dict, seeds: Sequence[int], methods: Seq
         )
         for method in methods:
             cells = []
-            for protocol in ("honest", "transductive"):
-                reports = [results[(split.name, method, protocol, s)] for s in seeds]
+            for protocol in ("honest", "transductive"):  # a protocol not run shows "–"
+                keys = [(split.name, method, protocol, s) for s in seeds]
+                reports = [results[k] for k in keys if k in results]
                 cells += [_cell([r["accuracy"] for r in reports]), _cell([r["miou"] for r in reports])]
             lines.append(f"| {split.name} | {method} | {len(seeds)} | " + " | ".join(cells) + " |")
     return lines
 
 
-def write_section(lines: list[str], path: Path = RESULTS) -> None:
-    """Replace the body of the Quality section only; other sections are left as they are."""
+def write_section(lines: list[str], path: Path = RESULTS, section: str = SECTION) -> None:
+    """Replace the body of one section only (appended if missing); others are left as they are."""
     text = path.read_text()
-    start = text.index(SECTION) + len(SECTION)
+    if section not in text:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    start = text.index(section) + len(section)
     nxt = text.find("\n## ", start)
     end = len(text) if nxt < 0 else nxt + 1
     body = "\n\n" + "\n".join(lines).rstrip() + "\n" + ("\n" if nxt >= 0 else "")
@@ -304,8 +309,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--with-iic", action="store_true", help="also train + segment IIC (needs geoseg.train/segment)"
     )
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=["k-means", "random net"])
+    parser.add_argument(
+        "--protocols", nargs="+", choices=("honest", "transductive"), default=["honest", "transductive"]
+    )
     parser.add_argument("--iic-steps", type=int, default=500, help="IIC training steps per run")
     parser.add_argument("--iic-preset", choices=("small", "iic"), default="small", help="IIC network width")
+    parser.add_argument("--iic-patch", type=int, default=128, help="IIC patch size (px, after --iic-scale)")
+    parser.add_argument("--iic-scale", type=float, default=1.0, help="IIC ingest scale (segment follows it)")
+    parser.add_argument("--iic-batch-size", type=int, default=16)
+    parser.add_argument("--iic-lr", type=float, default=1e-4)
     parser.add_argument("--work", type=Path, default=None, help="keep predictions and reports here")
     parser.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -320,14 +332,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "loveda" in args.datasets:
         splits.append(loveda_split(args.data, work / "crops"))
     methods = list(dict.fromkeys([*args.methods, *(["IIC"] if args.with_iic else [])]))
-    IIC_TRAINING.update(steps=args.iic_steps, preset=args.iic_preset)
+    IIC_TRAINING.update(
+        steps=args.iic_steps, preset=args.iic_preset, batch_size=args.iic_batch_size, lr=args.iic_lr
+    )
+    IIC_INGEST.update(patch_size=args.iic_patch, scale=args.iic_scale)
 
     results: dict = {}
     timings: dict[str, float] = {}
     for split in splits:
         for method in methods:
             start = time.perf_counter()
-            for protocol in ("honest", "transductive"):
+            for protocol in args.protocols:
                 for seed in args.seeds:
                     report = run_case(split, method, protocol, seed, work)
                     results[(split.name, method, protocol, seed)] = report
@@ -365,16 +380,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "IIC" in methods:
         lines += [
             "",
-            f"IIC: TrainConfig(k = classes, k_a = 4k, steps={args.iic_steps}, preset={args.iic_preset!r}), SegmentConfig defaults.",
+            f"IIC: IngestConfig(patch_size={args.iic_patch}, scale={args.iic_scale}); TrainConfig(k = classes, "
+            f"k_a = 4k, steps={args.iic_steps}, preset={args.iic_preset!r}, batch_size={args.iic_batch_size}, "
+            f"lr={args.iic_lr}, other settings default); SegmentConfig defaults (inference at the training "
+            "scale, output at the source resolution).",
         ]
     else:
         lines += [
             "",
-            "IIC rows: `python bench/quality.py --with-iic` (train + segment per seed) once those stages exist.",
+            "IIC: the next section, from `python bench/quality.py --with-iic` (train + segment per seed).",
         ]
     print("\n".join(lines))
     if not args.no_write:
-        write_section(lines)
+        # IIC runs (slow: train + segment per seed) get a section of their own, beside the
+        # baseline table, so that neither run overwrites the other.
+        write_section(lines, section=IIC_SECTION if "IIC" in methods else SECTION)
     return 0
 
 

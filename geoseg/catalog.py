@@ -36,16 +36,19 @@ def _run_stamp(path: Path) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(path.stat().st_mtime, tz=datetime.UTC).replace(microsecond=0)
 
 
-def survey_item(source: str | Path, store: str | Path | None = None) -> pystac.Item:
+def survey_item(
+    source: str | Path, store: str | Path | None = None, sha256: str | None = None
+) -> pystac.Item:
     """A STAC item for one source raster of a survey (and the patch store it went into).
 
     :func:`geoseg.stac.raster_item` gives the footprint, projection and checksummed asset;
-    the id is prefixed ``survey-`` and the patch store added as a second asset.
+    the id is prefixed ``survey-`` and the patch store added as a second asset. ``sha256``:
+    the file's digest when the caller has just computed it (ingest's plan).
     """
     source = Path(source).resolve()
     if not source.is_file():
         raise InputError(f"survey raster not found: {source}")
-    item = raster_item(source)
+    item = raster_item(source, sha256=sha256)
     item.id = f"survey-{item.id}"
     item.properties[KIND] = "survey"
     if store is not None and Path(store).exists():

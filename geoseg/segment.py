@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from geoseg.baseline import check_unique_stems
 from geoseg.bundle import Cluster, ModelMeta, default_clusters, load_bundle
-from geoseg.cog import GDAL_CACHE_MB, tiled_profile, to_cog
+from geoseg.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
 from geoseg.config import SegmentConfig
 from geoseg.errors import InputError
 from geoseg.fileio import atomic_path
@@ -261,7 +261,7 @@ def _segment_into(
     profile = tiled_profile(src.crs, src.transform, src.height, src.width, "uint8", NODATA)
     bar = tqdm(total=len(grid), desc=f"segment {path.name}", unit="win", disable=not progress)
     with (
-        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB),
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
         rasterio.open(clusters_tmp, "w", **profile) as ids_dst,
         rasterio.open(confidence_tmp, "w", **profile) as conf_dst,
     ):

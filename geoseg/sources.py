@@ -23,7 +23,7 @@ import rasterio
 import rasterio.errors
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
@@ -212,6 +212,8 @@ def read_valid(
     alpha, internal masks); resampled nearest so masks never blend.
     """
     use = list(bands or info.bands)
+    if all_valid(src, use):
+        return np.ones((height, width), bool)
     window = source_window(info, scale, row, col, height, width)
     try:
         masks = src.read_masks(
@@ -220,6 +222,12 @@ def read_valid(
     except rasterio.errors.RasterioError as exc:
         raise InputError(f"unreadable or corrupt raster {src.name}: {exc}") from exc
     return np.all(masks > 0, axis=0)
+
+
+def all_valid(src: DatasetReader, bands: Sequence[int]) -> bool:
+    """True when GDAL reports no nodata, alpha or mask for any of ``bands``: every pixel is
+    valid, and reading masks (a full pass over the pixels) can be skipped."""
+    return all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in bands)
 
 
 def patch_offsets(length: int, patch: int, stride: int) -> list[int]:

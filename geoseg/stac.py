@@ -41,19 +41,20 @@ def _item_id(path: Path, digest: str) -> str:
 
 
 def raster_item(
-    path: str | Path, item_id: str | None = None, roles: Sequence[str] = ("data",)
+    path: str | Path, item_id: str | None = None, roles: Sequence[str] = ("data",), sha256: str | None = None
 ) -> pystac.Item:
     """A STAC item for one raster file: WGS84 footprint, projection extension, one asset.
 
     The item's datetime is the file's modification time (UTC), the asset href the file's
     absolute path (:func:`save_catalog` makes it relative) with a ``file:checksum``
     property (multihash sha2-256), so a catalog records exactly which bytes were used.
+    ``sha256`` skips hashing the file again where the caller has its digest.
     """
     path = Path(path).resolve()
     with open_dataset(path) as src:
         crs, transform, width, height = src.crs, src.transform, src.width, src.height
         count, dtypes = src.count, src.dtypes
-    digest = sha256_file(path)
+    digest = sha256 or sha256_file(path)
     geometry = bbox = None
     if crs is not None:
         left, bottom, right, top = (

@@ -2,7 +2,7 @@
 
 Layout of ``STORE.zarr`` (see ../shared/DESIGN.md):
 
-- ``images`` (N, C, P, P), the source dtype, one patch per chunk, sharded.
+- ``images`` (N, C, P, P), the source dtype, one patch per chunk, sharded, uncompressed.
 - ``valid``  (N, P, P) bool: False where the source had nodata/alpha or padding.
 - ``origin`` (N, 3) int64: source index, row, col of the patch's top-left pixel in the
   (possibly rescaled) source grid.
