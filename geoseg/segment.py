@@ -43,7 +43,7 @@ from geoseg.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
 from geoseg.config import SegmentConfig
 from geoseg.errors import InputError
 from geoseg.fileio import atomic_path
-from geoseg.iic.model import IICNet
+from geoseg.iic.model import IICNet, for_inference
 from geoseg.preview import colourize, save_png
 from geoseg.sources import RasterInfo, band_names, open_dataset, open_raster, read_scaled, usable_bands
 from geoseg.style import StyleClass, paletted_raster_qml, pseudocolour_raster_qml
@@ -129,10 +129,10 @@ def predict_probabilities(
         size = (max(MIN_SIDE, 2 * round(h * scale / 2)), max(MIN_SIDE, 2 * round(w * scale / 2)))
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
     with torch.inference_mode():
-        probs = model(x, heads=head)[head][0]
+        probs = model(x.contiguous(memory_format=torch.channels_last), heads=head)[head][0]
     if probs.shape[-2:] != (h, w):
         probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-    return probs
+    return probs.contiguous()
 
 
 class _StripBlender:
@@ -455,4 +455,5 @@ def segment(
         if not path.is_file():
             raise InputError(f"source not found: {path}")
     model, meta = load_bundle(model_dir, resolve_device(config.device))
+    model = for_inference(model)
     return [segment_raster(model, meta, model_dir, path, out_dir, config, progress) for path in paths]

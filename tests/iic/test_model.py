@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from geoseg.errors import ConfigError
-from geoseg.iic.model import Architecture, IICNet
+from geoseg.iic.model import Architecture, IICNet, for_inference
 
 
 def _convs(model: IICNet) -> list[nn.Conv2d]:
@@ -73,3 +73,24 @@ def test_architecture_round_trip_and_errors() -> None:
         IICNet(Architecture(in_channels=3, k_a=4, k_b=2, preset="huge"))
     with pytest.raises(ConfigError, match="expects 3 bands, got 1"):
         IICNet(Architecture(in_channels=3, k_a=4, k_b=2))(torch.zeros(1, 1, 8, 8))
+
+
+def test_inference_copy_folds_batchnorm_and_predicts_the_same() -> None:
+    torch.manual_seed(3)
+    model = IICNet(Architecture(in_channels=4, k_a=12, k_b=4))
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):  # trained-like statistics
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.2, 0.2)
+    model.set_normalisation([100.0] * 4, [40.0] * 4)
+    model.eval()
+    fast = for_inference(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()), "the original is untouched"
+    x = torch.rand(2, 4, 40, 48) * 255
+    with torch.inference_mode():
+        expected = model(x)
+        got = fast(x.contiguous(memory_format=torch.channels_last))
+    for head in ("a", "b"):
+        assert torch.allclose(got[head][0], expected[head][0], atol=1e-5)
