@@ -52,8 +52,8 @@ NOTE = (
     "Reading the table: 1-to-1 matching with k = number of classes punishes a model that splits a "
     "dominant class: every extra cluster inside it counts as an error. LoveDA tile 0 is 79% one class "
     "(forest) and holds only 4 of the 7 classes, so both baselines fall below the majority floor there; "
-    "use `geoseg evaluate --many-to-one` to look at over-clustering. Timings were taken on the shared "
-    "2-core development machine while other jobs ran: indicative only.",
+    "use `geoseg evaluate --many-to-one` to look at over-clustering. Timings come from a 2-core "
+    "development machine: indicative only.",
 )
 
 
@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         *NOTE,
         "",
-        "Wall time per data set and method (both protocols, all seeds): "
+        f"Wall time per data set and method ({' and '.join(args.protocols)}, all seeds): "
         + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
         + ".",
     ]
