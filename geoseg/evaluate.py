@@ -172,6 +172,9 @@ def evaluate(
         image = image_paths[index] if image_paths else None
         _side_by_side(prediction, label, image, mapping, colours, dataset, config, target)
         files["examples"].append(str(target.relative_to(out_dir)))
+    for stale in sorted((out_dir / EXAMPLES_DIR).glob("*.png")):  # an earlier run's examples
+        if str(stale.relative_to(out_dir)) not in files["examples"]:
+            stale.unlink()
     report["files"] = {**files, "report_json": REPORT_JSON}
     write_text_atomic(out_dir / REPORT_MD, _markdown(report))
     write_json_atomic(out_dir / REPORT_JSON, report)  # last: its presence marks a complete report

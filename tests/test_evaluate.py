@@ -77,6 +77,12 @@ def test_transductive_report_matches_metrics(tmp_path: Path) -> None:
             assert png.size == (80 * 2 + 4, 60 + 16)  # title strip over prediction | ground truth
     on_disk = json.loads((tmp_path / "report" / "report.json").read_text())
     assert on_disk["accuracy"] == report["accuracy"] and on_disk["protocol"] == "transductive"
+    # A rerun into the same folder with fewer examples leaves only its own.
+    again = evaluate(preds[:1], labels[:1], tmp_path / "report", EvaluateConfig(n_examples=1))
+    on_disk_examples = sorted(
+        str(p.relative_to(tmp_path / "report")) for p in (tmp_path / "report").rglob("*.png")
+    )
+    assert [e for e in on_disk_examples if e.startswith("examples")] == again["files"]["examples"]
 
 
 def test_honest_protocol_fits_mapping_on_the_other_set(tmp_path: Path) -> None:
