@@ -42,7 +42,7 @@ from geoseg.config import AlignConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.fileio import atomic_path, sha256_file, write_json_atomic, write_text_atomic
 from geoseg.iic.loss import displaced_joints, mutual_information_loss
-from geoseg.iic.model import IICNet
+from geoseg.iic.model import IICNet, for_inference
 from geoseg.segment import check_bands, predict_probabilities
 from geoseg.sources import open_dataset, open_raster, read_scaled
 from geoseg.store import open_store
@@ -181,6 +181,8 @@ def align_clusters(
     half_t = int(old_meta.loss.get("half_t", 5))
     lamb = float(old_meta.loss.get("lamb_b", 1.0))
     joints: dict[str, torch.Tensor | None] = {"new": None, "old": None}
+    # Segment's inference copies: the ids compared are bit for bit the ids segment writes.
+    infer_new, infer_old = for_inference(new_model), for_inference(old_model)
     sources = expand_reference(reference)
     for x, valid, scale in tqdm(
         _reference_batches(sources, old_meta, old_model_dir, config),
@@ -191,8 +193,8 @@ def align_clusters(
         x, mask = x.to(device), valid.to(device)
         # Segment's own inference (resampling to the model's scale included): the ids
         # compared here are the ids the models would write.
-        p_new = predict_probabilities(new_model, x, scale)
-        p_old = predict_probabilities(old_model, x, scale)
+        p_new = predict_probabilities(infer_new, x, scale)
+        p_old = predict_probabilities(infer_old, x, scale)
         if config.reference_loss:
             with torch.inference_mode():
                 joints["new"] = _add(joints["new"], displaced_joints(p_new, p_new, half_t, mask=mask))
@@ -265,6 +267,7 @@ def reference_figures(
     config = (config or AlignConfig()).validate()
     model_dir = Path(model_dir)
     model, meta = load_bundle(model_dir, _device(config.device))
+    model = for_inference(model)  # segment's inference copy, as in align_clusters
     device = next(model.parameters()).device
     k = meta.arch.k_b
     counts = np.zeros(k, np.int64)

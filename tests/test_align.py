@@ -14,7 +14,7 @@ from geoseg.align import agreement_matrix, align_clusters, match_clusters, permu
 from geoseg.bundle import Cluster, ModelMeta, load_bundle, load_meta, save_bundle
 from geoseg.config import AlignConfig
 from geoseg.errors import ConfigError, InputError
-from geoseg.iic.model import Architecture, build_model
+from geoseg.iic.model import Architecture, build_model, for_inference
 
 K = 4
 OLD_CLUSTERS = [
@@ -56,11 +56,13 @@ def make_bundle(
 
 
 def predict(bundle: Path, raster: Path) -> np.ndarray:
-    model, _ = load_bundle(bundle)
+    """Head-B ids of the whole raster in one pass, through segment's inference copy of the
+    network (near-ties of the argmax depend on the convolution algorithm)."""
+    model = for_inference(load_bundle(bundle)[0])
     with rasterio.open(raster) as src:
         x = torch.from_numpy(src.read().astype(np.float32))[None]
     with torch.inference_mode():
-        return model(x, heads="b")["b"][0].argmax(1)[0].numpy()
+        return model(x.contiguous(memory_format=torch.channels_last), heads="b")["b"][0].argmax(1)[0].numpy()
 
 
 def permuted_copy(src: Path, out: Path, perm: list[int]) -> Path:
