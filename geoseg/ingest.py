@@ -8,13 +8,12 @@ How it runs, and why:
    otherwise it follows from the padding at the edges, without reading pixels. Knowing N
    up front lets every shard have exactly one writer. Inputs are identified by path, size
    and modification time (as make and rsync do) to decide whether a store can be resumed;
-   their SHA-256 digests, a full read of every file, are computed by tasks running beside
-   the shard writes and recorded when the store completes.
+   their SHA-256 digests, a full read of every file, are computed alongside the shard
+   writes and recorded when the store completes.
 2. **Write** (parallel, Dask): each task writes a few consecutive zarr shards (those in
-   one 512-row band of a source), each shard in one go by that task alone, encoded by
-   :mod:`geoseg.shards` in one pass. Patches are
-   read one window per row of patches. Memory per task is a few strips, never
-   a whole raster.
+   one 1024-row band of a source), each shard in one go by that task alone, encoded by
+   :mod:`geoseg.shards` in one pass. Patches are read one window per row of patches.
+   Memory per task is a few strips, never a whole raster.
 3. **Finish**: per-band statistics are combined from the shard tasks and the group is
    marked ``complete`` last. Each finished shard leaves a marker (with its statistics) in
    ``STORE/.progress``, so an interrupted ingest resumes with the shards still missing.
@@ -89,7 +88,12 @@ class Source:
 
     @property
     def files(self) -> list[Path]:
-        return [self.info.path] + ([self.label_path] if self.label_path else [])
+        return _input_files(self.info.path, self.label_path)
+
+
+def _input_files(path: Path, label_path: Path | None) -> list[Path]:
+    """A source raster and its label raster, if any."""
+    return [path] + ([label_path] if label_path else [])
 
 
 @dataclass(frozen=True)
@@ -138,10 +142,8 @@ def plan_ingest(
         if len(patches) == 0:
             raise InputError(f"{path} has no patch with {config.min_valid:.0%} valid pixels (all nodata?)")
         origins.append(np.column_stack([np.full(len(patches), index), patches]))
-        files = [path] + ([label_path] if label_path else [])
-        planned.append(
-            Source(info, label_path, tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-        )
+        stats = [f.stat() for f in _input_files(path, label_path)]
+        planned.append(Source(info, label_path, tuple((st.st_size, st.st_mtime_ns) for st in stats)))
     fingerprint = _fingerprint(planned, config)
     return Plan(planned, np.concatenate(origins).astype(np.int64), fingerprint)
 

@@ -6,10 +6,8 @@ with one patch per chunk (the store contract) capped ingest at ~0.15 of a raw ra
 read. A shard of the ``sharding_indexed`` codec is simple: the encoded inner chunks
 back to back, then an index of (offset, length) uint64 pairs with a crc32c checksum
 (zarr v3 sharding spec). For the layouts geoseg creates (inner codecs ``bytes``, optionally
-then ``zstd``,
-index ``bytes`` little-endian + ``crc32c`` at the end, inner chunks of one row of the first
-axis)
-:func:`write_shard` builds those bytes directly, byte-identical to what zarr writes
+then ``zstd``; index ``bytes`` little-endian + ``crc32c`` at the end; inner chunks of one
+row of the first axis) :func:`write_shard` builds those bytes directly, byte-identical to what zarr writes
 (tests/test_shards.py compares them), and renames them into place atomically. Any other
 layout or a non-local store falls back to zarr's own write, so correctness never depends
 on the fast path.
@@ -17,7 +15,6 @@ on the fast path.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import google_crc32c
@@ -27,6 +24,8 @@ from numcodecs.zstd import Zstd
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.storage import LocalStore
+
+from geoseg.fileio import atomic_path
 
 EMPTY = 2**64 - 1  # index entry of a chunk that is not stored
 
@@ -65,7 +64,8 @@ def write_shard(array: zarr.Array, shard: int, block: np.ndarray) -> None:
     index_bytes = index.tobytes()
     parts += [index_bytes, np.uint32(google_crc32c.value(index_bytes)).tobytes()]
     key = array.metadata.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))
-    _write_atomic(Path(array.store.root) / array.path / key, parts)  # type: ignore[attr-defined]
+    with atomic_path(Path(array.store.root) / array.path / key) as tmp, open(tmp, "wb") as out:  # type: ignore[attr-defined]
+        out.writelines(parts)
 
 
 def _encodes_itself(array: zarr.Array) -> bool:
@@ -105,11 +105,3 @@ def _inner_zstd(array: zarr.Array) -> Zstd | None:
 def _is_little(codec: object) -> bool:
     endian = getattr(codec, "endian", None)
     return endian is not None and endian.value == "little"
-
-
-def _write_atomic(path: Path, parts: list[bytes | memoryview]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as out:
-        out.writelines(parts)
-    os.replace(tmp, path)
