@@ -11,11 +11,15 @@ Run folder layout (``out``)::
 
 :func:`run_demo` is the Prefect side of ``geoseg demo`` (the library never imports
 Prefect): it generates or takes the scene (:mod:`geoseg.demo`) and calls this flow,
-in Prefect's ephemeral mode unless a server is configured.
+on a temporary local Prefect server unless one is configured (PREFECT_API_URL).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,9 @@ from flows.train import train_step
 from geoseg.config import EvaluateConfig, IngestConfig, SegmentConfig, TrainConfig
 
 EVALUATION = "evaluation"
+DEMO_SERVER_TIMEOUT_S = 180
+DRAIN_TIMEOUT_S = 10
+log = logging.getLogger(__name__)
 
 
 @flow(name="pipeline", task_runner=task_runner(), validate_parameters=True)
@@ -121,21 +128,54 @@ def pipeline_flow(
 def run_demo(out: str | Path, src: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
     """``geoseg demo``: the pipeline on the generated scene (with evaluation) or on ``src``.
 
-    Ephemeral Prefect starts its API server in a subprocess and gives it 20 s by default,
-    too little on a busy 2-core machine: the demo allows 180 s unless the user set
-    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.
+    Without a configured server (PREFECT_API_URL), the demo starts one temporary Prefect
+    API server itself and points PREFECT_API_URL at it, in the settings and in the
+    environment: the flow's Dask workers are other processes, and a task there without an
+    API URL would start a second temporary server of its own. The server gets 180 s to
+    start (Prefect's default of 20 s is too little on a busy 2-core machine) unless the
+    user set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.
     """
-    import logging
-    import os
-
-    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
-
-    from geoseg.demo import demo_parameters
+    from geoseg.demo import demo_parameters, describe
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API call otherwise
     parameters = demo_parameters(out, src=src, **overrides)
-    updates = {}
-    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
-        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = 180
-    with temporary_settings(updates=updates):
+    log.info("%s", describe(parameters))
+    with _api_server():
         return pipeline_flow(**parameters)
+
+
+@contextlib.contextmanager
+def _api_server() -> Iterator[None]:
+    """The configured Prefect API, or a temporary server for the block's duration."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    if get_current_settings().api.url:
+        yield
+        return
+    timeout = DEMO_SERVER_TIMEOUT_S
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
+        timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+    server = SubprocessASGIServer()
+    server.start(timeout=timeout)
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by the Dask worker processes
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        # The run's last log lines and events reach the server before it stops.
+        APILogWorker.drain_all(timeout=DRAIN_TIMEOUT_S)
+        EventsWorker.drain_all(timeout=DRAIN_TIMEOUT_S)
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+        server.stop()

@@ -195,7 +195,7 @@ def ingest_task(sources: list[str], out: str, config: dict[str, Any], labels: li
 
     cfg = IngestConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
     with library_dask() as address:
-        return str(ingest(sources, out, cfg, labels=labels, dask_address=address, progress=False))
+        return str(ingest(sources, out, cfg, labels=labels, dask_address=address, progress=get_run_logger()))
 
 
 @task(name="train", cache_policy=CACHE_POLICY, retries=1, retry_condition_fn=not_user_error)
@@ -206,9 +206,10 @@ def train_task(stores: list[str], out: str, config: dict[str, Any]) -> str:
 
     cfg = TrainConfig(**config)
     device = resolve_device(cfg.device)
-    get_run_logger().info("training on %s (requested %s)", device, cfg.device)
+    logger = get_run_logger()
+    logger.info("training on %s (requested %s)", device, cfg.device)
     cfg = dataclasses.replace(cfg, device=device.type)
-    return str(train(stores, out, cfg, progress=False))
+    return str(train(stores, out, cfg, progress=logger))  # step, losses, ETA every 20 s
 
 
 @task(name="segment", cache_policy=CACHE_POLICY, **_IO)
@@ -218,7 +219,7 @@ def segment_task(model: str, source: str, out_dir: str, config: dict[str, Any]) 
     from geoseg.segment import segment
 
     cfg = SegmentConfig(**{**config, "vectorize": False})
-    (result,) = segment(model, [source], out_dir, cfg, progress=False)
+    (result,) = segment(model, [source], out_dir, cfg, progress=get_run_logger())
     return _as_paths(result)  # source, clusters, confidence, *_qml, preview_png, stac_item
 
 
@@ -259,5 +260,5 @@ def evaluate_task(
     from geoseg.config import EvaluateConfig
     from geoseg.evaluate import evaluate
 
-    evaluate(predictions, labels, out_dir, EvaluateConfig(**config), images=images)
+    evaluate(predictions, labels, out_dir, EvaluateConfig(**config), images=images, progress=get_run_logger())
     return str(Path(out_dir) / "report.json")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,21 +31,33 @@ def _bands(text: str) -> tuple[int, ...]:
 
 
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    from geoseg.config import IngestConfig
+
+    d = IngestConfig()
     p = sub.add_parser("ingest", help="tile rasters into a zarr patch store")
     p.add_argument(
         "src", nargs="+", help="GeoTIFF/PNG/JPEG files, folders of them, or STAC item/collection JSON"
     )
     p.add_argument("--out", required=True, type=Path, help="output STORE.zarr")
-    p.add_argument("--patch-size", type=int, required=True)
-    p.add_argument("--stride", type=int, default=None)
     p.add_argument(
-        "--scale", type=float, default=1.0, help="resampling factor on read (0.5 halves resolution)"
+        "--patch-size",
+        type=int,
+        default=d.patch_size,
+        help="patch side in pixels, after --scale (one default for both presets: docs/architecture.md)",
+    )
+    p.add_argument(
+        "--stride", type=int, default=None, help="patch step in pixels (default: the patch size, no overlap)"
+    )
+    p.add_argument(
+        "--scale", type=float, default=d.scale, help="resampling factor on read (0.5 halves resolution)"
     )
     p.add_argument("--bands", type=_bands, default=None, help="1-based band list, e.g. 1,2,3,4")
     p.add_argument("--labels", nargs="+", default=None, help="label rasters, one per source, same order")
     p.add_argument("--dataset", default=None, help="label dataset (geoseg.datasets), e.g. dubai, isprs")
-    p.add_argument("--min-valid", type=float, default=0.5)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--min-valid", type=float, default=d.min_valid, help="drop patches whose valid fraction is lower"
+    )
+    p.add_argument("--workers", type=int, default=d.workers, help="threads of the local Dask scheduler")
     p.add_argument("--dask-address", default=None, help="join an existing Dask scheduler")
     p.set_defaults(run=_run_ingest)
 
@@ -76,23 +89,28 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     q = msub.add_parser("list", help="the registered versions; * marks the promoted one")
     q.add_argument("--registry", required=True, type=Path, help="model registry directory")
     q = msub.add_parser("register", help="copy a bundle into the registry as the next version")
-    q.add_argument("bundle", type=Path)
-    q.add_argument("--registry", required=True, type=Path)
+    q.add_argument("bundle", type=Path, help="model bundle folder")
+    q.add_argument("--registry", required=True, type=Path, help="model registry directory")
     q = msub.add_parser("promote", help="make a version the current model (no check: a human decision)")
-    q.add_argument("version")
-    q.add_argument("--registry", required=True, type=Path)
+    q.add_argument("version", help="a registered version, e.g. v0003")
+    q.add_argument("--registry", required=True, type=Path, help="model registry directory")
     q = msub.add_parser("rollback", help="make the previously promoted model current again")
-    q.add_argument("--registry", required=True, type=Path)
+    q.add_argument("--registry", required=True, type=Path, help="model registry directory")
     q.add_argument("--to", default=None, help="an earlier promoted version (default: the one before)")
     q = msub.add_parser("align", help="carry the previous model's cluster ids, colours, names over")
     q.add_argument("bundle", type=Path, help="the new model bundle")
     q.add_argument("--to", required=True, type=Path, help="the previous model bundle")
     q.add_argument("--reference", nargs="+", required=True, help="rasters, folders or a STORE.zarr")
     q.add_argument("--out", type=Path, default=None, help="aligned bundle (default: in place)")
-    q.add_argument("--share-threshold", type=float, default=0.05)
-    q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    q.add_argument(
+        "--share-threshold",
+        type=float,
+        default=0.05,
+        help="fraction of the reference pixels below which a cluster counts as unused",
+    )
+    q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to predict")
     q = msub.add_parser("check", help="the label-free promotion check of an aligned bundle")
-    q.add_argument("bundle", type=Path)
+    q.add_argument("bundle", type=Path, help="the aligned model bundle")
     q.add_argument("--previous", type=Path, default=None, help="the model it was aligned to")
     q.add_argument("--reference", nargs="+", default=None, help="imagery for a first model's balance check")
     for q in msub.choices.values():
@@ -144,24 +162,35 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="model bundle directory to write")
     p.add_argument("--k", type=int, default=d.k, help="clusters of the main head B")
     p.add_argument("--k-a", type=int, default=d.k_a, help="clusters of the over-clustering head A")
-    p.add_argument("--subheads", type=int, default=d.subheads)
+    p.add_argument("--subheads", type=int, default=d.subheads, help="independent sub-heads per head")
     p.add_argument("--lamb-a", type=float, default=d.lamb_a, help="marginal exponent lambda, head A")
     p.add_argument("--lamb-b", type=float, default=d.lamb_b, help="marginal exponent lambda, head B")
-    p.add_argument("--half-t", type=int, default=d.half_t, help="displacement half-width T")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--epochs", type=int, default=None, help="overrides --steps")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
-    p.add_argument("--preset", choices=("iic", "small"), default=d.preset)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--half-t", type=int, default=d.half_t, help="displacement half-width T, pixels")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="patch pairs per step")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the patches; overrides --steps")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default=d.device, help="auto: GPU when present"
+    )
+    p.add_argument(
+        "--preset", choices=("iic", "small"), default=d.preset, help="network width: the paper's, or 1/4"
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of batches and views")
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument(
+        "--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints"
+    )
     p.add_argument("--jitter", type=float, default=d.jitter, help="colour jitter strength (RGB bands only)")
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips in the second view")
     p.add_argument("--affine", action="store_true", help="random rotation and scale in the second view")
     p.add_argument("--rgb-bands", type=_bands, default=None, help="1-based R,G,B bands (default: by name)")
-    p.add_argument("--head-schedule", choices=("sum", "alternate"), default=d.head_schedule)
+    p.add_argument(
+        "--head-schedule",
+        choices=("sum", "alternate"),
+        default=d.head_schedule,
+        help="both heads' losses summed each step, or one head per step",
+    )
     p.add_argument("--init-from", default=None, help="start from this model bundle's weights (retraining)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_train)
@@ -221,7 +250,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fit-on", nargs="+", type=Path, default=None, metavar="PRED", help="fit the mapping here (honest)"
     )
-    p.add_argument("--fit-labels", nargs="+", type=Path, default=None, metavar="LABEL")
+    p.add_argument(
+        "--fit-labels", nargs="+", type=Path, default=None, metavar="LABEL", help="labels of --fit-on"
+    )
     p.add_argument("--many-to-one", action="store_true", help="each cluster to its majority class")
     p.add_argument(
         "--images", nargs="+", type=Path, default=None, help="source images, for side-by-side PNGs"
@@ -276,7 +307,7 @@ def _add_baseline(sub: argparse._SubParsersAction) -> None:
         m.add_argument("--k", type=int, required=True, help="number of clusters")
         m.add_argument("--out", required=True, type=Path, help="folder for <stem>_clusters.tif")
         m.add_argument("--bands", type=int, default=None, help="use the first N bands (alpha excluded)")
-        m.add_argument("--seed", type=int, default=0)
+        m.add_argument("--seed", type=int, default=0, help="random seed")
         fit_help = (
             "fit on these (default: SRC)" if name == "kmeans" else "normalise with these (default: SRC)"
         )
@@ -318,9 +349,14 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         "--overlap", type=float, default=d.overlap, help="fraction of a window shared by neighbours"
     )
     p.add_argument(
-        "--window", type=int, default=None, help="window side at the model's scale (default: patch size)"
+        "--window",
+        type=int,
+        default=None,
+        help="window side in pixels at the model's scale (default: patch size)",
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default=d.device, help="auto: GPU when present"
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per forward pass")
     p.add_argument("--head", choices=("a", "b"), default=d.head, help="b: the k clusters; a: over-clustering")
     p.add_argument("--no-vectorize", action="store_true", help="do not write the GeoPackage")
@@ -383,6 +419,8 @@ def _run_vectorize(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from geoseg.demo import DEMO_SEED, DEMO_SIZE, DEMO_STEPS
+
     p = sub.add_parser(
         "demo",
         help="run the pipeline flow end to end on a generated scene (or --src FILE)",
@@ -393,11 +431,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
             "(no evaluation)."
         ),
     )
-    p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)")
+    p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder")
     p.add_argument("--src", type=Path, default=None, help="your own GeoTIFF instead of the generated scene")
-    p.add_argument("--size", type=int, default=None, help="generated scene size in pixels (default 768)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 120)")
-    p.add_argument("--seed", type=int, default=None, help="scene seed (default 0)")
+    p.add_argument("--size", type=int, default=DEMO_SIZE, help="generated scene side in pixels")
+    p.add_argument("--steps", type=int, default=DEMO_STEPS, help="training steps")
+    p.add_argument("--seed", type=int, default=DEMO_SEED, help="scene seed")
     p.add_argument("--dask-address", default=None, help="join an existing Dask scheduler")
     p.set_defaults(run=_run_demo)
 
@@ -412,9 +450,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             raise
         print("geoseg demo: needs the flows/ package: run it from the repository checkout", file=sys.stderr)
         return 2
-    overrides = {
-        k: v for k, v in (("size", args.size), ("steps", args.steps), ("seed", args.seed)) if v is not None
-    }
+    overrides = {"size": args.size, "steps": args.steps, "seed": args.seed}
     result = run_demo(args.out, src=args.src, dask_address=args.dask_address, **overrides)
     print(summary(result))
     return 0
@@ -439,18 +475,53 @@ def build_parser() -> argparse.ArgumentParser:
         prog="geoseg", description="Label-free segmentation of aerial orthophotos (IIC)"
     )
     parser.add_argument("--version", action="version", version=f"geoseg {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, Dask's INFO lines included"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _PARSERS:
         add(sub)
+    _show_defaults(parser)
     return parser
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default, except where there is none (None, a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """HelpFormatter for a parser and every sub-command below it (added here or later)."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
+
+
+def configure_logging(verbose: bool) -> None:
+    """INFO of geoseg and Prefect on the console; Dask's INFO lines only with --verbose.
+
+    Dask reads DASK_LOGGING__DISTRIBUTED when it is imported, in this process and in the
+    worker processes it starts (which inherit the environment); a value the user set
+    stays unless --verbose asks for everything.
+    """
+    level = logging.DEBUG if verbose else logging.INFO
+    if verbose:
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = "debug"
+    else:
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    logging.getLogger("distributed").setLevel(os.environ["DASK_LOGGING__DISTRIBUTED"].upper())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
-    )
+    configure_logging(args.verbose)
     try:
         return int(args.run(args))
     except GeosegError as exc:

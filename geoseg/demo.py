@@ -61,6 +61,16 @@ def demo_parameters(
     }
 
 
+def describe(parameters: dict[str, Any]) -> str:
+    """What the demo is about to do, in one line (printed before the run starts)."""
+    what = "the generated scene" if parameters["dataset"] == "synthetic" else parameters["src"][0]
+    steps = "ingest, train, segment + vectorize" + (", evaluate" if parameters["labels"] else "")
+    return (
+        f"geoseg demo: the pipeline flow on {what} ({steps}); {parameters['steps']} training steps "
+        f"of the {parameters['preset']} network on CPU, progress below; outputs in {parameters['out']}"
+    )
+
+
 def summary(result: dict[str, Any]) -> str:
     """What the demo wrote, one line per output a user opens (QGIS, a browser, a STAC tool)."""
     lines = [f"geoseg demo finished: run folder {result['run']}"]

@@ -25,7 +25,6 @@ import rasterio
 import rasterio.errors
 from rasterio.enums import Resampling
 from rasterio.windows import Window
-from tqdm import tqdm
 
 from geoseg import __version__, metrics
 from geoseg.config import EvaluateConfig
@@ -33,6 +32,7 @@ from geoseg.datasets import IGNORE, LabelDataset, get_dataset, load_palette, rea
 from geoseg.errors import InputError
 from geoseg.fileio import atomic_path, write_json_atomic, write_text_atomic
 from geoseg.preview import colourize, save_png
+from geoseg.progress import Progress, progress_bar
 from geoseg.sources import open_dataset
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ def evaluate(
     fit_predictions: Sequence[str | Path] | None = None,
     fit_labels: Sequence[str | Path] | None = None,
     images: Sequence[str | Path] | None = None,
+    progress: Progress = True,
 ) -> dict[str, Any]:
     """Score predictions against labels and write report.json, report.md and PNGs to out_dir.
 
@@ -84,6 +85,7 @@ def evaluate(
         fit_predictions, fit_labels: the set the mapping is fitted on (honest protocol);
             None: the mapping is fitted on the scored set (transductive protocol).
         images: the source images of ``predictions`` (same order), for side-by-side PNGs.
+        progress: a bar (True), log lines to this logger, or nothing (:mod:`geoseg.progress`).
 
     Returns:
         The report (the contents of report.json).
@@ -103,8 +105,8 @@ def evaluate(
             if not path.is_file():
                 raise InputError(f"image not found: {path}")
 
-    scored = _tally(pairs, dataset, config, "scoring")
-    fitted = _tally(fit_pairs, dataset, config, "fitting mapping") if honest else scored
+    scored = _tally(pairs, dataset, config, "scoring", progress)
+    fitted = _tally(fit_pairs, dataset, config, "fitting mapping", progress) if honest else scored
     n_clusters = max(_last_used(scored.full[:255].sum(axis=1)), _last_used(fitted.full[:255].sum(axis=1))) + 1
     classes = _class_names(dataset, scored, fitted)
     n_classes = len(classes)
@@ -247,11 +249,15 @@ def _read_prediction(src: rasterio.io.DatasetReader, window: Window, name: Path)
 
 
 def _tally(
-    pairs: list[tuple[Path, Path]], dataset: LabelDataset | None, config: EvaluateConfig, desc: str
+    pairs: list[tuple[Path, Path]],
+    dataset: LabelDataset | None,
+    config: EvaluateConfig,
+    desc: str,
+    progress: Progress,
 ) -> _Tally:
     """Stream every pair block by block into one 256 x 256 count table (+ sparse per image)."""
     tally = _Tally()
-    for pred_path, label_path in tqdm(pairs, desc=desc, unit="image", leave=False):
+    for pred_path, label_path in progress_bar(progress, iterable=pairs, desc=desc, unit="image", leave=False):
         image_table = np.zeros((256, 256), np.int64)
         with open_dataset(pred_path) as pred, open_dataset(label_path) as label:
             _check_pair(pred, label, (pred_path, label_path))

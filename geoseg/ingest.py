@@ -49,6 +49,7 @@ from geoseg.config import IngestConfig
 from geoseg.datasets import IGNORE, LabelDataset, expand_colormap, get_dataset
 from geoseg.errors import ConfigError, InputError
 from geoseg.fileio import sha256_file, write_json_atomic
+from geoseg.progress import Progress, progress_bar
 from geoseg.shards import write_shard
 from geoseg.sources import (
     RasterInfo,
@@ -199,7 +200,7 @@ def ingest(
     config: IngestConfig,
     labels: Sequence[str | Path] | None = None,
     dask_address: str | None = None,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> Path:
     """Tile sources (and optional labels) into the patch store ``out``; return its path.
 
@@ -548,13 +549,13 @@ def _run(
     n_shards: int,
     workers: int,
     dask_address: str | None,
-    progress: bool,
+    progress: Progress,
     desc: str,
 ) -> list[str]:
     """Compute the shard tasks (advancing the bar) while the SHA-256 digests of
     ``hash_files`` are computed beside them; returns the digests in order. The hashes start
     first: Dask's local scheduler would otherwise leave them for last, alone on one core."""
-    with tqdm(total=n_shards, desc=desc, unit="shard", disable=not progress) as bar:
+    with progress_bar(progress, total=n_shards, desc=desc, unit="shard") as bar:
         if dask_address:
             from distributed import Client, as_completed
 

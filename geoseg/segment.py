@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from rasterio.enums import Resampling
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
-from tqdm import tqdm
 
 from geoseg.baseline import check_unique_stems
 from geoseg.bundle import Cluster, ModelMeta, default_clusters, load_bundle
@@ -45,6 +44,7 @@ from geoseg.errors import InputError
 from geoseg.fileio import atomic_path
 from geoseg.iic.model import IICNet, for_inference
 from geoseg.preview import colourize, save_png
+from geoseg.progress import Progress, progress_bar
 from geoseg.sources import RasterInfo, band_names, open_dataset, open_raster, read_scaled, usable_bands
 from geoseg.style import StyleClass, paletted_raster_qml, pseudocolour_raster_qml
 from geoseg.windows import WindowGrid, blend_weights
@@ -244,7 +244,7 @@ def _segment_into(
     clusters_tmp: Path,
     confidence_tmp: Path,
     config: SegmentConfig,
-    progress: bool,
+    progress: Progress,
 ) -> None:
     """Stream the blended prediction of ``src`` into two intermediate tiled GeoTIFFs."""
     device = next(model.parameters()).device
@@ -259,7 +259,7 @@ def _segment_into(
     fill = model.input_mean.detach().cpu().numpy().astype(np.float32)[:, None, None]
     blender = _StripBlender(k, grid.win_height, grid.width)
     profile = tiled_profile(src.crs, src.transform, src.height, src.width, "uint8", NODATA)
-    bar = tqdm(total=len(grid), desc=f"segment {path.name}", unit="win", disable=not progress)
+    bar = progress_bar(progress, total=len(grid), desc=f"segment {path.name}", unit="win")
     with (
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
         rasterio.open(clusters_tmp, "w", **profile) as ids_dst,
@@ -319,7 +319,7 @@ def segment_raster(
     source: Path,
     out_dir: Path,
     config: SegmentConfig,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> SegmentResult:
     """Segment one raster with a loaded model; see :func:`segment`."""
     paths = output_paths(source, out_dir)
@@ -425,7 +425,7 @@ def segment(
     sources: Sequence[str | Path],
     out_dir: str | Path,
     config: SegmentConfig | None = None,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> list[SegmentResult]:
     """Segment every source raster with the model bundle in ``model_dir``.
 
@@ -434,7 +434,8 @@ def segment(
         sources: GeoTIFFs (any size) with the bands and dtype the model was trained on.
         out_dir: folder for the outputs (created); existing outputs are replaced atomically.
         config: window overlap, batch size, device, head, vectorization options.
-        progress: show a progress bar per raster.
+        progress: a progress bar per raster (True), log lines to this logger, or nothing
+            (:mod:`geoseg.progress`).
 
     Returns:
         One :class:`SegmentResult` per source, in order.

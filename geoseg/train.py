@@ -38,7 +38,6 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from geoseg import __version__
 from geoseg.bundle import ModelMeta, default_clusters, load_bundle, save_bundle
@@ -50,6 +49,7 @@ from geoseg.iic.distributed import DistContext, RankShard, cleanup, init_from_en
 from geoseg.iic.loss import iic_segmentation_loss
 from geoseg.iic.model import Architecture, IICNet
 from geoseg.iic.transforms import PairedTransform, rgb_band_indices
+from geoseg.progress import Progress, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def train(
     store: str | Path | Sequence[str | Path],
     out: str | Path,
     config: TrainConfig,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> Path:
     """Train IIC on one or more patch stores; write the model bundle to ``out`` and return it."""
     config.validate()
@@ -202,7 +202,7 @@ def _run(
     state: TrainState,
     steps: int,
     work: Path,
-    progress: bool,
+    progress: Progress,
     ctx: DistContext | None = None,
 ) -> None:
     ctx = ctx or DistContext()
@@ -217,8 +217,8 @@ def _run(
     model.train()
     started = time.perf_counter()
     net = wrap_model(model, ctx, find_unused_parameters=config.head_schedule == "alternate")
-    bar = tqdm(
-        total=steps, initial=state.step, desc="train", unit="step", disable=not progress or not ctx.is_main
+    bar = progress_bar(
+        progress, total=steps, initial=state.step, desc="train", unit="step", disable=not ctx.is_main
     )
     with open(work / METRICS, "a") as metrics:
         for batch in loader:
@@ -251,8 +251,8 @@ def _run(
             }
             if ctx.is_main:
                 metrics.write(json.dumps(record) + "\n")
-            bar.update(1)
-            bar.set_postfix({f"loss_{h}": f"{v:.4f}" for h, v in values.items()})
+            bar.set_postfix({f"loss_{h}": f"{v:.4f}" for h, v in values.items()}, refresh=False)
+            bar.update(1)  # after the postfix: a line shows this step's losses
             if ctx.is_main and (state.step % config.checkpoint_every == 0 or state.step == steps):
                 metrics.flush()
                 _checkpoint(model, optimizer, state, record, work)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pystac
@@ -72,3 +76,57 @@ def test_example_catalog_is_small_json_only() -> None:
     files = [p for p in (ROOT / "catalogs" / "demo").rglob("*") if p.is_file()]
     assert files and all(p.suffix == ".json" for p in files)
     assert sum(p.stat().st_size for p in files) < 200_000
+
+
+DASK_INFO = re.compile(
+    r"distributed\.\S+ - INFO - |^INFO (State start|Scheduler at|Start Nanny|Register worker|"
+    r"Starting worker|Receive client|Remove client|Retire worker|Closing Nanny|Lost all workers)",
+    re.M,
+)
+
+
+def test_demo_console_is_quiet_and_says_what_it_does(tmp_path: Path) -> None:
+    """`geoseg demo` as a user runs it (a subprocess, no Prefect server configured), tiny settings."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "DASK_")) and k not in ("DO_NOT_TRACK", "PYTHONPATH")
+    }
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(ROOT))
+    (tmp_path / "prefect-home").mkdir()
+    demo = [sys.executable, "-m", "geoseg.cli", "demo", "--out", str(tmp_path / "demo"), "--size", "192"]
+    run = subprocess.run(
+        [*demo, "--steps", "2"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    console = run.stdout + run.stderr
+    assert run.returncode == 0, console[-4000:]
+    assert "ERROR" not in console and "Traceback" not in console, console
+    assert not DASK_INFO.search(console), console
+    assert "telemetry" not in console.lower(), console
+    # One temporary API server, the demo's: none started again inside the Dask worker.
+    assert console.count("Starting temporary server") == 1, console
+    # What it is about to do, each step's progress, where the outputs are; on one screen.
+    assert console.startswith("INFO geoseg demo: the pipeline flow on the generated scene"), console
+    assert re.search(r"train: 2/2 step \(100%\).*ETA 00:00, loss_a=\S+, loss_b=", console), console
+    assert re.search(r"segment scene\.tif: \d+/\d+ win \(100%\)", console), console
+    assert "geoseg demo finished: run folder" in console
+    assert len(console.splitlines()) <= 50, console
+
+
+def test_verbose_brings_dask_logs_back() -> None:
+    """--verbose sets Dask's level for this process and the worker processes it starts."""
+    env = {k: v for k, v in os.environ.items() if k != "DASK_LOGGING__DISTRIBUTED"}
+    env["PYTHONPATH"] = str(ROOT)
+    code = (
+        "import logging, os; from geoseg.cli import configure_logging; configure_logging({}); "
+        "import distributed; print(os.environ['DASK_LOGGING__DISTRIBUTED'], "
+        "logging.getLogger('distributed.scheduler').getEffectiveLevel())"
+    )
+    quiet, verbose = (
+        subprocess.run(
+            [sys.executable, "-c", code.format(flag)], env=env, cwd=ROOT, capture_output=True, text=True
+        ).stdout.split()
+        for flag in (False, True)
+    )
+    assert quiet == ["warning", str(logging.WARNING)]
+    assert verbose == ["debug", str(logging.DEBUG)]

@@ -1,38 +1,52 @@
-"""A real local Prefect server and process worker, started by the project's scripts, run a deployment.
+"""The README's order, for real: server, then the process worker, then the deployments, then runs.
 
-The way a user works: `make server`, `make worker`, `make deploy` (scripts/prefect-*.sh),
-then `prefect deployment run 'segment/local' --param src=... --param model=... --watch`.
-Everything runs in subprocesses with their own PREFECT_HOME and a free port.
+The way a user works: `make server`, `make worker` (both left running), `make deploy`
+(scripts/prefect-*.sh; the worker is online while the deployments are registered), then
+`prefect deployment run 'pipeline/local' ... --watch` and `prefect deployment run
+'segment/local' ... --watch`. Everything runs in subprocesses with their own PREFECT_HOME
+and a free port.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rasterio
+import yaml
 
 from geoseg.catalog import validate_run_catalog
-from tests.flows.conftest import TINY_TRAIN, free_port
+from tests.flows.conftest import TINY, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
+LOCAL_POOL = "geoseg-local"
 
 
 def _env(home: Path, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    # Analytics and Dask's log level are left to the scripts and flows (checked below).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "DASK_")) and k not in ("DO_NOT_TRACK", "PYTHONPATH")
+    }
     env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        PYTHONPATH=str(ROOT),
         PREFECT_HOME=str(home),
         PREFECT_HOST="127.0.0.1",
         PREFECT_PORT=str(port),
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_UI_ENABLED="false",
         PREFECT_WORKER_QUERY_SECONDS="2",
         PREFECT_WORKER_PREFETCH_SECONDS="2",
@@ -87,59 +101,116 @@ def local_prefect(tmp_path: Path) -> Iterator[dict[str, str]]:
                 _stop(proc)
 
 
-@pytest.fixture
-def tiny_model(prefect_harness: None, tmp_path: Path, shared_data: Path) -> Path:
-    """A real (tiny) model trained by the train flow on real Dubai patches."""
-    from flows.train import train_flow
-    from tests.iic.conftest import make_store
-
-    store = make_store(tmp_path / "patches.zarr", shared_data, count=8)
-    return Path(
-        train_flow(store=str(store), out=str(tmp_path / "train"), steps=2, k=6, options=dict(TINY_TRAIN))
+def _api(env: dict[str, str], route: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        f"{env['PREFECT_API_URL']}/{route}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
     )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
 
 
-def test_segment_deployment_runs_on_a_local_server_and_worker(
-    local_prefect: dict[str, str], tiny_model: Path, small_scene, tmp_path: Path
-) -> None:
-    env = local_prefect
-    deploy = subprocess.run(
-        [str(SCRIPTS / "prefect-deploy.sh"), "segment/local"],
+def _registered(env: dict[str, str]) -> set[tuple[str, str, str]]:
+    """(flow name, deployment name, work pool) of every deployment on the server."""
+    flows = {f["id"]: f["name"] for f in _api(env, "flows/filter", {})}
+    return {
+        (flows[d["flow_id"]], d["name"], d["work_pool_name"]) for d in _api(env, "deployments/filter", {})
+    }
+
+
+def _local_pool_deployments() -> set[tuple[str, str, str]]:
+    """What prefect.yaml asks the local pool to serve (flow names by the FLOW_flow convention)."""
+    entries = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    return {
+        (e["entrypoint"].rsplit(":", 1)[1].removesuffix("_flow"), e["name"], LOCAL_POOL)
+        for e in entries
+        if e["work_pool"]["name"] == LOCAL_POOL
+    }
+
+
+def _wait_worker_online(env: dict[str, str], log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            workers = _api(env, f"work_pools/{LOCAL_POOL}/workers/filter", {})
+        except OSError:
+            workers = []
+        if any(w["status"] == "ONLINE" for w in workers):
+            return
+        time.sleep(2)
+    raise AssertionError(f"no online worker in {LOCAL_POOL} after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def _run_deployment(env: dict[str, str], name: str, parameters: dict[str, Any], worker_log: Path) -> str:
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "prefect"),
+            "deployment",
+            "run",
+            name,
+            "--params",
+            json.dumps(parameters),
+            "--watch",
+            "--watch-timeout",
+            "500",
+        ],
         env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=560,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + worker_log.read_text()[-4000:]
+    assert "Completed" in run.stdout
+    return run.stdout
+
+
+def test_readme_order_server_worker_deploy_then_pipeline_and_segment_runs(
+    local_prefect: dict[str, str], small_scene, tmp_path: Path
+) -> None:
+    env = local_prefect
+    worker_log = tmp_path / "worker.log"
+    _wait_worker_online(env, worker_log)
+    # `make deploy` with the worker online: every local-pool deployment of prefect.yaml.
+    deploy = subprocess.run(
+        [str(SCRIPTS / "prefect-deploy.sh")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    expected = _local_pool_deployments()
+    assert {("segment", "local", LOCAL_POOL), ("pipeline", "local", LOCAL_POOL)} <= expected
+    assert _registered(env) == expected
+
+    # pipeline/local: ingest -> train -> segment -> evaluate on the generated scene.
+    run_dir = tmp_path / "survey-run"
+    pipeline = {
+        "src": str(small_scene.image),
+        "labels": str(small_scene.labels),
+        "dataset": "synthetic",
+        "out": str(run_dir),
+        **TINY,
+    }
+    _run_deployment(env, "pipeline/local", pipeline, worker_log)
+    report = json.loads((run_dir / "evaluation" / "report.json").read_text())
+    assert report["dataset"] == "synthetic" and 0.0 <= report["accuracy"] <= 1.0
+    assert validate_run_catalog(run_dir / "catalog") >= 7
+
+    # segment/local: the pipeline's model on the same imagery, into a new folder.
     out = tmp_path / "new-survey"
-    run = subprocess.run(
-        [
-            "prefect",
-            "deployment",
-            "run",
-            "segment/local",
-            "--param",
-            f"src={small_scene.image}",
-            "--param",
-            f"model={tiny_model}",
-            "--param",
-            f"out={out}",
-            "--watch",
-            "--watch-timeout",
-            "400",
-        ],
-        env={**env, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env['PATH']}"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=450,
-    )
-    worker_log = (tmp_path / "worker.log").read_text()[-4000:]
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + worker_log
-    assert "Completed" in run.stdout
-    clusters = out / "predictions" / f"{small_scene.image.stem}_clusters.tif"
-    with rasterio.open(clusters) as ds, rasterio.open(small_scene.image) as src:
-        assert ds.crs == src.crs and ds.transform == src.transform
-    assert (out / "predictions" / f"{small_scene.image.stem}_clusters.gpkg").is_file()
+    segment = {"src": str(small_scene.image), "model": str(run_dir / "model"), "out": str(out)}
+    _run_deployment(env, "segment/local", segment, worker_log)
+    for folder in (run_dir, out):
+        clusters = folder / "predictions" / f"{small_scene.image.stem}_clusters.tif"
+        with rasterio.open(clusters) as ds, rasterio.open(small_scene.image) as src:
+            assert ds.crs == src.crs and ds.transform == src.transform and ds.nodata == 255
+        assert (folder / "predictions" / f"{small_scene.image.stem}_clusters.gpkg").is_file()
+    name = f"{small_scene.image.stem}_clusters.tif"
+    with rasterio.open(run_dir / "predictions" / name) as a, rasterio.open(out / "predictions" / name) as b:
+        assert (a.read(1) == b.read(1)).all()  # same model, same imagery: the same map
     assert validate_run_catalog(out / "catalog") >= 7
+    # Quiet runs: no analytics attempt by the server, no Dask INFO lines in the flow runs' output
+    # (the process worker streams it into its log), but the training's progress lines.
+    assert "telemetry" not in (tmp_path / "server.log").read_text().lower()
+    text = worker_log.read_text()
+    assert not re.search(r"distributed\.\S+ - INFO - ", text), text[-3000:]
+    assert re.search(r"train: 2/2 step \(100%\).*ETA 00:00, loss_a=", text), text[-3000:]

@@ -1,0 +1,81 @@
+"""Every sub-command's --help shows its defaults and units (what `geoseg X --help` prints)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from geoseg.cli import build_parser, main
+from geoseg.config import IngestConfig
+
+
+def _commands(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """Every leaf sub-command, by its words (``("model", "align")``)."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found.update(_commands(child, (*prefix, name)) or {(*prefix, name): child})
+    return found
+
+
+COMMANDS = _commands(build_parser())
+
+
+def _help(words: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*words, "--help"])
+    assert exit_.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare words
+
+
+def test_the_sub_commands_are_all_found() -> None:
+    assert {("ingest",), ("train",), ("segment",), ("vectorize",), ("demo",), ("model", "align")} <= set(
+        COMMANDS
+    )
+
+
+@pytest.mark.parametrize("words", sorted(COMMANDS), ids=" ".join)
+def test_help_shows_every_default_and_describes_every_option(
+    words: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = _help(words, capsys)
+    for action in COMMANDS[words]._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        assert action.help, f"geoseg {' '.join(words)} {action.option_strings[0]} has no help text"
+        if action.default is not None and action.default is not False:
+            shown = f"(default: {action.default})"
+            assert shown in text, f"{action.option_strings[0]}: {shown} missing from:\n{text}"
+
+
+def test_ingest_patch_size_defaults_to_the_config_default(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["ingest", "a.tif", "--out", "s.zarr"])
+    assert args.patch_size == IngestConfig().patch_size == 128
+    assert "--patch-size PATCH_SIZE patch side in pixels" in _help(("ingest",), capsys)
+
+
+@pytest.mark.parametrize(
+    ("words", "option", "unit"),
+    [
+        (("ingest",), "--min-valid", "fraction"),
+        (("ingest",), "--stride", "pixels"),
+        (("segment",), "--overlap", "fraction"),
+        (("segment",), "--min-area", "CRS units squared"),
+        (("segment",), "--simplify", "CRS units"),
+        (("segment",), "--window", "pixels"),
+        (("vectorize",), "--block-size", "pixels"),
+        (("train",), "--half-t", "pixels"),
+        (("demo",), "--size", "pixels"),
+    ],
+)
+def test_help_states_units(
+    words: tuple[str, ...], option: str, unit: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = _help(words, capsys)
+    entry = re.search(rf"{option} [A-Z_]+ (.*?)(?= --|$)", text)
+    assert entry and unit in entry.group(1), (option, unit, text)
