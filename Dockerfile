@@ -21,7 +21,10 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH
+    PATH=/opt/venv/bin:$PATH \
+    DO_NOT_TRACK=1 \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    DASK_LOGGING__DISTRIBUTED=warning
 
 # Python 3.11 (pyproject: >=3.11,<3.12); Ubuntu 24.04 ships 3.12, so it comes from deadsnakes.
 RUN apt-get update \

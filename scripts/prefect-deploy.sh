@@ -6,8 +6,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/prefect-env.sh"
 cd "${GEOSEG_HOME}"
-prefect work-pool inspect "${GEOSEG_POOL}" >/dev/null 2>&1 \
-  || prefect work-pool create "${GEOSEG_POOL}" --type process
+wait_for_server
+ensure_pool
 # `prefect deploy --name` takes the entrypoint's function name (segment_flow/local), while
 # `prefect deployment run` takes the flow's name (segment/local): flows/deployments.py maps
 # one to the other, from prefect.yaml, so that both commands take the same FLOW/NAME.

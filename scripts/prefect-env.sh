@@ -16,3 +16,26 @@ if [ -x "${GEOSEG_HOME}/.venv/bin/prefect" ]; then
   PATH="${GEOSEG_HOME}/.venv/bin:${PATH}"
   export PATH
 fi
+
+# Wait (up to 2 minutes) for the server at $PREFECT_API_URL to answer.
+wait_for_server() {
+  for _ in $(seq 1 120); do
+    if python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/health', timeout=2)" \
+        "${PREFECT_API_URL}" 2>/dev/null; then
+      return 0
+    fi
+    sleep 1
+  done
+  echo "no Prefect server answers at ${PREFECT_API_URL} (start it with: make server)" >&2
+  return 1
+}
+
+# Create the process pool $GEOSEG_POOL unless it exists. `make worker` and `make deploy`
+# may both get here at once: when the other one created it first, the pool exists now.
+ensure_pool() {
+  prefect work-pool inspect "${GEOSEG_POOL}" >/dev/null 2>&1 \
+    || prefect work-pool create "${GEOSEG_POOL}" --type process >/dev/null 2>&1 \
+    || prefect work-pool inspect "${GEOSEG_POOL}" >/dev/null \
+    || { echo "could not create the work pool ${GEOSEG_POOL} on ${PREFECT_API_URL}" >&2; return 1; }
+  echo "work pool ${GEOSEG_POOL} (process) on ${PREFECT_API_URL}"
+}

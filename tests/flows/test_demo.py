@@ -96,9 +96,15 @@ def test_demo_console_is_quiet_and_says_what_it_does(tmp_path: Path) -> None:
     (tmp_path / "prefect-home").mkdir()
     demo = [sys.executable, "-m", "geoseg.cli", "demo", "--out", str(tmp_path / "demo"), "--size", "192"]
     run = subprocess.run(
-        [*demo, "--steps", "2"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+        [*demo, "--steps", "2"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # the console as the user sees it, in order
+        text=True,
+        timeout=600,
     )
-    console = run.stdout + run.stderr
+    console = run.stdout
     assert run.returncode == 0, console[-4000:]
     assert "ERROR" not in console and "Traceback" not in console, console
     assert not DASK_INFO.search(console), console
