@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import contextlib
 import os
 import subprocess
 import sys
@@ -40,9 +41,12 @@ INDEX_KEYS = {"index-url", "extra-index-url"}
 
 def host_pip_config(python: str = sys.executable) -> dict[tuple[str, str], str]:
     """{(section, key): value} as the host's pip sees it; PIP_* variables override files."""
-    listing = subprocess.run(
-        [python, "-m", "pip", "config", "list"], capture_output=True, text=True, check=True
-    ).stdout
+    try:
+        listing = subprocess.run(
+            [python, "-m", "pip", "config", "list"], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}  # no pip on the host: the build uses pip's defaults (PyPI)
     from_files, from_env = {}, {}
     for line in listing.splitlines():
         name, sep, quoted = line.partition("=")
@@ -145,11 +149,10 @@ def main(argv: list[str]) -> int:
     if cert is not None:
         secrets.append(f"id=ca.crt,src={cert}")
     (out / "secrets").write_text("".join(s + "\n" for s in secrets))
-    (out / "ready").write_text(base_url + "\n")
-    try:
+    (out / "ready.tmp").write_text(base_url + "\n")
+    (out / "ready.tmp").rename(out / "ready")  # seen complete or not at all
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
