@@ -163,4 +163,25 @@ in_image "rio cogeo validate $cog" rio cogeo validate --strict "$cog" > /dev/nul
 polygons=$(in_image "reading $gpkg" python -c "import pyogrio, sys; print(pyogrio.read_info(sys.argv[1])['features'])" "$gpkg")
 [[ $polygons -gt 0 ]] || fail "$gpkg written inside $IMAGE has no polygons"
 say "ingest + train + segment of $TILE inside $IMAGE: valid COG ${cog##*/}, ${gpkg##*/} with $polygons polygons"
+
+# A build that fails (its base image does not exist) must exit 2 and leave IMAGE as it was.
+image_id() {
+    case $engine in
+        docker | podman) "$engine" image inspect --format '{{.Id}}' "$1" ;;
+        buildah) buildah inspect --type image --format '{{.FromImageID}}' "$1" ;;
+    esac
+}
+tags() {
+    case $engine in
+        docker | podman) "$engine" images --format '{{.Repository}}:{{.Tag}}' ;;
+        buildah) buildah images --format '{{.Name}}:{{.Tag}}' ;;
+    esac
+}
+before=$(image_id "$IMAGE")
+status=0
+BASE_IMAGE=localhost/geoseg-image-check-missing-base:none IMAGE=$IMAGE scripts/image.sh > "$work/failing.log" 2>&1 || status=$?
+[[ $status -eq 2 ]] || fail "a build from a missing base image exited $status, not 2 (log: $(tail -1 "$work/failing.log"))"
+[[ $(image_id "$IMAGE") == "$before" ]] || fail "a failed build changed $IMAGE"
+if tags | grep -q "${IMAGE%%:*}:build-"; then fail "a failed build left a temporary tag of ${IMAGE%%:*}"; fi
+say "a failed build exits 2 ($(tail -1 "$work/failing.log")) and leaves $IMAGE unchanged"
 say "passed"
