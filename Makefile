@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.geoseg-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test lint demo bench server worker deploy clean
+.PHONY: setup test lint demo bench server worker deploy clean image image-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ worker: setup
 
 deploy: setup
 	scripts/prefect-deploy.sh
+
+# The GPU worker image (Dockerfile) as geoseg-gpu:latest: docker, else podman/buildah
+# (ENGINE=... picks one); image-check also builds its base where it cannot be pulled and runs
+# the pipeline inside the image (docs/usage-retrain.md).
+image:
+	scripts/image.sh
+
+image-check:
+	scripts/image-check.sh
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

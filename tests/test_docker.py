@@ -1,11 +1,14 @@
 """The GPU worker image, checked without a Docker engine (there is none on these machines).
 
-What can be checked here: the Dockerfile installs geoseg with the project's lock file, every
-version it names is the locked one, its Python is the one pyproject allows, its default
-command exists in the installed Prefect CLI with the options it passes, the geoseg
-sub-commands it runs exist, it runs as a non-root user, and the build context keeps out
-what must not be baked in. Not checked: that the image builds, that the base image tag
-exists, that CUDA works inside it (see docs/usage-retrain.md).
+Static checks of the Dockerfile: geoseg is installed with the project's lock file, every
+version it names is the locked one, its Python is Debian 12's 3.11 as pyproject allows, the
+NVIDIA toolkit variables match the locked CUDA, dependencies are cached in a layer of their
+own, host pip settings arrive only as build secrets, its default command exists in the
+installed Prefect CLI with the options it passes, the geoseg sub-commands it runs exist, it
+runs as a non-root user, and the build context keeps out what must not be baked in.
+Building the image and running the pipeline inside it is `make image-check`
+(scripts/image-check.sh, run by .ci/run); tests/test_image_build.py covers the build's
+helpers. Not checked anywhere here: CUDA inside the container (no GPU).
 """
 
 from __future__ import annotations
@@ -98,21 +101,64 @@ def test_versions_named_in_the_dockerfile_are_the_locked_ones() -> None:
                     assert _norm(name) in pins, f"{name} (extra {group}) is not pinned in constraints.txt"
 
 
-def test_python_and_base_image() -> None:
+def test_base_is_debian_12_and_python_is_its_own_3_11() -> None:
+    """Debian 12 ships Python 3.11, the one pyproject allows: no third-party Python source."""
     steps = instructions()
     args = dict(a.split("=", 1) for op, a in steps if op == "ARG" and "=" in a)
     froms = [a for op, a in steps if op == "FROM"]
     assert len(froms) == 1
-    base = froms[0]
-    if base.startswith("${"):
-        base = args[base.strip("${}")]
-    assert "cuda" in base and "runtime" in base, base
+    assert froms[0] == "${BASE_IMAGE}", froms[0]
+    base = args["BASE_IMAGE"]
+    assert re.fullmatch(r"(docker\.io/library/)?debian:bookworm-slim", base), base
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert requires == ">=3.11,<3.12"
     runs = " ".join(a for op, a in steps if op == "RUN")
+    assert "add-apt-repository" not in runs and "ppa:" not in runs
+    assert re.search(r"apt-get install [^&]*\bpython3\.11\b", runs)
     assert "python3.11 -m venv" in runs
     pythons = set(re.findall(r"python3\.(\d+)", runs))
     assert pythons == {"11"}, pythons
+
+
+def test_nvidia_container_toolkit_variables_match_the_locked_cuda() -> None:
+    """Without a CUDA base image these variables are what makes the toolkit mount the driver."""
+    env = " ".join(a for op, a in instructions() if op == "ENV")
+    assert re.search(r"\bNVIDIA_VISIBLE_DEVICES=all\b", env)
+    capabilities = re.search(r"\bNVIDIA_DRIVER_CAPABILITIES=(\S+)", env)
+    assert capabilities and "compute" in capabilities.group(1).split(","), env
+    required = re.search(r"\bNVIDIA_REQUIRE_CUDA=\"?cuda>=(\d+)\.\d+", env)
+    assert required, env
+    runtime = locked()["nvidia-cuda-runtime"]
+    assert required.group(1) == runtime.split(".")[0], (required.group(0), runtime)
+
+
+def test_dependencies_are_installed_in_a_layer_before_the_source_is_copied() -> None:
+    """A source change rebuilds only the last install, not the GBs of CUDA wheels."""
+    steps = instructions()
+    first_source_copy = min(
+        i for i, (op, a) in enumerate(steps) if op == "COPY" and {"geoseg", "flows"} & set(a.split()[:-1])
+    )
+    installs = [(i, w) for i, w in pip_installs() if w not in (["--upgrade", "pip"], ["-U", "pip"])]
+    dependency_installs = [i for i, w in installs if "-r" in w and i < first_source_copy]
+    assert dependency_installs, "no dependency install before the source is copied"
+    copied_before = {
+        src for op, a in steps[: dependency_installs[0]] if op == "COPY" for src in a.split()[:-1]
+    }
+    assert copied_before <= {"pyproject.toml", "constraints.txt"}, copied_before
+
+
+def test_host_pip_settings_reach_every_install_only_as_build_secrets() -> None:
+    """make image passes pip.conf / ca.crt as secrets: mounted for one RUN, never in a layer."""
+    steps = instructions()
+    for i, _ in pip_installs():
+        run = steps[i][1]
+        assert "--mount=type=secret,id=pip.conf" in run, run[:80]
+        assert "PIP_CONFIG_FILE=/run/secrets/pip.conf" in run
+    for op, args in steps:
+        assert not (op in ("COPY", "ADD") and re.search(r"pip\.conf|\.crt|\.pem|wheels", args)), args
+        assert not (
+            op == "ENV" and re.search(r"PIP_(CONFIG_FILE|INDEX_URL|EXTRA_INDEX_URL|FIND_LINKS|CERT)", args)
+        )
 
 
 def test_runs_as_a_non_root_user() -> None:
