@@ -311,7 +311,7 @@ def test_cli_segment_and_its_errors(tmp_path: Path, rgb_model: Path, capsys: pyt
     rc = main(["segment", str(rgb_model), str(source), "--out", str(out), "--overlap", "0.5", "--quiet"])
     assert rc == 0
     printed = capsys.readouterr().out.split()
-    assert printed == [str(out / "tiny_clusters.tif"), str(out / "tiny_clusters.gpkg")]
+    assert printed == [str(out / "tiny_clusters.tif"), str(out / "tiny_polygons.gpkg")]
     assert json.loads((out / "tiny_prediction.json").read_text())["type"] == "Feature"
     rc = main(["segment", str(tmp_path / "nowhere"), str(source), "--out", str(out), "--quiet"])
     assert rc == 2 and "model.json" in capsys.readouterr().err

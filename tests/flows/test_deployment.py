@@ -141,5 +141,5 @@ def test_segment_deployment_runs_on_a_local_server_and_worker(
     clusters = out / "predictions" / f"{small_scene.image.stem}_clusters.tif"
     with rasterio.open(clusters) as ds, rasterio.open(small_scene.image) as src:
         assert ds.crs == src.crs and ds.transform == src.transform
-    assert (out / "predictions" / f"{small_scene.image.stem}_clusters.gpkg").is_file()
+    assert (out / "predictions" / f"{small_scene.image.stem}_polygons.gpkg").is_file()
     assert validate_run_catalog(out / "catalog") >= 7
