@@ -179,7 +179,7 @@ def embed_layer_style(
         "f_table_catalog", "f_table_schema", "f_table_name", "f_geometry_column", "styleName",
         "styleQML", "styleSLD", "useAsDefault", "description", "owner", "ui", "update_time",
     ]  # fmt: skip
-    stamp = datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
+    stamp = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
     text = [
         "",
         "",
@@ -206,4 +206,5 @@ def embed_layer_style(
         geometry_type=None,
         append=True,
         layer_options={"FID": "id"},
+        gdal_tz_offsets={"update_time": np.array([100])},  # GDAL's flag for UTC: stored "...Z"
     )
