@@ -19,7 +19,7 @@ import csv
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,7 +174,7 @@ def _legend_csv(text: str, path: Path) -> ClusterEdits:
     return _entries(entries, path)
 
 
-def _entries(entries: list[Mapping[str, Any]], path: Path) -> ClusterEdits:
+def _entries(entries: Sequence[Mapping[str, Any]], path: Path) -> ClusterEdits:
     edits = ClusterEdits()
     for n, entry in enumerate(entries, start=1):
         where = f"legend {path}, entry {n}"
