@@ -215,6 +215,20 @@ def _write_meta(bundle: Path, meta: ModelMeta) -> None:
     write_json_atomic(bundle / META, json.loads(meta.to_json()))
 
 
+def _registry_version(bundle: Path) -> tuple[str, Path] | None:
+    """(version, registry) when ``bundle`` is a registry's version folder (``REGISTRY/v0002``,
+    or ``REGISTRY/current``), so naming it is logged there too."""
+    from geoseg import registry
+
+    folder = bundle.resolve()
+    if not (folder.parent / registry.STATE).is_file():
+        return None
+    state = registry.load_state(folder.parent)
+    if not any(v.version == folder.name for v in state.versions):
+        return None
+    return folder.name, folder.parent
+
+
 def name_clusters(target: str | Path, edits: ClusterEdits, version: str | None = None) -> NamingResult:
     """Store names and colours in a bundle's model.json, or a registry version's.
 
@@ -242,6 +256,7 @@ def name_clusters(target: str | Path, edits: ClusterEdits, version: str | None =
         if version is not None:
             raise ConfigError(f"--version names a registry version, but {target} is a model bundle")
         bundle = target
+        version, target = _registry_version(target) or (None, target)
     else:
         raise InputError(f"{target} is neither a model bundle (no {META}) nor a model registry")
     meta = load_meta(bundle)

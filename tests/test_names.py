@@ -100,6 +100,11 @@ def test_registry_names_carry_to_the_next_aligned_version(
     capsys.readouterr()
     assert registry.cluster_names(reg, "v0001") == {0: "roofs", 2: "trees"}
     assert registry.load_state(reg).events[-1]["action"] == "name"
+    name_clusters(reg / "current", ClusterEdits({1: "grass"}))  # the version folder itself: logged too
+    event = registry.load_state(reg).events[-1]
+    assert event["version"] == "v0001" and event["names"] == {"0": "roofs", "1": "grass", "2": "trees"}
+    name_clusters(reg / "v0001", ClusterEdits({1: None}))
+    assert registry.cluster_names(reg, "v0001") == {0: "roofs", 2: "trees"}
     retrained = make_aligned_bundle(tmp_path / "retrained", seed=4)  # another model: no names, own ids
     align_clusters(retrained, reg / "current", reference_tiles(shared_data)[:2])
     aligned = {c.id: c for c in load_meta(retrained).clusters}

@@ -82,6 +82,8 @@ def named_outputs(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
     were named with ``geoseg model name``; the GeoPackage also copied alone into another folder."""
     from rasterio.windows import Window
 
+    from geoseg.baseline import kmeans_baseline
+    from geoseg.config import BaselineConfig
     from geoseg.names import ClusterEdits, name_clusters
     from geoseg.segment import segment
     from tests.test_segment import crop, make_bundle
@@ -95,7 +97,8 @@ def named_outputs(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
     alone = root / "alone"
     alone.mkdir()
     shutil.copy(result.gpkg, alone / result.gpkg.name)  # no .qml beside it: layer_styles only
-    return result, alone / result.gpkg.name
+    (kmeans,) = kmeans_baseline([source], root / "kmeans", BaselineConfig(k=3, fit_pixels=5000))
+    return result, alone / result.gpkg.name, kmeans
 
 
 def test_qgis_applies_every_style_by_itself(named_outputs, tmp_path: Path) -> None:
@@ -106,13 +109,13 @@ def test_qgis_applies_every_style_by_itself(named_outputs, tmp_path: Path) -> No
         pytest.skip(
             f"Debian's QGIS (python3-qgis) is not usable, .ci/run installs it with apt-get: {missing}"
         )
-    result, lone_gpkg = named_outputs
+    result, lone_gpkg, kmeans = named_outputs
     with rasterio.open(result.clusters) as src:
         present = {int(v) for v in np.unique(src.read(1))} - {255}
     assert len(present) >= 2, "the crop must show several clusters for this test to mean anything"
     report_path = tmp_path / "qgis.json"
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(tmp_path)}
-    layers = [result.clusters, result.confidence, result.gpkg, lone_gpkg]
+    layers = [result.clusters, result.confidence, result.gpkg, lone_gpkg, kmeans]
     run = subprocess.run(
         [str(SYSTEM_PYTHON), str(PROBE), str(report_path), str(tmp_path), *map(str, layers)],
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
@@ -137,12 +140,16 @@ def test_qgis_applies_every_style_by_itself(named_outputs, tmp_path: Path) -> No
         assert {int(c["value"]): c["label"] for c in vector["categories"]} == labels
         assert {int(c["value"]): tuple(c["colour"]) for c in vector["categories"]} == palette
 
+    baseline = report[str(kmeans)]  # a baseline's cluster raster opens in its style too
+    assert baseline["renderer"] == "paletted"
+    assert [c["label"] for c in baseline["classes"]] == ["cluster 0", "cluster 1", "cluster 2"]
+
     for path in layers:
         with Image.open(report[str(path)]["png"]) as png:
             rgb = np.asarray(png.convert("RGB")).reshape(-1, 3)
         colours, counts = np.unique(rgb, axis=0, return_counts=True)
         assert len(colours) >= 3, f"{path.name} rendered nearly blank"
         assert counts.max() < 0.9 * len(rgb), f"{path.name}: one colour covers the whole map"
-        if path != result.confidence:  # cluster colours exactly: paletted pixels, polygon fills
+        if path not in (result.confidence, kmeans):  # cluster colours exactly: paletted pixels, fills
             shown = {tuple(c) for c, n in zip(colours, counts, strict=True) if n > 0.01 * len(rgb)}
             assert len(shown & {palette[i] for i in present}) >= 2, f"{path.name}: cluster colours missing"
