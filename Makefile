@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	# GDAL's validate_gpkg.py for the tests, of the GDAL pyogrio ships; pure Python, and its
+	# `gdal` requirement (the C bindings) is optional for the checks run: hence --no-deps
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt gdal-utils
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -93,8 +93,10 @@ def segment_step(
 
 
 def _gpkg_path(clusters: str) -> str:
-    """``<stem>_clusters.gpkg`` beside ``<stem>_clusters.tif``, as ``geoseg segment`` names it."""
-    return str(Path(clusters).with_suffix(".gpkg"))
+    """``<stem>_polygons.gpkg`` beside ``<stem>_clusters.tif``, as ``geoseg segment`` names it."""
+    from geoseg.outputs import polygons_path
+
+    return str(polygons_path(clusters))
 
 
 @flow(name="segment", task_runner=task_runner(), validate_parameters=True)
@@ -114,7 +116,7 @@ def segment_flow(
         src: raster files (GeoTIFF/COG) to segment.
         model: a model bundle folder (``model.json`` + ``weights.safetensors``).
         out: the run folder (default ``$GEOSEG_WORK_ROOT/segment/<first source stem>``).
-        vectorize: also write ``<stem>_clusters.gpkg`` polygons.
+        vectorize: also write ``<stem>_polygons.gpkg`` polygons.
         min_area, simplify: polygon sieve (CRS units²) and simplification tolerance.
         options: any other SegmentConfig field, e.g. ``{"overlap": 0.5, "device": "cuda"}``.
         dask_address: join this Dask scheduler (default: a LocalCluster or $GEOSEG_DASK_ADDRESS).

@@ -21,6 +21,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from geoseg import outputs
 from geoseg.config import BaselineConfig
 from geoseg.errors import InputError
 from geoseg.fileio import atomic_path
@@ -30,7 +31,6 @@ from geoseg.style import StyleClass, paletted_raster_qml
 log = logging.getLogger(__name__)
 
 NODATA = 255
-CLUSTERS_SUFFIX = "_clusters.tif"
 PREVIEW_SIZE = 1024
 
 # (C, h, w) float32 pixels and (h, w) validity -> (h, w) uint8 cluster ids
@@ -101,7 +101,7 @@ def band_statistics(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cluster_output_path(source: Path, out_dir: Path) -> Path:
-    return out_dir / f"{source.stem}{CLUSTERS_SUFFIX}"
+    return outputs.clusters_path(source, out_dir)
 
 
 def check_unique_stems(sources: Sequence[Path]) -> None:
@@ -111,7 +111,7 @@ def check_unique_stems(sources: Sequence[Path]) -> None:
         if path.stem in seen:
             raise InputError(
                 f"{seen[path.stem]} and {path} share the name {path.stem!r}: their "
-                f"{CLUSTERS_SUFFIX} outputs would collide; write them to separate --out folders"
+                f"{outputs.CLUSTERS} outputs would collide; write them to separate --out folders"
             )
         seen[path.stem] = path
 
@@ -163,10 +163,12 @@ def write_cluster_raster(
 
 def _companions(cluster_raster: Path, colours: Sequence[tuple[int, int, int]]) -> None:
     """What segmentation writes beside a cluster raster: a PNG preview and a QGIS style."""
+    from geoseg.bundle import Cluster
     from geoseg.segment import write_preview
 
-    write_preview(cluster_raster, colours, cluster_raster.with_suffix(".png"), PREVIEW_SIZE)
-    paletted_raster_qml([StyleClass(i, c) for i, c in enumerate(colours)], cluster_raster.with_suffix(".qml"))
+    clusters = [Cluster(i, c) for i, c in enumerate(colours)]
+    write_preview(cluster_raster, clusters, outputs.preview_path(cluster_raster), PREVIEW_SIZE)
+    paletted_raster_qml([StyleClass(i, c) for i, c in enumerate(colours)], outputs.style_path(cluster_raster))
 
 
 def _tiles(height: int, width: int, tile_rows: int, tile_cols: int) -> Iterator[Window]:

@@ -9,6 +9,7 @@ label-free checkpoint rule, and the cluster table (id -> colour, name) with alig
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,39 @@ from geoseg.iic.model import Architecture, IICNet
 WEIGHTS = "weights.safetensors"
 META = "model.json"
 BUNDLE_FORMAT = "geoseg.model/1"
+CLUSTERS_TAG = "GEOSEG_CLUSTERS"  # the cluster table, as JSON, in a cluster raster's GDAL metadata
 
 
 @dataclass
 class Cluster:
+    """One cluster of head B: its stable id, its colour and the name a user gave it."""
+
     id: int
     colour: tuple[int, int, int]
     name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """What maps, legends and reports call it: the name, else ``cluster N``."""
+        return self.name or f"cluster {self.id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "colour": list(self.colour), "name": self.name}
+
+
+def clusters_to_tag(clusters: Sequence[Cluster]) -> str:
+    """The cluster table as stored in a raster's ``GEOSEG_CLUSTERS`` metadata item."""
+    return json.dumps([c.to_dict() for c in clusters])
+
+
+def clusters_from_tag(text: str | None) -> list[Cluster] | None:
+    """The cluster table of a raster's ``GEOSEG_CLUSTERS`` item; None where it has none or it is unreadable."""
+    if not text:
+        return None
+    try:
+        return [Cluster(int(c["id"]), tuple(c["colour"]), c.get("name")) for c in json.loads(text)]  # type: ignore[arg-type]
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError):
+        return None
 
 
 @dataclass

@@ -113,8 +113,44 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     q.add_argument("bundle", type=Path, help="the aligned model bundle")
     q.add_argument("--previous", type=Path, default=None, help="the model it was aligned to")
     q.add_argument("--reference", nargs="+", default=None, help="imagery for a first model's balance check")
+    _add_model_name(msub)
     for q in msub.choices.values():
         q.set_defaults(run=_run_model)
+
+
+def _add_model_name(msub: argparse._SubParsersAction) -> None:
+    q = msub.add_parser(
+        "name",
+        help="name clusters and set their colours in model.json (e.g. 3=roofs --color 3=#c0392b)",
+        description=(
+            "Store cluster names and colours in a model bundle's model.json, or in a registry "
+            "version's (default: the promoted one; retraining carries them to the next version). "
+            "Outputs made from the model use them. ID= clears a name (back to 'cluster ID')."
+        ),
+    )
+    q.add_argument("target", type=Path, metavar="REGISTRY_OR_BUNDLE", help="model registry or bundle folder")
+    q.add_argument("names", nargs="*", metavar="ID=NAME", help="cluster names, e.g. 3=roofs 0=roads")
+    q.add_argument(
+        "--color", "--colour", dest="colours", action="append", default=[], metavar="ID=#RRGGBB",
+        help="cluster colour (repeatable), e.g. --color 3=#c0392b",
+    )  # fmt: skip
+    q.add_argument(
+        "--legend", type=Path, default=None, metavar="FILE",
+        help="names/colours from a CSV (id,name[,colour]) or JSON file; ID=NAME arguments win",
+    )  # fmt: skip
+    q.add_argument("--version", default=None, help="registry version to name (default: the promoted one)")
+
+
+def _run_model_name(args: argparse.Namespace) -> int:
+    from geoseg.names import ClusterEdits, name_clusters, parse_colours, parse_names, read_legend
+
+    edits = read_legend(args.legend) if args.legend else ClusterEdits()
+    edits = edits.update(ClusterEdits(parse_names(args.names), parse_colours(args.colours)))
+    result = name_clusters(args.target, edits, version=args.version)
+    print(f"{result.bundle / 'model.json'}")
+    for c in result.clusters:
+        print("  {:>3}  #{:02x}{:02x}{:02x}  {}".format(c.id, *c.colour, c.label))
+    return 0
 
 
 def _run_model(args: argparse.Namespace) -> int:
@@ -126,7 +162,12 @@ def _run_model(args: argparse.Namespace) -> int:
         for v in state.versions:
             mark = "*" if v.version == state.current else " "
             print(f"{mark} {v.version}  {v.status:<11} {v.registered}  k={v.k}  {v.weights_sha256[:12]}")
+            names = registry.cluster_names(args.registry, v.version)
+            if names:
+                print("      clusters: " + ", ".join(f"{cid}={name}" for cid, name in sorted(names.items())))
         return 0
+    if command == "name":
+        return _run_model_name(args)
     if command == "register":
         print(registry.register(args.bundle, args.registry).version)
         return 0
@@ -388,9 +429,12 @@ def _run_segment(args: argparse.Namespace) -> int:
 
 
 def _add_vectorize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("vectorize", help="cluster raster -> GeoPackage polygons (+ .qml)")
+    p = sub.add_parser("vectorize", help="cluster raster -> GeoPackage polygons, styled for QGIS")
     p.add_argument("clusters", type=Path, metavar="CLUSTERS.tif", help="uint8 cluster raster, nodata 255")
-    p.add_argument("--out", required=True, type=Path, help="GeoPackage to write")
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help="GeoPackage to write (default: <stem>_polygons.gpkg beside CLUSTERS.tif)",
+    )  # fmt: skip
     p.add_argument(
         "--min-area", type=float, default=0.0, help="sieve regions smaller than this (CRS units^2)"
     )

@@ -116,6 +116,7 @@ def evaluate(
         if tally.full.sum() == 0:
             raise InputError(f"no labelled pixels in the {name} set (all ignored or no overlap)")
 
+    cluster_labels = _cluster_labels([p for p, _ in pairs], n_clusters)
     fit_table = fitted.full[:n_clusters, :n_classes]
     table = scored.full[:n_clusters, :n_classes]
     missing = scored.full[IGNORE, :n_classes]
@@ -133,6 +134,7 @@ def evaluate(
         "matching": "many-to-one" if config.many_to_one else "hungarian",
         "dataset": dataset.name if dataset else None,
         "classes": list(classes),
+        "cluster_names": {str(i): label for i, label in enumerate(cluster_labels)},
         "n_classes": n_classes,
         "n_clusters": n_clusters,
         "n_pixels": result.n_pixels,
@@ -165,7 +167,7 @@ def evaluate(
     files = {
         "report_md": REPORT_MD,
         "confusion_png": _plot_confusion(result.confusion, classes, out_dir / CONFUSION_PNG).name,
-        "clusters_png": _plot_clusters(table, classes, mapping, out_dir / CLUSTERS_PNG).name,
+        "clusters_png": _plot_clusters(table, classes, mapping, cluster_labels, out_dir / CLUSTERS_PNG).name,
         "examples": [],
     }
     for index in _sample(len(pairs), config):
@@ -285,6 +287,22 @@ def _class_names(dataset: LabelDataset | None, *tallies: _Tally) -> tuple[str, .
     return tuple(f"class {i}" for i in range(n))
 
 
+def _cluster_labels(predictions: Sequence[Path], n_clusters: int) -> list[str]:
+    """Each cluster id's label: the name ``geoseg model name`` gave it, as the prediction
+    rasters carry it (their cluster table), else ``cluster N``. The first raster with a
+    table decides; rasters of one run share it."""
+    from geoseg.bundle import CLUSTERS_TAG, clusters_from_tag
+
+    names: dict[int, str] = {}
+    for path in predictions:
+        with open_dataset(path) as src:
+            table = clusters_from_tag(src.tags().get(CLUSTERS_TAG))
+        if table is not None:
+            names = {c.id: c.name for c in table if c.name}
+            break
+    return [names.get(i) or f"cluster {i}" for i in range(n_clusters)]
+
+
 def _class_colours(dataset: LabelDataset | None, n_classes: int) -> list[tuple[int, int, int]]:
     if dataset is not None:
         colours = list(dataset.colours)
@@ -386,9 +404,10 @@ def _markdown(report: dict[str, Any]) -> str:
         ]
     lines += ["", "## Per-class IoU", "", "| class | IoU |", "|---|---|"]
     lines += [f"| {name} | {fmt(v)} |" for name, v in report["per_class_iou"].items()]
-    lines += ["", "## Mapping (cluster → class)", "", "| cluster | class |", "|---|---|"]
+    lines += ["", "## Mapping (cluster → class)", "", "| cluster | name | class |", "|---|---|---|"]
     for cluster, cid in report["mapping"].items():
-        lines.append(f"| {cluster} | {'none' if cid is None else report['classes'][cid]} |")
+        name = _cell(report["cluster_names"].get(cluster, f"cluster {cluster}"))
+        lines.append(f"| {cluster} | {name} | {'none' if cid is None else report['classes'][cid]} |")
     if report["notes"]:
         lines += ["", "## Notes", "", *[f"- {n}" for n in report["notes"]]]
     lines += ["", "## Per image", "", "| prediction | pixels | accuracy |", "|---|---|---|"]
@@ -411,6 +430,11 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Text safe in a markdown table cell (a user's cluster name may hold a ``|``)."""
+    return text.replace("|", "\\|")
 
 
 def _short(path: str) -> str:
@@ -467,10 +491,12 @@ def _plot_confusion(confusion: np.ndarray, classes: tuple[str, ...], path: Path)
     )
 
 
-def _plot_clusters(table: np.ndarray, classes: tuple[str, ...], mapping: np.ndarray, path: Path) -> Path:
+def _plot_clusters(
+    table: np.ndarray, classes: tuple[str, ...], mapping: np.ndarray, labels: list[str], path: Path
+) -> Path:
     """What each cluster holds: cluster (rows) x true class (columns), each row normalised."""
     share = table / np.maximum(table.sum(axis=1, keepdims=True), 1)
-    rows = [f"{i} → {classes[c] if c >= 0 else 'none'}" for i, c in enumerate(mapping)]
+    rows = [f"{i} {labels[i]} → {classes[c] if c >= 0 else 'none'}" for i, c in enumerate(mapping)]
     return _heatmap(
         share, rows, list(classes), "cluster composition (row-normalised)", "true class", "cluster", path
     )

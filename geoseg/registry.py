@@ -39,7 +39,7 @@ from typing import Any
 
 import pystac
 
-from geoseg.bundle import META, WEIGHTS, load_meta
+from geoseg.bundle import META, WEIGHTS, Cluster, load_meta
 from geoseg.config import PromotionConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.fileio import atomic_path, sha256_file, write_json_atomic
@@ -304,6 +304,29 @@ def rollback(registry: str | Path, to: str | None = None) -> ModelVersion:
     return state.get(target)
 
 
+def record_naming(registry: str | Path, version: str, clusters: Sequence[Cluster]) -> None:
+    """Log that ``version``'s clusters were named (``geoseg model name``) and refresh the catalog.
+
+    The names live in the version's model.json (written by :mod:`geoseg.names`); the event
+    keeps who-called-what-when auditable, as promotions are.
+    """
+    registry = Path(registry)
+    state = load_state(registry)
+    state.get(version)
+    named = {str(c.id): c.name for c in clusters if c.name}
+    state.events.append({"time": _now(), "action": "name", "version": version, "names": named})
+    _save(registry, state)
+
+
+def cluster_names(registry: str | Path, version: str) -> dict[int, str]:
+    """The names a version's clusters carry (unnamed clusters left out)."""
+    try:
+        meta = load_meta(Path(registry) / version)
+    except InputError:
+        return {}
+    return {c.id: c.name for c in meta.clusters if c.name}
+
+
 def current_model(registry: str | Path) -> Path:
     """The bundle directory of the promoted model."""
     registry = Path(registry)
@@ -464,6 +487,7 @@ def write_catalog(registry: str | Path, state: RegistryState | None = None) -> P
                 "geoseg:weights_sha256": v.weights_sha256,
                 "geoseg:source": v.source,
                 "geoseg:promotion": v.decision,
+                "geoseg:cluster_names": {str(k): n for k, n in cluster_names(registry, v.version).items()},
             },
         )
         item.add_asset("weights", pystac.Asset(str(folder / WEIGHTS), media_type="application/octet-stream",

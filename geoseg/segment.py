@@ -11,10 +11,11 @@ plus one strip of source pixels, whatever the raster's height; the intermediates
 copied into COGs (:mod:`geoseg.cog`). Pixels that are nodata (or alpha 0) in any source
 band are nodata (255) in every output.
 
-Outputs per source, in ``out_dir``: ``<stem>_clusters.tif`` (uint8 ids, nodata 255,
-colour table, mode overviews), ``<stem>_confidence.tif`` (uint8 percent 0-100, nodata
-255), a ``.qml`` beside each, ``<stem>_clusters.png`` (preview), ``<stem>_prediction.json``
-(a STAC item) and, when asked, ``<stem>_clusters.gpkg`` with its style.
+Outputs per source, in ``out_dir`` (names in :mod:`geoseg.outputs`): ``<stem>_clusters.tif``
+(uint8 ids, nodata 255, colour table, mode overviews), ``<stem>_confidence.tif`` (uint8
+percent 0-100, nodata 255), a ``.qml`` beside each, ``<stem>_preview.png`` (with a legend),
+``<stem>_prediction.json`` (a STAC item) and, when asked, ``<stem>_polygons.gpkg`` with its
+style inside and beside it.
 """
 
 from __future__ import annotations
@@ -36,14 +37,15 @@ from rasterio.enums import Resampling
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
+from geoseg import outputs
 from geoseg.baseline import check_unique_stems
-from geoseg.bundle import Cluster, ModelMeta, default_clusters, load_bundle
+from geoseg.bundle import CLUSTERS_TAG, Cluster, ModelMeta, clusters_to_tag, default_clusters, load_bundle
 from geoseg.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
 from geoseg.config import SegmentConfig
 from geoseg.errors import InputError
 from geoseg.fileio import atomic_path
 from geoseg.iic.model import IICNet, for_inference
-from geoseg.preview import colourize, save_png
+from geoseg.preview import colourize, save_png, with_legend
 from geoseg.progress import Progress, progress_bar
 from geoseg.sources import RasterInfo, band_names, open_dataset, open_raster, read_scaled, usable_bands
 from geoseg.style import StyleClass, paletted_raster_qml, pseudocolour_raster_qml
@@ -72,16 +74,18 @@ class SegmentResult:
 
 
 def output_paths(source: Path, out_dir: Path) -> dict[str, Path]:
-    """Where the outputs of ``source`` go (names as in DESIGN.md)."""
+    """Where the outputs of ``source`` go (the names of :mod:`geoseg.outputs`)."""
     stem = source.stem
+    clusters = outputs.clusters_path(source, out_dir)
+    confidence = out_dir / f"{stem}{outputs.CONFIDENCE}.tif"
     return {
-        "clusters": out_dir / f"{stem}_clusters.tif",
-        "confidence": out_dir / f"{stem}_confidence.tif",
-        "clusters_qml": out_dir / f"{stem}_clusters.qml",
-        "confidence_qml": out_dir / f"{stem}_confidence.qml",
-        "preview_png": out_dir / f"{stem}_clusters.png",
-        "stac_item": out_dir / f"{stem}_prediction.json",
-        "gpkg": out_dir / f"{stem}_clusters.gpkg",
+        "clusters": clusters,
+        "confidence": confidence,
+        "clusters_qml": outputs.style_path(clusters),
+        "confidence_qml": outputs.style_path(confidence),
+        "preview_png": outputs.preview_path(clusters),
+        "stac_item": out_dir / f"{stem}{outputs.PREDICTION}.json",
+        "gpkg": outputs.polygons_path(clusters),
     }
 
 
@@ -303,13 +307,19 @@ def style_classes(clusters: Sequence[Cluster]) -> list[StyleClass]:
     return [StyleClass(c.id, tuple(c.colour), c.name) for c in clusters]  # type: ignore[arg-type]
 
 
-def write_preview(clusters_tif: Path, colours: Sequence[tuple[int, int, int]], out: Path, size: int) -> Path:
-    """PNG of the cluster COG, read decimated (from its overviews): never the full raster."""
+def write_preview(clusters_tif: Path, clusters: Sequence[Cluster], out: Path, size: int) -> Path:
+    """PNG of the cluster COG with a legend of the clusters it shows, read decimated (from
+    its overviews): never the full raster."""
     with rasterio.open(clusters_tif) as src:
         factor = max(1.0, max(src.height, src.width) / size)
         shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
         ids = src.read(1, out_shape=shape, resampling=Resampling.nearest)
-    return save_png(colourize(ids, colours, NODATA), out, max_size=size)
+    colours = [(128, 128, 128)] * (max((c.id for c in clusters), default=-1) + 1)
+    for c in clusters:
+        colours[c.id] = tuple(c.colour)  # type: ignore[assignment]
+    shown = set(np.unique(ids).tolist())
+    entries = [(tuple(c.colour), c.label) for c in sorted(clusters, key=lambda c: c.id) if c.id in shown]
+    return save_png(with_legend(colourize(ids, colours, NODATA), entries), out, max_size=None)
 
 
 def segment_raster(
@@ -333,13 +343,16 @@ def segment_raster(
         conf_tmp = out_dir / f".{source.stem}_confidence.tiled-{os.getpid()}.tif"
         try:
             _segment_into(model, meta, src, source, bands, ids_tmp, conf_tmp, config, progress)
-            table = json.dumps([{"id": c.id, "colour": list(c.colour), "name": c.name} for c in clusters])
             to_cog(
                 ids_tmp,
                 paths["clusters"],
                 resampling="mode",
                 colormap={c.id: (*c.colour, 255) for c in clusters},
-                tags={"GEOSEG_CLUSTERS": table, "GEOSEG_MODEL": str(model_dir), "GEOSEG_SOURCE": str(source)},
+                tags={
+                    CLUSTERS_TAG: clusters_to_tag(clusters),
+                    "GEOSEG_MODEL": str(model_dir),
+                    "GEOSEG_SOURCE": str(source),
+                },
                 description="cluster id",
             )
             to_cog(
@@ -354,7 +367,7 @@ def segment_raster(
             conf_tmp.unlink(missing_ok=True)
     paletted_raster_qml(style_classes(clusters), paths["clusters_qml"])
     pseudocolour_raster_qml(paths["confidence_qml"], 0, CONFIDENCE_MAX, label=" %")
-    write_preview(paths["clusters"], [c.colour for c in clusters], paths["preview_png"], config.preview_size)
+    write_preview(paths["clusters"], clusters, paths["preview_png"], config.preview_size)
     result = SegmentResult(
         source=source,
         clusters=paths["clusters"],
@@ -413,9 +426,7 @@ def prediction_item(
         for key, (media, roles) in kinds.items()
         if getattr(result, key) is not None
     }
-    item = stac_prediction_item(
-        result.clusters, result.source, model_dir, [(c.id, c.name) for c in clusters], assets
-    )
+    item = stac_prediction_item(result.clusters, result.source, model_dir, clusters, assets)
     item.properties["geoseg:confidence_units"] = "percent"
     return item
 

@@ -15,6 +15,7 @@ import datetime
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pystac
 from pystac.extensions.projection import ProjectionExtension
@@ -24,6 +25,9 @@ from rasterio.warp import transform_bounds
 from geoseg.errors import InputError
 from geoseg.fileio import atomic_path, sha256_file
 from geoseg.sources import open_dataset
+
+if TYPE_CHECKING:
+    from geoseg.bundle import Cluster
 
 _MEDIA = {
     ".tif": pystac.MediaType.GEOTIFF,
@@ -120,15 +124,17 @@ def prediction_item(
     clusters: str | Path,
     source: str | Path,
     model_dir: str | Path,
-    classes: Sequence[tuple[int, str | None]],
+    classes: Sequence[Cluster],
     assets: dict[str, tuple[Path, str, list[str]]] | None = None,
 ) -> pystac.Item:
     """The STAC item of one segmentation output (written by ``geoseg segment``).
 
     :func:`raster_item` of the cluster COG (footprint, projection, checksum; its asset
-    renamed ``clusters``), the label extension (raster labels, the cluster names or ids as
-    classes), further ``assets`` (key -> (path, media type, roles)), and links
-    ``derived_from`` the source raster and ``via`` the model's model.json.
+    renamed ``clusters``), the label extension (raster labels: the cluster ids are its
+    classes), the classification extension on the ``clusters`` asset (each id's name, as
+    ``title``, and colour: what the ids mean, as ``geoseg model name`` set them), further
+    ``assets`` (key -> (path, media type, roles)), and links ``derived_from`` the source
+    raster and ``via`` the model's model.json.
     """
     from pystac.extensions.label import LabelClasses, LabelExtension, LabelType
 
@@ -139,10 +145,11 @@ def prediction_item(
         label_description="IIC clusters (label-free): ids are clusters, not ground-truth classes",
         label_type=LabelType.RASTER,
         label_properties=None,
-        label_classes=[LabelClasses.create(classes=[name or cid for cid, name in classes], name=None)],
+        label_classes=[LabelClasses.create(classes=[c.id for c in classes], name=None)],
         label_tasks=["segmentation"],
         label_methods=["automated"],
     )
+    classify(item.assets["clusters"], classes)
     for key, (path, media_type, roles) in (assets or {}).items():
         item.add_asset(key, pystac.Asset(str(Path(path).resolve()), media_type=media_type, roles=roles))
     source_href = str(Path(source).resolve())
@@ -150,3 +157,21 @@ def prediction_item(
     model_json = str((Path(model_dir) / "model.json").resolve())
     item.add_link(pystac.Link("via", model_json, media_type="application/json", title="model"))
     return item
+
+
+def classify(asset: pystac.Asset, classes: Sequence[Cluster], nodata: int = 255) -> None:
+    """The classification extension's ``classes`` on a cluster raster asset: value, name, colour.
+
+    ``name`` must match ``[0-9A-Za-z_-]+`` in the extension's schema, so it is a slug of the
+    label ("red roofs" -> ``red_roofs``, unnamed -> ``cluster_3``); ``title`` is the label as
+    the user wrote it.
+    """
+    from pystac.extensions.classification import Classification, ClassificationExtension
+
+    entries = []
+    for c in sorted(classes, key=lambda c: c.id):
+        slug = re.sub(r"[^0-9A-Za-z_-]+", "_", c.label).strip("_") or f"cluster_{c.id}"
+        hint = "{:02X}{:02X}{:02X}".format(*c.colour)
+        entries.append(Classification.create(value=c.id, name=slug, title=c.label, color_hint=hint))
+    entries.append(Classification.create(value=nodata, name="nodata", title="no data", nodata=True))
+    ClassificationExtension.ext(asset, add_if_missing=True).classes = entries

@@ -1,10 +1,17 @@
-"""QGIS layer styles (.qml) for geoseg outputs, coloured and named from the cluster table.
+"""QGIS layer styles for geoseg outputs, coloured and named from the cluster table.
 
-QGIS loads ``<name>.qml`` beside a raster automatically, so a cluster COG opens with the
-model's colours and names, and the confidence COG with a colour ramp. The GeoPackage gets
-a categorized style on ``cluster_id`` with the same colours (written beside it and loaded
-with Layer Properties > Style > Load Style). The XML is built with ElementTree so names
-with ``<``, ``&`` or quotes stay valid.
+QGIS applies a style by itself when it opens a layer: a GeoPackage layer's default row in
+the file's own ``layer_styles`` table first, else ``<file base name>.qml`` beside the file.
+So every output carries its style where QGIS looks (the names are fixed in
+:func:`geoseg.segment.output_paths` and :func:`geoseg.vectorize.polygons_path`):
+
+- ``<stem>_clusters.tif`` + ``<stem>_clusters.qml``: paletted, the model's colours and names;
+- ``<stem>_confidence.tif`` + ``<stem>_confidence.qml``: a single-band pseudocolour ramp;
+- ``<stem>_polygons.gpkg``: a categorized style on ``cluster_id`` in its ``layer_styles``
+  table (``useAsDefault``), and the same QML as ``<stem>_polygons.qml`` for other tools.
+
+No two outputs share a base name, so no file picks up another's sidecar. The XML is built
+with ElementTree so names with ``<``, ``&`` or quotes stay valid.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from pathlib import Path
 from geoseg.fileio import write_text_atomic
 
 QGIS_VERSION = "3.34.0"
+LAYER_STYLES = "layer_styles"  # QGIS's table of styles inside a GeoPackage
 # viridis at 5 stops: perceptually uniform and readable by colour-blind users
 _VIRIDIS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")
 
@@ -42,10 +50,15 @@ def _document(categories: str) -> ET.Element:
     return ET.Element("qgis", version=QGIS_VERSION, styleCategories=categories)
 
 
-def _write(root: ET.Element, path: str | Path) -> Path:
+def _text(root: ET.Element) -> str:
     ET.indent(root)
-    text = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, "unicode")
-    return write_text_atomic(path, text + "\n")
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, "unicode") + "\n"
+    )
+
+
+def _write(root: ET.Element, path: str | Path) -> Path:
+    return write_text_atomic(path, _text(root))
 
 
 def _raster_pipe(root: ET.Element, renderer_attrs: dict[str, str]) -> ET.Element:
@@ -122,7 +135,12 @@ def _fill_symbol(parent: ET.Element, name: str, colour: tuple[int, int, int]) ->
 def categorized_vector_qml(
     classes: Sequence[StyleClass], path: str | Path, attribute: str = "cluster_id"
 ) -> Path:
-    """Categorized fill style on ``attribute`` (one colour per cluster) for the polygon layer."""
+    """Categorized fill style on ``attribute`` (one colour per cluster), written to ``path``."""
+    return write_text_atomic(path, categorized_vector_style(classes, attribute))
+
+
+def categorized_vector_style(classes: Sequence[StyleClass], attribute: str = "cluster_id") -> str:
+    """The QML text of a categorized fill style on ``attribute`` for the polygon layer."""
     root = _document("Symbology")
     renderer = ET.SubElement(
         root,
@@ -138,4 +156,55 @@ def categorized_vector_qml(
     for i, c in enumerate(sorted(classes, key=lambda c: c.id)):
         ET.SubElement(categories, "category", symbol=str(i), value=str(c.id), label=c.label, render="true")
         _fill_symbol(symbols, str(i), c.colour)
-    return _write(root, path)
+    return _text(root)
+
+
+def embed_layer_style(
+    gpkg: str | Path, layer: str, qml: str, geometry_column: str = "geom", name: str = "geoseg clusters"
+) -> None:
+    """Store ``qml`` as ``layer``'s default style in the GeoPackage's ``layer_styles`` table.
+
+    The table is QGIS's own (as its "Save Style > In Database" writes it: the columns of
+    the PostGIS/SpatiaLite providers, ``f_table_schema`` empty, ``useAsDefault`` 1), made
+    through OGR as a plain attribute table, so it is registered in ``gpkg_contents`` and the
+    file stays a valid GeoPackage. Call it on a file not yet published (the atomic writer's
+    temporary path): the style is part of the file from its first appearance.
+    """
+    import datetime
+
+    import numpy as np
+    import pyogrio.raw
+
+    fields = [
+        "f_table_catalog", "f_table_schema", "f_table_name", "f_geometry_column", "styleName",
+        "styleQML", "styleSLD", "useAsDefault", "description", "owner", "ui", "update_time",
+    ]  # fmt: skip
+    stamp = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    text = [
+        "",
+        "",
+        layer,
+        geometry_column,
+        name[:30],
+        qml,
+        "",
+        None,
+        "geoseg: colours and names of the model's clusters",
+        "",
+        None,
+    ]
+    values = [np.array([v], dtype=object) for v in text]
+    values[7] = np.array([True])
+    values.append(np.array([np.datetime64(stamp, "ms")]))
+    pyogrio.raw.write(
+        gpkg,
+        geometry=None,
+        field_data=values,
+        fields=fields,
+        layer=LAYER_STYLES,
+        driver="GPKG",
+        geometry_type=None,
+        append=True,
+        layer_options={"FID": "id"},
+        gdal_tz_offsets={"update_time": np.array([100])},  # GDAL's flag for UTC: stored "...Z"
+    )

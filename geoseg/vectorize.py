@@ -25,7 +25,6 @@ with larger units, regions near block lines may be judged on truncated neighbour
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import multiprocessing
@@ -45,15 +44,17 @@ from affine import Affine
 from rasterio.features import shapes, sieve
 from rasterio.windows import Window
 
-from geoseg.bundle import default_clusters
+from geoseg.bundle import CLUSTERS_TAG, clusters_from_tag, default_clusters
 from geoseg.errors import ConfigError, InputError
-from geoseg.fileio import atomic_path
-from geoseg.style import StyleClass, categorized_vector_qml
+from geoseg.fileio import atomic_path, write_text_atomic
+from geoseg.outputs import polygons_path, style_path
+from geoseg.style import StyleClass, categorized_vector_style, embed_layer_style
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NODATA = 255
 LAYER_FIELDS = ["cluster_id", "class_name", "area"]
+GEOMETRY_COLUMN = "geom"  # GDAL's default for GeoPackage; the layer_styles row names it
 
 
 @dataclass(frozen=True)
@@ -76,13 +77,19 @@ class BlockPolygons:
 
 
 def vector_style_path(gpkg: str | Path) -> Path:
-    """The .qml written beside a GeoPackage (``X.gpkg`` -> ``X_polygons.qml``).
+    """The .qml written beside a GeoPackage, where QGIS looks for it: ``X.gpkg`` -> ``X.qml``."""
+    return style_path(gpkg)
 
-    Not ``X.qml``: cluster rasters are ``<stem>_clusters.tif`` beside ``<stem>_clusters.gpkg``
-    and QGIS auto-loads ``<stem>_clusters.qml`` for the raster.
-    """
-    gpkg = Path(gpkg)
-    return gpkg.with_name(f"{gpkg.stem}_polygons.qml")
+
+def _check_names(clusters_tif: Path, out_gpkg: Path) -> None:
+    """Refuse an output whose sidecar style would be the raster's (or would replace the raster)."""
+    if out_gpkg.suffix.lower() != ".gpkg":
+        raise ConfigError(f"the polygon output must be a .gpkg file, got {out_gpkg}")
+    if vector_style_path(out_gpkg).resolve() == style_path(clusters_tif).resolve():
+        raise ConfigError(
+            f"{out_gpkg} shares its base name with {clusters_tif}: its style {vector_style_path(out_gpkg).name} "
+            f"would replace the raster's; use {polygons_path(clusters_tif)} (the default)"
+        )
 
 
 def blocks(height: int, width: int, size: int) -> list[Block]:
@@ -237,9 +244,9 @@ def _to_crs(geometry: np.ndarray, transform: Affine) -> np.ndarray:
 
 def _raster_classes(src: rasterio.io.DatasetReader) -> list[StyleClass]:
     """Cluster colours and names the segment stage stored in the COG (tags, colour table)."""
-    table = src.tags().get("GEOSEG_CLUSTERS")
+    table = clusters_from_tag(src.tags().get(CLUSTERS_TAG))
     if table:
-        return [StyleClass(int(c["id"]), tuple(c["colour"]), c.get("name")) for c in json.loads(table)]
+        return [StyleClass(c.id, c.colour, c.name) for c in table]
     try:
         cmap = src.colormap(1)
     except ValueError:
@@ -255,18 +262,23 @@ def _raster_classes(src: rasterio.io.DatasetReader) -> list[StyleClass]:
 
 def vectorize(
     clusters_tif: str | Path,
-    out_gpkg: str | Path,
+    out_gpkg: str | Path | None = None,
     min_area: float = 0.0,
     simplify: float = 0.0,
     class_names: Mapping[int, str] | None = None,
     dask_address: str | None = None,
     block_size: int = 4096,
 ) -> Path:
-    """Polygons of a cluster raster in a GeoPackage (+ ``.qml``), in the raster's CRS.
+    """Polygons of a cluster raster in a GeoPackage, styled for QGIS, in the raster's CRS.
+
+    The GeoPackage holds one layer named after the file, and its categorized style (the
+    raster's colours and names) as the default in ``layer_styles``; the same style is
+    written beside it as ``<name>.qml``.
 
     Args:
         clusters_tif: uint8 cluster ids (nodata 255 dropped; every cluster kept, 0 too).
-        out_gpkg: the GeoPackage to write (replaced atomically).
+        out_gpkg: the GeoPackage to write (replaced atomically); default
+            :func:`polygons_path` (``<stem>_polygons.gpkg`` beside the raster).
         min_area: sieve regions smaller than this (CRS units squared) into their largest
             neighbour before polygonising; 0 keeps every region.
         simplify: Douglas-Peucker tolerance in CRS units (topology of each polygon kept;
@@ -278,7 +290,9 @@ def vectorize(
     Returns:
         ``out_gpkg``.
     """
-    clusters_tif, out_gpkg = Path(clusters_tif), Path(out_gpkg)
+    clusters_tif = Path(clusters_tif)
+    out_gpkg = Path(out_gpkg) if out_gpkg is not None else polygons_path(clusters_tif)
+    _check_names(clusters_tif, out_gpkg)
     if min_area < 0 or simplify < 0:
         raise ConfigError(f"min_area and simplify must be >= 0, got {min_area}, {simplify}")
     if block_size < 16:
@@ -317,8 +331,12 @@ def vectorize(
     geometry, values = geometry[order], values[order]
     area = shapely.area(geometry)
     class_name = np.array([names.get(int(v)) for v in values], dtype=object)
+    known = {c.id for c in classes}
+    style = classes + [StyleClass(int(v), (128, 128, 128)) for v in np.unique(values) if int(v) not in known]
+    qml = categorized_vector_style([StyleClass(c.id, c.colour, names.get(c.id, c.name)) for c in style])
     with atomic_path(out_gpkg) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")  # temporary name
+        warnings.filterwarnings("ignore", ".*GPKG application_id, but non conformant file extension")
         pyogrio.raw.write(
             tmp,
             geometry=shapely.to_wkb(geometry),
@@ -329,10 +347,9 @@ def vectorize(
             geometry_type="MultiPolygon",
             promote_to_multi=True,
             crs=crs.to_wkt() if crs is not None else None,
+            layer_options={"GEOMETRY_NAME": GEOMETRY_COLUMN},
         )
-    known = {c.id for c in classes}
-    style = classes + [StyleClass(int(v), (128, 128, 128)) for v in np.unique(values) if int(v) not in known]
-    style = [StyleClass(c.id, c.colour, names.get(c.id, c.name)) for c in style]
-    categorized_vector_qml(style, vector_style_path(out_gpkg))
+        embed_layer_style(tmp, out_gpkg.stem, qml, GEOMETRY_COLUMN)
+    write_text_atomic(vector_style_path(out_gpkg), qml)
     log.info("%d polygons from %s -> %s", len(values), clusters_tif, out_gpkg)
     return out_gpkg

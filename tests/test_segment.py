@@ -162,8 +162,10 @@ def test_styles_preview_and_stac_item(lausanne_run, lausanne: Path, rgb_model: P
     assert "singlebandpseudocolor" in lausanne_run.confidence_qml.read_text()
     from PIL import Image
 
+    assert lausanne_run.preview_png.name == "1091-322_00_preview.png"  # not the raster's base name
     with Image.open(lausanne_run.preview_png) as png, rasterio.open(lausanne) as src:
-        assert png.size == (src.width, src.height)  # under the 2048 px preview limit: full size
+        # under the 2048 px preview limit: full size, and a legend panel on the right
+        assert png.size[1] == src.height and png.size[0] > src.width
     item = pystac.Item.from_file(str(lausanne_run.stac_item))
     assert "label:type" in item.properties and item.properties["label:type"] == "raster"
     assert item.properties["proj:code"] == "EPSG:2056" or item.properties.get("proj:epsg") == 2056
@@ -187,15 +189,19 @@ def test_lausanne_geopackage_reopens(lausanne_run) -> None:
     import geopandas as gpd
 
     info = pyogrio.read_info(lausanne_run.gpkg)
-    assert len(pyogrio.list_layers(lausanne_run.gpkg)) == 1
+    assert lausanne_run.gpkg.name == "1091-322_00_polygons.gpkg"
+    assert [name for name, _ in pyogrio.list_layers(lausanne_run.gpkg)] == [
+        "1091-322_00_polygons",
+        "layer_styles",
+    ]
     assert CRS.from_user_input(info["crs"]).to_epsg() == 2056
-    frame = gpd.read_file(lausanne_run.gpkg)
+    frame = gpd.read_file(lausanne_run.gpkg, layer=lausanne_run.gpkg.stem)
     assert info["features"] == len(frame) > 0
     assert set(frame.columns) >= {"cluster_id", "class_name", "area", "geometry"}
     named = frame[frame.cluster_id == 1]
     assert (named.class_name == "bright").all()
     assert frame[frame.cluster_id == 3].class_name.isna().all()  # no name in the model: null
-    assert lausanne_run.gpkg_qml.is_file()
+    assert lausanne_run.gpkg_qml == lausanne_run.gpkg.with_suffix(".qml") and lausanne_run.gpkg_qml.is_file()
 
 
 def test_neon_nodata_becomes_nodata_everywhere(tmp_path: Path, shared_data: Path, rgb_model: Path) -> None:
@@ -311,7 +317,7 @@ def test_cli_segment_and_its_errors(tmp_path: Path, rgb_model: Path, capsys: pyt
     rc = main(["segment", str(rgb_model), str(source), "--out", str(out), "--overlap", "0.5", "--quiet"])
     assert rc == 0
     printed = capsys.readouterr().out.split()
-    assert printed == [str(out / "tiny_clusters.tif"), str(out / "tiny_clusters.gpkg")]
+    assert printed == [str(out / "tiny_clusters.tif"), str(out / "tiny_polygons.gpkg")]
     assert json.loads((out / "tiny_prediction.json").read_text())["type"] == "Feature"
     rc = main(["segment", str(tmp_path / "nowhere"), str(source), "--out", str(out), "--quiet"])
     assert rc == 2 and "model.json" in capsys.readouterr().err

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyogrio
 import pytest
 import rasterio
@@ -14,10 +18,12 @@ import shapely
 from rasterio.crs import CRS
 
 from geoseg.cli import main
-from geoseg.errors import InputError
+from geoseg.errors import ConfigError, InputError
 from geoseg.vectorize import vector_style_path, vectorize
 
 NODATA = 255
+# every GeoPackage holds its polygons and QGIS's layer_styles table; readers default to the first
+pytestmark = pytest.mark.filterwarnings("ignore:More than one layer found:UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +95,11 @@ def test_block_parallel_result_equals_single_block(neon_clusters: Path, single_b
 def test_geopackage_reopens_through_gdal_with_crs_and_columns(neon_clusters: Path, tmp_path: Path) -> None:
     out = vectorize(neon_clusters, tmp_path / "neon.gpkg", block_size=128)
     layers = pyogrio.list_layers(out)
-    assert len(layers) == 1 and layers[0][1] == "MultiPolygon"
+    assert layers.tolist() == [["neon", "MultiPolygon"], ["layer_styles", None]]  # the polygons first
     info = pyogrio.read_info(out)
     with rasterio.open(neon_clusters) as src:
         assert CRS.from_user_input(info["crs"]) == src.crs
-    frame = gpd.read_file(out)
+    frame = gpd.read_file(out, layer="neon")
     assert info["features"] == len(frame) > 100
     assert list(info["fields"]) == ["cluster_id", "class_name", "area"]
     repaired = shapely.make_valid(frame.geometry.to_numpy())
@@ -155,6 +161,52 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path, shared_data: Path) -> None:
     with pytest.raises(InputError, match=r"corrupt_clusters\.tif"):
         vectorize(corrupt, tmp_path / "x.gpkg")
     assert not (tmp_path / "x.gpkg").exists()
+
+
+def test_style_is_the_default_in_the_geopackage_and_beside_it(neon_clusters: Path, tmp_path: Path) -> None:
+    """QGIS's own convention: the layer's default row in layer_styles, and the same QML as X.qml."""
+    out = vectorize(neon_clusters, tmp_path / "styled.gpkg", block_size=4096)
+    styles = pyogrio.read_dataframe(out, layer="layer_styles")
+    assert len(styles) == 1
+    row = styles.iloc[0]
+    assert (row.f_table_catalog, row.f_table_schema) == ("", "")  # what QGIS's OGR provider queries
+    assert row.f_table_name == "styled" and bool(row.useAsDefault)
+    assert row.f_geometry_column == pyogrio.read_info(out)["geometry_name"] == "geom"
+    assert row.styleQML == vector_style_path(out).read_text() and vector_style_path(out).name == "styled.qml"
+    root = ET.fromstring(row.styleQML.split("\n", 1)[1])  # past the DOCTYPE line
+    labels = {c.get("value"): c.get("label") for c in root.iter("category")}
+    assert labels == {"0": "shadow", "1": "crown", "2": "cluster 2", "3": "sand"}
+    assert pd.notna(row.update_time)
+
+
+def test_geopackage_passes_gdal_validate_gpkg(neon_clusters: Path, tmp_path: Path) -> None:
+    """GDAL's validate_gpkg.py of the GDAL that writes the file (gdal-utils, pinned with pyogrio's).
+
+    Debian's copy (GDAL 3.6) predates the GeoPackage 1.4 R-tree triggers GDAL >= 3.8 writes,
+    so it would reject any file GDAL 3.12 makes; the validator must match the writer.
+    """
+    out = vectorize(neon_clusters, tmp_path / "valid.gpkg", block_size=128)
+    run = subprocess.run(
+        [sys.executable, "-m", "osgeo_utils.samples.validate_gpkg", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0 and not run.stdout.strip(), run.stdout + run.stderr
+
+
+def test_default_name_and_no_shared_sidecar_with_the_raster(neon_clusters: Path, tmp_path: Path) -> None:
+    raster = tmp_path / "scene_clusters.tif"
+    raster.write_bytes(neon_clusters.read_bytes())
+    raster_style = raster.with_suffix(".qml")
+    raster_style.write_text("the raster's style")
+    out = vectorize(raster, block_size=4096)
+    assert out == tmp_path / "scene_polygons.gpkg" and (tmp_path / "scene_polygons.qml").is_file()
+    with pytest.raises(ConfigError, match=r"scene_clusters\.qml would replace the raster's"):
+        vectorize(raster, tmp_path / "scene_clusters.gpkg")
+    with pytest.raises(ConfigError, match=r"must be a \.gpkg"):
+        vectorize(raster, tmp_path / "scene.shp")
+    assert (
+        raster_style.read_text() == "the raster's style" and not (tmp_path / "scene_clusters.gpkg").exists()
+    )
 
 
 def test_cli_vectorize(neon_clusters: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -25,6 +25,7 @@ import pytest
 import rasterio
 import yaml
 
+from geoseg import outputs
 from geoseg.catalog import validate_run_catalog
 from tests.flows.conftest import TINY, free_port
 
@@ -203,7 +204,7 @@ def test_readme_order_server_worker_deploy_then_pipeline_and_segment_runs(
         clusters = folder / "predictions" / f"{small_scene.image.stem}_clusters.tif"
         with rasterio.open(clusters) as ds, rasterio.open(small_scene.image) as src:
             assert ds.crs == src.crs and ds.transform == src.transform and ds.nodata == 255
-        assert (folder / "predictions" / f"{small_scene.image.stem}_clusters.gpkg").is_file()
+        assert outputs.polygons_path(clusters).is_file()
     name = f"{small_scene.image.stem}_clusters.tif"
     with rasterio.open(run_dir / "predictions" / name) as a, rasterio.open(out / "predictions" / name) as b:
         assert (a.read(1) == b.read(1)).all()  # same model, same imagery: the same map

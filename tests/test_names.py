@@ -1,0 +1,179 @@
+"""Named clusters: `geoseg model name` on bundles and registries, and every output that shows them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pystac
+import pytest
+import rasterio
+from PIL import Image
+from rasterio.windows import Window
+
+from geoseg import registry
+from geoseg.align import align_clusters
+from geoseg.bundle import CLUSTERS_TAG, META, clusters_from_tag, load_meta
+from geoseg.cli import main
+from geoseg.config import SegmentConfig
+from geoseg.errors import ConfigError, InputError
+from geoseg.names import ClusterEdits, name_clusters, parse_colours, parse_names, read_legend
+from tests.test_align import make_bundle as make_aligned_bundle
+from tests.test_align import reference_tiles
+from tests.test_segment import crop, make_bundle
+
+RGB = ["red", "green", "blue"]
+
+
+def test_assignments_and_their_errors() -> None:
+    assert parse_names(["3=roofs", " 0 = red  roofs ", "5="]) == {3: "roofs", 0: "red roofs", 5: None}
+    assert parse_colours(["3=#c0392b", "1=0af"]) == {3: (192, 57, 43), 1: (0, 170, 255)}
+    for bad, match in (
+        (["roofs"], "not ID=VALUE"),
+        (["x=roofs"], "whole number"),
+        (["-1=roofs"], ">= 0"),
+        (["1=" + "a" * 65], "longer than 64"),
+        (["1=tab\u0007bell"], "control characters"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            parse_names(bad)
+    with pytest.raises(ConfigError, match="not #RRGGBB"):
+        parse_colours(["3=red"])
+
+
+def test_legend_files_csv_and_json(tmp_path: Path) -> None:
+    csv = tmp_path / "legend.csv"
+    csv.write_text("\ufeffid,name,colour\n0,roads,#7f7f7f\n3,Gebäude,\n")  # a spreadsheet's BOM
+    edits = read_legend(csv)
+    assert edits.names == {0: "roads", 3: "Gebäude"} and edits.colours == {0: (127, 127, 127)}
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps({"1": "trees", "2": {"name": "water", "colour": [0, 0, 200]}}))
+    assert read_legend(flat) == ClusterEdits({1: "trees", 2: "water"}, {2: (0, 0, 200)})
+    listed = tmp_path / "list.json"
+    listed.write_text(json.dumps([{"id": 4, "name": "grass", "color": "#0f0"}]))
+    assert read_legend(listed) == ClusterEdits({4: "grass"}, {4: (0, 255, 0)})
+    twice = tmp_path / "twice.csv"
+    twice.write_text("id,name\n1,a\n1,b\n")
+    with pytest.raises(InputError, match="cluster 1 is listed twice"):
+        read_legend(twice)
+    headless = tmp_path / "headless.csv"
+    headless.write_text("1,a\n")
+    with pytest.raises(InputError, match="header row"):
+        read_legend(headless)
+    with pytest.raises(InputError, match="not found"):
+        read_legend(tmp_path / "absent.csv")
+
+
+def test_cli_names_a_bundle_and_refuses_unknown_ids(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bundle = make_bundle(tmp_path / "m", RGB, "uint8", 110.0, 50.0)  # k = 4: dark, bright, green, None
+    legend = tmp_path / "legend.json"
+    legend.write_text(json.dumps({"1": "sand", "2": "trees"}))
+    names = ["model", "name", str(bundle), "3=roofs", "0=roads", "1=beach"]
+    assert main([*names, "--color", "3=#c0392b", "--legend", str(legend)]) == 0  # names win over the legend's
+    out = capsys.readouterr().out
+    assert "#c0392b  roofs" in out and "beach" in out
+    clusters = {c.id: c for c in load_meta(bundle).clusters}
+    assert {i: c.name for i, c in clusters.items()} == {0: "roads", 1: "beach", 2: "trees", 3: "roofs"}
+    assert clusters[3].colour == (192, 57, 43) and clusters[0].colour != (192, 57, 43)
+    before = (bundle / META).read_bytes()
+    assert main(["model", "name", str(bundle), "9=lake", "2=forest"]) == 2
+    err = capsys.readouterr().err
+    assert "has no cluster 9" in err and "ids 0-3" in err and "Traceback" not in err
+    assert (bundle / META).read_bytes() == before, "a refused edit changes nothing"
+    assert main(["model", "name", str(bundle), "2="]) == 0  # cleared: back to "cluster 2"
+    assert "cluster 2" in capsys.readouterr().out and load_meta(bundle).clusters[2].name is None
+    assert sorted(p.name for p in bundle.iterdir()) == ["model.json", "weights.safetensors"]  # no temporaries
+    assert main(["model", "name", str(tmp_path), "1=x"]) == 2
+    assert "neither a model bundle" in capsys.readouterr().err
+
+
+def test_registry_names_carry_to_the_next_aligned_version(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Name the promoted model; retraining's alignment to it carries the names by id."""
+    reg = tmp_path / "registry"
+    first = make_aligned_bundle(tmp_path / "first", seed=3)
+    registry.promote(reg, registry.register(first, reg).version)
+    assert main(["model", "name", str(reg), "0=roofs", "2=trees", "--color", "2=#00aa00"]) == 0
+    capsys.readouterr()
+    assert registry.cluster_names(reg, "v0001") == {0: "roofs", 2: "trees"}
+    assert registry.load_state(reg).events[-1]["action"] == "name"
+    name_clusters(reg / "current", ClusterEdits({1: "grass"}))  # the version folder itself: logged too
+    event = registry.load_state(reg).events[-1]
+    assert event["version"] == "v0001" and event["names"] == {"0": "roofs", "1": "grass", "2": "trees"}
+    name_clusters(reg / "v0001", ClusterEdits({1: None}))
+    assert registry.cluster_names(reg, "v0001") == {0: "roofs", 2: "trees"}
+    retrained = make_aligned_bundle(tmp_path / "retrained", seed=4)  # another model: no names, own ids
+    align_clusters(retrained, reg / "current", reference_tiles(shared_data)[:2])
+    aligned = {c.id: c for c in load_meta(retrained).clusters}
+    assert aligned[0].name == "roofs" and aligned[2].name == "trees" and aligned[2].colour == (0, 170, 0)
+    registry.promote(reg, registry.register(retrained, reg).version)
+    assert main(["model", "list", "--registry", str(reg)]) == 0
+    listing = capsys.readouterr().out
+    assert listing.count("clusters: 0=roofs, 2=trees") == 2  # both versions show their names
+    catalog = pystac.Catalog.from_file(str(reg / "catalog.json"))
+    item = next(i for i in catalog.get_items() if i.id == "v0002")
+    assert item.properties["geoseg:cluster_names"] == {"0": "roofs", "2": "trees"}
+    with pytest.raises(ConfigError, match="no cluster 7"):
+        name_clusters(reg, ClusterEdits({7: "x"}), version="v0001")
+    with pytest.raises(ConfigError, match="no model version 'v0009'"):
+        name_clusters(reg, ClusterEdits({1: "x"}), version="v0009")
+
+
+@pytest.fixture(scope="module")
+def named_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("named")
+    bundle = make_bundle(root / "model", RGB, "uint8", 110.0, 50.0)
+    name_clusters(bundle, ClusterEdits({0: "roads", 1: "red | roofs", 3: "trees"}, {1: (192, 57, 43)}))
+    lausanne = shared_data / "lausanne" / "big_img" / "1091-322_00.tif"
+    source = crop(lausanne, root / "scene.tif", Window(300, 300, 256, 256))
+    from geoseg.segment import segment
+
+    (result,) = segment(bundle, [source], root / "out", SegmentConfig(batch_size=8), progress=False)
+    return result
+
+
+def test_segment_outputs_carry_the_names(named_run) -> None:
+    labels = {0: "roads", 1: "red | roofs", 2: "green", 3: "trees"}  # 2: the bundle's own name
+    with rasterio.open(named_run.clusters) as src:
+        table = clusters_from_tag(src.tags()[CLUSTERS_TAG])
+        assert src.colormap(1)[1][:3] == (192, 57, 43)
+        present = {int(v) for v in np.unique(src.read(1))} - {255}
+    assert table is not None and {c.id: c.label for c in table} == labels
+    assert 'label="red | roofs"' in named_run.clusters_qml.read_text()
+    frame = pyogrio.read_dataframe(named_run.gpkg, layer=named_run.gpkg.stem)
+    for cid, name in frame.groupby("cluster_id")["class_name"].first().items():
+        assert name == labels[int(cid)]
+    style = pyogrio.read_dataframe(named_run.gpkg, layer="layer_styles").styleQML[0]
+    assert 'label="red | roofs"' in style and 'label="trees"' in style
+    item = pystac.Item.from_file(str(named_run.stac_item))
+    classes = item.assets["clusters"].extra_fields["classification:classes"]
+    by_value = {c["value"]: c for c in classes}
+    assert by_value[1]["title"] == "red | roofs" and by_value[1]["name"] == "red_roofs"
+    assert by_value[1]["color_hint"] == "C0392B" and by_value[255]["nodata"] is True
+    assert item.properties["label:classes"][0]["classes"] == [0, 1, 2, 3]
+    # the preview: the map, then a legend with a swatch of each cluster it shows
+    with Image.open(named_run.preview_png) as png:
+        rgb = np.asarray(png.convert("RGB"))
+    assert rgb.shape[0] == 256 and rgb.shape[1] > 256
+    legend = {tuple(c) for c in rgb[:, 256:].reshape(-1, 3)}
+    palette = {c.id: tuple(c.colour) for c in table}
+    assert {palette[i] for i in present} <= legend
+    assert not {palette[i] for i in set(palette) - present} & legend, "absent clusters stay out"
+
+
+def test_evaluate_report_names_the_clusters(named_run, tmp_path: Path) -> None:
+    from geoseg.evaluate import evaluate
+
+    with rasterio.open(named_run.clusters) as src:
+        ids = src.read(1)
+        grid = {"crs": src.crs, "transform": src.transform, "width": src.width, "height": src.height}
+    truth = tmp_path / "truth.tif"
+    with rasterio.open(truth, "w", driver="GTiff", count=1, dtype="uint8", nodata=255, **grid) as dst:
+        dst.write(np.where(ids == 255, 255, ids % 2).astype(np.uint8), 1)  # two classes
+    report = evaluate([named_run.clusters], [truth], tmp_path / "eval")
+    assert report["cluster_names"]["1"] == "red | roofs" and report["cluster_names"]["0"] == "roads"
+    markdown = (tmp_path / "eval" / "report.md").read_text()
+    assert "| 1 | red \\| roofs |" in markdown  # the | of the name escaped in the table
