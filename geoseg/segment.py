@@ -19,6 +19,7 @@ colour table, mode overviews), ``<stem>_confidence.tif`` (uint8 percent 0-100, n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from geoseg.bundle import Cluster, ModelMeta, default_clusters, load_bundle
 from geoseg.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
 from geoseg.config import SegmentConfig
 from geoseg.errors import InputError
-from geoseg.fileio import atomic_path
+from geoseg.fileio import atomic_path, check_free_space, check_set, locked, output_set
 from geoseg.iic.model import IICNet, for_inference
 from geoseg.preview import colourize, save_png
 from geoseg.sources import RasterInfo, band_names, open_dataset, open_raster, read_scaled, usable_bands
@@ -51,6 +52,7 @@ from geoseg.windows import WindowGrid, blend_weights
 
 log = logging.getLogger(__name__)
 
+STAGE = "segment"  # names the outputs' manifest: .<stem>.geoseg-segment.json
 NODATA = 255
 CONFIDENCE_MAX = 100  # confidence is stored as a whole percent: 0..100, nodata 255
 MIN_SIDE = 8  # the trunk pools once: a window needs a few pixels on each side
@@ -321,7 +323,35 @@ def segment_raster(
     config: SegmentConfig,
     progress: bool = True,
 ) -> SegmentResult:
-    """Segment one raster with a loaded model; see :func:`segment`."""
+    """Segment one raster with a loaded model; see :func:`segment`.
+
+    Every output is written into a staging folder and the set is published together,
+    its manifest last (:func:`geoseg.fileio.output_set`): a killed or failed run never
+    leaves new and old outputs of one source side by side as if they were one result.
+    """
+    with output_set(out_dir, source.stem, STAGE) as staging:
+        staged = _write_outputs(model, meta, model_dir, source, staging, config, progress)
+    return _published(staged, out_dir)
+
+
+def _published(result: SegmentResult, out_dir: Path) -> SegmentResult:
+    moved = {
+        f.name: out_dir / value.name
+        for f in dataclasses.fields(result)
+        if f.name != "source" and isinstance(value := getattr(result, f.name), Path)
+    }
+    return dataclasses.replace(result, **moved)
+
+
+def _write_outputs(
+    model: IICNet,
+    meta: ModelMeta,
+    model_dir: Path,
+    source: Path,
+    out_dir: Path,
+    config: SegmentConfig,
+    progress: bool,
+) -> SegmentResult:
     paths = output_paths(source, out_dir)
     clusters = cluster_table(meta, config, model)
     with open_dataset(source) as src:
@@ -426,13 +456,16 @@ def segment(
     out_dir: str | Path,
     config: SegmentConfig | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[SegmentResult]:
     """Segment every source raster with the model bundle in ``model_dir``.
 
     Args:
         model_dir: a model bundle (model.json + weights.safetensors).
         sources: GeoTIFFs (any size) with the bands and dtype the model was trained on.
-        out_dir: folder for the outputs (created); existing outputs are replaced atomically.
+        out_dir: folder for the outputs (created); the outputs of an earlier segment run are
+            replaced, one source's set at a time; other files of the same names are
+            refused (OutputError) unless ``overwrite``.
         config: window overlap, batch size, device, head, vectorization options.
         progress: show a progress bar per raster.
 
@@ -454,6 +487,22 @@ def segment(
     for path in paths:  # fail before any work on a missing input
         if not path.is_file():
             raise InputError(f"source not found: {path}")
+    check_outputs(paths, out_dir, overwrite)
     model, meta = load_bundle(model_dir, resolve_device(config.device))
     model = for_inference(model)
-    return [segment_raster(model, meta, model_dir, path, out_dir, config, progress) for path in paths]
+    with locked(out_dir, "segment output folder"):
+        return [segment_raster(model, meta, model_dir, path, out_dir, config, progress) for path in paths]
+
+
+def check_outputs(sources: Sequence[Path], out_dir: Path, overwrite: bool = False) -> None:
+    """Before any work: the outputs may be replaced, the folder is writable and has room.
+
+    The room needed is estimated as the two uncompressed uint8 layers of every source
+    (compression and overviews roughly cancel out).
+    """
+    needed = 0
+    for source in sources:
+        check_set(out_dir, source.stem, STAGE, output_paths(source, out_dir).values(), overwrite)
+        with open_dataset(source) as src:
+            needed += 2 * src.height * src.width
+    check_free_space(out_dir, needed)
