@@ -173,8 +173,8 @@ def check_free_space(folder: str | Path, needed_bytes: int) -> None:
 def claim_folder(folder: str | Path, stage: str, marker: str | None = None, overwrite: bool = False) -> bool:
     """Check an output folder before work; True when it holds an earlier output to replace.
 
-    Accepted: an absent or empty folder, or one holding ``marker`` (default the stage's
-    hidden ``.geoseg-<stage>``), i.e. the stage's own earlier output. A foreign file or
+    Accepted: an absent or empty folder, or one holding ``marker`` or the stage's hidden
+    ``.geoseg-<stage>`` (:func:`mark_folder`), i.e. the stage's own earlier output. A foreign file or
     non-empty folder is refused (OutputError naming it) unless ``overwrite``.
     """
     folder = Path(folder)
@@ -185,13 +185,17 @@ def claim_folder(folder: str | Path, stage: str, marker: str | None = None, over
                 raise OutputError(
                     f"{folder} exists and is not a folder: pass --overwrite to replace it or choose another output"
                 )
-        elif any(folder.iterdir()) and not (folder / marker).exists() and not overwrite:
+        elif any(folder.iterdir()) and not _marked(folder, stage, marker) and not overwrite:
             raise OutputError(
                 f"{folder} is a non-empty folder that is not a geoseg {stage} output: "
                 "choose another output (or pass --overwrite to replace it)"
             )
     check_writable(folder if folder.is_dir() else folder.parent)
     return folder.exists()
+
+
+def _marked(folder: Path, stage: str, marker: str) -> bool:
+    return (folder / marker).exists() or (folder / (MARKER_PREFIX + stage)).exists()
 
 
 def mark_folder(folder: str | Path, stage: str) -> Path:
@@ -347,15 +351,17 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def locked(folder: str | Path, what: str = "output folder") -> Iterator[Path]:
+def locked(folder: str | Path, what: str = "output folder", beside: bool = False) -> Iterator[Path]:
     """Hold ``folder/.geoseg.lock`` (created exclusively, with PID, host and time) while the block runs.
 
-    Another live holder: BusyError naming it. A holder that died on this host (its PID is
-    gone): its lock is taken over. The lock is removed when the block ends.
+    ``beside``: the lock is ``.<folder name>.geoseg.lock`` next to the folder instead, for
+    folders that the stage itself recreates (a patch store). Another live holder:
+    BusyError naming it. A holder that died on this host (its PID is gone): its lock is
+    taken over. The lock is removed when the block ends.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_NAME
+    lock = folder.with_name(f".{folder.name}{LOCK_NAME}") if beside else folder / LOCK_NAME
+    lock.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
