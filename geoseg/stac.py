@@ -22,7 +22,7 @@ from pystac.validation import validate_dict
 from rasterio.warp import transform_bounds
 
 from geoseg.errors import InputError
-from geoseg.fileio import atomic_path, sha256_file
+from geoseg.fileio import atomic_path, require_published, sha256_file
 from geoseg.sources import open_dataset
 
 _MEDIA = {
@@ -132,6 +132,8 @@ def prediction_item(
     """
     from pystac.extensions.label import LabelClasses, LabelExtension, LabelType
 
+    for path in [Path(clusters), *(a[0] for a in (assets or {}).values())]:
+        require_published(path)  # an item never describes a half-published output set
     item = raster_item(clusters, item_id=f"{Path(source).stem}-prediction", roles=("data", "labels"))
     item.assets["clusters"] = item.assets.pop("image")
     item.properties["geoseg:model"] = str(model_dir)
