@@ -479,8 +479,8 @@ def segment(
     from geoseg.train import resolve_device
 
     config = (config or SegmentConfig()).validate()
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    paths = [Path(s) for s in sources]
+    model_dir, out_dir = Path(model_dir).absolute(), Path(out_dir)
+    paths = [Path(s).absolute() for s in sources]  # provenance tags name files, not typed text
     if not paths:
         raise InputError("no source rasters given")
     check_unique_stems(paths)

@@ -46,7 +46,14 @@ from geoseg import __version__
 from geoseg.bundle import META, ModelMeta, default_clusters, load_bundle, save_bundle
 from geoseg.config import TrainConfig
 from geoseg.errors import ConfigError, InputError, OutputError, TrainingError
-from geoseg.fileio import atomic_path, check_writable, claim_folder, locked, write_text_atomic
+from geoseg.fileio import (
+    atomic_path,
+    check_free_space,
+    check_writable,
+    claim_folder,
+    locked,
+    write_text_atomic,
+)
 from geoseg.iic.data import PatchDataset, StepBatchSampler
 from geoseg.iic.distributed import DistContext, RankShard, cleanup, init_from_env, reduce_joint, wrap_model
 from geoseg.iic.loss import iic_segmentation_loss
@@ -188,6 +195,9 @@ def _train(
     ctx = init_from_env(config.device)
     device = ctx.device if ctx.enabled else resolve_device(config.device)
     model = build_network(config, dataset.num_bands)
+    # Room for the bundle, the best weights and a checkpoint with Adam's two moments, checked
+    # before training rather than discovered at the first checkpoint.
+    check_free_space(out.parent, 6 * sum(p.numel() * p.element_size() for p in model.parameters()))
     if config.init_from:
         _load_initial_weights(model, Path(config.init_from), meta0.band_names)
     mean, std = dataset.band_statistics()
