@@ -101,7 +101,7 @@ def save_catalog(catalog: pystac.Catalog, root_dir: str | Path) -> Path:
     catalog, and an invalid one is never left behind (InputError).
     """
     root_dir = Path(root_dir).resolve()
-    with atomic_path(root_dir) as tmp:
+    with atomic_path(root_dir, replace_folder=(root_dir / "catalog.json").is_file()) as tmp:  # a catalog only
         catalog.normalize_hrefs(str(tmp / "catalog.json"))
         catalog.make_all_asset_hrefs_relative()
         catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)

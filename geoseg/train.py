@@ -321,7 +321,7 @@ def _checkpoint(
         with atomic_path(work / BEST_WEIGHTS) as tmp:
             save_file(weights, str(tmp))
     tensors, groups = optimizer_to_tensors(optimizer)
-    with atomic_path(work / CHECKPOINT) as tmp:
+    with atomic_path(work / CHECKPOINT, replace_folder=True) as tmp:  # the run's own work folder
         tmp.mkdir()
         save_file(weights, str(tmp / "model.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))
