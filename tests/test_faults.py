@@ -140,7 +140,7 @@ def visible(folder: Path) -> dict[str, str]:
     return {p.name: digest(p) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 
-def wait_for(condition: Callable[[], bool], child: subprocess.Popen[str], timeout: float = 120) -> bool:
+def wait_for(condition: Callable[[], bool], child: subprocess.Popen[str], timeout: float = 600) -> bool:
     """Poll until ``condition``; False when the child ended first."""
     deadline = time.monotonic() + timeout
     while not condition():
