@@ -421,5 +421,7 @@ def describe_os_error(exc: OSError) -> str | None:
     advice = _USER_ERRNOS.get(exc.errno or 0)
     if advice is None:
         return None
-    name = exc.filename or "a file"
-    return f"cannot write {name}: {advice}"
+    name = str(exc.filename or "a file")
+    name = name if len(name) <= 200 else name[:200] + "..."
+    verb = "write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "use"
+    return f"cannot {verb} {name}: {advice}"

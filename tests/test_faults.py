@@ -277,7 +277,8 @@ def test_segment_killed_at_several_points_never_shows_a_mixed_set(
     bundle: Path, big: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "seg"
-    segment(bundle, [big], out, SegmentConfig(), progress=False)
+    config = SegmentConfig(vectorize=False, window=128)  # few windows: the run is short but killable
+    segment(bundle, [big], out, config, progress=False)
     old = visible(out)
     clusters = output_paths(big, out)["clusters"]
     points: dict[str, Callable[[], bool]] = {
@@ -286,7 +287,9 @@ def test_segment_killed_at_several_points_never_shows_a_mixed_set(
     }
     killed = []
     for name, reached in points.items():
-        child = cli_process("segment", bundle, big, "--out", out, "--quiet")
+        child = cli_process(
+            "segment", bundle, big, "--out", out, "--quiet", "--no-vectorize", "--window", "128"
+        )
         if wait_for(reached, child):
             child.send_signal(signal.SIGKILL)
             killed.append(name)
@@ -299,7 +302,7 @@ def test_segment_killed_at_several_points_never_shows_a_mixed_set(
             old = now
         require_published(clusters)  # readers accept what is visible
     assert "staging created" in killed
-    results = segment(bundle, [big], out, SegmentConfig(), progress=False)  # the rerun cleans up
+    results = segment(bundle, [big], out, config, progress=False)  # the rerun cleans up
     assert not [p for p in out.iterdir() if ".staging-" in p.name or ".tiled-" in p.name or ".tmp-" in p.name]
     manifest = json.loads(set_manifest(out, big.stem, "segment").read_text())
     assert manifest["complete"] and sorted(manifest["files"]) == sorted(visible(out))
