@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from geoseg.config import BaselineConfig
 from geoseg.errors import InputError
-from geoseg.fileio import atomic_path, check_free_space, check_set, output_set
+from geoseg.fileio import atomic_path, check_free_space, check_set, locked, output_set
 from geoseg.sources import finite_mask, open_dataset, usable_bands
 from geoseg.style import StyleClass, paletted_raster_qml
 
@@ -221,7 +221,7 @@ def _output_names(source: Path, out_dir: Path) -> list[Path]:
 
 def _publish(source: Path, out_dir: Path, write: Callable[[Path], Path]) -> Path:
     """Write one source's cluster raster and companions as a published set; the final raster path."""
-    with output_set(out_dir, source.stem, STAGE) as staging:
+    with locked(out_dir, "baseline output folder"), output_set(out_dir, source.stem, STAGE) as staging:
         staged = write(cluster_output_path(source, staging))
     return out_dir / staged.name
 

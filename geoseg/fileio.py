@@ -185,13 +185,18 @@ def claim_folder(folder: str | Path, stage: str, marker: str | None = None, over
                 raise OutputError(
                     f"{folder} exists and is not a folder: pass --overwrite to replace it or choose another output"
                 )
-        elif any(folder.iterdir()) and not _marked(folder, stage, marker) and not overwrite:
+        elif _has_content(folder) and not _marked(folder, stage, marker) and not overwrite:
             raise OutputError(
                 f"{folder} is a non-empty folder that is not a geoseg {stage} output: "
                 "choose another output (or pass --overwrite to replace it)"
             )
     check_writable(folder if folder.is_dir() else folder.parent)
     return folder.exists()
+
+
+def _has_content(folder: Path) -> bool:
+    """Anything in the folder besides a geoseg lock (a killed run's lock makes no folder foreign)."""
+    return any(entry.name != LOCK_NAME for entry in folder.iterdir())
 
 
 def _marked(folder: Path, stage: str, marker: str) -> bool:
