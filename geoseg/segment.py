@@ -487,22 +487,32 @@ def segment(
     for path in paths:  # fail before any work on a missing input
         if not path.is_file():
             raise InputError(f"source not found: {path}")
-    check_outputs(paths, out_dir, overwrite)
+    check_outputs(paths, out_dir, overwrite, config.vectorize)
     model, meta = load_bundle(model_dir, resolve_device(config.device))
     model = for_inference(model)
     with locked(out_dir, "segment output folder"):
         return [segment_raster(model, meta, model_dir, path, out_dir, config, progress) for path in paths]
 
 
-def check_outputs(sources: Sequence[Path], out_dir: Path, overwrite: bool = False) -> None:
+def check_outputs(
+    sources: Sequence[Path], out_dir: Path, overwrite: bool = False, polygons: bool = True
+) -> None:
     """Before any work: the outputs may be replaced, the folder is writable and has room.
 
-    The room needed is estimated as the two uncompressed uint8 layers of every source
-    (compression and overviews roughly cancel out).
+    The GeoPackage counts only when this run writes one, and an earlier ``vectorize``
+    output (the flows write it separately) is its own to replace. The room needed is
+    estimated as the two uncompressed uint8 layers of every source (compression and
+    overviews roughly cancel out).
     """
+    from geoseg.vectorize import is_own_gpkg, vector_style_path
+
     needed = 0
     for source in sources:
-        check_set(out_dir, source.stem, STAGE, output_paths(source, out_dir).values(), overwrite)
+        targets = output_paths(source, out_dir)
+        gpkg = targets.pop("gpkg")
+        if polygons and not is_own_gpkg(gpkg):
+            targets.update(gpkg=gpkg, gpkg_qml=vector_style_path(gpkg))
+        check_set(out_dir, source.stem, STAGE, targets.values(), overwrite)
         with open_dataset(source) as src:
             needed += 2 * src.height * src.width
     check_free_space(out_dir, needed)
