@@ -39,6 +39,7 @@ from flows.settings import (
     check_input,
     check_inputs,
     check_output,
+    check_surveys,
     config_dict,
 )
 from flows.tasks import evaluate_task, not_user_error, run
@@ -143,9 +144,12 @@ def retrain_flow(
     evaluate_cfg = build_config(EvaluateConfig, evaluate)
 
     previous = (
-        models.current_model(registry_dir).resolve() if models.load_state(registry_dir).current else None
+        check_input(models.current_model(registry_dir), "registry model", settings)
+        if models.load_state(registry_dir).current
+        else None
     )
-    surveys = find_surveys_task(catalog=str(catalog_path), registry=str(registry_dir), since=since)
+    found = find_surveys_task(catalog=str(catalog_path), registry=str(registry_dir), since=since)
+    surveys = check_surveys(found, settings)  # item hrefs may climb out of the catalog's root
     if not surveys:
         logger.info("no surveys added to %s since the promoted model: nothing to retrain", catalog_path)
         return {

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from geoseg.errors import ConfigError, InputError
 
 C = TypeVar("C")
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 _ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc)://[\w.\-\[\]:]+:\d+$|^[\w.\-]+:\d+$")
 
 
@@ -80,7 +81,7 @@ def check_dask_address(address: str | None) -> str | None:
     """None, or a scheduler address such as ``tcp://10.0.0.5:8786``."""
     if address is None or address == "":
         return None
-    if not isinstance(address, str) or not _ADDRESS.match(address):
+    if not isinstance(address, str) or not _ADDRESS.fullmatch(address):  # no trailing newline
         raise ConfigError(f"dask_address must look like tcp://HOST:PORT, got {address!r}")
     return address
 
@@ -93,7 +94,15 @@ def _allowed_path(path: str | Path, what: str, settings: FlowSettings) -> Path:
     """The absolute path, refused when empty or outside the allowed roots."""
     if not path:
         raise ConfigError(f"{what}: empty path")
-    resolved = Path(path).expanduser().resolve()
+    text = str(path)
+    if "\0" in text or len(text) > MAX_PATH_CHARS:
+        raise ConfigError(
+            f"{what}: not a usable path ({len(text)} characters{', a NUL byte' if chr(0) in text else ''})"
+        )
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"{what} {text[:200]!r} cannot be resolved: {exc}") from None
     if settings.allowed_roots and not _inside(resolved, settings.allowed_roots):
         raise ConfigError(
             f"{what} {path} is outside the allowed roots {[str(r) for r in settings.allowed_roots]}"
@@ -157,7 +166,35 @@ def build_config(cls: type[C], overrides: Mapping[str, Any] | None, **fixed: Any
         config = cls(**values)
     except TypeError as exc:
         raise ConfigError(f"bad {cls.__name__}: {exc}") from None
-    return config.validate()  # type: ignore[attr-defined]
+    config = config.validate()  # type: ignore[attr-defined]
+    return check_config_paths(config, FlowSettings.from_env())
+
+
+def check_config_paths(config: C, settings: FlowSettings) -> C:
+    """Every setting that is a path (``init_from``, ``palette``, ...) exists inside the allowed
+    roots; it is replaced by its absolute form, so tasks and caches see what was checked."""
+    from geoseg.config import path_fields
+
+    checked = {
+        name: str(check_input(getattr(config, name), f"{type(config).__name__}.{name}", settings))
+        for name in path_fields(config)
+        if getattr(config, name) is not None
+    }
+    return dataclasses.replace(config, **checked) if checked else config  # type: ignore[type-var]
+
+
+def check_surveys(surveys: Iterable[Mapping[str, Any]], settings: FlowSettings) -> list[dict[str, Any]]:
+    """Catalog surveys whose image and label (hrefs already resolved against the catalog)
+    exist inside the allowed roots: an item cannot point a flow outside them."""
+    checked = []
+    for survey in surveys:
+        item = dict(survey)
+        what = f"survey {item.get('item_id')}"
+        item["image"] = str(check_input(item["image"], f"{what} image", settings))
+        if item.get("label"):
+            item["label"] = str(check_input(item["label"], f"{what} label", settings))
+        checked.append(item)
+    return checked
 
 
 def config_dict(config: Any) -> dict[str, Any]:

@@ -127,7 +127,16 @@ def _paths_in(value: Any) -> list[Path]:
 
 
 def outputs_exist(result: Any) -> bool:
-    """Whether every absolute path in a task's result still exists."""
+    """Whether every absolute path in a task's result still exists as a published output
+    (a file of an output set whose publication did not finish is not a result)."""
+    from geoseg.errors import InputError
+    from geoseg.fileio import require_published
+
+    try:
+        for path in _paths_in(result):
+            require_published(path)
+    except InputError:
+        return False
     return all(p.exists() for p in _paths_in(result))
 
 

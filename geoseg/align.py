@@ -429,7 +429,7 @@ def _moved(
 
 def _write_aligned(model: IICNet, meta: ModelMeta, source: Path, out: Path, result: Alignment) -> None:
     """Bundle + reports in one atomic step; the source bundle's other files come along."""
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace_folder=(out / META).is_file()) as tmp:
         save_bundle(model, meta, tmp)
         for extra in sorted(source.iterdir()):
             if extra.name in (WEIGHTS, META, REPORT_JSON, REPORT_MD) or extra.name.startswith("."):

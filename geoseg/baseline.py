@@ -24,13 +24,14 @@ from tqdm import tqdm
 from geoseg import outputs
 from geoseg.config import BaselineConfig
 from geoseg.errors import InputError
-from geoseg.fileio import atomic_path
-from geoseg.sources import open_dataset, usable_bands
+from geoseg.fileio import atomic_path, check_free_space, check_set, locked, output_set
+from geoseg.sources import finite_mask, open_dataset, usable_bands
 from geoseg.style import StyleClass, paletted_raster_qml
 
 log = logging.getLogger(__name__)
 
 NODATA = 255
+STAGE = "baseline"  # names the outputs' manifest: .<stem>.geoseg-baseline.json
 PREVIEW_SIZE = 1024
 
 # (C, h, w) float32 pixels and (h, w) validity -> (h, w) uint8 cluster ids
@@ -52,7 +53,9 @@ def source_bands(src: rasterio.io.DatasetReader, n: int | None, name: Path) -> l
 
 def _read(src: rasterio.io.DatasetReader, bands: list[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
     data = src.read(bands, window=window).astype(np.float32)
-    valid = np.all(src.read_masks(bands, window=window) > 0, axis=0)
+    valid = np.all(src.read_masks(bands, window=window) > 0, axis=0) & finite_mask(data)
+    if data.dtype.kind == "f":  # NaN and +-inf are nodata
+        data = np.where(np.isfinite(data), data, 0).astype(data.dtype, copy=False)
     return data, valid
 
 
@@ -190,7 +193,11 @@ def _colours(k: int) -> list[tuple[int, int, int]]:
     return [c.colour for c in default_clusters(k)]
 
 
-def _prepare(sources: Sequence[str | Path], out_dir: str | Path) -> tuple[list[Path], Path]:
+def _prepare(
+    sources: Sequence[str | Path], out_dir: str | Path, overwrite: bool = False
+) -> tuple[list[Path], Path]:
+    """Check inputs and outputs before any fitting: foreign files of the output names are
+    refused (unless ``overwrite``), the folder must be writable and have room."""
     paths = [Path(s) for s in sources]
     if not paths:
         raise InputError("no sources given")
@@ -199,8 +206,26 @@ def _prepare(sources: Sequence[str | Path], out_dir: str | Path) -> tuple[list[P
             raise InputError(f"source not found: {path}")
     check_unique_stems(paths)
     out = Path(out_dir)
+    needed = 0
+    for path in paths:
+        check_set(out, path.stem, STAGE, _output_names(path, out), overwrite)
+        with open_dataset(path) as src:
+            needed += src.height * src.width
+    check_free_space(out, needed)
     out.mkdir(parents=True, exist_ok=True)
     return paths, out
+
+
+def _output_names(source: Path, out_dir: Path) -> list[Path]:
+    raster = cluster_output_path(source, out_dir)
+    return [raster, raster.with_suffix(".png"), raster.with_suffix(".qml")]
+
+
+def _publish(source: Path, out_dir: Path, write: Callable[[Path], Path]) -> Path:
+    """Write one source's cluster raster and companions as a published set; the final raster path."""
+    with locked(out_dir, "baseline output folder"), output_set(out_dir, source.stem, STAGE) as staging:
+        staged = write(cluster_output_path(source, staging))
+    return out_dir / staged.name
 
 
 # --- k-means ------------------------------------------------------------------------------
@@ -242,19 +267,24 @@ def kmeans_baseline(
     out_dir: str | Path,
     config: BaselineConfig | None = None,
     fit_on: Sequence[str | Path] | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Fit k-means on ``fit_on`` (default: the sources) and write one cluster raster per source."""
     config = (config or BaselineConfig()).validate()
-    paths, out = _prepare(sources, out_dir)
+    paths, out = _prepare(sources, out_dir, overwrite)
     model = fit_kmeans(fit_on or paths, config)
-    return predict_kmeans(model, paths, out, config)
+    return predict_kmeans(model, paths, out, config, overwrite)
 
 
 def predict_kmeans(
-    model: PixelKMeans, sources: Sequence[str | Path], out_dir: str | Path, config: BaselineConfig
+    model: PixelKMeans,
+    sources: Sequence[str | Path],
+    out_dir: str | Path,
+    config: BaselineConfig,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write ``<stem>_clusters.tif`` for each source with a fitted model."""
-    paths, out = _prepare(sources, out_dir)
+    paths, out = _prepare(sources, out_dir, overwrite)
     colours = _colours(len(model.centroids))
     written = []
     for path in tqdm(paths, desc="k-means", unit="raster", leave=False):
@@ -266,8 +296,12 @@ def predict_kmeans(
                 )
         rows = max(1, config.block_pixels // width)
         written.append(
-            write_cluster_raster(
-                path, cluster_output_path(path, out), model.predict, config.bands, colours, (rows, width)
+            _publish(
+                path,
+                out,
+                lambda target, path=path, rows=rows, width=width: write_cluster_raster(
+                    path, target, model.predict, config.bands, colours, (rows, width)
+                ),
             )
         )
     log.info("k-means (k=%d): %d cluster rasters in %s", len(model.centroids), len(written), out)
@@ -282,6 +316,7 @@ def random_net_baseline(
     out_dir: str | Path,
     config: BaselineConfig | None = None,
     fit_on: Sequence[str | Path] | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """A seeded, randomly initialised IIC network; argmax of head B per pixel.
 
@@ -294,7 +329,7 @@ def random_net_baseline(
     from geoseg.iic.model import Architecture, build_model
 
     config = (config or BaselineConfig()).validate()
-    paths, out = _prepare(sources, out_dir)
+    paths, out = _prepare(sources, out_dir, overwrite)
     pixels = sample_pixels([Path(p) for p in fit_on] if fit_on else paths, config)
     mean, std = band_statistics(pixels)
     torch.manual_seed(config.seed)
@@ -309,14 +344,12 @@ def random_net_baseline(
 
     colours = _colours(config.k)
     written = [
-        write_cluster_raster(
+        _publish(
             path,
-            cluster_output_path(path, out),
-            predict,
-            config.bands,
-            colours,
-            (config.tile, config.tile),
-            config.margin,
+            out,
+            lambda target, path=path: write_cluster_raster(
+                path, target, predict, config.bands, colours, (config.tile, config.tile), config.margin
+            ),
         )
         for path in tqdm(paths, desc="random network", unit="raster", leave=False)
     ]

@@ -9,6 +9,8 @@ label-free checkpoint rule, and the cluster table (id -> colour, name) with alig
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from geoseg import __version__
 from geoseg.errors import InputError
 from geoseg.fileio import atomic_path
-from geoseg.iic.model import Architecture, IICNet
+from geoseg.iic.model import PRESET_WIDTH, Architecture, IICNet
 
 WEIGHTS = "weights.safetensors"
 META = "model.json"
@@ -106,15 +108,27 @@ def default_clusters(k: int) -> list[Cluster]:
     return [Cluster(id=i, colour=c) for i, c in enumerate(colours)]
 
 
-def save_bundle(model: IICNet, meta: ModelMeta, out_dir: str | Path) -> Path:
-    """Write the bundle atomically (a temporary directory renamed into place)."""
+def save_bundle(model: IICNet, meta: ModelMeta, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write the bundle atomically (a temporary directory renamed into place).
+
+    An existing folder is replaced only when it is a bundle (holds model.json) or with
+    ``overwrite``: a user's folder is never deleted by accident.
+    """
     out_dir = Path(out_dir)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    with atomic_path(out_dir) as tmp:
+    with atomic_path(out_dir, replace_folder=overwrite or (out_dir / META).is_file()) as tmp:
         tmp.mkdir(parents=True)
         save_file(state, str(tmp / WEIGHTS), metadata={"format": BUNDLE_FORMAT})
+        (tmp / WEIGHTS).chmod(_default_mode())  # safetensors creates 0600; the rest is 0644-like
         (tmp / META).write_text(meta.to_json())
     return out_dir
+
+
+def _default_mode() -> int:
+    """The mode a plain new file gets under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def load_meta(bundle_dir: str | Path) -> ModelMeta:
@@ -124,11 +138,78 @@ def load_meta(bundle_dir: str | Path) -> ModelMeta:
     try:
         data = json.loads(path.read_text())
         meta = ModelMeta.from_dict(data)
-    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+    except (json.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError) as exc:
         raise InputError(f"corrupt {path}: {exc}") from exc
     if meta.format != BUNDLE_FORMAT:
         raise InputError(f"{path}: unsupported bundle format {meta.format!r}")
+    problem = meta_problem(meta)
+    if problem:
+        raise InputError(f"{path}: {problem}: the file was edited or damaged; retrain or restore it")
     return meta
+
+
+def meta_problem(meta: ModelMeta) -> str | None:
+    """What is out of range in model.json (checked like a config), or None."""
+    try:
+        arch = meta.arch
+    except (TypeError, KeyError, ValueError) as exc:
+        return f"bad architecture {meta.architecture!r} ({exc})"
+    channels = arch.in_channels
+    checks = [
+        (isinstance(channels, int) and 1 <= channels <= 64, f"in_channels {channels!r} not in [1, 64]"),
+        (
+            isinstance(arch.subheads, int) and 1 <= arch.subheads <= 16,
+            f"subheads {arch.subheads!r} not in [1, 16]",
+        ),
+        (arch.preset in PRESET_WIDTH, f"unknown preset {arch.preset!r}"),
+        (
+            isinstance(meta.patch_size, int) and 8 <= meta.patch_size <= 8192,
+            f"patch_size {meta.patch_size!r} not in [8, 8192]",
+        ),
+        (_number(meta.scale) and 0 < meta.scale <= 16, f"scale {meta.scale!r} not in (0, 16]"),
+        (len(meta.band_names) == channels, f"{len(meta.band_names)} band_names for {channels} input bands"),
+        (
+            len(meta.band_mean) == channels and all(_number(v) for v in meta.band_mean),
+            "band_mean: one finite number per band",
+        ),
+        (
+            len(meta.band_std) == channels and all(_number(v) and v > 0 for v in meta.band_std),
+            "band_std: one positive number per band",
+        ),
+        (_dtype_ok(meta.dtype), f"dtype {meta.dtype!r} is not a pixel type"),
+        (
+            all(isinstance(c.id, int) and 0 <= c.id < 255 for c in meta.clusters),
+            "cluster ids must be in [0, 254]",
+        ),
+        (
+            all(
+                len(c.colour) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c.colour)
+                for c in meta.clusters
+            ),
+            "cluster colours must be three integers in [0, 255]",
+        ),
+        (
+            isinstance(arch.k_b, int)
+            and 1 <= arch.k_b <= 255
+            and isinstance(arch.k_a, int)
+            and 1 <= arch.k_a <= 255,
+            "k_a and k_b must be in [1, 255]",
+        ),
+    ]
+    return next((message for ok, message in checks if not ok), None)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _dtype_ok(name: Any) -> bool:
+    import numpy as np
+
+    try:
+        return isinstance(name, str) and np.dtype(name).kind in "uif"
+    except TypeError:
+        return False
 
 
 def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> tuple[IICNet, ModelMeta]:

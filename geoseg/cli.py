@@ -1,8 +1,10 @@
 """The ``geoseg`` command: one sub-command per stage, plus ``demo``.
 
 Thin by design: it parses arguments, builds the stage's typed config and calls the
-library's entry point. Errors the user can fix (GeosegError) print one clear line and
-exit with status 2; nothing else is caught.
+library's entry point. Errors the user can fix print one clear line and exit with status
+2: GeosegError, an OSError of the user's making (disk full, read-only or unwritable
+folder, a path the OS refuses) and any failure while the output's file system is full
+(GDAL then reports a misleading read error). ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from geoseg import __version__
 from geoseg.errors import GeosegError
+
+NEARLY_FULL_BYTES = 1 << 20  # a failure with less free space than this is reported as disk full
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -25,6 +30,10 @@ def _bands(text: str) -> tuple[int, ...]:
         return tuple(int(b) for b in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"bands must be comma-separated integers, got {text!r}") from None
+
+
+def _add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what} (never done otherwise)")
 
 
 # --- ingest -------------------------------------------------------------------------------
@@ -234,6 +243,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--init-from", default=None, help="start from this model bundle's weights (retraining)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_overwrite(p, "a foreign folder or another model bundle at --out")
     p.set_defaults(run=_run_train)
 
 
@@ -264,7 +274,7 @@ def _run_train(args: argparse.Namespace) -> int:
         rgb_bands=args.rgb_bands,
         head_schedule=args.head_schedule,
     )
-    print(train(args.store, args.out, config, progress=not args.quiet))
+    print(train(args.store, args.out, config, progress=not args.quiet, overwrite=args.overwrite))
     return 0
 
 
@@ -300,6 +310,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--examples", type=int, default=4, help="side-by-side PNGs to write")
     p.add_argument("--seed", type=int, default=0, help="picks the side-by-side sample")
+    _add_overwrite(p, "a non-empty --out folder that is not an earlier report")
     p.set_defaults(run=_run_evaluate)
 
 
@@ -323,6 +334,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         fit_predictions=args.fit_on,
         fit_labels=args.fit_labels,
         images=args.images,
+        overwrite=args.overwrite,
     )
     print(
         f"{report['protocol']} ({report['matching']}): accuracy {report['accuracy']}, "
@@ -355,6 +367,7 @@ def _add_baseline(sub: argparse._SubParsersAction) -> None:
         m.add_argument("--fit-on", nargs="+", type=Path, default=None, help=fit_help)
         if name == "random-net":
             m.add_argument("--preset", choices=("small", "iic"), default="small", help="network width")
+        _add_overwrite(m, "existing files in --out that an earlier baseline run did not write")
         m.set_defaults(run=_run_baseline)
 
 
@@ -364,10 +377,12 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
     config = BaselineConfig(k=args.k, seed=args.seed, bands=args.bands)
     if args.method == "kmeans":
-        written = kmeans_baseline(args.src, args.out, config, fit_on=args.fit_on)
+        written = kmeans_baseline(args.src, args.out, config, fit_on=args.fit_on, overwrite=args.overwrite)
     else:
         config.preset = args.preset
-        written = random_net_baseline(args.src, args.out, config, fit_on=args.fit_on)
+        written = random_net_baseline(
+            args.src, args.out, config, fit_on=args.fit_on, overwrite=args.overwrite
+        )
     for path in written:
         print(path)
     return 0
@@ -404,6 +419,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-area", type=float, default=d.min_area, help="polygon sieve, CRS units squared")
     p.add_argument("--simplify", type=float, default=d.simplify, help="polygon simplification, CRS units")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_overwrite(p, "existing files in --out that an earlier segment run did not write")
     p.set_defaults(run=_run_segment)
 
 
@@ -421,7 +437,10 @@ def _run_segment(args: argparse.Namespace) -> int:
         min_area=args.min_area,
         simplify=args.simplify,
     )
-    for result in segment(args.model, args.src, args.out, config, progress=not args.quiet):
+    results = segment(
+        args.model, args.src, args.out, config, progress=not args.quiet, overwrite=args.overwrite
+    )
+    for result in results:
         print(result.clusters)
         if result.gpkg is not None:
             print(result.gpkg)
@@ -441,6 +460,7 @@ def _add_vectorize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--simplify", type=float, default=0.0, help="simplification tolerance (CRS units)")
     p.add_argument("--block-size", type=int, default=4096, help="block side in pixels (one task each)")
     p.add_argument("--dask-address", default=None, help="run blocks on an existing Dask scheduler")
+    _add_overwrite(p, "an existing file at --out that geoseg vectorize did not write")
     p.set_defaults(run=_run_vectorize)
 
 
@@ -454,6 +474,7 @@ def _run_vectorize(args: argparse.Namespace) -> int:
         simplify=args.simplify,
         dask_address=args.dask_address,
         block_size=args.block_size,
+        overwrite=args.overwrite,
     )
     print(out)
     return 0
@@ -522,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="debug logging, Dask's INFO lines included"
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _PARSERS:
         add(sub)
@@ -568,9 +590,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         return int(args.run(args))
-    except GeosegError as exc:
-        print(f"geoseg {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        message = None if args.debug else user_error_message(exc, getattr(args, "out", None))
+        if message is None:
+            raise
+        print(f"geoseg {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def user_error_message(exc: BaseException, out: Path | None = None) -> str | None:
+    """The one line for a failure the user can fix, or None for a bug (which keeps its traceback)."""
+    from geoseg.fileio import describe_os_error
+
+    if isinstance(exc, GeosegError):
+        return str(exc)
+    if isinstance(exc, OSError) and (message := describe_os_error(exc)):
+        return message
+    if isinstance(exc, ValueError | OSError) and "embedded null" in str(exc):
+        return f"a path contains a NUL character: {exc}"
+    if out is not None and _nearly_full(out):
+        return (
+            f"no space left on the device of {out}: free some space or choose another output location ({exc})"
+        )
+    return None
+
+
+def _nearly_full(path: Path) -> bool:
+    where = Path(path).absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        return shutil.disk_usage(where).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":

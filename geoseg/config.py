@@ -12,6 +12,17 @@ from typing import Any, Literal
 
 from geoseg.errors import ConfigError
 
+# Field metadata of settings that name a file or folder: callers that must keep every path
+# inside allowed roots (the flows) find them with path_fields().
+PATH = {"path": True}
+
+
+def path_fields(config: Any) -> list[str]:
+    """Names of the settings of a config (instance or class) that are paths."""
+    from dataclasses import fields
+
+    return [f.name for f in fields(config) if f.metadata.get("path")]
+
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
@@ -69,7 +80,7 @@ class TrainConfig:
     jitter: float = 0.4  # colour jitter strength on RGB bands
     flip: bool = True
     affine: bool = False
-    init_from: str | None = None  # a model bundle to start from (retraining)
+    init_from: str | None = field(default=None, metadata=PATH)  # a model bundle to start from (retraining)
     rgb_bands: tuple[int, ...] | None = None  # 1-based R, G, B bands; None: from band names
     head_schedule: Literal["sum", "alternate"] = "sum"  # both heads every step, or A/B in turn
 
@@ -128,7 +139,7 @@ class EvaluateConfig:
     """How predictions are scored against ground truth."""
 
     dataset: str | None = None  # label dataset name (geoseg.datasets)
-    palette: str | None = None  # or a palette JSON file for colour-coded labels (datasets.load_palette)
+    palette: str | None = field(default=None, metadata=PATH)  # or a palette JSON (datasets.load_palette)
     ignore: int = 255  # class id (after decoding) never counted; 255 is always ignored
     many_to_one: bool = False  # majority mapping (over-clustering) instead of 1-to-1 Hungarian
     seed: int = 0  # picks the side-by-side sample

@@ -17,3 +17,11 @@ class ConfigError(GeosegError):
 
 class TrainingError(GeosegError):
     """Training cannot go on (e.g. the loss became NaN or inf)."""
+
+
+class OutputError(GeosegError):
+    """An output location cannot be used: a foreign file or folder, unwritable, no space."""
+
+
+class BusyError(GeosegError):
+    """Another process holds the lock of a store or output folder."""

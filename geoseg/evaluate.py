@@ -30,7 +30,14 @@ from geoseg import __version__, metrics
 from geoseg.config import EvaluateConfig
 from geoseg.datasets import IGNORE, LabelDataset, get_dataset, load_palette, read_label
 from geoseg.errors import InputError
-from geoseg.fileio import atomic_path, write_json_atomic, write_text_atomic
+from geoseg.fileio import (
+    atomic_path,
+    claim_folder,
+    mark_folder,
+    require_published,
+    write_json_atomic,
+    write_text_atomic,
+)
 from geoseg.preview import colourize, save_png
 from geoseg.progress import Progress, progress_bar
 from geoseg.sources import open_dataset
@@ -38,6 +45,7 @@ from geoseg.sources import open_dataset
 log = logging.getLogger(__name__)
 
 REPORT_JSON = "report.json"
+STAGE = "evaluate"  # the report folder's marker: .geoseg-evaluate
 REPORT_MD = "report.md"
 CONFUSION_PNG = "confusion.png"
 CLUSTERS_PNG = "clusters.png"
@@ -74,13 +82,15 @@ def evaluate(
     fit_labels: Sequence[str | Path] | None = None,
     images: Sequence[str | Path] | None = None,
     progress: Progress = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score predictions against labels and write report.json, report.md and PNGs to out_dir.
 
     Args:
         predictions: cluster rasters (uint8 ids, 255 = no prediction), one per label.
         labels: label rasters in the same order (class ids, or colours with a dataset/palette).
-        out_dir: report folder (created; existing report files are replaced atomically).
+        out_dir: report folder (created; an earlier report in it is replaced, file by file
+            atomically; a non-empty folder without one is refused unless ``overwrite``).
         config: dataset/palette, ignore value, matching and preview settings.
         fit_predictions, fit_labels: the set the mapping is fitted on (honest protocol);
             None: the mapping is fitted on the scored set (transductive protocol).
@@ -91,10 +101,14 @@ def evaluate(
         The report (the contents of report.json).
     """
     config = (config or EvaluateConfig()).validate()
+    out_dir = Path(out_dir)
+    claim_folder(out_dir, STAGE, marker=REPORT_JSON, overwrite=overwrite)
     dataset = _label_dataset(config)
     pairs = _pairs(predictions, labels, "predictions", "labels")
     honest = fit_predictions is not None or fit_labels is not None
     fit_pairs = _pairs(fit_predictions or [], fit_labels or [], "--fit-on", "--fit-labels") if honest else []
+    for prediction, _ in pairs + fit_pairs:  # never score a half-published segmentation
+        require_published(prediction)
     image_paths = [Path(p) for p in images] if images else None
     if image_paths is not None:
         if len(image_paths) != len(pairs):
@@ -125,8 +139,8 @@ def evaluate(
     result = metrics.score(table, mapping, missing)
     contingency = np.vstack([table, missing[None]])
 
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    mark_folder(out_dir, STAGE)  # from here on the folder is the report's (a rerun may replace it)
     report: dict[str, Any] = {
         "geoseg_version": __version__,
         "protocol": "honest" if honest else "transductive",

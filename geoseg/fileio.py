@@ -1,15 +1,66 @@
-"""Atomic writes and file hashing: a stage never leaves a half-written output behind."""
+"""Safe outputs: atomic writes, ownership, published output sets, locks, and hashing.
+
+A stage never leaves a half-written output behind and never replaces what it does not
+own:
+
+- :func:`atomic_path` writes one file or folder under a temporary sibling name and renames
+  it into place; it refuses to replace a non-empty folder unless the caller has checked
+  that the folder is its own (``replace_folder=True``).
+- :func:`claim_folder` / :func:`claim_file` run before any expensive work: the output
+  location must be absent, empty, or the stage's own earlier output (its marker), be
+  writable, and (where cheap to estimate) have room; ``overwrite`` replaces foreign ones.
+- :func:`output_set` writes a set of files (one source's segmentation outputs) into a
+  staging folder and publishes them together; a manifest ``.<name>.geoseg-<stage>.json``
+  written last marks the set complete. :func:`require_published` is what readers call: a
+  file listed in an incomplete manifest is never taken for a result.
+- :func:`locked` holds a lock file (holder PID and host) on a store or output folder;
+  a second process is refused with a clear message, a dead holder's lock is taken over.
+- :func:`clean_leftovers` removes what killed runs left (``.tmp-PID``, ``.tiled-PID.tif``,
+  ``.staging-PID``) when that PID is no longer running.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterator
+import socket
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from geoseg.errors import BusyError, InputError, OutputError
+
+__all__ = [
+    "atomic_path",
+    "check_free_space",
+    "check_set",
+    "check_writable",
+    "claim_file",
+    "claim_folder",
+    "clean_leftovers",
+    "describe_os_error",
+    "locked",
+    "mark_folder",
+    "output_set",
+    "owned_by_set",
+    "require_published",
+    "set_manifest",
+    "sha256_file",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+MARKER_PREFIX = ".geoseg-"
+LOCK_NAME = ".geoseg.lock"
+# Hidden names of temporary files carry the writer's PID: a rerun removes those of dead PIDs.
+_LEFTOVER = re.compile(r"^\..*[.-](?:tmp|old|tiled|staging)-(\d+)(?:\.tif)?$")
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -22,13 +73,17 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | Path, replace_folder: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto ``target`` only if the block succeeds.
 
     Works for files and directories. The temporary name lives in the same folder, so
-    the final rename is atomic on POSIX file systems.
+    the final rename is atomic on POSIX file systems. An existing non-empty folder at
+    ``target`` is replaced only with ``replace_folder=True`` (the caller checked it is its
+    own output): otherwise OutputError, before anything is written.
     """
     target = Path(target)
+    if target.is_dir() and not target.is_symlink() and any(target.iterdir()) and not replace_folder:
+        raise OutputError(f"{target} is a non-empty folder that geoseg did not write: choose another output")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     _remove(tmp)
@@ -37,8 +92,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
-    if target.is_dir() and not target.is_symlink():
-        # Directories cannot be renamed over a non-empty one: move the old aside first.
+    if (target.is_dir() and not target.is_symlink()) or (tmp.is_dir() and target.exists()):
+        # Directories cannot be renamed over a non-empty one (nor a file): move the old aside first.
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         _remove(old)
         os.replace(target, old)
@@ -73,3 +128,305 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+# --- ownership and checks before work ---------------------------------------------------------
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(folder: str | Path) -> None:
+    """OutputError unless a file can be created in ``folder`` (or its nearest existing parent).
+
+    A real create-and-delete probe: permission bits say nothing for root, and a read-only
+    mount or a full disk only shows when writing.
+    """
+    where = _existing_ancestor(Path(folder))
+    if not where.is_dir():
+        raise OutputError(f"{where} is a file, not a folder: choose another output location")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".geoseg-probe-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write in {where}: {exc.strerror}: fix its permissions or choose another output"
+        ) from None
+
+
+def check_free_space(folder: str | Path, needed_bytes: int) -> None:
+    """OutputError when the file system of ``folder`` has less than ``needed_bytes`` free."""
+    where = _existing_ancestor(Path(folder))
+    free = shutil.disk_usage(where).free
+    if free < needed_bytes:
+        raise OutputError(
+            f"{where} has {free / 2**20:.1f} MiB free but about {needed_bytes / 2**20:.1f} MiB are needed: "
+            "free some space or choose another output location"
+        )
+
+
+def claim_folder(folder: str | Path, stage: str, marker: str | None = None, overwrite: bool = False) -> bool:
+    """Check an output folder before work; True when it holds an earlier output to replace.
+
+    Accepted: an absent or empty folder, or one holding ``marker`` or the stage's hidden
+    ``.geoseg-<stage>`` (:func:`mark_folder`), i.e. the stage's own earlier output. A foreign file or
+    non-empty folder is refused (OutputError naming it) unless ``overwrite``.
+    """
+    folder = Path(folder)
+    marker = marker or MARKER_PREFIX + stage
+    if folder.exists() or folder.is_symlink():
+        if not folder.is_dir():
+            if not overwrite:
+                raise OutputError(
+                    f"{folder} exists and is not a folder: pass --overwrite to replace it or choose another output"
+                )
+        elif _has_content(folder) and not _marked(folder, stage, marker) and not overwrite:
+            raise OutputError(
+                f"{folder} is a non-empty folder that is not a geoseg {stage} output: "
+                "choose another output (or pass --overwrite to replace it)"
+            )
+    check_writable(folder if folder.is_dir() else folder.parent)
+    return folder.exists()
+
+
+def _has_content(folder: Path) -> bool:
+    """Anything in the folder besides a geoseg lock (a killed run's lock makes no folder foreign)."""
+    return any(entry.name != LOCK_NAME for entry in folder.iterdir())
+
+
+def _marked(folder: Path, stage: str, marker: str) -> bool:
+    return (folder / marker).exists() or (folder / (MARKER_PREFIX + stage)).exists()
+
+
+def mark_folder(folder: str | Path, stage: str) -> Path:
+    """Write the stage's marker into an output folder (it is then the stage's own)."""
+    marker = Path(folder) / (MARKER_PREFIX + stage)
+    if not marker.exists():
+        marker.write_text(f"written by geoseg {stage}; geoseg may replace what is in this folder\n")
+    return marker
+
+
+def claim_file(path: str | Path, stage: str, owned: bool = False, overwrite: bool = False) -> None:
+    """Check an output file before work: absent, the stage's own (``owned``), or ``overwrite``.
+
+    A folder at the path is always refused: a file output never replaces a folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder: give a file name for the output")
+    if path.exists() and not owned and not overwrite:
+        raise OutputError(
+            f"{path} exists and was not written by geoseg {stage}: pass --overwrite to replace it "
+            "or choose another output"
+        )
+    check_writable(path.parent)
+
+
+# --- output sets -------------------------------------------------------------------------------
+
+
+def set_manifest(folder: str | Path, name: str, stage: str) -> Path:
+    """Where the manifest of the output set ``name`` of ``stage`` lives in ``folder``."""
+    return Path(folder) / f".{name}.geoseg-{stage}.json"
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("files"), dict | list) else None
+
+
+def owned_by_set(folder: str | Path, name: str, stage: str) -> set[str]:
+    """File names that the set's manifest (complete or not) says the stage wrote."""
+    data = _read_manifest(set_manifest(folder, name, stage))
+    return set(data["files"]) if data else set()
+
+
+def check_set(
+    folder: str | Path, name: str, stage: str, targets: Iterable[Path], overwrite: bool = False
+) -> None:
+    """Before work: every existing target must belong to the set's manifest (or ``overwrite``)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder} exists and is not a folder: choose another output folder")
+    owned = owned_by_set(folder, name, stage)
+    for target in targets:
+        if target.is_dir():
+            raise OutputError(
+                f"{target} is a folder where geoseg {stage} writes a file: move it or choose another output folder"
+            )
+        if target.exists() and target.name not in owned and not overwrite:
+            raise OutputError(
+                f"{target} exists and was not written by geoseg {stage}: "
+                "pass --overwrite to replace it or choose another output folder"
+            )
+    check_writable(folder)
+
+
+@contextlib.contextmanager
+def output_set(folder: str | Path, name: str, stage: str) -> Iterator[Path]:
+    """Yield a staging folder; when the block succeeds, publish its files into ``folder``.
+
+    Publishing: the manifest is first rewritten as incomplete (listing the old and the new
+    files, so a crash leaves a set that readers refuse and a rerun may replace), then each
+    staged file is renamed onto its final name, files of the previous set that the new one
+    lacks are removed, and the complete manifest (names and sizes) is written last. A
+    failed block removes the staging folder; nothing in ``folder`` changes.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(folder)
+    staging = folder / f".{name}.staging-{os.getpid()}"
+    _remove(staging)
+    staging.mkdir()
+    try:
+        yield staging
+        _publish(staging, folder, name, stage)
+    finally:
+        _remove(staging)
+
+
+def _publish(staging: Path, folder: Path, name: str, stage: str) -> None:
+    manifest = set_manifest(folder, name, stage)
+    new = sorted(p.name for p in staging.iterdir())
+    old = owned_by_set(folder, name, stage)
+    write_json_atomic(manifest, {"stage": stage, "complete": False, "files": sorted(old | set(new))})
+    for file_name in new:
+        os.replace(staging / file_name, folder / file_name)
+    for file_name in sorted(old - set(new)):
+        _remove(folder / file_name)
+    sizes = {n: (folder / n).stat().st_size for n in new}
+    write_json_atomic(manifest, {"stage": stage, "complete": True, "files": sizes})
+
+
+def require_published(path: str | Path) -> None:
+    """InputError when ``path`` belongs to an output set whose publication did not finish.
+
+    Files that no manifest lists (a user's own raster, a baseline's output) are accepted.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for manifest in path.parent.glob(".*.geoseg-*.json"):
+        data = _read_manifest(manifest)
+        if data is None or path.name not in data["files"]:
+            continue
+        if data.get("complete") is True:
+            continue
+        raise InputError(
+            f"{path} belongs to an unfinished {data.get('stage', 'geoseg')} output set ({manifest.name}): "
+            "rerun that stage into the same folder"
+        )
+
+
+def clean_leftovers(folder: str | Path) -> list[Path]:
+    """Remove temporary files of killed runs (dead PIDs on this host) from ``folder``."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _LEFTOVER.match(entry.name)
+        if match and not _alive(int(match.group(1))):
+            _remove(entry)
+            removed.append(entry)
+    return removed
+
+
+# --- locks -------------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def locked(folder: str | Path, what: str = "output folder", beside: bool = False) -> Iterator[Path]:
+    """Hold ``folder/.geoseg.lock`` (created exclusively, with PID, host and time) while the block runs.
+
+    ``beside``: the lock is ``.<folder name>.geoseg.lock`` next to the folder instead, for
+    folders that the stage itself recreates (a patch store). Another live holder:
+    BusyError naming it. A holder that died on this host (its PID is gone): its lock is
+    taken over. The lock is removed when the block ends.
+    """
+    folder = Path(folder)
+    lock = folder.with_name(f".{folder.name}{LOCK_NAME}") if beside else folder / LOCK_NAME
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _read_lock(lock)
+            if holder is None or (
+                holder.get("host") == record["host"] and not _alive(int(holder.get("pid", -1)))
+            ):
+                lock.unlink(missing_ok=True)  # a dead holder's (or an empty, half-written) lock
+                continue
+            if holder.get("pid") == record["pid"] and holder.get("host") == record["host"]:
+                yield lock  # re-entrant within one process
+                return
+            raise BusyError(
+                f"{what} {folder} is in use by process {holder.get('pid')} on {holder.get('host')} "
+                f"(since {holder.get('since')}): wait for it to finish, or delete {lock} if that process is gone"
+            ) from None
+        with os.fdopen(fd, "w") as handle:
+            json.dump(record, handle)
+        break
+    else:
+        raise BusyError(f"cannot take the lock {lock}: delete it if no geoseg process uses {folder}")
+    try:
+        yield lock
+    finally:
+        if _read_lock(lock) == record:
+            lock.unlink(missing_ok=True)
+
+
+def _read_lock(lock: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+_USER_ERRNOS = {
+    errno.ENOSPC: "no space left on the device: free some space or choose another output location",
+    errno.EDQUOT: "disk quota exceeded: free some space or choose another output location",
+    errno.EROFS: "read-only file system: choose another output location",
+    errno.EACCES: "permission denied: fix the permissions or choose another location",
+    errno.EPERM: "operation not permitted: fix the permissions or choose another location",
+    errno.ENAMETOOLONG: "file name too long: choose a shorter path",
+}
+
+
+def describe_os_error(exc: OSError) -> str | None:
+    """One line for an OSError the user can fix (disk full, read-only, permissions), else None."""
+    advice = _USER_ERRNOS.get(exc.errno or 0)
+    if advice is None:
+        return None
+    name = str(exc.filename or "a file")
+    name = name if len(name) <= 200 else name[:200] + "..."
+    verb = "write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "use"
+    return f"cannot {verb} {name}: {advice}"

@@ -48,7 +48,7 @@ from geoseg.cog import GDAL_CACHE_BYTES
 from geoseg.config import IngestConfig
 from geoseg.datasets import IGNORE, LabelDataset, expand_colormap, get_dataset
 from geoseg.errors import ConfigError, InputError
-from geoseg.fileio import sha256_file, write_json_atomic
+from geoseg.fileio import check_writable, locked, sha256_file, write_json_atomic
 from geoseg.progress import Progress, progress_bar
 from geoseg.shards import write_shard
 from geoseg.sources import (
@@ -150,11 +150,18 @@ def plan_ingest(
 
 
 def _check_label(label_path: Path, info: RasterInfo, dataset: LabelDataset | None) -> None:
+    """Labels share the image's grid: the same size and, where both are georeferenced, the
+    same CRS and transform (the rule evaluate applies; labels without a CRS are pixel-aligned)."""
     with open_dataset(label_path) as lab:
         if (lab.width, lab.height) != (info.width, info.height):
             raise InputError(
                 f"labels {label_path} ({lab.width}x{lab.height}) are not aligned with "
                 f"{info.path} ({info.width}x{info.height})"
+            )
+        if lab.crs and info.crs and (lab.crs != info.crs or not lab.transform.almost_equals(info.transform)):
+            raise InputError(
+                f"labels {label_path} are on another grid than {info.path} (CRS or transform differ): "
+                "give labels georeferenced like the image"
             )
         if dataset is None and lab.count != 1:
             raise InputError(f"{label_path} has {lab.count} bands: colour-coded labels need --dataset")
@@ -209,7 +216,20 @@ def ingest(
     """
     config.validate()
     out = Path(out)
+    check_writable(out if out.is_dir() else out.parent)
     plan = plan_ingest(sources, config, labels)
+    with locked(out, "patch store", beside=True):  # zarr recreates the store folder itself
+        return _ingest(out, plan, config, labels, dask_address, progress)
+
+
+def _ingest(
+    out: Path,
+    plan: Plan,
+    config: IngestConfig,
+    labels: Sequence[str | Path] | None,
+    dask_address: str | None,
+    progress: bool,
+) -> Path:
     if _existing_matches(out, plan.fingerprint):
         log.info("%s is complete for these inputs: nothing to do", out)
         return out
@@ -245,7 +265,7 @@ def ingest(
 
 
 def _existing_matches(out: Path, fingerprint: str) -> bool:
-    if not out.exists():
+    if not out.exists() or _empty_folder(out):
         return False
     try:
         store = open_store(out, require_complete=False)
@@ -259,8 +279,12 @@ def _existing_matches(out: Path, fingerprint: str) -> bool:
     return store.meta.complete and same
 
 
+def _empty_folder(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
 def _resumable(out: Path, fingerprint: str) -> bool:
-    if not out.exists():
+    if not out.exists() or _empty_folder(out):
         return False
     store = open_store(out, require_complete=False)
     return store.meta.extra.get("fingerprint") == fingerprint

@@ -26,12 +26,13 @@ aligned ids agree with the promoted model's on enough of the reference.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,10 +40,10 @@ from typing import Any
 
 import pystac
 
-from geoseg.bundle import META, WEIGHTS, Cluster, load_meta
+from geoseg.bundle import META, WEIGHTS, Cluster, load_bundle, load_meta
 from geoseg.config import PromotionConfig
 from geoseg.errors import ConfigError, InputError
-from geoseg.fileio import atomic_path, sha256_file, write_json_atomic
+from geoseg.fileio import atomic_path, locked, sha256_file, write_json_atomic
 
 STATE = "registry.json"
 CURRENT = "current"  # symlink to the promoted version
@@ -216,23 +217,41 @@ def load_state(registry: str | Path) -> RegistryState:
         if data.get("format") != REGISTRY_FORMAT:
             raise InputError(f"{path}: not a geoseg model registry")
         data["versions"] = [ModelVersion(**v) for v in data["versions"]]
-        return RegistryState(**data)
+        state = RegistryState(**data)
     except (json.JSONDecodeError, TypeError, KeyError) as exc:
         raise InputError(f"corrupt model registry {path}: {exc}") from exc
+    names = [v.version for v in state.versions] + list(state.promoted) + [state.current or "v0000"]
+    bad = [n for n in names if not isinstance(n, str) or not _VERSION.fullmatch(n)]
+    if bad:  # a version name is a folder of the registry: never a path that leaves it
+        raise InputError(f"corrupt model registry {path}: bad version name(s) {bad[:3]}")
+    return state
+
+
+def _locked_registry(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a registry change under the registry's lock (one writer at a time)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        registry = kwargs.get(
+            "registry", args[1] if func.__name__ == "register" else args[0] if args else None
+        )
+        with locked(Path(registry), "model registry"):
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 def list_versions(registry: str | Path) -> list[ModelVersion]:
     return load_state(registry).versions
 
 
+@_locked_registry
 def register(
     bundle_dir: str | Path, registry: str | Path, decision: PromotionDecision | None = None
 ) -> ModelVersion:
     """Copy a bundle into the registry as the next version (idempotent by weights hash)."""
     bundle_dir, registry = Path(bundle_dir), Path(registry)
-    meta = load_meta(bundle_dir)
-    if not (bundle_dir / WEIGHTS).is_file():
-        raise InputError(f"model bundle has no {WEIGHTS}: {bundle_dir}")
+    _, meta = load_bundle(bundle_dir)  # the weights must load: never register a broken bundle
     state = load_state(registry)
     sha = sha256_file(bundle_dir / WEIGHTS)
     for existing in state.versions:
@@ -261,6 +280,7 @@ def register(
     return entry
 
 
+@_locked_registry
 def promote(registry: str | Path, version: str) -> ModelVersion:
     """Make ``version`` the current model (the segment deployment's default)."""
     registry = Path(registry)
@@ -269,6 +289,7 @@ def promote(registry: str | Path, version: str) -> ModelVersion:
     previous = state.current
     if previous == version:
         return entry
+    load_bundle(registry / version)  # a version whose weights cannot load is never made current
     if previous is not None:
         state.get(previous).status = "retired"
     entry.status = "promoted"
@@ -278,6 +299,7 @@ def promote(registry: str | Path, version: str) -> ModelVersion:
     return entry
 
 
+@_locked_registry
 def rollback(registry: str | Path, to: str | None = None) -> ModelVersion:
     """Make the previously promoted model (or ``to``, promoted at some point) current again."""
     registry = Path(registry)

@@ -20,6 +20,7 @@ style inside and beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from geoseg.bundle import CLUSTERS_TAG, Cluster, ModelMeta, clusters_to_tag, def
 from geoseg.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
 from geoseg.config import SegmentConfig
 from geoseg.errors import InputError
-from geoseg.fileio import atomic_path
+from geoseg.fileio import atomic_path, check_free_space, check_set, locked, output_set
 from geoseg.iic.model import IICNet, for_inference
 from geoseg.preview import colourize, save_png, with_legend
 from geoseg.progress import Progress, progress_bar
@@ -53,6 +54,7 @@ from geoseg.windows import WindowGrid, blend_weights
 
 log = logging.getLogger(__name__)
 
+STAGE = "segment"  # names the outputs' manifest: .<stem>.geoseg-segment.json
 NODATA = 255
 CONFIDENCE_MAX = 100  # confidence is stored as a whole percent: 0..100, nodata 255
 MIN_SIDE = 8  # the trunk pools once: a window needs a few pixels on each side
@@ -331,7 +333,35 @@ def segment_raster(
     config: SegmentConfig,
     progress: Progress = True,
 ) -> SegmentResult:
-    """Segment one raster with a loaded model; see :func:`segment`."""
+    """Segment one raster with a loaded model; see :func:`segment`.
+
+    Every output is written into a staging folder and the set is published together,
+    its manifest last (:func:`geoseg.fileio.output_set`): a killed or failed run never
+    leaves new and old outputs of one source side by side as if they were one result.
+    """
+    with output_set(out_dir, source.stem, STAGE) as staging:
+        staged = _write_outputs(model, meta, model_dir, source, staging, config, progress)
+    return _published(staged, out_dir)
+
+
+def _published(result: SegmentResult, out_dir: Path) -> SegmentResult:
+    moved = {
+        f.name: out_dir / value.name
+        for f in dataclasses.fields(result)
+        if f.name != "source" and isinstance(value := getattr(result, f.name), Path)
+    }
+    return dataclasses.replace(result, **moved)
+
+
+def _write_outputs(
+    model: IICNet,
+    meta: ModelMeta,
+    model_dir: Path,
+    source: Path,
+    out_dir: Path,
+    config: SegmentConfig,
+    progress: bool,
+) -> SegmentResult:
     paths = output_paths(source, out_dir)
     clusters = cluster_table(meta, config, model)
     with open_dataset(source) as src:
@@ -437,13 +467,16 @@ def segment(
     out_dir: str | Path,
     config: SegmentConfig | None = None,
     progress: Progress = True,
+    overwrite: bool = False,
 ) -> list[SegmentResult]:
     """Segment every source raster with the model bundle in ``model_dir``.
 
     Args:
         model_dir: a model bundle (model.json + weights.safetensors).
         sources: GeoTIFFs (any size) with the bands and dtype the model was trained on.
-        out_dir: folder for the outputs (created); existing outputs are replaced atomically.
+        out_dir: folder for the outputs (created); the outputs of an earlier segment run are
+            replaced, one source's set at a time; other files of the same names are
+            refused (OutputError) unless ``overwrite``.
         config: window overlap, batch size, device, head, vectorization options.
         progress: a progress bar per raster (True), log lines to this logger, or nothing
             (:mod:`geoseg.progress`).
@@ -458,14 +491,40 @@ def segment(
     from geoseg.train import resolve_device
 
     config = (config or SegmentConfig()).validate()
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    paths = [Path(s) for s in sources]
+    model_dir, out_dir = Path(model_dir).absolute(), Path(out_dir)
+    paths = [Path(s).absolute() for s in sources]  # provenance tags name files, not typed text
     if not paths:
         raise InputError("no source rasters given")
     check_unique_stems(paths)
     for path in paths:  # fail before any work on a missing input
         if not path.is_file():
             raise InputError(f"source not found: {path}")
+    check_outputs(paths, out_dir, overwrite, config.vectorize)
     model, meta = load_bundle(model_dir, resolve_device(config.device))
     model = for_inference(model)
-    return [segment_raster(model, meta, model_dir, path, out_dir, config, progress) for path in paths]
+    with locked(out_dir, "segment output folder"):
+        return [segment_raster(model, meta, model_dir, path, out_dir, config, progress) for path in paths]
+
+
+def check_outputs(
+    sources: Sequence[Path], out_dir: Path, overwrite: bool = False, polygons: bool = True
+) -> None:
+    """Before any work: the outputs may be replaced, the folder is writable and has room.
+
+    The GeoPackage counts only when this run writes one, and an earlier ``vectorize``
+    output (the flows write it separately) is its own to replace. The room needed is
+    estimated as the two uncompressed uint8 layers of every source (compression and
+    overviews roughly cancel out).
+    """
+    from geoseg.vectorize import is_own_gpkg, vector_style_path
+
+    needed = 0
+    for source in sources:
+        targets = output_paths(source, out_dir)
+        gpkg = targets.pop("gpkg")
+        if polygons and not is_own_gpkg(gpkg):
+            targets.update(gpkg=gpkg, gpkg_qml=vector_style_path(gpkg))
+        check_set(out_dir, source.stem, STAGE, targets.values(), overwrite)
+        with open_dataset(source) as src:
+            needed += 2 * src.height * src.width
+    check_free_space(out_dir, needed)

@@ -193,7 +193,15 @@ def read_scaled(
         data = src.read(use, window=window, out_shape=(len(use), height, width), resampling=resampling)
     except rasterio.errors.RasterioError as exc:  # a truncated or damaged file opens, then fails here
         raise InputError(f"unreadable or corrupt raster {src.name}: {exc}") from exc
-    return data, read_valid(src, info, scale, row, col, height, width, bands=use)
+    valid = read_valid(src, info, scale, row, col, height, width, bands=use, data=data)
+    if data.dtype.kind == "f":  # NaN and +-inf are nodata: never fed to a model or a statistic
+        data = np.where(np.isfinite(data), data, 0).astype(data.dtype, copy=False)
+    return data, valid
+
+
+def finite_mask(data: np.ndarray) -> np.ndarray:
+    """(h, w) True where every band of a (C, h, w) float block is finite (NaN and +-inf are nodata)."""
+    return np.isfinite(data).all(axis=0) if data.dtype.kind == "f" else np.ones(data.shape[-2:], bool)
 
 
 def read_valid(
@@ -205,29 +213,47 @@ def read_valid(
     height: int,
     width: int,
     bands: Sequence[int] | None = None,
+    data: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(h, w) validity of a window of the scaled grid, without reading the pixels.
+    """(h, w) validity of a window of the scaled grid.
 
     A pixel is valid where every used band is valid in GDAL's per-band masks (nodata,
-    alpha, internal masks); resampled nearest so masks never blend.
+    alpha, internal masks; resampled nearest so masks never blend) and, for float rasters,
+    finite (NaN and +-inf are nodata whatever the nodata tag says). Integer rasters are
+    checked without reading the pixels; float ones read them unless ``data`` (this
+    window's pixels) is given.
     """
     use = list(bands or info.bands)
-    if all_valid(src, use):
-        return np.ones((height, width), bool)
     window = source_window(info, scale, row, col, height, width)
+    finite = np.ones((height, width), bool)
+    if any(np.dtype(src.dtypes[b - 1]).kind == "f" for b in use):
+        if data is None:
+            try:
+                data = src.read(
+                    use, window=window, out_shape=(len(use), height, width), resampling=Resampling.nearest
+                )
+            except rasterio.errors.RasterioError as exc:
+                raise InputError(f"unreadable or corrupt raster {src.name}: {exc}") from exc
+        finite = finite_mask(data)
+    if all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in use):
+        return finite
     try:
         masks = src.read_masks(
             use, window=window, out_shape=(len(use), height, width), resampling=Resampling.nearest
         )
     except rasterio.errors.RasterioError as exc:
         raise InputError(f"unreadable or corrupt raster {src.name}: {exc}") from exc
-    return np.all(masks > 0, axis=0)
+    return np.all(masks > 0, axis=0) & finite
 
 
 def all_valid(src: DatasetReader, bands: Sequence[int]) -> bool:
-    """True when GDAL reports no nodata, alpha or mask for any of ``bands``: every pixel is
-    valid, and reading masks (a full pass over the pixels) can be skipped."""
-    return all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in bands)
+    """True when GDAL reports no nodata, alpha or mask for any of ``bands`` and they are
+    integers (a float band may hold NaN or inf, which are nodata): every pixel is valid, and
+    reading masks (a full pass over the pixels) can be skipped."""
+    return all(
+        src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] and np.dtype(src.dtypes[b - 1]).kind != "f"
+        for b in bands
+    )
 
 
 def patch_offsets(length: int, patch: int, stride: int) -> list[int]:

@@ -23,7 +23,7 @@ from pystac.validation import validate_dict
 from rasterio.warp import transform_bounds
 
 from geoseg.errors import InputError
-from geoseg.fileio import atomic_path, sha256_file
+from geoseg.fileio import atomic_path, require_published, sha256_file
 from geoseg.sources import open_dataset
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def save_catalog(catalog: pystac.Catalog, root_dir: str | Path) -> Path:
     catalog, and an invalid one is never left behind (InputError).
     """
     root_dir = Path(root_dir).resolve()
-    with atomic_path(root_dir) as tmp:
+    with atomic_path(root_dir, replace_folder=(root_dir / "catalog.json").is_file()) as tmp:  # a catalog only
         catalog.normalize_hrefs(str(tmp / "catalog.json"))
         catalog.make_all_asset_hrefs_relative()
         catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
@@ -138,6 +138,8 @@ def prediction_item(
     """
     from pystac.extensions.label import LabelClasses, LabelExtension, LabelType
 
+    for path in [Path(clusters), *(a[0] for a in (assets or {}).values())]:
+        require_published(path)  # an item never describes a half-published output set
     item = raster_item(clusters, item_id=f"{Path(source).stem}-prediction", roles=("data", "labels"))
     item.assets["clusters"] = item.assets.pop("image")
     item.properties["geoseg:model"] = str(model_dir)

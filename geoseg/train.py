@@ -26,9 +26,11 @@ weights with the lowest one, and model.json records the rule, the step and the v
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,10 +42,17 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from geoseg import __version__
-from geoseg.bundle import ModelMeta, default_clusters, load_bundle, save_bundle
+from geoseg.bundle import META, ModelMeta, default_clusters, load_bundle, save_bundle
 from geoseg.config import TrainConfig
-from geoseg.errors import ConfigError, InputError, TrainingError
-from geoseg.fileio import atomic_path, write_text_atomic
+from geoseg.errors import ConfigError, InputError, OutputError, TrainingError
+from geoseg.fileio import (
+    atomic_path,
+    check_free_space,
+    check_writable,
+    claim_folder,
+    locked,
+    write_text_atomic,
+)
 from geoseg.iic.data import PatchDataset, StepBatchSampler
 from geoseg.iic.distributed import DistContext, RankShard, cleanup, init_from_env, reduce_joint, wrap_model
 from geoseg.iic.loss import iic_segmentation_loss
@@ -145,17 +154,50 @@ def train(
     out: str | Path,
     config: TrainConfig,
     progress: Progress = True,
+    overwrite: bool = False,
 ) -> Path:
-    """Train IIC on one or more patch stores; write the model bundle to ``out`` and return it."""
+    """Train IIC on one or more patch stores; write the model bundle to ``out`` and return it.
+
+    ``out`` is checked before anything is loaded: it must be absent, empty, or this run's
+    own bundle (its ``<out>.work`` resumes it); another bundle or a foreign folder is
+    replaced only with ``overwrite``. One training run at a time holds ``<out>.work``.
+    """
     config.validate()
-    stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
     out = Path(out)
+    check_output(out, overwrite)
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the lock for all
+    with locked(work_dir(out), "training folder") if rank0 else contextlib.nullcontext():
+        return _train(store, out, config, progress, overwrite)
+
+
+def check_output(out: Path, overwrite: bool = False) -> None:
+    """Refuse, before any work, an ``out`` that training must not replace (see :func:`train`)."""
+    if (out / META).is_file() and not work_dir(out).is_dir() and not overwrite:
+        raise OutputError(
+            f"{out} holds a model bundle that this training run did not start: "
+            "pass --overwrite to replace it or choose another --out"
+        )
+    claim_folder(out, "train", marker=META, overwrite=overwrite)
+    check_writable(work_dir(out).parent)
+
+
+def _train(
+    store: str | Path | Sequence[str | Path],
+    out: Path,
+    config: TrainConfig,
+    progress: bool,
+    overwrite: bool,
+) -> Path:
+    stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
     dataset = PatchDataset(stores)
     meta0 = dataset.metas[0]
     # Data-parallel under torchrun (WORLD_SIZE > 1): see geoseg.iic.distributed.
     ctx = init_from_env(config.device)
     device = ctx.device if ctx.enabled else resolve_device(config.device)
     model = build_network(config, dataset.num_bands)
+    # Room for the bundle, the best weights and a checkpoint with Adam's two moments, checked
+    # before training rather than discovered at the first checkpoint.
+    check_free_space(out.parent, 6 * sum(p.numel() * p.element_size() for p in model.parameters()))
     if config.init_from:
         _load_initial_weights(model, Path(config.init_from), meta0.band_names)
     mean, std = dataset.band_statistics()
@@ -184,7 +226,7 @@ def train(
     if state.best_step is not None and (work / BEST_WEIGHTS).is_file():
         model.load_state_dict(load_file(str(work / BEST_WEIGHTS), device=str(device)))
     meta = _model_meta(model, config, dataset, state, rgb, device)
-    save_bundle(model, meta, out)
+    save_bundle(model, meta, out, overwrite=overwrite)
     write_text_atomic(out / METRICS, (work / METRICS).read_text() if (work / METRICS).is_file() else "")
     plot_curve(work / METRICS, out / CURVE, state.best_step)
     if ctx.enabled:
@@ -279,7 +321,7 @@ def _checkpoint(
         with atomic_path(work / BEST_WEIGHTS) as tmp:
             save_file(weights, str(tmp))
     tensors, groups = optimizer_to_tensors(optimizer)
-    with atomic_path(work / CHECKPOINT) as tmp:
+    with atomic_path(work / CHECKPOINT, replace_folder=True) as tmp:  # the run's own work folder
         tmp.mkdir()
         save_file(weights, str(tmp / "model.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))

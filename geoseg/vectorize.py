@@ -46,7 +46,7 @@ from rasterio.windows import Window
 
 from geoseg.bundle import CLUSTERS_TAG, clusters_from_tag, default_clusters
 from geoseg.errors import ConfigError, InputError
-from geoseg.fileio import atomic_path, write_text_atomic
+from geoseg.fileio import atomic_path, claim_file, require_published, write_text_atomic
 from geoseg.outputs import polygons_path, style_path
 from geoseg.style import StyleClass, categorized_vector_style, embed_layer_style
 
@@ -74,6 +74,20 @@ class BlockPolygons:
     wkb: np.ndarray
     values: np.ndarray
     on_seam: np.ndarray
+
+
+def is_own_gpkg(path: Path) -> bool:
+    """Whether ``path`` is a GeoPackage this module wrote: one layer named after the file, our fields."""
+    if not path.is_file():
+        return False
+    try:
+        layers = pyogrio.list_layers(path)
+        if [str(name) for name, _ in layers] != [path.stem]:
+            return False
+        fields = pyogrio.read_info(path, layer=path.stem)["fields"]
+    except Exception:
+        return False
+    return [str(f) for f in fields] == LAYER_FIELDS
 
 
 def vector_style_path(gpkg: str | Path) -> Path:
@@ -268,6 +282,7 @@ def vectorize(
     class_names: Mapping[int, str] | None = None,
     dask_address: str | None = None,
     block_size: int = 4096,
+    overwrite: bool = False,
 ) -> Path:
     """Polygons of a cluster raster in a GeoPackage, styled for QGIS, in the raster's CRS.
 
@@ -277,8 +292,9 @@ def vectorize(
 
     Args:
         clusters_tif: uint8 cluster ids (nodata 255 dropped; every cluster kept, 0 too).
-        out_gpkg: the GeoPackage to write (replaced atomically); default
-            :func:`polygons_path` (``<stem>_polygons.gpkg`` beside the raster).
+        out_gpkg: the GeoPackage to write; default :func:`polygons_path`
+            (``<stem>_polygons.gpkg`` beside the raster). Replaced atomically when it is an
+            earlier output of this function; another file only with ``overwrite``; never a folder.
         min_area: sieve regions smaller than this (CRS units squared) into their largest
             neighbour before polygonising; 0 keeps every region.
         simplify: Douglas-Peucker tolerance in CRS units (topology of each polygon kept;
@@ -286,6 +302,7 @@ def vectorize(
         class_names: cluster id -> name; default: the names stored by ``geoseg segment``.
         dask_address: run blocks on this Dask scheduler; default: local processes.
         block_size: block side in pixels.
+        overwrite: replace a file at ``out_gpkg`` that is not an earlier vectorize output.
 
     Returns:
         ``out_gpkg``.
@@ -299,6 +316,8 @@ def vectorize(
         raise ConfigError(f"block_size must be >= 16, got {block_size}")
     if not clusters_tif.is_file():
         raise InputError(f"cluster raster not found: {clusters_tif}")
+    require_published(clusters_tif)
+    claim_file(out_gpkg, "vectorize", owned=is_own_gpkg(out_gpkg), overwrite=overwrite)
     try:
         src = rasterio.open(clusters_tif)
     except rasterio.errors.RasterioError as exc:

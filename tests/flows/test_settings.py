@@ -129,3 +129,66 @@ def test_sources_expand_folders_and_keep_to_allowed_roots(shared_data: Path) -> 
     assert rasters == sorted(rasters) and all(r.suffix == ".tif" for r in rasters)
     with pytest.raises(ConfigError, match="outside the allowed roots"):
         check_sources(str(folder), FlowSettings(allowed_roots=(shared_data.resolve() / "dubai",)))
+
+
+def test_path_settings_of_configs_must_lie_inside_the_allowed_roots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from geoseg.config import EvaluateConfig
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    for folder in (root, outside):
+        (folder / "model").mkdir(parents=True)
+        (folder / "palette.json").write_text("{}")
+    monkeypatch.setenv("GEOSEG_ALLOWED_ROOTS", str(root))
+    with pytest.raises(ConfigError, match=r"TrainConfig\.init_from .* outside the allowed roots"):
+        build_config(TrainConfig, {"init_from": str(outside / "model")})
+    with pytest.raises(ConfigError, match=r"EvaluateConfig\.palette .* outside the allowed roots"):
+        build_config(EvaluateConfig, {"palette": str(root / ".." / "outside" / "palette.json")})
+    with pytest.raises(InputError, match="not found"):
+        build_config(TrainConfig, {"init_from": str(root / "missing")})
+    inside = build_config(TrainConfig, {"init_from": str(root / "model")})
+    assert inside.init_from == str((root / "model").resolve())
+
+
+def test_catalog_items_cannot_point_a_flow_outside_the_allowed_roots(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+    import shutil
+
+    import pystac
+
+    from flows.settings import check_surveys
+    from geoseg.catalog import survey_item, update_run_catalog
+    from geoseg.registry import new_surveys
+
+    root, outside = tmp_path / "r", tmp_path / "outside"
+    (root / "data").mkdir(parents=True)
+    outside.mkdir()
+    secret = shutil.copy(shared_data / "lausanne" / "img" / "1091-322_00.tif", outside / "secret.tif")
+    own = shutil.copy(shared_data / "lausanne" / "img" / "1091-322_01.tif", root / "data" / "own.tif")
+    catalog = update_run_catalog(root / "catalog", [survey_item(secret), survey_item(own)])
+    items = pystac.Catalog.from_file(str(catalog)).get_items(recursive=True)
+    hrefs = [a.href for item in items for a in item.assets.values()]
+    assert any(h.startswith("../") and "outside" in h for h in hrefs)  # relative, climbing out of r/
+    surveys = [
+        {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s).items()}
+        for s in new_surveys(catalog, root / "registry")
+    ]
+    settings = FlowSettings(allowed_roots=(root.resolve(),))
+    with pytest.raises(ConfigError, match=r"secret\.tif is outside the allowed roots"):
+        check_surveys(surveys, settings)
+    (checked,) = check_surveys([s for s in surveys if s["image"].endswith("own.tif")], settings)
+    assert checked["image"] == str(Path(own).resolve())
+
+
+@pytest.mark.parametrize("path", ["a\0b.tif", "x" * 100_000])
+def test_odd_path_strings_are_configuration_errors(path: str) -> None:
+    with pytest.raises(ConfigError, match="not a usable path"):
+        check_input(path, "src", FlowSettings())
+
+
+def test_a_dask_address_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(ConfigError, match="dask_address"):
+        check_dask_address("tcp://10.0.0.5:8786\n")
