@@ -349,7 +349,9 @@ def load_model(path: str | Path) -> SuperpixelModel:
         obj = json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"superpixel model not found: {path}") from None
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:  # not UTF-8 / not JSON
+        raise InputError(f"{path} is not a geoseg superpixel model (JSON): {exc}") from exc
+    except OSError as exc:
         raise InputError(f"unreadable superpixel model {path}: {exc}") from exc
     if not isinstance(obj, dict) or obj.get("format") != MODEL_FORMAT:
         raise InputError(f"{path} is not a geoseg superpixel model (format {MODEL_FORMAT!r})")
