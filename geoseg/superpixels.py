@@ -64,6 +64,7 @@ __all__ = [
     "SuperpixelModel",
     "SuperpixelRefiner",
     "apply_superpixels",
+    "fit_superpixel_model",
     "fit_superpixels",
     "load_model",
     "segment_statistics",
@@ -524,6 +525,33 @@ def _labels_tmp(out: Path, source: Path, index: int) -> Path:
 # --- entry points --------------------------------------------------------------------------
 
 
+def fit_superpixel_model(
+    fit_on: Sequence[str | Path], config: SuperpixelConfig | None = None, progress: bool = False
+) -> SuperpixelModel:
+    """Only the fit: the model of :func:`superpixel_baseline` on ``fit_on``, no raster written."""
+    config = (config or SuperpixelConfig()).validate()
+    paths = [Path(p) for p in fit_on]
+    if not paths:
+        raise InputError("no sources given")
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"source not found: {path}")
+    with open_dataset(paths[0]) as src:
+        n_bands = len(source_bands(src, config.bands, paths[0]))
+    _check_k(config, check_sources(paths, config, n_bands))
+    space = fit_space(paths, config)
+    segmented = [superpixel_raster(path, space, config, None, progress) for path in paths]
+    return fit_superpixels(segmented, space, config)
+
+
+def _check_k(config: SuperpixelConfig, expected: int) -> None:
+    if config.k > expected:
+        raise InputError(
+            f"k={config.k} is more than the at most {expected} superpixels of size {config.size} px "
+            "in the fitting rasters: use a smaller --k or --size"
+        )
+
+
 def superpixel_baseline(
     sources: Sequence[str | Path],
     out_dir: str | Path,
@@ -545,12 +573,7 @@ def superpixel_baseline(
     with open_dataset(paths[0]) as src:
         n_bands = len(source_bands(src, config.bands, paths[0]))
     check_sources(paths, config, n_bands)
-    expected = check_sources(fit_paths, config, n_bands)
-    if config.k > expected:
-        raise InputError(
-            f"k={config.k} is more than the at most {expected} superpixels of size {config.size} px "
-            "in the fitting rasters: use a smaller --k or --size"
-        )
+    _check_k(config, check_sources(fit_paths, config, n_bands))
     space = fit_space(fit_paths, config)
     segmented: dict[Path, SegmentedRaster] = {}
     try:
