@@ -306,7 +306,8 @@ def _refiner(
         return None
     from geoseg.superpixels import SuperpixelRefiner
 
-    mean, std = (t.detach().cpu().numpy() for t in (model.input_mean, model.input_std))
+    buffers = dict(model.named_buffers())  # the model's own input normalisation
+    mean, std = (buffers[name].detach().cpu().numpy() for name in ("input_mean", "input_std"))
     return SuperpixelRefiner(src, bands, mean, std, config.refine_size)
 
 
