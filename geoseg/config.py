@@ -108,7 +108,7 @@ class SegmentConfig:
     vectorize_block: int = 4096  # vectorize: block side in pixels (one Dask task per block)
     preview_size: int = 2048  # long side of the PNG preview
     refine: Literal["superpixels"] | None = None  # post-process blended probabilities per superpixel
-    refine_size: int = 16  # superpixel side in pixels for --refine (SuperpixelConfig's default)
+X
 
     def validate(self) -> SegmentConfig:
         _require(0.0 <= self.overlap < 0.9, f"overlap must be in [0, 0.9), got {self.overlap}")
@@ -180,7 +180,7 @@ class SuperpixelConfig:
     k: int = 6
     seed: int = 0
     bands: int | None = None  # use the first N bands (alpha excluded); None: all
-    size: int = 16  # superpixel side in pixels (SLIC grid step); chosen on a validation split
+    size: int = 12  # superpixel side in pixels (SLIC grid step); chosen on a validation split
     compactness: float = 10.0  # SLIC's colour/space trade-off, in CIELAB units
     iterations: int = 5  # SLIC k-means iterations (the SLIC paper: 4-10 suffice)
     block: int = 2048  # superpixels are computed block by block: memory bounded by the block
