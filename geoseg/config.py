@@ -108,7 +108,7 @@ class SegmentConfig:
     vectorize_block: int = 4096  # vectorize: block side in pixels (one Dask task per block)
     preview_size: int = 2048  # long side of the PNG preview
     refine: Literal["superpixels"] | None = None  # post-process blended probabilities per superpixel
-X
+    refine_size: int = 12  # superpixel side in pixels for --refine (SuperpixelConfig.size)
 
     def validate(self) -> SegmentConfig:
         _require(0.0 <= self.overlap < 0.9, f"overlap must be in [0, 0.9), got {self.overlap}")
