@@ -191,6 +191,24 @@ def run_random_net(
     return _ordered(sources, written)
 
 
+SUPERPIXELS: dict = {}  # SuperpixelConfig overrides (bench/superpixels.py's size sweep); default: none
+
+
+def run_superpixels(
+    split: Split, fit_images: list[Path], sources: list[Path], seed: int, out: Path
+) -> list[Path]:
+    """SLIC superpixels + k-means on segment statistics: fitted on fit_images, applied to sources."""
+    from geoseg.config import SuperpixelConfig
+    from geoseg.superpixels import MODEL_NAME, apply_superpixels, fit_superpixel_model
+
+    model = fit_superpixel_model(fit_images, SuperpixelConfig(k=split.k, seed=seed, **SUPERPIXELS))
+    model_path = model.save(out / MODEL_NAME)
+    written = {}
+    for files, folder in _by_folder(sources, out):
+        written.update(zip(files, apply_superpixels(model_path, files, folder), strict=True))
+    return _ordered(sources, written)
+
+
 IIC_TRAINING: dict = {"steps": 500, "preset": "small"}  # set from the command line
 IIC_INGEST: dict = {"patch_size": 128, "scale": 1.0}
 
@@ -217,6 +235,7 @@ def run_iic(split: Split, fit_images: list[Path], sources: list[Path], seed: int
 METHODS: dict[str, Callable[[Split, list[Path], list[Path], int, Path], list[Path]]] = {
     "k-means": run_kmeans,
     "random net": run_random_net,
+    "superpixels": run_superpixels,
     "IIC": run_iic,
 }
 
@@ -308,7 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--with-iic", action="store_true", help="also train + segment IIC (needs geoseg.train/segment)"
     )
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=["k-means", "random net"])
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(METHODS), default=["k-means", "random net", "superpixels"]
+    )
     parser.add_argument(
         "--protocols", nargs="+", choices=("honest", "transductive"), default=["honest", "transductive"]
     )

@@ -348,7 +348,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _add_baseline(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "baseline", help="label-free baselines written as cluster rasters (k-means, random net)"
+        "baseline", help="label-free baselines written as cluster rasters (k-means, random net, superpixels)"
     )
     methods = p.add_subparsers(dest="method", required=True)
     for name, text in (
@@ -369,6 +369,59 @@ def _add_baseline(sub: argparse._SubParsersAction) -> None:
             m.add_argument("--preset", choices=("small", "iic"), default="small", help="network width")
         _add_overwrite(m, "existing files in --out that an earlier baseline run did not write")
         m.set_defaults(run=_run_baseline)
+    _add_superpixels(methods)
+
+
+def _add_superpixels(methods: argparse._SubParsersAction) -> None:
+    from geoseg.config import SuperpixelConfig
+
+    d = SuperpixelConfig()
+    m = methods.add_parser(
+        "superpixels", help="SLIC superpixels, then k-means on each segment's band statistics (OBIA)"
+    )
+    m.add_argument("src", nargs="+", type=Path, help="GeoTIFF/PNG/JPEG sources")
+    m.add_argument("--k", type=int, required=True, help="number of clusters")
+    m.add_argument("--out", required=True, type=Path, help="folder for <stem>_clusters.tif + the model")
+    m.add_argument("--size", type=int, default=d.size, help=f"superpixel side in pixels (default {d.size})")
+    m.add_argument("--compactness", type=float, default=d.compactness, help="SLIC colour/space trade-off")
+    m.add_argument("--bands", type=int, default=None, help="use the first N bands (alpha excluded)")
+    m.add_argument("--block", type=int, default=d.block, help="block side in pixels (memory bound)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--fit-on", nargs="+", type=Path, default=None, help="fit on these (default: SRC)")
+    m.set_defaults(run=_run_superpixels)
+    a = methods.add_parser(
+        "superpixels-apply", help="apply a fitted superpixel model (superpixel_model.json) to rasters"
+    )
+    a.add_argument("model", type=Path, help="superpixel_model.json (or the folder holding it)")
+    a.add_argument("src", nargs="+", type=Path, help="rasters with the model's band count")
+    a.add_argument("--out", required=True, type=Path, help="folder for <stem>_clusters.tif")
+    a.set_defaults(run=_run_superpixels_apply)
+
+
+def _run_superpixels(args: argparse.Namespace) -> int:
+    from geoseg.config import SuperpixelConfig
+    from geoseg.superpixels import MODEL_NAME, superpixel_baseline
+
+    config = SuperpixelConfig(
+        k=args.k,
+        seed=args.seed,
+        bands=args.bands,
+        size=args.size,
+        compactness=args.compactness,
+        block=args.block,
+    )
+    for path in superpixel_baseline(args.src, args.out, config, fit_on=args.fit_on):
+        print(path)
+    print(args.out / MODEL_NAME)
+    return 0
+
+
+def _run_superpixels_apply(args: argparse.Namespace) -> int:
+    from geoseg.superpixels import apply_superpixels
+
+    for path in apply_superpixels(args.model, args.src, args.out):
+        print(path)
+    return 0
 
 
 def _run_baseline(args: argparse.Namespace) -> int:
@@ -418,6 +471,15 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-vectorize", action="store_true", help="do not write the GeoPackage")
     p.add_argument("--min-area", type=float, default=d.min_area, help="polygon sieve, CRS units squared")
     p.add_argument("--simplify", type=float, default=d.simplify, help="polygon simplification, CRS units")
+    p.add_argument(
+        "--refine",
+        choices=("superpixels",),
+        default=None,
+        help="give each SLIC superpixel its probability-weighted majority cluster",
+    )
+    p.add_argument(
+        "--refine-size", type=int, default=d.refine_size, help="superpixel side in pixels for --refine"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_overwrite(p, "existing files in --out that an earlier segment run did not write")
     p.set_defaults(run=_run_segment)
@@ -436,6 +498,8 @@ def _run_segment(args: argparse.Namespace) -> int:
         vectorize=not args.no_vectorize,
         min_area=args.min_area,
         simplify=args.simplify,
+        refine=args.refine,
+        refine_size=args.refine_size,
     )
     results = segment(
         args.model, args.src, args.out, config, progress=not args.quiet, overwrite=args.overwrite

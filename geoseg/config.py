@@ -118,6 +118,8 @@ class SegmentConfig:
     simplify: float = 0.0  # polygon simplification tolerance in CRS units (0 = off)
     vectorize_block: int = 4096  # vectorize: block side in pixels (one Dask task per block)
     preview_size: int = 2048  # long side of the PNG preview
+    refine: Literal["superpixels"] | None = None  # post-process blended probabilities per superpixel
+    refine_size: int = 12  # superpixel side in pixels for --refine (SuperpixelConfig.size)
 
     def validate(self) -> SegmentConfig:
         _require(0.0 <= self.overlap < 0.9, f"overlap must be in [0, 0.9), got {self.overlap}")
@@ -131,6 +133,8 @@ class SegmentConfig:
         _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
         _require(self.head in ("a", "b"), f"head must be 'a' or 'b', got {self.head!r}")
         _require(self.min_area >= 0 and self.simplify >= 0, "min_area and simplify must be >= 0")
+        _require(self.refine in (None, "superpixels"), f"unknown refine {self.refine!r}")
+        _require(self.refine_size >= 4, f"superpixel size must be >= 4 px, got {self.refine_size}")
         return self
 
 
@@ -177,6 +181,42 @@ class BaselineConfig:
         _require(self.block_pixels >= 1024, "block_pixels must be >= 1024")
         _require(self.preset in ("iic", "small"), f"unknown preset {self.preset!r}")
         _require(self.tile >= 32 and 0 <= self.margin < self.tile, "need tile >= 32 and 0 <= margin < tile")
+        return self
+
+
+@dataclass
+class SuperpixelConfig:
+    """Object-based baseline: SLIC superpixels, then k-means on each segment's statistics."""
+
+    k: int = 6
+    seed: int = 0
+    bands: int | None = None  # use the first N bands (alpha excluded); None: all
+    size: int = 12  # superpixel side in pixels (SLIC grid step); chosen on a validation split
+    compactness: float = 10.0  # SLIC's colour/space trade-off, in CIELAB units
+    iterations: int = 5  # SLIC k-means iterations (the SLIC paper: 4-10 suffice)
+    block: int = 2048  # superpixels are computed block by block: memory bounded by the block
+    halo: int | None = None  # context read around each block (None: 2 x size)
+    fit_segments: int = 200_000  # k-means is fitted on a seeded subsample of the segments
+    fit_pixels: int = 200_000  # pixels sampled for band statistics (z-scores, RGB white point)
+
+    @property
+    def context(self) -> int:
+        """The halo in pixels, a multiple of ``size`` so SLIC's seed grid lines up across blocks."""
+        halo = 2 * self.size if self.halo is None else self.halo
+        return -(-halo // self.size) * self.size
+
+    def validate(self) -> SuperpixelConfig:
+        _require(2 <= self.k <= 254, f"k must be in [2, 254], got {self.k}")
+        _require(self.bands is None or self.bands >= 1, f"bands must be >= 1, got {self.bands}")
+        _require(self.size >= 4, f"superpixel size must be >= 4 px, got {self.size}")
+        _require(self.compactness > 0, f"compactness must be > 0, got {self.compactness}")
+        _require(1 <= self.iterations <= 100, f"iterations must be in [1, 100], got {self.iterations}")
+        _require(
+            self.block >= 4 * self.size, f"block must be >= 4 x size ({4 * self.size}), got {self.block}"
+        )
+        _require(self.halo is None or self.halo >= 0, f"halo must be >= 0, got {self.halo}")
+        _require(self.fit_segments >= 100, "fit_segments must be >= 100")
+        _require(self.fit_pixels >= 1000, "fit_pixels must be >= 1000")
         return self
 
 

@@ -24,7 +24,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,10 +156,18 @@ class _StripBlender:
         self.probs[:, r : r + h, col : col + w] += probs * weights
         self.weight[r : r + h, col : col + w] += weights
 
-    def pop(self, upto: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Finished rows ``[base, upto)``: (ids uint8, confidence uint8 %, valid); then shift."""
+    def pop(
+        self, upto: int, refine: Callable[[np.ndarray, int], np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Finished rows ``[base, upto)``: (ids uint8, confidence uint8 %, valid); then shift.
+
+        ``refine`` post-processes the blended probabilities of the rows (k, rows, W) starting
+        at raster row ``base`` (e.g. :class:`geoseg.superpixels.SuperpixelRefiner`).
+        """
         n = upto - self.base
         probs = self.probs[:, :n] / np.maximum(self.weight[:n], 1e-12)
+        if refine is not None:
+            probs = refine(probs, self.base)
         ids = probs.argmax(0).astype(np.uint8)
         confidence = np.rint(probs.max(0) * CONFIDENCE_MAX).astype(np.uint8)
         valid = self.valid[:n].copy()
@@ -264,6 +272,7 @@ def _segment_into(
     }
     fill = model.input_mean.detach().cpu().numpy().astype(np.float32)[:, None, None]
     blender = _StripBlender(k, grid.win_height, grid.width)
+    refine = _refiner(model, src, bands, config)
     profile = tiled_profile(src.crs, src.transform, src.height, src.width, "uint8", NODATA)
     bar = progress_bar(progress, total=len(grid), desc=f"segment {path.name}", unit="win")
     with (
@@ -288,11 +297,24 @@ def _segment_into(
             upto = min(grid.rows_final_after(index), src.height)
             if upto > blender.base:
                 base = blender.base
-                ids, confidence, _ = blender.pop(upto)
+                ids, confidence, _ = blender.pop(upto, refine)
                 out = Window(0, base, src.width, upto - base)
                 ids_dst.write(ids[:, : src.width], 1, window=out)
                 conf_dst.write(confidence[:, : src.width], 1, window=out)
     bar.close()
+
+
+def _refiner(
+    model: IICNet, src: DatasetReader, bands: list[int], config: SegmentConfig
+) -> Callable[[np.ndarray, int], np.ndarray] | None:
+    """The ``--refine`` hook for this raster (None: the blended probabilities as they are)."""
+    if config.refine is None:
+        return None
+    from geoseg.superpixels import SuperpixelRefiner
+
+    buffers = dict(model.named_buffers())  # the model's own input normalisation
+    mean, std = (buffers[name].detach().cpu().numpy() for name in ("input_mean", "input_std"))
+    return SuperpixelRefiner(src, bands, mean, std, config.refine_size)
 
 
 # --- outputs ------------------------------------------------------------------------------

@@ -1,0 +1,251 @@
+"""Superpixel baseline benchmark: size choice, seams, speed, memory, refinement cost.
+
+Parts (``--parts``, comma-separated):
+
+- ``size``: the default superpixel size, chosen on a validation split of the fitting
+  data only: Dubai tiles 1-3 fit (model and Hungarian mapping), tile 4 scored; tiles 5-6
+  (the quality table's scored set) are never read.
+- ``seams``: cluster maps computed in blocks vs in one block (same fitted model) on real
+  rasters that fit in memory: pixel agreement, overall and away from the seams.
+- ``speed``: end to end (fit + apply, COG + styles + preview + STAC written) on a
+  generated RGB scene, beside raw k-means in the same run.
+- ``rss``: peak RSS of the baseline in a fresh process on a generated 20000 x 20000 raster.
+- ``refine``: ``geoseg segment`` with and without ``--refine superpixels``, same run.
+
+    python bench/superpixels.py --parts size,seams,speed,refine --out /tmp/sp-bench
+    python bench/superpixels.py --parts rss --rss-side 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from PIL import Image
+
+from geoseg.config import BaselineConfig, SegmentConfig, SuperpixelConfig
+from geoseg.superpixels import MODEL_NAME, apply_superpixels, superpixel_baseline
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def _load(name: str):  # the sibling bench scripts, without making bench/ a package
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+quality = _load("quality")
+bench_segment = _load("segment")
+
+
+# --- size on the validation split ------------------------------------------------------------
+
+
+def size_sweep(data: Path, sizes: list[int], seeds: list[int], work: Path) -> dict:
+    full = quality.dubai_split(data)
+    fit = [p for p in full.fit if p[0].parent.parent.name != "tile4"]
+    val = [p for p in full.fit if p[0].parent.parent.name == "tile4"]
+    split = quality.Split("dubai-val", "dubai", 5, fit, val, "fit tiles 1-3, validate on tile 4")
+    rows = {}
+    for size in sizes:
+        quality.SUPERPIXELS.clear()
+        quality.SUPERPIXELS.update(size=size)
+        mious, accs, seconds = [], [], []
+        for seed in seeds:
+            start = time.perf_counter()
+            report = quality.run_case(split, "superpixels", "honest", seed, work / f"size{size}")
+            seconds.append(time.perf_counter() - start)
+            mious.append(report["miou"])
+            accs.append(report["accuracy"])
+            print(
+                f"size {size} seed {seed}: mIoU {report['miou']:.4f} acc {report['accuracy']:.4f}", flush=True
+            )
+        rows[size] = {"miou": mious, "accuracy": accs, "seconds": seconds}
+    quality.SUPERPIXELS.clear()
+    best = max(rows, key=lambda s: statistics.mean(rows[s]["miou"]))
+    return {"split": split.note, "seeds": seeds, "sizes": rows, "best": best}
+
+
+# --- seams ----------------------------------------------------------------------------------
+
+
+def _png(src: Path, out: Path, side: int | None = None) -> Path:
+    with Image.open(src) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    if side:
+        rgb = rgb[:side, :side]
+    Image.fromarray(rgb).save(out)
+    return out
+
+
+def seams(data: Path, work: Path, size: int, blocks: list[int]) -> list[dict]:
+    images = {
+        "loveda 1024x1024": _png(data / "loveda" / "0_rgb.png", work / "loveda.png"),
+        "dubai tile5 image 1": _png(
+            data / "dubai" / "tile5" / "images" / "image_part_001.jpg", work / "dubai.png"
+        ),
+    }
+    out = []
+    for name, path in images.items():
+        config = SuperpixelConfig(k=6, size=size, block=8192)
+        (whole,) = superpixel_baseline([path], work / f"{path.stem}-whole", config)
+        model = work / f"{path.stem}-whole" / MODEL_NAME
+        with rasterio.open(whole) as ds:
+            reference = ds.read(1)
+        for block in blocks:
+            obj = json.loads(model.read_text())
+            obj["settings"]["block"] = block
+            moved = work / f"{path.stem}-model-{block}.json"
+            moved.write_text(json.dumps(obj))
+            (blocked,) = apply_superpixels(moved, [path], work / f"{path.stem}-b{block}")
+            with rasterio.open(blocked) as ds:
+                ids = ds.read(1)
+            step = max(size, block // size * size)
+            near = np.zeros(ids.shape, bool)
+            for s in range(step, max(ids.shape), step):
+                near[max(0, s - 2 * size) : s + 2 * size] = True
+                near[:, max(0, s - 2 * size) : s + 2 * size] = True
+            agree = ids == reference
+            row = {
+                "raster": name,
+                "shape": list(ids.shape),
+                "size": size,
+                "block": step,
+                "agreement": round(float(agree.mean()), 4),
+                "agreement_near_seams": round(float(agree[near].mean()), 4),
+                "agreement_away": round(float(agree[~near].mean()), 4),
+                "share_near_seams": round(float(near.mean()), 3),
+            }
+            print(json.dumps(row), flush=True)
+            out.append(row)
+    return out
+
+
+# --- speed and memory -------------------------------------------------------------------------
+
+
+def speed(side: int, work: Path, size: int) -> dict:
+    from geoseg.baseline import kmeans_baseline
+
+    scene = bench_segment.write_scene(work / "scene.tif", side, side)
+    start = time.perf_counter()
+    superpixel_baseline([scene], work / "sp", SuperpixelConfig(k=6, size=size))
+    sp = time.perf_counter() - start
+    start = time.perf_counter()
+    kmeans_baseline([scene], work / "km", BaselineConfig(k=6))
+    km = time.perf_counter() - start
+    mpx = side * side / 1e6
+    row = {
+        "raster": f"{side}x{side} RGB uint8 (generated)",
+        "superpixels_seconds": round(sp, 1),
+        "superpixels_mpx_s": round(mpx / sp, 3),
+        "kmeans_seconds": round(km, 1),
+        "kmeans_mpx_s": round(mpx / km, 3),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+_RSS_CHILD = """
+import resource, sys, time
+from geoseg.config import SuperpixelConfig
+from geoseg.superpixels import superpixel_baseline
+t = time.perf_counter()
+superpixel_baseline([sys.argv[1]], sys.argv[2], SuperpixelConfig(k=6, size=int(sys.argv[3])))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t)
+"""
+
+
+def rss(side: int, work: Path, size: int) -> dict:
+    start = time.perf_counter()
+    scene = bench_segment.write_scene(work / "big.tif", side, side)
+    written = time.perf_counter() - start
+    done = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, str(scene), str(work / "big-out"), str(size)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    peak, seconds = (float(v) for v in done.stdout.split()[-2:])
+    row = {
+        "raster": f"{side}x{side} RGB uint8 (generated, {written:.0f} s to write)",
+        "peak_rss_mib": round(peak, 1),
+        "seconds": round(seconds, 1),
+        "mpx_s": round(side * side / 1e6 / seconds, 3),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def refine_cost(side: int, work: Path, size: int, repeats: int = 2) -> dict:
+    from geoseg.segment import segment
+
+    model = bench_segment.make_model(work / "model")
+    scene = bench_segment.write_scene(work / "refine.tif", side, side)
+    times: dict[str, list[float]] = {"plain": [], "refined": []}
+    for _ in range(repeats):  # alternated, best of each
+        for name, refine in (("plain", None), ("refined", "superpixels")):
+            config = SegmentConfig(vectorize=False, refine=refine, refine_size=size, device="cpu")  # type: ignore[arg-type]
+            start = time.perf_counter()
+            segment(model, [scene], work / name, config, progress=False)
+            times[name].append(time.perf_counter() - start)
+    plain, refined = min(times["plain"]), min(times["refined"])
+    row = {
+        "raster": f"{side}x{side} RGB uint8 (generated), small preset, window 128",
+        "plain_seconds": round(plain, 2),
+        "refined_seconds": round(refined, 2),
+        "extra_fraction": round(refined / plain - 1, 3),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--parts", default="size,seams,speed,refine")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[8, 12, 16, 24, 32])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--size", type=int, default=SuperpixelConfig().size, help="size for the other parts")
+    parser.add_argument("--blocks", nargs="+", type=int, default=[256, 512])
+    parser.add_argument("--speed-side", type=int, default=4096)
+    parser.add_argument("--rss-side", type=int, default=20000)
+    parser.add_argument("--refine-side", type=int, default=1024)
+    parser.add_argument("--out", type=Path, default=None, help="work folder (kept)")
+    args = parser.parse_args()
+    work = args.out or Path(tempfile.mkdtemp(prefix="geoseg-superpixels-"))
+    work.mkdir(parents=True, exist_ok=True)
+    parts = set(args.parts.split(","))
+    results: dict = {}
+    if "size" in parts:
+        results["size"] = size_sweep(args.data, args.sizes, args.seeds, work / "size")
+    if "seams" in parts:
+        (work / "seams").mkdir(exist_ok=True)
+        results["seams"] = seams(args.data, work / "seams", args.size, args.blocks)
+    if "speed" in parts:
+        (work / "speed").mkdir(exist_ok=True)
+        results["speed"] = speed(args.speed_side, work / "speed", args.size)
+    if "rss" in parts:
+        (work / "rss").mkdir(exist_ok=True)
+        results["rss"] = rss(args.rss_side, work / "rss", args.size)
+    if "refine" in parts:
+        (work / "refine").mkdir(exist_ok=True)
+        results["refine"] = refine_cost(args.refine_side, work / "refine", args.size)
+    name = "_".join(sorted(parts))
+    (work / f"results_{name}.json").write_text(json.dumps(results, indent=2, default=str))
+    print(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

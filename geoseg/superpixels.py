@@ -1,0 +1,672 @@
+"""Object-based baseline and refinement: SLIC superpixels, clustered on their statistics.
+
+What a GIS user runs without training (OBIA): cut the image into superpixels (SLIC,
+scikit-image), describe each segment by the mean and standard deviation of every band
+(RGB bands in CIELAB, others as z-scores), and cluster the segments with one
+MiniBatchKMeans fitted on the segments of all fitting rasters together, so cluster ids
+are shared across rasters. Outputs are those of every cluster raster in geoseg
+(``<stem>_clusters.tif`` COG, uint8, nodata 255, colour table, ``.qml``, ``.png``
+preview, ``<stem>_prediction.json`` STAC item), plus the fitted model as JSON (no pickle)
+that :func:`apply_superpixels` applies to other rasters.
+
+Large rasters: superpixels are computed block by block, each block read with a halo of
+context (a multiple of the superpixel size, so SLIC's seed grid lines up with that of a
+whole-image run). A segment that crosses a block seam is cut there; each part keeps the
+statistics of the whole segment as its block saw it (core + halo), so both parts fall in
+the same cluster unless the two blocks drew the segment differently (docs/architecture.md).
+The segment labels go to a temporary int32 tiled GeoTIFF between fitting and painting,
+so memory is bounded by the block, never by the raster.
+
+Nodata pixels (nodata, alpha, mask) belong to no segment (label 0) and stay nodata.
+
+:class:`SuperpixelRefiner` is the ``geoseg segment --refine superpixels`` hook: it replaces
+the blended probabilities of every pixel by the mean over its superpixel, so each
+superpixel takes the probability-weighted majority cluster and its confidence is that
+cluster's mean probability in the segment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from geoseg.baseline import (
+    NODATA,
+    _colours,
+    _companions,
+    _prepare,
+    cluster_output_path,
+    sample_pixels,
+    source_bands,
+)
+from geoseg.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
+from geoseg.config import BaselineConfig, SuperpixelConfig
+from geoseg.errors import InputError
+from geoseg.fileio import write_json_atomic
+from geoseg.sources import open_dataset
+
+__all__ = [
+    "MODEL_NAME",
+    "PixelSpace",
+    "SuperpixelModel",
+    "SuperpixelRefiner",
+    "apply_superpixels",
+    "fit_superpixel_model",
+    "fit_superpixels",
+    "load_model",
+    "segment_statistics",
+    "superpixel_baseline",
+    "superpixel_labels",
+    "superpixel_raster",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "superpixel_model.json"
+MODEL_FORMAT = "geoseg-superpixel-kmeans"
+Z_SCALE = 10.0  # a non-RGB band's standard deviation counts as 10 CIELAB units in SLIC
+RGB = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+# sRGB (D65) -> XYZ, rows divided by the reference white: CIELAB's x/Xn, y/Yn, z/Zn
+_XYZ = np.array(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
+    np.float64,
+) / np.array([[0.95047], [1.0], [1.08883]])
+_XYZ32 = _XYZ.astype(np.float32)
+
+
+# --- pixel space --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PixelSpace:
+    """How raw bands become SLIC's feature image: CIELAB for RGB, z-scores x 10 for the rest."""
+
+    rgb: bool  # the first three bands are red, green, blue
+    white: float  # raw value of full intensity of the RGB bands
+    mean: np.ndarray  # (C,) band means (z-scores of the non-RGB bands)
+    std: np.ndarray  # (C,)
+
+    @property
+    def bands(self) -> int:
+        return len(self.mean)
+
+    def transform(self, data: np.ndarray) -> np.ndarray:
+        """(C, h, w) raw pixels -> (h, w, C) float32 features."""
+        out = np.empty((*data.shape[1:], data.shape[0]), np.float32)
+        start = 0
+        if self.rgb:
+            out[..., :3] = _lab(data[:3], self.white)
+            start = 3
+        for band in range(start, data.shape[0]):
+            out[..., band] = (data[band] - self.mean[band]) * (Z_SCALE / self.std[band])
+        return out
+
+    def to_json(self) -> dict:
+        return {"rgb": self.rgb, "white": self.white, "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> PixelSpace:
+        return cls(bool(obj["rgb"]), float(obj["white"]), np.asarray(obj["mean"]), np.asarray(obj["std"]))
+
+
+def _lab(rgb: np.ndarray, white: float) -> np.ndarray:
+    """(3, h, w) raw RGB -> (h, w, 3) CIELAB (D65), float32 (same as skimage's rgb2lab)."""
+    c = np.clip(np.moveaxis(rgb, 0, -1) * np.float32(1.0 / white), 0.0, 1.0)
+    linear = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92).astype(np.float32)
+    xyz = linear @ _XYZ32.T
+    delta = 6.0 / 29.0
+    f = np.where(xyz > delta**3, np.cbrt(xyz), xyz / (3 * delta * delta) + 4.0 / 29.0)
+    lab = np.empty_like(f)
+    lab[..., 0] = 116.0 * f[..., 1] - 16.0
+    lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
+    lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
+    return lab
+
+
+def is_rgb(src: DatasetReader, bands: Sequence[int]) -> bool:
+    """The first three bands used are tagged red, green, blue (JPEG, PNG, RGB GeoTIFF)."""
+    return len(bands) >= 3 and tuple(src.colorinterp[b - 1] for b in bands[:3]) == RGB
+
+
+def fit_space(sources: Sequence[Path], config: SuperpixelConfig) -> PixelSpace:
+    """Band statistics and RGB white point from a seeded pixel sample of the fitting rasters."""
+    with open_dataset(sources[0]) as src:
+        bands = source_bands(src, config.bands, sources[0])
+        rgb = is_rgb(src, bands)
+        dtype = np.dtype(src.dtypes[bands[0] - 1])
+    sample = BaselineConfig(k=config.k, seed=config.seed, bands=config.bands, fit_pixels=config.fit_pixels)
+    pixels = sample_pixels(sources, sample)
+    mean, std = pixels.mean(axis=0), np.maximum(pixels.std(axis=0), 1e-6)
+    white = 255.0
+    if rgb and dtype != np.uint8:  # 16-bit or float RGB: the 99.9th percentile is full intensity
+        white = float(max(np.percentile(pixels[:, :3], 99.9), 1e-6))
+    return PixelSpace(rgb, white, mean, std)
+
+
+# --- superpixels of one block -------------------------------------------------------------
+
+
+def superpixel_labels(
+    features: np.ndarray, valid: np.ndarray, size: int, compactness: float, iterations: int
+) -> np.ndarray:
+    """SLIC of one block: (h, w) int32 labels 1..n, 0 where ``valid`` is False.
+
+    Fully valid blocks use SLIC's regular seed grid (step ``size``, starting ``size // 2``
+    from the block's corner), so blocks whose corners sit on multiples of ``size`` seed
+    like a whole-image run; blocks with nodata seed inside the mask only.
+    """
+    from skimage.segmentation import slic
+
+    h, w = valid.shape
+    n_valid = int(valid.sum())
+    if n_valid == 0:
+        return np.zeros((h, w), np.int32)
+    full = n_valid == h * w
+    n_segments = max(1, n_valid // (size * size))
+    labels = slic(
+        features,
+        n_segments=n_segments,
+        compactness=compactness,
+        max_num_iter=iterations,
+        channel_axis=-1,
+        convert2lab=False,
+        enforce_connectivity=True,
+        start_label=1,
+        mask=None if full else valid,
+    )
+    labels = labels.astype(np.int32, copy=False)
+    labels[~valid] = 0
+    return labels
+
+
+def segment_statistics(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per label 1..n: (n, 2C) [means, stds] of the features, and (n,) pixel counts."""
+    flat = labels.ravel()
+    n = int(flat.max()) if flat.size else 0
+    counts = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
+    safe = np.maximum(counts, 1.0)
+    channels = features.shape[-1]
+    stats = np.zeros((n, 2 * channels), np.float64)
+    for c in range(channels):
+        values = features[..., c].ravel().astype(np.float64)
+        total = np.bincount(flat, weights=values, minlength=n + 1)[1:]
+        squares = np.bincount(flat, weights=values * values, minlength=n + 1)[1:]
+        mean = total / safe
+        stats[:, c] = mean
+        stats[:, channels + c] = np.sqrt(np.maximum(squares / safe - mean * mean, 0.0))
+    return stats, counts
+
+
+# --- superpixels of a raster, block by block ------------------------------------------------
+
+
+@dataclass
+class SegmentedRaster:
+    """One raster's segments: features (n, 2C) and, when kept, the int32 label raster (id = row + 1)."""
+
+    source: Path
+    features: np.ndarray
+    labels_path: Path | None = None
+
+    def discard(self) -> None:
+        if self.labels_path is not None:
+            self.labels_path.unlink(missing_ok=True)
+
+
+def _blocks(height: int, width: int, block: int) -> Iterator[Window]:
+    for row in range(0, height, block):
+        for col in range(0, width, block):
+            yield Window(col, row, min(block, width - col), min(block, height - row))
+
+
+def _grow(window: Window, halo: int, height: int, width: int) -> Window:
+    r0, c0 = max(0, window.row_off - halo), max(0, window.col_off - halo)
+    r1 = min(height, window.row_off + window.height + halo)
+    c1 = min(width, window.col_off + window.width + halo)
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def _read(src: DatasetReader, bands: list[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
+    data = src.read(bands, window=window).astype(np.float32)
+    valid = np.all(src.read_masks(bands, window=window) > 0, axis=0)
+    return data, valid
+
+
+def superpixel_raster(
+    path: Path,
+    space: PixelSpace,
+    config: SuperpixelConfig,
+    labels_path: Path | None = None,
+    progress: bool = False,
+) -> SegmentedRaster:
+    """Superpixels of one raster in blocks with a halo; features of the segments in the cores.
+
+    A segment is kept by every block whose core it touches (its part in that core gets an
+    id of its own); its statistics are those of the whole segment within the block's
+    window. With ``labels_path`` the ids are written there (int32, 0 = no segment).
+    """
+    block = max(config.size, config.block // config.size * config.size)  # seams on the seed grid
+    halo = config.context
+    parts: list[np.ndarray] = []
+    next_id = 0
+    with open_dataset(path) as src, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        bands = source_bands(src, config.bands, path)
+        dst = None
+        if labels_path is not None:
+            profile = tiled_profile(src.crs, src.transform, src.height, src.width, "int32", 0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                dst = rasterio.open(labels_path, "w", **profile)
+        try:
+            windows = list(_blocks(src.height, src.width, block))
+            for core in tqdm(windows, desc=f"superpixels {path.name}", unit="block", disable=not progress):
+                outer = _grow(core, halo, src.height, src.width)
+                data, valid = _read(src, bands, outer)
+                features = space.transform(data)
+                labels = superpixel_labels(
+                    features, valid, config.size, config.compactness, config.iterations
+                )
+                stats, _ = segment_statistics(features, labels)
+                r0, c0 = core.row_off - outer.row_off, core.col_off - outer.col_off
+                inner = labels[r0 : r0 + core.height, c0 : c0 + core.width]
+                present = np.unique(inner[inner > 0])
+                remap = np.zeros(len(stats) + 1, np.int32)
+                remap[present] = next_id + 1 + np.arange(len(present), dtype=np.int32)
+                next_id += len(present)
+                parts.append(stats[present - 1].astype(np.float32))
+                if dst is not None:
+                    dst.write(remap[inner], 1, window=core)
+        finally:
+            if dst is not None:
+                dst.close()
+    features = np.concatenate(parts) if parts else np.zeros((0, 2 * space.bands), np.float32)
+    return SegmentedRaster(path, features, labels_path)
+
+
+# --- the model ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SuperpixelModel:
+    """Everything needed to redo the baseline on other rasters; saved as JSON, never pickled."""
+
+    space: PixelSpace
+    scaler_mean: np.ndarray  # (2C,) standardisation of the segment features
+    scaler_std: np.ndarray
+    centroids: np.ndarray  # (k, 2C), in standardised feature space, ordered dark first
+    settings: dict = field(default_factory=dict)  # SLIC settings (size, compactness, ...)
+
+    @property
+    def k(self) -> int:
+        return len(self.centroids)
+
+    def config(self, **overrides: object) -> SuperpixelConfig:
+        """The SuperpixelConfig that reproduces the fitted segmentation."""
+        values = {**self.settings, "k": self.k, **overrides}
+        return SuperpixelConfig(**values).validate()  # type: ignore[arg-type]
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """(n, 2C) segment features -> (n,) uint8 nearest-centroid ids."""
+        if len(features) == 0:
+            return np.zeros(0, np.uint8)
+        z = (features.astype(np.float64) - self.scaler_mean) / self.scaler_std
+        scores = z @ self.centroids.T * -2.0 + (self.centroids**2).sum(axis=1)
+        return scores.argmin(axis=1).astype(np.uint8)
+
+    def to_json(self) -> dict:
+        return {
+            "format": MODEL_FORMAT,
+            "version": 1,
+            "k": self.k,
+            "settings": self.settings,
+            "space": self.space.to_json(),
+            "scaler": {"mean": self.scaler_mean.tolist(), "std": self.scaler_std.tolist()},
+            "centroids": self.centroids.tolist(),
+        }
+
+    def save(self, path: Path) -> Path:
+        return write_json_atomic(path, self.to_json())
+
+
+def load_model(path: str | Path) -> SuperpixelModel:
+    """Read a model written by :func:`superpixel_baseline` (JSON; checked, never executed)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_NAME
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"superpixel model not found: {path}") from None
+    except ValueError as exc:  # not UTF-8 / not JSON
+        raise InputError(f"{path} is not a geoseg superpixel model (JSON): {exc}") from exc
+    except OSError as exc:
+        raise InputError(f"unreadable superpixel model {path}: {exc}") from exc
+    if not isinstance(obj, dict) or obj.get("format") != MODEL_FORMAT:
+        raise InputError(f"{path} is not a geoseg superpixel model (format {MODEL_FORMAT!r})")
+    try:
+        space = PixelSpace.from_json(obj["space"])
+        model = SuperpixelModel(
+            space=space,
+            scaler_mean=np.asarray(obj["scaler"]["mean"], np.float64),
+            scaler_std=np.asarray(obj["scaler"]["std"], np.float64),
+            centroids=np.asarray(obj["centroids"], np.float64),
+            settings=dict(obj["settings"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"corrupt superpixel model {path}: {exc}") from exc
+    if model.centroids.ndim != 2 or model.centroids.shape[1] != 2 * space.bands:
+        raise InputError(f"corrupt superpixel model {path}: centroids do not match {space.bands} bands")
+    return model
+
+
+def fit_superpixels(
+    segmented: Sequence[SegmentedRaster], space: PixelSpace, config: SuperpixelConfig
+) -> SuperpixelModel:
+    """One MiniBatchKMeans over the segments of all fitting rasters (seeded subsample)."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    features = np.concatenate([s.features for s in segmented]).astype(np.float64)
+    if len(features) < config.k:
+        names = ", ".join(str(s.source) for s in segmented)
+        raise InputError(
+            f"only {len(features)} superpixels in {names}: fewer than k={config.k}; "
+            f"use a smaller --size (now {config.size}) or a smaller --k"
+        )
+    rng = np.random.default_rng(config.seed)
+    if len(features) > config.fit_segments:
+        features = features[np.sort(rng.choice(len(features), config.fit_segments, replace=False))]
+    mean, std = features.mean(axis=0), np.maximum(features.std(axis=0), 1e-6)
+    km = MiniBatchKMeans(n_clusters=config.k, random_state=config.seed, batch_size=4096, n_init=3)
+    km.fit((features - mean) / std)
+    order = np.argsort(km.cluster_centers_.mean(axis=1), kind="stable")
+    settings = {
+        "size": config.size,
+        "compactness": config.compactness,
+        "iterations": config.iterations,
+        "block": config.block,
+        "halo": config.halo,
+        "bands": config.bands,
+        "seed": config.seed,
+    }
+    return SuperpixelModel(space, mean, std, km.cluster_centers_[order], settings)
+
+
+# --- checks (cheap, before any superpixel is computed) -------------------------------------
+
+
+def _has_valid_pixel(src: DatasetReader, bands: list[int]) -> bool:
+    """Scan the masks in row blocks, stopping at the first valid pixel."""
+    rows = max(1, (1 << 22) // src.width)
+    for row in range(0, src.height, rows):
+        window = Window(0, row, src.width, min(rows, src.height - row))
+        if np.all(src.read_masks(bands, window=window) > 0, axis=0).any():
+            return True
+    return False
+
+
+def check_sources(paths: Sequence[Path], config: SuperpixelConfig, n_bands: int | None = None) -> int:
+    """Band counts agree (with ``n_bands`` if given), the size fits, some pixel is valid.
+
+    Returns the upper bound of the number of superpixels (pixels / size^2).
+    """
+    expected = 0
+    for path in paths:
+        with open_dataset(path) as src:
+            bands = source_bands(src, config.bands, path)
+            if n_bands is not None and len(bands) != n_bands:
+                raise InputError(
+                    f"{path} has {len(bands)} bands (alpha excluded) but the superpixel model has {n_bands}"
+                )
+            n_bands = len(bands)
+            if config.size > min(src.height, src.width):
+                raise InputError(
+                    f"superpixel size {config.size} px is larger than {path} ({src.height}x{src.width} px): "
+                    "use a smaller --size"
+                )
+            if not _has_valid_pixel(src, bands):
+                raise InputError(f"{path} has no valid pixel (all nodata): nothing to segment")
+            expected += (src.height * src.width) // (config.size * config.size)
+    return expected
+
+
+# --- writing cluster rasters ----------------------------------------------------------------
+
+
+def _paint(
+    segmented: SegmentedRaster, ids: np.ndarray, out_path: Path, colours: list, model_path: Path
+) -> Path:
+    """Cluster COG of one raster: each segment's id, 255 where no segment; styles, preview, STAC."""
+    assert segmented.labels_path is not None
+    lut = np.concatenate([[NODATA], ids]).astype(np.uint8)  # label 0 (no segment) -> nodata
+    tmp = out_path.with_name(f".{out_path.stem}.tiled-{os.getpid()}.tif")
+    try:
+        with (
+            rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
+            rasterio.open(segmented.labels_path) as labels,
+        ):
+            profile = tiled_profile(
+                labels.crs, labels.transform, labels.height, labels.width, "uint8", NODATA
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(tmp, "w", **profile) as dst:
+                    for _, window in labels.block_windows(1):
+                        dst.write(lut[labels.read(1, window=window)], 1, window=window)
+        table = json.dumps([{"id": i, "colour": list(c), "name": None} for i, c in enumerate(colours)])
+        to_cog(
+            tmp,
+            out_path,
+            resampling="mode",
+            colormap={i: (*c, 255) for i, c in enumerate(colours)},
+            tags={
+                "GEOSEG_CLUSTERS": table,
+                "GEOSEG_MODEL": str(model_path),
+                "GEOSEG_SOURCE": str(segmented.source),
+            },
+            description="cluster id",
+        )
+    finally:
+        tmp.unlink(missing_ok=True)
+    _companions(out_path, colours)
+    _stac_item(out_path, segmented.source, model_path, len(colours))
+    return out_path
+
+
+def _stac_item(clusters: Path, source: Path, model_path: Path, k: int) -> Path:
+    """The prediction's STAC item (as segment writes), linked ``via`` the superpixel model JSON."""
+    import pystac
+
+    from geoseg.stac import prediction_item
+
+    stem = clusters.name.removesuffix("_clusters.tif")
+    assets = {
+        "clusters_qml": (clusters.with_suffix(".qml"), "application/xml", ["style"]),
+        "preview_png": (clusters.with_suffix(".png"), "image/png", ["overview"]),
+    }
+    item = prediction_item(clusters, source, model_path.parent, [(i, None) for i in range(k)], assets)
+    item.links = [link for link in item.links if link.rel != "via"]
+    href = str(model_path.resolve())
+    item.add_link(pystac.Link("via", href, media_type="application/json", title="superpixel model"))
+    item.properties["geoseg:method"] = "superpixels"
+    target = clusters.with_name(f"{stem}_prediction.json")
+    item.set_self_href(str(target.resolve()))
+    item.make_asset_hrefs_relative()
+    write_json_atomic(target, item.to_dict(include_self_link=False))
+    return target
+
+
+def _write_all(
+    model: SuperpixelModel, segmented: Sequence[SegmentedRaster], out: Path, model_path: Path
+) -> list[Path]:
+    colours = _colours(model.k)
+    return [
+        _paint(s, model.predict(s.features), cluster_output_path(s.source, out), colours, model_path)
+        for s in segmented
+    ]
+
+
+def _labels_tmp(out: Path, source: Path, index: int) -> Path:
+    return out / f".{source.stem}.superpixels-{index}-{os.getpid()}.tif"
+
+
+# --- entry points --------------------------------------------------------------------------
+
+
+def fit_superpixel_model(
+    fit_on: Sequence[str | Path], config: SuperpixelConfig | None = None, progress: bool = False
+) -> SuperpixelModel:
+    """Only the fit: the model of :func:`superpixel_baseline` on ``fit_on``, no raster written."""
+    config = (config or SuperpixelConfig()).validate()
+    paths = [Path(p) for p in fit_on]
+    if not paths:
+        raise InputError("no sources given")
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"source not found: {path}")
+    with open_dataset(paths[0]) as src:
+        n_bands = len(source_bands(src, config.bands, paths[0]))
+    _check_k(config, check_sources(paths, config, n_bands))
+    space = fit_space(paths, config)
+    segmented = [superpixel_raster(path, space, config, None, progress) for path in paths]
+    return fit_superpixels(segmented, space, config)
+
+
+def _check_k(config: SuperpixelConfig, expected: int) -> None:
+    if config.k > expected:
+        raise InputError(
+            f"k={config.k} is more than the at most {expected} superpixels of size {config.size} px "
+            "in the fitting rasters: use a smaller --k or --size"
+        )
+
+
+def superpixel_baseline(
+    sources: Sequence[str | Path],
+    out_dir: str | Path,
+    config: SuperpixelConfig | None = None,
+    fit_on: Sequence[str | Path] | None = None,
+    progress: bool = False,
+) -> list[Path]:
+    """Fit on ``fit_on`` (default: the sources), write a cluster raster per source and the model.
+
+    The model goes to ``out_dir/superpixel_model.json``; :func:`apply_superpixels` applies it.
+    Every check (files, bands, size, nodata, k) runs before the first superpixel.
+    """
+    config = (config or SuperpixelConfig()).validate()
+    paths, out = _prepare(sources, out_dir)
+    fit_paths = [Path(p) for p in fit_on] if fit_on else list(paths)
+    for path in fit_paths:
+        if not path.is_file():
+            raise InputError(f"source not found: {path}")
+    with open_dataset(paths[0]) as src:
+        n_bands = len(source_bands(src, config.bands, paths[0]))
+    check_sources(paths, config, n_bands)
+    _check_k(config, check_sources(fit_paths, config, n_bands))
+    space = fit_space(fit_paths, config)
+    segmented: dict[Path, SegmentedRaster] = {}
+    try:
+        for i, path in enumerate(dict.fromkeys([*paths, *fit_paths])):
+            keep = _labels_tmp(out, path, i) if path in paths else None
+            segmented[path] = superpixel_raster(path, space, config, keep, progress)
+        model = fit_superpixels([segmented[p] for p in fit_paths], space, config)
+        model_path = model.save(out / MODEL_NAME)
+        written = _write_all(model, [segmented[p] for p in paths], out, model_path)
+    finally:
+        for s in segmented.values():
+            s.discard()
+    log.info(
+        "superpixels (k=%d, size %d px): %d cluster rasters in %s", config.k, config.size, len(written), out
+    )
+    return written
+
+
+def apply_superpixels(
+    model_path: str | Path, sources: Sequence[str | Path], out_dir: str | Path, progress: bool = False
+) -> list[Path]:
+    """Apply a saved superpixel model to other rasters (same bands): cluster rasters as the fit wrote."""
+    model = load_model(model_path)
+    model_file = Path(model_path) / MODEL_NAME if Path(model_path).is_dir() else Path(model_path)
+    config = model.config()
+    paths, out = _prepare(sources, out_dir)
+    check_sources(paths, config, model.space.bands)
+    segmented: list[SegmentedRaster] = []
+    try:
+        for i, path in enumerate(paths):
+            segmented.append(
+                superpixel_raster(path, model.space, config, _labels_tmp(out, path, i), progress)
+            )
+        written = _write_all(model, segmented, out, model_file)
+    finally:
+        for s in segmented:
+            s.discard()
+    log.info("superpixel model %s: %d cluster rasters in %s", model_file, len(written), out)
+    return written
+
+
+# --- refinement of a segmentation ----------------------------------------------------------
+
+
+class SuperpixelRefiner:
+    """``geoseg segment --refine superpixels``: blended probabilities averaged per superpixel.
+
+    Called on each strip of finished rows (probabilities (k, rows, W), W >= the raster
+    width, padded); it reads the strip's source pixels with a halo of ``2 x size`` rows
+    (the halo's top on the seed grid), computes SLIC, and gives every pixel of a segment
+    the segment's mean probability vector: the argmax is then the probability-weighted
+    majority cluster of the segment, the max its mean probability. Segments are cut at
+    strip seams (each part averaged on its own). Non-RGB bands are z-scored with the
+    model's input normalisation.
+    """
+
+    def __init__(
+        self,
+        src: DatasetReader,
+        bands: Sequence[int],
+        mean: np.ndarray,
+        std: np.ndarray,
+        size: int,
+        compactness: float = 10.0,
+        iterations: int = 5,
+    ) -> None:
+        rgb = is_rgb(src, bands)
+        dtype = np.dtype(src.dtypes[bands[0] - 1])
+        white = 255.0 if dtype == np.uint8 else float(np.max(np.asarray(mean)[:3] + 3 * np.asarray(std)[:3]))
+        self.src, self.bands = src, list(bands)
+        self.space = PixelSpace(rgb, white, np.asarray(mean, np.float64), np.asarray(std, np.float64))
+        self.size, self.compactness, self.iterations = size, compactness, iterations
+
+    def __call__(self, probs: np.ndarray, row: int) -> np.ndarray:
+        height, width = self.src.height, self.src.width
+        rows = min(probs.shape[1], height - row)
+        if rows <= 0:
+            return probs
+        halo = 2 * self.size
+        top = max(0, (row - halo) // self.size * self.size)
+        bottom = min(height, row + rows + halo)
+        data, valid = _read(self.src, self.bands, Window(0, top, width, bottom - top))
+        labels = superpixel_labels(
+            self.space.transform(data), valid, self.size, self.compactness, self.iterations
+        )
+        inner = labels[row - top : row - top + rows]
+        flat = inner.ravel()
+        n = int(flat.max()) + 1
+        counts = np.maximum(np.bincount(flat, minlength=n), 1).astype(np.float32)
+        out = probs.copy()
+        segmented = inner > 0
+        for c in range(probs.shape[0]):
+            means = np.bincount(flat, weights=probs[c, :rows, :width].ravel(), minlength=n) / counts
+            view = out[c, :rows, :width]
+            view[...] = np.where(segmented, means.astype(np.float32)[inner], view)
+        return out
