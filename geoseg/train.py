@@ -22,8 +22,9 @@ of every step are a pure function of (seed, step), so a resumed CPU run continue
 as an uninterrupted one. A NaN/inf loss stops training with TrainingError before the
 optimiser touches the weights, so the last checkpoint stays good.
 
-Collapse: the head-B cluster of every valid pixel is counted over the steps between two
-checkpoints; when one cluster holds more than ``COLLAPSE_SHARE`` of them, training stops
+Collapse: every step, the share of the step's valid pixels held by its largest head-B
+cluster is taken; when its mean over the steps between two checkpoints exceeds
+``COLLAPSE_SHARE``, training stops
 with TrainingError naming the method and the step before that checkpoint is written, so
 the last good one stays.
 
@@ -195,7 +196,9 @@ def _run(
     method = get_method(config.method)
     started = time.perf_counter()
     net = wrap_model(model, ctx, find_unused_parameters=config.head_schedule == "alternate")
-    counts = torch.zeros(config.k, dtype=torch.long, device=device)  # head-B pixels since the checkpoint
+    # sum over steps since the checkpoint of the largest head-B cluster's share of the step's
+    # pixels, and the number of steps (per step: cluster ids may change between rounds)
+    top_share = torch.zeros(2, device=device)
     bar = tqdm(
         total=steps, initial=state.step, desc="train", unit="step", disable=not progress or not ctx.is_main
     )
@@ -216,7 +219,9 @@ def _run(
                 )
             if out.labels is not None:
                 labels = out.labels if out.mask is None else out.labels[out.mask]
-                counts += torch.bincount(labels.flatten(), minlength=config.k)[: config.k]
+                step_counts = torch.bincount(labels.flatten(), minlength=config.k).float()
+                top_share[0] += step_counts.max() / step_counts.sum().clamp_min(1)
+                top_share[1] += 1
             optimizer.zero_grad(set_to_none=True)
             out.total.backward()
             optimizer.step()
@@ -236,26 +241,27 @@ def _run(
             bar.set_postfix({f"loss_{h}": f"{v:.4f}" for h, v in values.items()})
             if ctx.is_main and (state.step % config.checkpoint_every == 0 or state.step == steps):
                 metrics.flush()
-                _check_collapse(counts, config, state.step, work, bar)
-                counts.zero_()
+                _check_collapse(top_share, config, state.step, work, bar)
+                top_share.zero_()
                 _checkpoint(model, optimizer, state, record, work)
     bar.close()
 
 
-def _check_collapse(counts: torch.Tensor, config: TrainConfig, step: int, work: Path, bar: tqdm) -> None:
-    """TrainingError when one head-B cluster holds more than COLLAPSE_SHARE of the pixels
-    counted since the last checkpoint (called before the next checkpoint is written)."""
-    total = int(counts.sum())
-    if total == 0:
+def _check_collapse(top_share: torch.Tensor, config: TrainConfig, step: int, work: Path, bar: tqdm) -> None:
+    """TrainingError when, averaged over the steps since the last checkpoint, one head-B
+    cluster held more than COLLAPSE_SHARE of a step's valid pixels (called before the
+    next checkpoint is written, so the last good one stays)."""
+    total, steps = (float(v) for v in top_share.cpu())
+    if steps == 0:
         return
-    share, cluster = (counts.float() / total).max(0)
-    if float(share) > COLLAPSE_SHARE:
+    share = total / steps
+    if share > COLLAPSE_SHARE:
         bar.close()
         raise TrainingError(
-            f"method {config.method!r} collapsed at step {step}: cluster {int(cluster)} took "
-            f"{float(share):.1%} of the pixels since the last checkpoint (limit {COLLAPSE_SHARE:.0%}); "
-            f"training stopped. The last good checkpoint is in {work / CHECKPOINT} (step "
-            f"{_checkpoint_step(work)}): try another --seed, a lower --lr or more varied patches"
+            f"method {config.method!r} collapsed at step {step}: one cluster took {share:.1%} of the "
+            f"pixels of each step since the last checkpoint (limit {COLLAPSE_SHARE:.0%}); training "
+            f"stopped. The last good checkpoint is in {work / CHECKPOINT} (step {_checkpoint_step(work)}): "
+            "try another --seed, a lower --lr or more varied patches"
         )
 
 
