@@ -102,7 +102,7 @@ def test_bundles_from_before_methods_load_as_iic(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("method", ["iic", "picie"])
 def test_every_method_gives_k_probabilities_and_aligns_by_permutation(tmp_path: Path, method: str) -> None:
-    model, meta = load_bundle(_bundle(tmp_path, method))
+    model, _meta = load_bundle(_bundle(tmp_path, method))
     x = torch.rand(2, 3, 32, 32) * 255
     with torch.no_grad():
         before = model(x, heads="b")["b"][0]

@@ -13,7 +13,7 @@ from geoseg.picie.loss import clustering_loss, over_clustering_weights, picie_lo
 
 def _reference_clust(z: np.ndarray, y: np.ndarray, mu: np.ndarray, mask: np.ndarray) -> float:
     """Mean over valid pixels of -log(e^{-d(z, mu_y)} / sum_l e^{-d(z, mu_l)}), d = cosine distance."""
-    n, d, h, w = z.shape
+    n, _d, h, w = z.shape
     total, count = 0.0, 0
     for i in range(n):
         for r in range(h):
