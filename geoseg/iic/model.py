@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,7 @@ def vgg_trunk(in_channels: int, width: float) -> tuple[nn.Sequential, int]:
         if spec == "M":
             layers.append(nn.MaxPool2d(2))
             continue
-        out, dilation = spec  # type: ignore[misc]
+        out, dilation = cast(tuple[int, int], spec)
         out = max(8, int(out * width))
         layers += [
             nn.Conv2d(channels, out, 3, padding=dilation, dilation=dilation, bias=False),
@@ -98,7 +99,12 @@ def init_weights(net: nn.Module) -> None:
 
 class NormalisedNet(nn.Module):
     """What every method's network shares: the training data's per-band statistics as
-    buffers (``input_mean``, ``input_std``), so it is fed raw pixels."""
+    buffers (``input_mean``, ``input_std``), so it is fed raw pixels; and ``arch``, the
+    method's architecture record (in_channels, k_b, k_a, subheads, preset, to_dict())."""
+
+    arch: Any
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()

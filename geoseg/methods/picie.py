@@ -16,7 +16,7 @@ input's, and the embeddings are not sharper than that anyway.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +88,7 @@ class PiCIEMethod:
         step: int,
         reduce: Reduce,
     ) -> StepOutput:
-        net: PiCIENet = getattr(model, "module", model)  # under DDP: the wrapped network
+        net = cast(PiCIENet, getattr(model, "module", model))  # under DDP: the wrapped network
         z1, z2, mask = picie_views(model, x, valid, transform, generator)
         losses: dict[str, torch.Tensor] = {}
         labels_b = None
