@@ -14,7 +14,14 @@ the reports of every run under --work.
 
     python bench/quality.py                    # k-means, random network, 3 seeds each
     python bench/quality.py --with-iic         # plus IIC rows (train + segment, 3 seeds)
+    python bench/quality.py --methods k-means,iic,picie --datasets dubai --protocols honest
+    python bench/quality.py --methods picie --datasets dubai-val   # choose settings: tiles 1-3 -> 4
     python bench/quality.py --datasets isprs --seeds 0
+
+Learned methods (``iic``, ``picie``: geoseg.methods) run the user's pipeline per seed:
+ingest the fit images (``--iic-patch``, ``--iic-scale``, shared by every learned method),
+``geoseg.train`` with ``--method``, ``geoseg.segment``. ``dubai-val`` is the validation
+split for choosing settings (fit tiles 1-3, score tile 4): it never touches tiles 5-6.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "## Quality (`bench/quality.py`)"
 IIC_SECTION = "## Quality of IIC (`bench/quality.py --with-iic`)"
+LEARNED_SECTION = "## Quality of the learned methods (`bench/quality.py --methods ...,iic,picie`)"
 NOTE = (
     "Reading the table: 1-to-1 matching with k = number of classes punishes a model that splits a "
     "dominant class: every extra cluster inside it counts as an error. LoveDA tile 0 is 79% one class "
@@ -87,6 +95,21 @@ def dubai_split(data: Path) -> Split:
         pairs([1, 2, 3, 4]),
         pairs([5, 6]),
         "fit tiles 1-4 (36 images), score tiles 5-6 (18)",
+    )
+
+
+def dubai_validation_split(data: Path) -> Split:
+    """Tiles 1-3 -> tile 4: a split of the honest protocol's fitting set, for choosing settings."""
+    full = dubai_split(data)
+    fit = [p for p in full.fit if p[0].parent.parent.name != "tile4"]
+    val = [p for p in full.fit if p[0].parent.parent.name == "tile4"]
+    return Split(
+        "dubai-val",
+        "dubai",
+        5,
+        fit,
+        val,
+        f"validation: fit tiles 1-3 ({len(fit)} images), score tile 4 ({len(val)})",
     )
 
 
@@ -210,34 +233,57 @@ def run_superpixels(
 
 
 IIC_TRAINING: dict = {"steps": 500, "preset": "small"}  # set from the command line
-IIC_INGEST: dict = {"patch_size": 128, "scale": 1.0}
+IIC_INGEST: dict = {"patch_size": 128, "scale": 1.0}  # shared by every learned method
+PICIE_TRAINING: dict = {"steps": 500, "preset": "small"}  # set from the command line
 
 
-def run_iic(split: Split, fit_images: list[Path], sources: list[Path], seed: int, out: Path) -> list[Path]:
-    """Ingest the fit images, train IIC (seeded), segment the sources (lazy imports)."""
-    from geoseg.config import IngestConfig, SegmentConfig, TrainConfig
-    from geoseg.ingest import ingest
-    from geoseg.segment import segment
-    from geoseg.train import train
+def _learned(method: str) -> Callable[[Split, list[Path], list[Path], int, Path], list[Path]]:
+    """Ingest the fit images, train ``method`` (seeded), segment the sources (lazy imports)."""
 
-    store = ingest(
-        [str(p) for p in fit_images], out / "patches.zarr", IngestConfig(**IIC_INGEST), progress=False
-    )
-    config = TrainConfig(k=split.k, k_a=split.k * 4, seed=seed, **IIC_TRAINING)
-    bundle = train(store, out / "model", config, progress=False)
-    written = {}
-    for files, folder in _by_folder(sources, out / "pred"):
-        segment(bundle, files, folder, SegmentConfig(vectorize=False))
-        written.update({f: folder / f"{f.stem}_clusters.tif" for f in files})
-    return _ordered(sources, written)
+    def run(split: Split, fit_images: list[Path], sources: list[Path], seed: int, out: Path) -> list[Path]:
+        from geoseg.config import IngestConfig, SegmentConfig, TrainConfig
+        from geoseg.ingest import ingest
+        from geoseg.segment import segment
+        from geoseg.train import train
 
+        store = ingest(
+            [str(p) for p in fit_images], out / "patches.zarr", IngestConfig(**IIC_INGEST), progress=False
+        )
+        if method == "iic":
+            config = TrainConfig(k=split.k, k_a=split.k * 4, seed=seed, **IIC_TRAINING)
+        else:
+            config = TrainConfig(method=method, k=split.k, seed=seed, **PICIE_TRAINING)
+        bundle = train(store, out / "model", config, progress=False)
+        written = {}
+        for files, folder in _by_folder(sources, out / "pred"):
+            segment(bundle, files, folder, SegmentConfig(vectorize=False), progress=False)
+            written.update({f: folder / f"{f.stem}_clusters.tif" for f in files})
+        return _ordered(sources, written)
+
+    return run
+
+
+run_iic = _learned("iic")
 
 METHODS: dict[str, Callable[[Split, list[Path], list[Path], int, Path], list[Path]]] = {
     "k-means": run_kmeans,
     "random net": run_random_net,
     "superpixels": run_superpixels,
     "IIC": run_iic,
+    "PiCIE": _learned("picie"),
 }
+LEARNED = ("IIC", "PiCIE")  # the methods that train a network (geoseg.methods)
+# command-line spellings: --methods iic,picie,k-means,random-net
+_ALIASES = {name.lower().replace(" ", "-"): name for name in METHODS} | {"kmeans": "k-means"}
+
+
+def parse_methods(values: Sequence[str]) -> list[str]:
+    """``--methods`` values, comma- or space-separated, in any case; unknown names refused."""
+    names = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n.lower().replace(" ", "-") not in _ALIASES]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(_ALIASES)}")
+    return list(dict.fromkeys(_ALIASES[n.lower().replace(" ", "-")] for n in names))
 
 
 def run_case(split: Split, method: str, protocol: str, seed: int, work: Path) -> dict:
@@ -328,7 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--with-iic", action="store_true", help="also train + segment IIC (needs geoseg.train/segment)"
     )
     parser.add_argument(
-        "--methods", nargs="+", choices=list(METHODS), default=["k-means", "random net", "superpixels"]
+        "--methods",
+        nargs="+",
+        default=["k-means,random-net,superpixels"],
+        help="e.g. k-means,random-net,superpixels,iic,picie",
     )
     parser.add_argument(
         "--protocols", nargs="+", choices=("honest", "transductive"), default=["honest", "transductive"]
@@ -339,6 +388,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--iic-scale", type=float, default=1.0, help="IIC ingest scale (segment follows it)")
     parser.add_argument("--iic-batch-size", type=int, default=16)
     parser.add_argument("--iic-lr", type=float, default=1e-4)
+    parser.add_argument("--picie-steps", type=int, default=500, help="PiCIE training steps per run")
+    parser.add_argument("--picie-lr", type=float, default=1e-3)
+    parser.add_argument("--picie-batch-size", type=int, default=8)
+    parser.add_argument("--picie-trunk", choices=("iic", "resnet18-fpn"), default="iic")
+    parser.add_argument("--picie-k2", type=int, default=100, help="PiCIE over-clustering K2")
+    parser.add_argument("--picie-preset", choices=("small", "iic"), default="small")
     parser.add_argument("--work", type=Path, default=None, help="keep predictions and reports here")
     parser.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -348,15 +403,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     splits: list[Split] = []
     if "dubai" in args.datasets:
         splits.append(dubai_split(args.data))
+    if "dubai-val" in args.datasets:
+        splits.append(dubai_validation_split(args.data))
     if "isprs" in args.datasets:
         splits += isprs_splits(args.data, work / "crops")
     if "loveda" in args.datasets:
         splits.append(loveda_split(args.data, work / "crops"))
-    methods = list(dict.fromkeys([*args.methods, *(["IIC"] if args.with_iic else [])]))
+    methods = list(dict.fromkeys([*parse_methods(args.methods), *(["IIC"] if args.with_iic else [])]))
     IIC_TRAINING.update(
         steps=args.iic_steps, preset=args.iic_preset, batch_size=args.iic_batch_size, lr=args.iic_lr
     )
     IIC_INGEST.update(patch_size=args.iic_patch, scale=args.iic_scale)
+    PICIE_TRAINING.update(
+        steps=args.picie_steps,
+        preset=args.picie_preset,
+        batch_size=args.picie_batch_size,
+        lr=args.picie_lr,
+        trunk=args.picie_trunk,
+        k2=args.picie_k2,
+    )
 
     results: dict = {}
     timings: dict[str, float] = {}
@@ -398,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
         + ".",
     ]
+    if "PiCIE" in methods:
+        lines += ["", f"PiCIE: TrainConfig(method='picie', k = classes, {PICIE_TRAINING}), ingest as IIC's."]
     if "IIC" in methods:
         lines += [
             "",
@@ -415,7 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_write:
         # IIC runs (slow: train + segment per seed) get a section of their own, beside the
         # baseline table, so that neither run overwrites the other.
-        write_section(lines, section=IIC_SECTION if "IIC" in methods else SECTION)
+        learned = [m for m in methods if m in LEARNED]
+        section = SECTION if not learned else IIC_SECTION if learned == ["IIC"] else LEARNED_SECTION
+        write_section(lines, section=section)
     return 0
 
 

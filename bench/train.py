@@ -1,6 +1,13 @@
-"""Training speed of geoseg's IIC: pairs/s against the device's FLOP-based limit.
+"""Training speed of geoseg's methods: pairs/s against the device's FLOP-based limit.
 
-    python bench/train.py [--device cpu|cuda] [--steps N] [--potsdam-batch B] [--json OUT]
+    python bench/train.py [--methods iic,picie] [--settings small,potsdam] [--device cpu|cuda]
+                          [--steps N] [--potsdam-batch B] [--json OUT]
+
+Every method is timed on the same setting, batch and images, one after the other in the
+same run, through its own ``training_step`` (what ``geoseg train`` runs); the PiCIE /
+IIC ratio of pairs/s is printed per setting. PiCIE uses its defaults (K1 = k of the
+setting, K2 = 100, IIC trunk unless ``--picie-trunk``); the FLOP limit and the loss
+comparison are IIC's (PiCIE's line gives its network FLOPs only).
 
 Two settings:
 
@@ -44,7 +51,8 @@ from torch import nn
 from geoseg.config import TrainConfig
 from geoseg.iic.loss import iic_segmentation_loss, reference_loss_original_style
 from geoseg.iic.transforms import PairedTransform
-from geoseg.train import build_network, pair_losses
+from geoseg.methods import get_method
+from geoseg.train import build_network
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dubai"
 
@@ -144,9 +152,19 @@ def flops_per_pair(model: nn.Module, s: Setting) -> tuple[float, float, float]:
     return net, loss, direct
 
 
-def time_training(s: Setting, device: torch.device, steps: int) -> float:
+def method_config(s: Setting, method: str, trunk: str = "iic") -> TrainConfig:
+    if method == "iic":
+        return TrainConfig(k=s.k, k_a=s.k_a, half_t=s.half_t, preset=s.preset, batch_size=s.batch)  # type: ignore[arg-type]
+    return TrainConfig(method=method, k=s.k, preset=s.preset, batch_size=s.batch, trunk=trunk)  # type: ignore[arg-type]
+
+
+def _no_reduce(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def time_training(s: Setting, device: torch.device, steps: int, config: TrainConfig) -> float:
     """Seconds per training step (median of ``steps`` after one warm-up step)."""
-    config = TrainConfig(k=s.k, k_a=s.k_a, half_t=s.half_t, preset=s.preset, batch_size=s.batch)  # type: ignore[arg-type]
+    method = get_method(config.method)
     model = build_network(config, s.bands).to(device)
     x = real_batch(s.batch, s.bands, s.size)
     model.set_normalisation(x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist())
@@ -161,9 +179,9 @@ def time_training(s: Setting, device: torch.device, steps: int) -> float:
         _sync(device)
         t = time.perf_counter()
         g = torch.Generator(device=device).manual_seed(step)
-        losses = pair_losses(model, x, valid, transform, g, config)
+        out = method.training_step(model, x, valid, transform, g, config, step, _no_reduce)
         optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()  # type: ignore[union-attr]
+        out.total.backward()
         optimizer.step()
         _sync(device)
         if step:
@@ -196,18 +214,66 @@ def time_loss(s: Setting, device: torch.device, repeats: int = 3) -> tuple[float
     return run(iic_segmentation_loss), run(reference_loss_original_style)
 
 
+def time_method(s: Setting, device: torch.device, steps: int, config: TrainConfig, peak: float) -> dict:
+    """One method on one setting: pairs/s, and for IIC the FLOP limit and the loss comparison."""
+    model = build_network(config, s.bands)
+    sec = time_training(s, device, steps, config)
+    pairs = s.batch / sec
+    row: dict = {"method": config.method, "setting": s.name, "preset": s.preset, "bands": s.bands}
+    row.update({"patch": s.size, "batch": s.batch, "k": s.k, "pairs_per_s": pairs})
+    head = f"{config.method:5s} {s.name:8s} {s.preset:5s} {s.bands}b {s.size}px batch {s.batch:3d}: {pairs:8.2f} pairs/s"
+    if config.method != "iic":
+        net = 3 * 2 * network_forward_flops(model, s.bands, s.size)
+        row.update({"k2": config.k2, "trunk": config.trunk, "gflop_per_pair_network": net / 1e9})
+        print(f"{head} | network {net / 1e9:.2f} GFLOP/pair (K2 {config.k2}, trunk {config.trunk})")
+        return row
+    net, loss, direct = flops_per_pair(model, s)
+    limit = peak * 1e9 / (net + loss)
+    ours, orig = time_loss(s, device)
+    row.update(
+        {
+            "k_a": s.k_a,
+            "half_t": s.half_t,
+            "gflop_per_pair_network": net / 1e9,
+            "gflop_per_pair_loss": loss / 1e9,
+            "gflop_per_pair_loss_by_definition": direct / 1e9,
+            "limit_pairs_per_s": limit,
+            "fraction_of_limit": pairs / limit,
+            "loss_seconds_geoseg": ours,
+            "loss_seconds_original_style": orig,
+            "loss_speedup": orig / ours,
+        }
+    )
+    print(
+        f"{head} | limit {limit:8.2f} pairs/s ({net / 1e9:.2f} + {loss / 1e9:.2f} GFLOP/pair) "
+        f"= {100 * pairs / limit:.0f}% [loss by definition {direct / 1e9:.2f} GFLOP/pair] | loss fwd+bwd "
+        f"{ours * 1e3:.0f} ms vs original-style {orig * 1e3:.0f} ms: x{orig / ours:.2f}"
+    )
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--potsdam-batch", type=int, default=None, help="default: 75 on CUDA, 2 on CPU")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--methods", default="iic", help="comma-separated methods, e.g. iic,picie")
+    parser.add_argument("--settings", default="small,potsdam", help="comma-separated: small, potsdam")
+    parser.add_argument("--picie-trunk", choices=("iic", "resnet18-fpn"), default="iic")
     args = parser.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        get_method(m)  # an unknown name is refused before any timing
     device = torch.device(args.device)
     pb = args.potsdam_batch or (75 if device.type == "cuda" else 2)
     settings = [
-        Setting("small", "small", 3, 128, 8, 24, 6, 5),
-        Setting("potsdam", "iic", 4, 200, pb, 24, 3, 10),
+        s
+        for s in (
+            Setting("small", "small", 3, 128, 8, 24, 6, 5),
+            Setting("potsdam", "iic", 4, 200, pb, 24, 3, 10),
+        )
+        if s.name in args.settings.split(",")
     ]
     peak = matmul_peak(device)
     cpu = platform.processor() or platform.machine()
@@ -217,38 +283,17 @@ def main() -> None:
         print(f"note: Potsdam batch 75 replaced by {pb} on the CPU (75 would take minutes per step)")
     results = []
     for s in settings:
-        model = build_network(TrainConfig(k=s.k, k_a=s.k_a, preset=s.preset), s.bands)  # type: ignore[arg-type]
-        net, loss, direct = flops_per_pair(model, s)
-        sec = time_training(s, device, args.steps)
-        pairs = s.batch / sec
-        limit = peak * 1e9 / (net + loss)
-        ours, orig = time_loss(s, device)
-        row = {
-            "setting": s.name,
-            "preset": s.preset,
-            "bands": s.bands,
-            "patch": s.size,
-            "batch": s.batch,
-            "k_a": s.k_a,
-            "k": s.k,
-            "half_t": s.half_t,
-            "gflop_per_pair_network": net / 1e9,
-            "gflop_per_pair_loss": loss / 1e9,
-            "gflop_per_pair_loss_by_definition": direct / 1e9,
-            "pairs_per_s": pairs,
-            "limit_pairs_per_s": limit,
-            "fraction_of_limit": pairs / limit,
-            "loss_seconds_geoseg": ours,
-            "loss_seconds_original_style": orig,
-            "loss_speedup": orig / ours,
-        }
-        results.append(row)
-        print(
-            f"{s.name:8s} {s.preset:5s} {s.bands}b {s.size}px batch {s.batch:3d}: "
-            f"{pairs:8.2f} pairs/s | limit {limit:8.2f} pairs/s ({net / 1e9:.2f} + {loss / 1e9:.2f} GFLOP/pair) "
-            f"= {100 * pairs / limit:.0f}% [loss by definition {direct / 1e9:.2f} GFLOP/pair] | loss fwd+bwd {ours * 1e3:.0f} ms vs original-style "
-            f"{orig * 1e3:.0f} ms: x{orig / ours:.2f}"
-        )
+        per_method = {}
+        for method in methods:
+            config = method_config(s, method, args.picie_trunk)
+            row = time_method(s, device, args.steps, config, peak)
+            per_method[method] = row["pairs_per_s"]
+            results.append(row)
+        if "iic" in per_method:
+            for method, pairs in per_method.items():
+                if method != "iic":
+                    ratio = pairs / per_method["iic"]
+                    print(f"{s.name:8s} {method} / iic pairs/s: {ratio:.2f} (IIC {1 / ratio:.2f}x faster)")
     if args.json:
         args.json.write_text(
             json.dumps({"device": str(device), "peak_gflops": peak, "results": results}, indent=2)

@@ -52,6 +52,7 @@ from geoseg.config import (
     SegmentConfig,
     TrainConfig,
 )
+from geoseg.methods import warm_start_settings
 
 ALIGNED = "aligned"
 EVALUATION = "evaluation"
@@ -167,8 +168,7 @@ def retrain_flow(
         meta = load_meta(previous)
         fixed["k"] = k or meta.arch.k_b  # alignment carries ids over only with k >= the old k
         if warm_start:
-            arch = meta.arch
-            fixed.update(init_from=str(previous), k_a=arch.k_a, subheads=arch.subheads, preset=arch.preset)
+            fixed.update(init_from=str(previous), **warm_start_settings(meta))
     train_cfg = build_config(TrainConfig, train, **fixed)
 
     images = [Path(s["image"]) for s in surveys]

@@ -133,8 +133,12 @@ def permute_head_b(model: IICNet, perm: Sequence[int], subhead: int = 0) -> None
     """Reorder a head-B sub-head's output channels in place: trained channel i becomes perm[i].
 
     Sub-head 0 is the one segmentation uses and the cluster table describes; the other
-    sub-heads (if any) are independent clusterings and are left as trained.
+    sub-heads (if any) are independent clusterings and are left as trained. A method whose
+    clusters are not a head's channels (PiCIE: centroids) reorders them itself.
     """
+    if hasattr(model, "permute_clusters"):
+        model.permute_clusters(list(perm))
+        return
     conv = model.head_b[subhead]
     inverse = torch.empty(len(perm), dtype=torch.long)
     inverse[torch.as_tensor(list(perm))] = torch.arange(len(perm))

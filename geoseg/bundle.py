@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from geoseg import __version__
 from geoseg.errors import InputError
 from geoseg.fileio import atomic_path
-from geoseg.iic.model import PRESET_WIDTH, Architecture, IICNet
+from geoseg.iic.model import PRESET_WIDTH, Architecture, NormalisedNet
 
 WEIGHTS = "weights.safetensors"
 META = "model.json"
@@ -79,12 +79,18 @@ class ModelMeta:
     history: list[dict[str, Any]] = field(default_factory=list)
     selection: dict[str, Any] = field(default_factory=dict)  # the label-free checkpoint rule
     alignment: dict[str, Any] | None = None  # how ids were aligned to a previous model
+    method: str = "iic"  # the training method (geoseg.methods); bundles before methods were IIC
     geoseg_version: str = __version__
     format: str = BUNDLE_FORMAT
 
     @property
-    def arch(self) -> Architecture:
-        return Architecture.from_dict(self.architecture)
+    def arch(self) -> Any:
+        """The method's architecture (in_channels, k_b, k_a, subheads, preset, ...)."""
+        if self.method == "iic":
+            return Architecture.from_dict(self.architecture)
+        from geoseg.picie.model import PiCIEArchitecture
+
+        return PiCIEArchitecture.from_dict(self.architecture)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -108,7 +114,7 @@ def default_clusters(k: int) -> list[Cluster]:
     return [Cluster(id=i, colour=c) for i, c in enumerate(colours)]
 
 
-def save_bundle(model: IICNet, meta: ModelMeta, out_dir: str | Path, overwrite: bool = False) -> Path:
+def save_bundle(model: NormalisedNet, meta: ModelMeta, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write the bundle atomically (a temporary directory renamed into place).
 
     An existing folder is replaced only when it is a bundle (holds model.json) or with
@@ -142,6 +148,13 @@ def load_meta(bundle_dir: str | Path) -> ModelMeta:
         raise InputError(f"corrupt {path}: {exc}") from exc
     if meta.format != BUNDLE_FORMAT:
         raise InputError(f"{path}: unsupported bundle format {meta.format!r}")
+    from geoseg.config import METHODS
+
+    if meta.method not in METHODS:
+        raise InputError(
+            f"model bundle {bundle_dir} was trained with method {meta.method!r}, which this geoseg "
+            f"({__version__}) does not know (known: {', '.join(METHODS)}); use a geoseg that has it"
+        )
     problem = meta_problem(meta)
     if problem:
         raise InputError(f"{path}: {problem}: the file was edited or damaged; retrain or restore it")
@@ -212,17 +225,31 @@ def _dtype_ok(name: Any) -> bool:
         return False
 
 
-def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> tuple[IICNet, ModelMeta]:
-    """Rebuild the network from model.json and load its safetensors weights (eval mode)."""
+def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Any, ModelMeta]:
+    """Rebuild the network of model.json's method and load its safetensors weights (eval mode)."""
+    from geoseg.methods import get_method
+
     bundle_dir = Path(bundle_dir)
     meta = load_meta(bundle_dir)
     weights = bundle_dir / WEIGHTS
     if not weights.is_file():
         raise InputError(f"model bundle has no {WEIGHTS}: {bundle_dir}")
-    model = IICNet(meta.arch)
+    try:
+        model = get_method(meta.method).network_from_architecture(meta.architecture)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"model bundle {bundle_dir}: bad architecture in {META}: {exc}") from exc
     try:
         state = load_file(str(weights), device="cpu")
-        model.load_state_dict(state)
     except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise InputError(f"cannot load weights {weights}: {exc}") from exc
+    missing = sorted(set(model.state_dict()) - set(state))
+    if missing:
+        raise InputError(
+            f"model bundle {bundle_dir} (method {meta.method}) lacks tensor(s) {', '.join(missing[:5])} "
+            f"in {WEIGHTS}: it is incomplete or not a {meta.method} bundle; train or copy it again"
+        )
+    try:
+        model.load_state_dict(state)
+    except Exception as exc:
         raise InputError(f"cannot load weights {weights}: {exc}") from exc
     return model.to(device).eval(), meta

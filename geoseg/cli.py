@@ -204,18 +204,60 @@ def _run_model(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from geoseg.config import TrainConfig
+    from geoseg.config import METHODS, TrainConfig
 
     d = TrainConfig()
-    p = sub.add_parser("train", help="train IIC on patch stores and write a model bundle")
+    p = sub.add_parser("train", help="train a label-free method on patch stores and write a model bundle")
     p.add_argument("store", nargs="+", type=Path, help="STORE.zarr patch store(s) with the same bands")
     p.add_argument("--out", required=True, type=Path, help="model bundle directory to write")
-    p.add_argument("--k", type=int, default=d.k, help="clusters of the main head B")
-    p.add_argument("--k-a", type=int, default=d.k_a, help="clusters of the over-clustering head A")
-    p.add_argument("--subheads", type=int, default=d.subheads, help="independent sub-heads per head")
-    p.add_argument("--lamb-a", type=float, default=d.lamb_a, help="marginal exponent lambda, head A")
-    p.add_argument("--lamb-b", type=float, default=d.lamb_b, help="marginal exponent lambda, head B")
-    p.add_argument("--half-t", type=int, default=d.half_t, help="displacement half-width T, pixels")
+    p.add_argument("--method", choices=METHODS, default=d.method, help="training method")
+    p.add_argument("--k", type=int, default=d.k, help="clusters of the model (IIC head B, PiCIE K1)")
+    # Method settings default to None: one given with another --method is refused by name.
+    iic = p.add_argument_group("IIC settings")
+    iic.add_argument(
+        "--k-a", type=int, default=None, help=f"clusters of the over-clustering head A (IIC default {d.k_a})"
+    )
+    iic.add_argument(
+        "--subheads",
+        type=int,
+        default=None,
+        help=f"independent sub-heads per head (IIC default {d.subheads})",
+    )
+    iic.add_argument(
+        "--lamb-a",
+        type=float,
+        default=None,
+        help=f"marginal exponent lambda, head A (IIC default {d.lamb_a})",
+    )
+    iic.add_argument(
+        "--lamb-b",
+        type=float,
+        default=None,
+        help=f"marginal exponent lambda, head B (IIC default {d.lamb_b})",
+    )
+    iic.add_argument(
+        "--half-t", type=int, default=None, help=f"displacement half-width T, pixels (IIC default {d.half_t})"
+    )
+    iic.add_argument(
+        "--head-schedule",
+        choices=("sum", "alternate"),
+        default=None,
+        help=f"both heads' losses summed each step, or one head per step (IIC default {d.head_schedule})",
+    )
+    picie = p.add_argument_group("PiCIE settings")
+    picie.add_argument(
+        "--trunk",
+        choices=("iic", "resnet18-fpn"),
+        default=None,
+        help=f"embedding trunk (PiCIE default {d.trunk})",
+    )
+    picie.add_argument("--k2", type=int, default=None, help=f"over-clustering K2 (PiCIE default {d.k2})")
+    picie.add_argument(
+        "--kmeans-iters",
+        type=int,
+        default=None,
+        help=f"mini-batch k-means iterations per step (PiCIE default {d.kmeans_iters})",
+    )
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="patch pairs per step")
     p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps")
@@ -235,12 +277,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips in the second view")
     p.add_argument("--affine", action="store_true", help="random rotation and scale in the second view")
     p.add_argument("--rgb-bands", type=_bands, default=None, help="1-based R,G,B bands (default: by name)")
-    p.add_argument(
-        "--head-schedule",
-        choices=("sum", "alternate"),
-        default=d.head_schedule,
-        help="both heads' losses summed each step, or one head per step",
-    )
     p.add_argument("--init-from", default=None, help="start from this model bundle's weights (retraining)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_overwrite(p, "a foreign folder or another model bundle at --out")
@@ -248,16 +284,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from geoseg.config import TrainConfig
+    from geoseg.config import METHOD_SETTINGS, TrainConfig
+    from geoseg.errors import ConfigError
     from geoseg.train import train
 
+    given = {}
+    for method, names in METHOD_SETTINGS.items():
+        for name in names:
+            if getattr(args, name, None) is None:
+                continue
+            if method != args.method:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} is a setting of --method {method}, not of --method {args.method}"
+                )
+            given[name] = getattr(args, name)
     config = TrainConfig(
+        method=args.method,
         k=args.k,
-        k_a=args.k_a,
-        subheads=args.subheads,
-        lamb_a=args.lamb_a,
-        lamb_b=args.lamb_b,
-        half_t=args.half_t,
+        **given,
         lr=args.lr,
         batch_size=args.batch_size,
         steps=args.steps,
@@ -272,7 +316,6 @@ def _run_train(args: argparse.Namespace) -> int:
         affine=args.affine,
         init_from=args.init_from,
         rgb_bands=args.rgb_bands,
-        head_schedule=args.head_schedule,
     )
     print(train(args.store, args.out, config, progress=not args.quiet, overwrite=args.overwrite))
     return 0

@@ -58,11 +58,22 @@ class IngestConfig:
         return self
 
 
+# The training methods (geoseg.methods) and the TrainConfig fields each one alone reads.
+# A field of another method that is set away from its default is refused by name.
+METHODS = ("iic", "picie")
+METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
+    "iic": ("k_a", "subheads", "lamb_a", "lamb_b", "half_t", "head_schedule"),
+    "picie": ("trunk", "k2", "kmeans_iters", "kmeans_batch", "embed_dim"),
+}
+
+
 @dataclass
 class TrainConfig:
-    """IIC training settings (defaults: a small CPU-friendly run)."""
+    """Training settings (defaults: a small CPU-friendly run); see METHOD_SETTINGS for
+    which fields belong to one method only."""
 
-    k: int = 6  # clusters of the main head B
+    method: str = "iic"
+    k: int = 6  # clusters of the main head B (PiCIE: K1)
     k_a: int = 24  # clusters of the over-clustering head A
     subheads: int = 1
     lamb_a: float = 1.0
@@ -83,8 +94,29 @@ class TrainConfig:
     init_from: str | None = field(default=None, metadata=PATH)  # a model bundle to start from (retraining)
     rgb_bands: tuple[int, ...] | None = None  # 1-based R, G, B bands; None: from band names
     head_schedule: Literal["sum", "alternate"] = "sum"  # both heads every step, or A/B in turn
+    # PiCIE
+    trunk: Literal["iic", "resnet18-fpn"] = "iic"  # embedding trunk
+    k2: int = 100  # over-clustering K2
+    kmeans_iters: int = 5  # mini-batch k-means iterations per round (warm-started)
+    kmeans_batch: int = 8192  # pixel embeddings per k-means mini-batch
+    embed_dim: int = 128  # FPN fusion dimension
 
     def validate(self) -> TrainConfig:
+        _require(
+            self.method in METHODS, f"unknown method {self.method!r}; known methods: {', '.join(METHODS)}"
+        )
+        defaults = TrainConfig()
+        for other, names in METHOD_SETTINGS.items():
+            for name in names if other != self.method else ():
+                _require(
+                    getattr(self, name) == getattr(defaults, name),
+                    f"{name} is a setting of method {other!r}; method {self.method!r} does not use it",
+                )
+        _require(self.trunk in ("iic", "resnet18-fpn"), f"unknown trunk {self.trunk!r}")
+        _require(2 <= self.k2 <= 1024, f"k2 must be in [2, 1024], got {self.k2}")
+        _require(self.kmeans_iters >= 1, "kmeans_iters must be >= 1")
+        _require(self.kmeans_batch >= 16, "kmeans_batch must be >= 16")
+        _require(8 <= self.embed_dim <= 1024, f"embed_dim must be in [8, 1024], got {self.embed_dim}")
         _require(2 <= self.k <= 254, f"k must be in [2, 254], got {self.k}")
         _require(2 <= self.k_a <= 254, f"k_a must be in [2, 254], got {self.k_a}")
         _require(self.subheads >= 1, "subheads must be >= 1")

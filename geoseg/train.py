@@ -1,6 +1,9 @@
-"""``geoseg train``: IIC on patch stores, producing a model bundle.
+"""``geoseg train``: a label-free method (``config.method``: IIC or PiCIE, see
+geoseg.methods) on patch stores, producing a model bundle.
 
-One step: a batch x of raw patches streams from the store(s); the second view gx is drawn
+Everything here is shared by the methods: data, the loop, checkpoints and resumption,
+label-free selection, DDP, the collapse check and the bundle. Each method supplies the
+network and one training step. The IIC step: a batch x of raw patches streams from the store(s); the second view gx is drawn
 on the device (colour jitter on RGB bands, flip, optional affine); x and gx go through
 the network in one forward pass (one BatchNorm batch); the second view's maps are warped
 back with g^-1 and the IIC segmentation loss is taken per head and sub-head, masked by
@@ -18,6 +21,12 @@ JSON, never pickle) is written atomically every ``checkpoint_every`` steps to
 of every step are a pure function of (seed, step), so a resumed CPU run continues exactly
 as an uninterrupted one. A NaN/inf loss stops training with TrainingError before the
 optimiser touches the weights, so the last checkpoint stays good.
+
+Collapse: every step, the share of the step's valid pixels held by its largest head-B
+cluster is taken; when its mean over the steps between two checkpoints exceeds
+``COLLAPSE_SHARE``, training stops
+with TrainingError naming the method and the step before that checkpoint is written, so
+the last good one stays.
 
 Checkpoint selection without labels: at every checkpoint the exponential moving average
 of the head-B training loss is compared with the best so far; the bundle keeps the
@@ -55,10 +64,13 @@ from geoseg.fileio import (
 )
 from geoseg.iic.data import PatchDataset, StepBatchSampler
 from geoseg.iic.distributed import DistContext, RankShard, cleanup, init_from_env, reduce_joint, wrap_model
-from geoseg.iic.loss import iic_segmentation_loss
-from geoseg.iic.model import Architecture, IICNet
+from geoseg.iic.model import NormalisedNet
 from geoseg.iic.transforms import PairedTransform, rgb_band_indices
+from geoseg.methods import get_method
+from geoseg.methods.iic import pair_losses
 from geoseg.progress import Progress, progress_bar
+
+__all__ = ["build_network", "pair_losses", "read_metrics", "resolve_device", "train", "work_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +78,7 @@ CHECKPOINT = "checkpoint"
 BEST_WEIGHTS = "best.safetensors"
 METRICS = "metrics.jsonl"
 CURVE = "training_curve.png"
+COLLAPSE_SHARE = 0.95  # one cluster holding more of the pixels between checkpoints: collapse
 EMA_DECAY = 0.95  # smoothing of the head-B loss for checkpoint selection (~20 steps)
 SELECTION_RULE = (
     f"lowest exponential moving average (decay {EMA_DECAY}) of the head-B training loss, "
@@ -109,44 +122,9 @@ def total_steps(config: TrainConfig, num_patches: int) -> int:
     return config.steps
 
 
-def build_network(config: TrainConfig, num_bands: int) -> IICNet:
-    """A seeded fresh network (the global RNG is left untouched)."""
-    arch = Architecture(
-        in_channels=num_bands, k_a=config.k_a, k_b=config.k, subheads=config.subheads, preset=config.preset
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        return IICNet(arch)
-
-
-def pair_losses(
-    model: IICNet,
-    x: torch.Tensor,
-    valid: torch.Tensor,
-    transform: PairedTransform,
-    generator: torch.Generator,
-    config: TrainConfig,
-    heads: str = "ab",
-) -> dict[str, torch.Tensor]:
-    """IIC loss per head (mean over sub-heads) for one batch of raw patches x (N, C, H, W)."""
-    n = x.shape[0]
-    x = x.float()
-    x2, warp = transform(x, generator)
-    mask = warp.covered(valid)
-    both = torch.cat([x, x2])
-    if x.device.type == "cuda":
-        both = both.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-        maps = model(both, heads=heads)
-    losses = {}
-    for head, outs in maps.items():
-        lamb = config.lamb_a if head == "a" else config.lamb_b
-        per_sub = [
-            iic_segmentation_loss(p[:n], warp.invert(p[n:].float()), config.half_t, lamb, mask, reduce_joint)
-            for p in outs
-        ]
-        losses[head] = torch.stack(per_sub).mean()
-    return losses
+def build_network(config: TrainConfig, num_bands: int) -> NormalisedNet:
+    """A seeded fresh network of ``config.method`` (the global RNG is left untouched)."""
+    return get_method(config.method).build_network(config, num_bands)
 
 
 def train(
@@ -156,7 +134,7 @@ def train(
     progress: Progress = True,
     overwrite: bool = False,
 ) -> Path:
-    """Train IIC on one or more patch stores; write the model bundle to ``out`` and return it.
+    """Train ``config.method`` on one or more patch stores; write the bundle to ``out`` and return it.
 
     ``out`` is checked before anything is loaded: it must be absent, empty, or this run's
     own bundle (its ``<out>.work`` resumes it); another bundle or a foreign folder is
@@ -185,7 +163,7 @@ def _train(
     store: str | Path | Sequence[str | Path],
     out: Path,
     config: TrainConfig,
-    progress: bool,
+    progress: Progress,
     overwrite: bool,
 ) -> Path:
     stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
@@ -199,7 +177,7 @@ def _train(
     # before training rather than discovered at the first checkpoint.
     check_free_space(out.parent, 6 * sum(p.numel() * p.element_size() for p in model.parameters()))
     if config.init_from:
-        _load_initial_weights(model, Path(config.init_from), meta0.band_names)
+        _load_initial_weights(model, Path(config.init_from), meta0.band_names, config.method)
     mean, std = dataset.band_statistics()
     model.set_normalisation(mean, std)
     rgb = rgb_band_indices(meta0.band_names, config.rgb_bands)
@@ -235,7 +213,7 @@ def _train(
 
 
 def _run(
-    model: IICNet,
+    model: NormalisedNet,
     optimizer: torch.optim.Optimizer,
     dataset: PatchDataset,
     transform: PairedTransform,
@@ -257,8 +235,12 @@ def _run(
         persistent_workers=False,
     )
     model.train()
+    method = get_method(config.method)
     started = time.perf_counter()
     net = wrap_model(model, ctx, find_unused_parameters=config.head_schedule == "alternate")
+    # sum over steps since the checkpoint of the largest head-B cluster's share of the step's
+    # pixels, and the number of steps (per step: cluster ids may change between rounds)
+    top_share = torch.zeros(2, device=device)
     bar = progress_bar(
         progress, total=steps, initial=state.step, desc="train", unit="step", disable=not ctx.is_main
     )
@@ -268,18 +250,22 @@ def _run(
             x = batch["image"].to(device, non_blocking=True)
             valid = batch["valid"].to(device, non_blocking=True)
             generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + step)
-            heads = _heads_for(step, config.head_schedule)
-            losses = pair_losses(net, x, valid, transform, generator, config, heads)  # type: ignore[arg-type]
-            total = sum(losses.values())
-            values = {h: float(v.item()) for h, v in losses.items()}  # one sync per step
+            out = method.training_step(net, x, valid, transform, generator, config, step, reduce_joint)
+            values = {h: float(v.item()) for h, v in out.losses.items()}  # one sync per step
             if not all(math.isfinite(v) for v in values.values()):
                 bar.close()
                 raise TrainingError(
-                    f"loss became {values} at step {step}; training stopped. The last good checkpoint "
-                    f"is in {work / CHECKPOINT} (step {_checkpoint_step(work)}): lower --lr and re-run to resume"
+                    f"method {config.method!r}: loss became {values} at step {step}; training stopped. The last "
+                    f"good checkpoint is in {work / CHECKPOINT} (step {_checkpoint_step(work)}): lower --lr and "
+                    "re-run to resume"
                 )
+            if out.labels is not None:
+                labels = out.labels if out.mask is None else out.labels[out.mask]
+                step_counts = torch.bincount(labels.flatten(), minlength=config.k).float()
+                top_share[0] += step_counts.max() / step_counts.sum().clamp_min(1)
+                top_share[1] += 1
             optimizer.zero_grad(set_to_none=True)
-            total.backward()  # type: ignore[union-attr]
+            out.total.backward()
             optimizer.step()
             state.step = step + 1
             if "b" in values:
@@ -297,21 +283,39 @@ def _run(
             bar.update(1)  # after the postfix: a line shows this step's losses
             if ctx.is_main and (state.step % config.checkpoint_every == 0 or state.step == steps):
                 metrics.flush()
+                _check_collapse(top_share, config, state.step, work, bar)
+                top_share.zero_()
                 _checkpoint(model, optimizer, state, record, work)
     bar.close()
 
 
-def _heads_for(step: int, schedule: str) -> str:
-    if schedule == "alternate":
-        return "a" if step % 2 == 0 else "b"
-    return "ab"
+def _check_collapse(top_share: torch.Tensor, config: TrainConfig, step: int, work: Path, bar: Any) -> None:
+    """TrainingError when, averaged over the steps since the last checkpoint, one head-B
+    cluster held more than COLLAPSE_SHARE of a step's valid pixels (called before the
+    next checkpoint is written, so the last good one stays)."""
+    total, steps = (float(v) for v in top_share.cpu())
+    if steps == 0:
+        return
+    share = total / steps
+    if share > COLLAPSE_SHARE:
+        bar.close()
+        raise TrainingError(
+            f"method {config.method!r} collapsed at step {step}: one cluster took {share:.1%} of the "
+            f"pixels of each step since the last checkpoint (limit {COLLAPSE_SHARE:.0%}); training "
+            f"stopped. The last good checkpoint is in {work / CHECKPOINT} (step {_checkpoint_step(work)}): "
+            "try another --seed, a lower --lr or more varied patches"
+        )
 
 
 # --- checkpoints ---------------------------------------------------------------------------
 
 
 def _checkpoint(
-    model: IICNet, optimizer: torch.optim.Optimizer, state: TrainState, record: dict[str, Any], work: Path
+    model: NormalisedNet,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    record: dict[str, Any],
+    work: Path,
 ) -> None:
     """Select (label-free), then write weights + Adam state + state.json atomically."""
     state.history.append(record)
@@ -355,7 +359,7 @@ def _checkpoint_step(work: Path) -> int | None:
 
 def _resume(
     work: Path,
-    model: IICNet,
+    model: NormalisedNet,
     optimizer: torch.optim.Optimizer,
     fingerprint: dict[str, Any],
     device: torch.device,
@@ -413,9 +417,14 @@ def _provenance_stores(dataset: PatchDataset) -> list[dict[str, Any]]:
     ]
 
 
-def _load_initial_weights(model: IICNet, bundle_dir: Path, band_names: list[str]) -> None:
-    """Start from an existing bundle's weights; its bands and architecture must match."""
+def _load_initial_weights(model: NormalisedNet, bundle_dir: Path, band_names: list[str], method: str) -> None:
+    """Start from an existing bundle's weights; its method, bands and architecture must match."""
     old, meta = load_bundle(bundle_dir)
+    if meta.method != method:
+        raise ConfigError(
+            f"model bundle {bundle_dir} was trained with method {meta.method!r}; "
+            f"it cannot start a {method!r} run (use --method {meta.method})"
+        )
     if old.arch.in_channels != model.arch.in_channels:
         raise ConfigError(
             f"model bundle {bundle_dir} expects {old.arch.in_channels} bands "
@@ -424,13 +433,13 @@ def _load_initial_weights(model: IICNet, bundle_dir: Path, band_names: list[str]
     if old.arch != model.arch:
         raise ConfigError(
             f"model bundle {bundle_dir} has architecture {old.arch.to_dict()}, the training settings ask for "
-            f"{model.arch.to_dict()}; use the same --k/--k-a/--preset to retrain it"
+            f"{model.arch.to_dict()}; use the same method settings, --k and --preset to retrain it"
         )
     model.load_state_dict(old.state_dict())
 
 
 def _model_meta(
-    model: IICNet,
+    model: NormalisedNet,
     config: TrainConfig,
     dataset: PatchDataset,
     state: TrainState,
@@ -446,12 +455,9 @@ def _model_meta(
         dtype=meta0.dtype,
         patch_size=dataset.patch_size,
         scale=meta0.scale,
+        method=config.method,
         loss={
-            "objective": "iic-segmentation (per-displacement mutual information, averaged)",
-            "lamb_a": config.lamb_a,
-            "lamb_b": config.lamb_b,
-            "half_t": config.half_t,
-            "head_schedule": config.head_schedule,
+            **get_method(config.method).loss_settings(config),
             "rgb_bands": list(rgb) if rgb else None,
             "jitter": config.jitter,
             "flip": config.flip,
@@ -498,7 +504,7 @@ def plot_curve(metrics: Path, png: Path, selected: int | None = None) -> Path | 
     if selected is not None:
         ax.axvline(selected, color="k", ls="--", lw=0.8, label=f"kept: step {selected}")
     ax.set_xlabel("step")
-    ax.set_ylabel("IIC loss (nats)")
+    ax.set_ylabel("training loss (nats)")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -64,44 +65,51 @@ class Architecture:
         return cls(**{k: v for k, v in data.items() if k != "trunk"})  # type: ignore[arg-type]
 
 
-class IICNet(nn.Module):
-    """Trunk + head A (over-clustering) + head B (main); returns softmax maps per sub-head."""
+def vgg_trunk(in_channels: int, width: float) -> tuple[nn.Sequential, int]:
+    """The paper's trunk at a width factor: (layers, output channels). Shared by the
+    methods that use it (IIC, and PiCIE's cheap trunk)."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for spec in _TRUNK_IIC:
+        if spec == "M":
+            layers.append(nn.MaxPool2d(2))
+            continue
+        out, dilation = cast(tuple[int, int], spec)
+        out = max(8, int(out * width))
+        layers += [
+            nn.Conv2d(channels, out, 3, padding=dilation, dilation=dilation, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU(inplace=True),
+        ]
+        channels = out
+    return nn.Sequential(*layers), channels
 
-    def __init__(self, arch: Architecture) -> None:
-        super().__init__()
-        if arch.preset not in PRESET_WIDTH:
-            raise ConfigError(f"unknown preset {arch.preset!r}; known: {sorted(PRESET_WIDTH)}")
-        self.arch = arch
-        layers: list[nn.Module] = []
-        channels = arch.in_channels
-        for spec in _TRUNK_IIC:
-            if spec == "M":
-                layers.append(nn.MaxPool2d(2))
-                continue
-            out, dilation = spec  # type: ignore[misc]
-            out = max(8, int(out * arch.width))
-            layers += [
-                nn.Conv2d(channels, out, 3, padding=dilation, dilation=dilation, bias=False),
-                nn.BatchNorm2d(out),
-                nn.ReLU(inplace=True),
-            ]
-            channels = out
-        self.trunk = nn.Sequential(*layers)
-        self.head_a = nn.ModuleList(nn.Conv2d(channels, arch.k_a, 1) for _ in range(arch.subheads))
-        self.head_b = nn.ModuleList(nn.Conv2d(channels, arch.k_b, 1) for _ in range(arch.subheads))
-        self.register_buffer("input_mean", torch.zeros(arch.in_channels))
-        self.register_buffer("input_std", torch.ones(arch.in_channels))
-        self._init_weights()
 
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
+def init_weights(net: nn.Module) -> None:
+    """Kaiming-normal convolutions, BatchNorm at identity (as in the original code)."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
                 nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class NormalisedNet(nn.Module):
+    """What every method's network shares: the training data's per-band statistics as
+    buffers (``input_mean``, ``input_std``), so it is fed raw pixels; and ``arch``, the
+    method's architecture record (in_channels, k_b, k_a, subheads, preset, to_dict())."""
+
+    arch: Any
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.register_buffer("input_mean", torch.zeros(in_channels))
+        self.register_buffer("input_std", torch.ones(in_channels))
 
     def set_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Store per-band statistics; inputs are normalised as (x - mean) / std."""
@@ -112,6 +120,20 @@ class IICNet(nn.Module):
         mean = self.input_mean.view(1, -1, 1, 1)
         std = self.input_std.view(1, -1, 1, 1)
         return (x.float() - mean) / std
+
+
+class IICNet(NormalisedNet):
+    """Trunk + head A (over-clustering) + head B (main); returns softmax maps per sub-head."""
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__(arch.in_channels)
+        if arch.preset not in PRESET_WIDTH:
+            raise ConfigError(f"unknown preset {arch.preset!r}; known: {sorted(PRESET_WIDTH)}")
+        self.arch = arch
+        self.trunk, channels = vgg_trunk(arch.in_channels, arch.width)
+        self.head_a = nn.ModuleList(nn.Conv2d(channels, arch.k_a, 1) for _ in range(arch.subheads))
+        self.head_b = nn.ModuleList(nn.Conv2d(channels, arch.k_b, 1) for _ in range(arch.subheads))
+        init_weights(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Trunk features of raw input (normalisation included)."""
@@ -138,13 +160,15 @@ def build_model(arch: Architecture) -> IICNet:
     return IICNet(arch)
 
 
-def for_inference(model: IICNet) -> IICNet:
+def for_inference(model: NormalisedNet) -> NormalisedNet:
     """An eval-mode copy for prediction: each BatchNorm folded into its convolution (one
     pass over the activations less per layer) and channels-last weights (oneDNN's and
     cuDNN's fast convolution layout); the same outputs up to float rounding. Feed it
     channels-last inputs. The original (trainable) model is left untouched.
     """
     fused = copy.deepcopy(model).eval()
+    if not isinstance(fused.trunk, nn.Sequential):  # e.g. PiCIE's ResNet-FPN: no folding
+        return fused.to(memory_format=torch.channels_last)
     layers: list[nn.Module] = []
     for module in fused.trunk:
         if isinstance(module, nn.BatchNorm2d) and layers and isinstance(layers[-1], nn.Conv2d):

@@ -1,0 +1,1 @@
+"""PiCIE (Cho et al., CVPR 2021): clustering with photometric invariance and geometric equivariance."""
