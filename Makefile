@@ -7,12 +7,12 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: setup test lint demo bench server worker deploy clean image image-check
 
+# gdal-utils: GDAL's validate_gpkg.py for the tests, of the GDAL pyogrio ships. Pure Python;
+# its `gdal` requirement (the C bindings) is optional for the checks the tests run: --no-deps.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
-	# GDAL's validate_gpkg.py for the tests, of the GDAL pyogrio ships; pure Python, and its
-	# `gdal` requirement (the C bindings) is optional for the checks run: hence --no-deps
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt gdal-utils
 	touch $(STAMP)
 

@@ -23,6 +23,7 @@ from geoseg import __version__
 from geoseg.errors import InputError
 from geoseg.fileio import atomic_path
 from geoseg.iic.model import PRESET_WIDTH, Architecture, NormalisedNet
+from geoseg.style import cluster_label
 
 WEIGHTS = "weights.safetensors"
 META = "model.json"
@@ -41,7 +42,7 @@ class Cluster:
     @property
     def label(self) -> str:
         """What maps, legends and reports call it: the name, else ``cluster N``."""
-        return self.name or f"cluster {self.id}"
+        return cluster_label(self.id, self.name)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "colour": list(self.colour), "name": self.name}

@@ -93,9 +93,7 @@ def model_item(bundle: str | Path, derived_from: Sequence[pystac.Item] | None = 
             "geoseg:bands": list(meta.band_names),
             "geoseg:patch_size": meta.patch_size,
             "geoseg:scale": meta.scale,
-            "geoseg:clusters": [
-                {"id": c.id, "colour": list(c.colour), "name": c.name} for c in meta.clusters
-            ],
+            "geoseg:clusters": [c.to_dict() for c in meta.clusters],
             "geoseg:selection": meta.selection,
             "geoseg:device": meta.provenance.get("device"),
         },

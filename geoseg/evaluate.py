@@ -41,6 +41,7 @@ from geoseg.fileio import (
 from geoseg.preview import colourize, save_png
 from geoseg.progress import Progress, progress_bar
 from geoseg.sources import open_dataset
+from geoseg.style import cluster_label
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +315,7 @@ def _cluster_labels(predictions: Sequence[Path], n_clusters: int) -> list[str]:
         if table is not None:
             names = {c.id: c.name for c in table if c.name}
             break
-    return [names.get(i) or f"cluster {i}" for i in range(n_clusters)]
+    return [cluster_label(i, names.get(i)) for i in range(n_clusters)]
 
 
 def _class_colours(dataset: LabelDataset | None, n_classes: int) -> list[tuple[int, int, int]]:
@@ -420,7 +421,7 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [f"| {name} | {fmt(v)} |" for name, v in report["per_class_iou"].items()]
     lines += ["", "## Mapping (cluster → class)", "", "| cluster | name | class |", "|---|---|---|"]
     for cluster, cid in report["mapping"].items():
-        name = _cell(report["cluster_names"].get(cluster, f"cluster {cluster}"))
+        name = _cell(report["cluster_names"].get(cluster, cluster_label(int(cluster), None)))
         lines.append(f"| {cluster} | {name} | {'none' if cid is None else report['classes'][cid]} |")
     if report["notes"]:
         lines += ["", "## Notes", "", *[f"- {n}" for n in report["notes"]]]

@@ -29,6 +29,11 @@ LAYER_STYLES = "layer_styles"  # QGIS's table of styles inside a GeoPackage
 _VIRIDIS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")
 
 
+def cluster_label(cluster_id: int, name: str | None) -> str:
+    """What maps, legends and reports call a cluster: its name, else ``cluster N``."""
+    return name or f"cluster {cluster_id}"
+
+
 @dataclass(frozen=True)
 class StyleClass:
     """One cluster as styles show it."""
@@ -39,7 +44,7 @@ class StyleClass:
 
     @property
     def label(self) -> str:
-        return self.name or f"cluster {self.id}"
+        return cluster_label(self.id, self.name)
 
     @property
     def hex(self) -> str:

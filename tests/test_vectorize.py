@@ -193,13 +193,18 @@ def test_geopackage_passes_gdal_validate_gpkg(neon_clusters: Path, tmp_path: Pat
     assert run.returncode == 0 and not run.stdout.strip(), run.stdout + run.stderr
 
 
-def test_default_name_and_no_shared_sidecar_with_the_raster(neon_clusters: Path, tmp_path: Path) -> None:
+def test_default_name_and_no_shared_sidecar_with_the_raster(
+    neon_clusters: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     raster = tmp_path / "scene_clusters.tif"
     raster.write_bytes(neon_clusters.read_bytes())
     raster_style = raster.with_suffix(".qml")
     raster_style.write_text("the raster's style")
-    out = vectorize(raster, block_size=4096)
-    assert out == tmp_path / "scene_polygons.gpkg" and (tmp_path / "scene_polygons.qml").is_file()
+    assert main(["vectorize", str(raster)]) == 0  # no --out: beside the raster, its own base name
+    out = tmp_path / "scene_polygons.gpkg"
+    assert capsys.readouterr().out.strip() == str(out) and (tmp_path / "scene_polygons.qml").is_file()
+    assert main(["vectorize", str(raster), "--out", str(tmp_path / "scene_clusters.gpkg")]) == 2
+    assert "would replace the raster's" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"scene_clusters\.qml would replace the raster's"):
         vectorize(raster, tmp_path / "scene_clusters.gpkg")
     with pytest.raises(ConfigError, match=r"must be a \.gpkg"):
