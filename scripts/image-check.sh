@@ -182,6 +182,6 @@ status=0
 BASE_IMAGE=localhost/geoseg-image-check-missing-base:none IMAGE=$IMAGE scripts/image.sh > "$work/failing.log" 2>&1 || status=$?
 [[ $status -eq 2 ]] || fail "a build from a missing base image exited $status, not 2 (log: $(tail -1 "$work/failing.log"))"
 [[ $(image_id "$IMAGE") == "$before" ]] || fail "a failed build changed $IMAGE"
-if tags | grep -q "${IMAGE%%:*}:build-"; then fail "a failed build left a temporary tag of ${IMAGE%%:*}"; fi
+if tags | grep -q "${IMAGE%:*}:build-"; then fail "a failed build left a temporary tag of ${IMAGE%:*}"; fi
 say "a failed build exits 2 ($(tail -1 "$work/failing.log")) and leaves $IMAGE unchanged"
 say "passed"
