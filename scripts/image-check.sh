@@ -26,6 +26,9 @@ TILE=neon/OSBS_029.tif
 started=$SECONDS
 say() { echo "image-check: $* [$((SECONDS - started)) s]"; }
 
+# Checked first: no engine install, bootstrap or build for a run that cannot finish.
+[[ -f $DATA/$TILE ]] || fail "no $DATA/$TILE: the shared data must lie beside the checkout (or set GEOSEG_DATA)"
+
 apt_install() {
     [[ $EUID -eq 0 ]] && command -v apt-get > /dev/null || return 1
     local wait=(-o DPkg::Lock::Timeout=900)
@@ -114,7 +117,6 @@ make --no-print-directory image IMAGE="$IMAGE" || exit 2
 say "built $IMAGE"
 
 # --- 4. run inside the image -------------------------------------------------------------
-[[ -f $DATA/$TILE ]] || fail "no $DATA/$TILE: the shared data must lie beside the checkout (or set GEOSEG_DATA)"
 work=$(mktemp -d "${TMPDIR:-/tmp}/geoseg-image-check.XXXXXX")
 ctr=""
 cleanup() {
