@@ -8,7 +8,7 @@
 #     with the base's name, so the Dockerfile builds unchanged;
 #  3. `make image` (scripts/image.sh);
 #  4. inside the image, as its default user (checked not to be root): `geoseg --help`,
-#     `prefect worker start --help`, then ingest, train (3 steps) and segment of a real tile
+#     `prefect worker start --help`, no pip.conf / ca.crt left in it, then ingest, train (3 steps) and segment of a real tile
 #     from ../shared/data mounted read-only; the COG (validated) and the GeoPackage (with
 #     polygons) that `geoseg segment` reports must exist.
 #
@@ -150,6 +150,10 @@ say "default user: uid $uid"
 in_image "geoseg --help" geoseg --help > /dev/null
 in_image "prefect worker start --help" prefect worker start --help > /dev/null
 say "geoseg --help and prefect worker start --help run"
+# make image handed the build the host's pip.conf and CA certificate as secrets: none may remain.
+in_image "a search for host pip settings left in the image" sh -c \
+    'left=$(find / -xdev \( -name pip.conf -o -name ca.crt \) 2> /dev/null); [ -z "$left" ] || { echo "left in the image: $left"; exit 1; }'
+say "no pip.conf or ca.crt left in the image"
 
 in_image "geoseg ingest" geoseg ingest "/data/$TILE" --out /work/tile.zarr --patch-size 64 > /dev/null
 in_image "geoseg train" geoseg train /work/tile.zarr --out /work/model --k 4 --k-a 8 --steps 3 \
