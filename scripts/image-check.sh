@@ -8,7 +8,7 @@
 #     with the base's name, so the Dockerfile builds unchanged;
 #  3. `make image` (scripts/image.sh);
 #  4. inside the image, as its default user (checked not to be root): `geoseg --help`,
-#     `prefect worker start --help`, then ingest, train (3 steps) and segment of a real tile
+#     `prefect worker start --help`, no pip.conf / ca.crt left in it, then ingest, train (3 steps) and segment of a real tile
 #     from ../shared/data mounted read-only; the COG (validated) and the GeoPackage (with
 #     polygons) that `geoseg segment` reports must exist.
 #
@@ -25,6 +25,9 @@ DATA=${GEOSEG_DATA:-../shared/data}
 TILE=neon/OSBS_029.tif
 started=$SECONDS
 say() { echo "image-check: $* [$((SECONDS - started)) s]"; }
+
+# Checked first: no engine install, bootstrap or build for a run that cannot finish.
+[[ -f $DATA/$TILE ]] || fail "no $DATA/$TILE: the shared data must lie beside the checkout (or set GEOSEG_DATA)"
 
 apt_install() {
     [[ $EUID -eq 0 ]] && command -v apt-get > /dev/null || return 1
@@ -114,7 +117,6 @@ make --no-print-directory image IMAGE="$IMAGE" || exit 2
 say "built $IMAGE"
 
 # --- 4. run inside the image -------------------------------------------------------------
-[[ -f $DATA/$TILE ]] || fail "no $DATA/$TILE: the shared data must lie beside the checkout (or set GEOSEG_DATA)"
 work=$(mktemp -d "${TMPDIR:-/tmp}/geoseg-image-check.XXXXXX")
 ctr=""
 cleanup() {
@@ -148,6 +150,10 @@ say "default user: uid $uid"
 in_image "geoseg --help" geoseg --help > /dev/null
 in_image "prefect worker start --help" prefect worker start --help > /dev/null
 say "geoseg --help and prefect worker start --help run"
+# make image handed the build the host's pip.conf and CA certificate as secrets: none may remain.
+in_image "a search for host pip settings left in the image" sh -c \
+    'left=$(find / -xdev \( -name pip.conf -o -name ca.crt \) 2> /dev/null); [ -z "$left" ] || { echo "left in the image: $left"; exit 1; }'
+say "no pip.conf or ca.crt left in the image"
 
 in_image "geoseg ingest" geoseg ingest "/data/$TILE" --out /work/tile.zarr --patch-size 64 > /dev/null
 in_image "geoseg train" geoseg train /work/tile.zarr --out /work/model --k 4 --k-a 8 --steps 3 \
@@ -182,6 +188,6 @@ status=0
 BASE_IMAGE=localhost/geoseg-image-check-missing-base:none IMAGE=$IMAGE scripts/image.sh > "$work/failing.log" 2>&1 || status=$?
 [[ $status -eq 2 ]] || fail "a build from a missing base image exited $status, not 2 (log: $(tail -1 "$work/failing.log"))"
 [[ $(image_id "$IMAGE") == "$before" ]] || fail "a failed build changed $IMAGE"
-if tags | grep -q "${IMAGE%%:*}:build-"; then fail "a failed build left a temporary tag of ${IMAGE%%:*}"; fi
+if tags | grep -q "${IMAGE%:*}:build-"; then fail "a failed build left a temporary tag of ${IMAGE%:*}"; fi
 say "a failed build exits 2 ($(tail -1 "$work/failing.log")) and leaves $IMAGE unchanged"
 say "passed"

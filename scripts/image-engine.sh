@@ -48,10 +48,3 @@ pick_engine() {
     done
     fail "no working container engine ($(engine_problems)): start the docker daemon, or install podman or buildah (Debian/Ubuntu: apt-get install buildah)"
 }
-
-# ENGINE's image-management command (tag, rmi, images ...).
-engine_cmd() {
-    local engine=$1
-    shift
-    "$engine" "$@"
-}

@@ -29,14 +29,16 @@ trap cleanup EXIT
 command -v "$PYTHON" > /dev/null || fail "no $PYTHON to read the host's pip settings: set PYTHON=/path/to/python3"
 "$PYTHON" scripts/host_pip.py "$work/pip" &
 server_pid=$!
-for _ in $(seq 100); do
+for _ in $(seq 600); do
     [[ -f $work/pip/ready ]] && break
     kill -0 "$server_pid" 2>/dev/null || fail "scripts/host_pip.py could not read the host's pip settings (see above)"
     sleep 0.1
 done
-[[ -f $work/pip/ready ]] || fail "scripts/host_pip.py did not start within 10 s"
+[[ -f $work/pip/ready ]] || fail "scripts/host_pip.py did not start within 60 s"
 
-temporary="${IMAGE%%:*}:build-$$"
+repository=${IMAGE%:*}
+if [[ ${IMAGE##*:} == */* ]]; then repository=$IMAGE; fi  # registry:port/name without a tag
+temporary="$repository:build-$$"
 args=(--network host -t "$temporary")
 while read -r secret; do args+=(--secret "$secret"); done < "$work/pip/secrets"
 if [[ -n ${BASE_IMAGE:-} ]]; then args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE"); fi
@@ -49,9 +51,9 @@ case $engine in
     buildah) buildah bud --isolation "${BUILDAH_ISOLATION:-chroot}" --layers "${args[@]}" . || status=$? ;;
 esac
 if [[ $status -ne 0 ]]; then
-    engine_cmd "$engine" rmi "$temporary" > /dev/null 2>&1 || true
+    "$engine" rmi "$temporary" > /dev/null 2>&1 || true
     fail "the $engine build failed (its log is above); $IMAGE was left as it was"
 fi
-engine_cmd "$engine" tag "$temporary" "$IMAGE"
-engine_cmd "$engine" rmi "$temporary" > /dev/null
+"$engine" tag "$temporary" "$IMAGE"
+"$engine" rmi "$temporary" > /dev/null
 echo "image: built $IMAGE with $engine"
