@@ -12,7 +12,7 @@ Every number goes through the same `geoseg.evaluate` a user runs, under both pro
 Writes the "## Quality" section of bench/RESULTS.md (replacing only that section) and
 the reports of every run under --work.
 
-    python bench/quality.py                    # k-means, random network, 3 seeds each
+    python bench/quality.py                    # k-means, random network, superpixels, 3 seeds each
     python bench/quality.py --with-iic         # plus IIC rows (train + segment, 3 seeds)
     python bench/quality.py --datasets isprs --seeds 0
 """
