@@ -12,7 +12,7 @@ Every number goes through the same `geoseg.evaluate` a user runs, under both pro
 Writes the "## Quality" section of bench/RESULTS.md (replacing only that section) and
 the reports of every run under --work.
 
-    python bench/quality.py                    # k-means, random network, 3 seeds each
+    python bench/quality.py                    # k-means, random network, superpixels, 3 seeds each
     python bench/quality.py --with-iic         # plus IIC rows (train + segment, 3 seeds)
     python bench/quality.py --methods k-means,iic,picie --datasets dubai --protocols honest
     python bench/quality.py --methods picie --datasets dubai-val   # choose settings: tiles 1-3 -> 4
@@ -353,6 +353,40 @@ def table(splits: list[Split], results: dict, seeds: Sequence[int], methods: Seq
     return lines
 
 
+BASELINES = ("k-means", "random net", "superpixels")  # label-free floors; the rest are learned methods
+
+
+def per_seed_lines(
+    splits: list[Split], results: dict, seeds: Sequence[int], methods: Sequence[str]
+) -> list[str]:
+    """Per-seed honest mIoU of every method, and each learned method's ratio to the strongest baseline."""
+    lines = []
+    for split in splits:
+        honest = {
+            m: [
+                results[(split.name, m, "honest", s)]["miou"]
+                for s in seeds
+                if (split.name, m, "honest", s) in results
+            ]
+            for m in methods
+        }
+        honest = {m: v for m, v in honest.items() if v}
+        if not honest:
+            continue
+        cells = [f"{m} " + " / ".join(f"{v:.3f}" for v in values) for m, values in honest.items()]
+        lines.append(
+            f"- {split.name}, honest mIoU per seed {', '.join(map(str, seeds))}: " + "; ".join(cells)
+        )
+        floors = {m: statistics.mean(v) for m, v in honest.items() if m in BASELINES}
+        if floors:
+            best = max(floors, key=lambda m: floors[m])
+            for m, values in honest.items():
+                if m not in BASELINES:
+                    ratio = statistics.mean(values) / floors[best]
+                    lines.append(f"  - {m} / strongest baseline ({best}): **{ratio:.2f}x** in honest mIoU")
+    return lines
+
+
 def write_section(lines: list[str], path: Path = RESULTS, section: str = SECTION) -> None:
     """Replace the body of one section only (appended if missing); others are left as they are."""
     text = path.read_text()
@@ -456,6 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         *[f"- {s.name}: {s.note} (dataset `{s.dataset}`, k = {s.k})" for s in splits],
         "",
         *table(splits, results, args.seeds, methods),
+        "",
+        *per_seed_lines(splits, results, args.seeds, methods),
         "",
         *NOTE,
         "",

@@ -173,12 +173,14 @@ def test_apply_reproduces_the_fit_and_scores_new_rasters(shared_data: Path, tmp_
 
 
 def test_blocks_agree_with_a_whole_image_run(shared_data: Path, tmp_path: Path) -> None:
-    """LoveDA 384 x 384 in 128-px blocks vs one block, one model.
+    """LoveDA 384 x 384 in 120-px blocks vs one block, one model.
 
-    Bound: with the halo (2 x size) and the seed grid aligned, SLIC's segments can only
-    differ where a block's run is influenced by its window's edge: near the 4 seams. The
-    bench measures 0.9+ agreement (bench/RESULTS.md); 0.9 is the test's floor, and far
-    from the seams (> halo) the maps must agree on 97% of pixels.
+    Bound: block corners and the halo (2 x size) lie on SLIC's seed grid, so a fully valid
+    block seeds exactly where the whole-image run does, and SLIC's 2 x size search window
+    never reaches past the halo in one iteration; a segment cut by a seam keeps the
+    statistics of the whole segment (it fits in the halo). The bench measures agreement
+    1.0 on LoveDA and Dubai (bench/RESULTS.md); 0.99 leaves room for float differences
+    between platforms, and far from the seams (> 2 x halo) the maps must agree on 99.9%.
     """
     with Image.open(shared_data / "loveda" / "0_rgb.png") as img:
         rgb = np.asarray(img.convert("RGB"))[:384, :384]
@@ -196,8 +198,8 @@ def test_blocks_agree_with_a_whole_image_run(shared_data: Path, tmp_path: Path) 
     for s in (120, 240, 360):
         seams[s - 24 : s + 24] = True
         seams[:, s - 24 : s + 24] = True
-    assert agree.mean() >= 0.9, agree.mean()
-    assert agree[~seams].mean() >= 0.97, agree[~seams].mean()
+    assert agree.mean() >= 0.99, agree.mean()
+    assert agree[~seams].mean() >= 0.999, agree[~seams].mean()
     assert metrics.ari(metrics.confusion_matrix(a, b)[:6, :6]) > 0.8
 
 
