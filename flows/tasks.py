@@ -218,7 +218,7 @@ def train_task(stores: list[str], out: str, config: dict[str, Any]) -> str:
     logger = get_run_logger()
     logger.info("training on %s (requested %s)", device, cfg.device)
     cfg = dataclasses.replace(cfg, device=device.type)
-    return str(train(stores, out, cfg, progress=logger))  # step, losses, ETA every 20 s
+    return str(train(stores, out, cfg, progress=logger))  # step, losses, ETA every 25 s
 
 
 @task(name="segment", cache_policy=CACHE_POLICY, **_IO)

@@ -115,7 +115,7 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
         "--share-threshold",
         type=float,
         default=0.05,
-        help="fraction of the reference pixels below which a cluster counts as unused",
+        help="report clusters whose share of the reference pixels moved by more than this fraction",
     )
     q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to predict")
     q = msub.add_parser("check", help="the label-free promotion check of an aligned bundle")
