@@ -9,6 +9,7 @@ source's CRS and transform (a plain GeoTIFF with the source's pixel grid for PNG
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -299,8 +300,13 @@ def predict_kmeans(
             _publish(
                 path,
                 out,
-                lambda target, path=path, rows=rows, width=width: write_cluster_raster(
-                    path, target, model.predict, config.bands, colours, (rows, width)
+                functools.partial(
+                    write_cluster_raster,
+                    path,
+                    predict=model.predict,
+                    bands=config.bands,
+                    colours=colours,
+                    tile=(rows, width),
                 ),
             )
         )
@@ -347,8 +353,14 @@ def random_net_baseline(
         _publish(
             path,
             out,
-            lambda target, path=path: write_cluster_raster(
-                path, target, predict, config.bands, colours, (config.tile, config.tile), config.margin
+            functools.partial(
+                write_cluster_raster,
+                path,
+                predict=predict,
+                bands=config.bands,
+                colours=colours,
+                tile=(config.tile, config.tile),
+                margin=config.margin,
             ),
         )
         for path in tqdm(paths, desc="random network", unit="raster", leave=False)

@@ -328,7 +328,7 @@ def require_published(path: str | Path) -> None:
 
 def clean_leftovers(folder: str | Path) -> list[Path]:
     """Remove temporary files of killed runs (dead PIDs on this host) from ``folder``."""
-    removed = []
+    removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed

@@ -27,6 +27,7 @@ aligned ids agree with the promoted model's on enough of the reference.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 import os
@@ -230,11 +231,11 @@ def load_state(registry: str | Path) -> RegistryState:
 def _locked_registry(func: Callable[..., Any]) -> Callable[..., Any]:
     """Run a registry change under the registry's lock (one writer at a time)."""
 
+    signature = inspect.signature(func)
+
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        registry = kwargs.get(
-            "registry", args[1] if func.__name__ == "register" else args[0] if args else None
-        )
+        registry = signature.bind(*args, **kwargs).arguments["registry"]
         with locked(Path(registry), "model registry"):
             return func(*args, **kwargs)
 

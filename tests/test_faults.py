@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TILE = "lausanne/img/1091-322_00.tif"  # 175 x 120 px RGB, EPSG:2056
 BIG = "lausanne/big_img"  # 875 x 600 px: a segment long enough to be killed midway
 TRAIN_ARGS = ["--batch-size", "4", "--k", "3", "--k-a", "6", "--half-t", "2", "--preset", "small", "--quiet"]
+FAST_SEGMENT = SegmentConfig(vectorize=False, window=64)  # few windows: seconds per segment
 TINY = {"batch_size": 4, "k": 3, "k_a": 6, "half_t": 2, "preset": "small", "seed": 0}
 
 
@@ -67,6 +68,13 @@ def store(tile: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("model") / "model"
     return train(store, out, TrainConfig(steps=2, checkpoint_every=1, **TINY), progress=False)
+
+
+@pytest.fixture(scope="module")
+def clusters(bundle: Path, tile: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A published cluster raster of the tile (read, never changed, by the tests)."""
+    (result,) = segment(bundle, [tile], tmp_path_factory.mktemp("clusters"), FAST_SEGMENT, progress=False)
+    return result.clusters
 
 
 def _mount_tmpfs(path: Path, size: str) -> None:
@@ -222,24 +230,21 @@ def test_train_out_an_existing_file_fails_before_training(store: Path, tmp_path:
     assert not list(tmp_path.glob(".notes.txt.tmp-*")) and not work_dir(target).exists()
 
 
-def test_vectorize_never_replaces_a_folder_or_a_foreign_file(
-    bundle: Path, tile: Path, tmp_path: Path, capsys
-) -> None:
-    (result,) = segment(bundle, [tile], tmp_path / "seg", SegmentConfig(vectorize=False), progress=False)
+def test_vectorize_never_replaces_a_folder_or_a_foreign_file(clusters: Path, tmp_path: Path, capsys) -> None:
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "a.txt").write_text("a\n")
-    rc, line = run_cli(capsys, "vectorize", result.clusters, "--out", folder)
+    rc, line = run_cli(capsys, "vectorize", clusters, "--out", folder)
     assert rc == 2 and str(folder) in line and (folder / "a.txt").read_text() == "a\n"
     foreign = tmp_path / "roads.gpkg"
     foreign.write_bytes(b"someone else's GeoPackage")
-    rc, line = run_cli(capsys, "vectorize", result.clusters, "--out", foreign)
+    rc, line = run_cli(capsys, "vectorize", clusters, "--out", foreign)
     assert rc == 2 and str(foreign) in line and "--overwrite" in line
     assert foreign.read_bytes() == b"someone else's GeoPackage"
     own = tmp_path / "own.gpkg"
-    assert run_cli(capsys, "vectorize", result.clusters, "--out", own)[0] == 0
-    assert run_cli(capsys, "vectorize", result.clusters, "--out", own)[0] == 0  # its own output: replaced
-    assert run_cli(capsys, "vectorize", result.clusters, "--out", foreign, "--overwrite")[0] == 0
+    assert run_cli(capsys, "vectorize", clusters, "--out", own)[0] == 0
+    assert run_cli(capsys, "vectorize", clusters, "--out", own)[0] == 0  # its own output: replaced
+    assert run_cli(capsys, "vectorize", clusters, "--out", foreign, "--overwrite")[0] == 0
     assert foreign.read_bytes()[:16] == b"SQLite format 3\x00"
 
 
@@ -315,7 +320,7 @@ def test_a_publish_that_fails_midway_is_refused_by_every_reader(
     from flows.tasks import outputs_exist
 
     out = tmp_path / "seg"
-    (result,) = segment(bundle, [tile], out, SegmentConfig(vectorize=False), progress=False)
+    (result,) = segment(bundle, [tile], out, FAST_SEGMENT, progress=False)
     names = sorted(visible(out))
     blocker = out / names[1]  # a folder appears where the second file is about to be published
     blocker.unlink()
@@ -335,7 +340,7 @@ def test_a_publish_that_fails_midway_is_refused_by_every_reader(
     assert rc == 2 and "unfinished" in line
     assert not outputs_exist({"clusters": str(result.clusters.resolve())})
     shutil.rmtree(blocker)
-    segment(bundle, [tile], out, SegmentConfig(vectorize=False), progress=False)  # the rerun replaces it
+    segment(bundle, [tile], out, FAST_SEGMENT, progress=False)  # the rerun replaces it
     require_published(result.clusters)
     assert not list(out.glob(".*.staging-*"))
 
@@ -355,7 +360,7 @@ def test_a_rerun_removes_leftovers_of_dead_runs_only(bundle: Path, tile: Path, t
     try:
         live = out / f".{tile.stem}_confidence.tiled-{holder.pid}.tif"
         live.write_bytes(b"another run is writing this")
-        segment(bundle, [tile], out, SegmentConfig(vectorize=False), progress=False)
+        segment(bundle, [tile], out, FAST_SEGMENT, progress=False)
         assert not any(p.exists() for p in leftovers) and not (out / f".{tile.stem}.staging-{dead}").exists()
         assert live.read_bytes() == b"another run is writing this"
     finally:
@@ -425,16 +430,15 @@ def test_train_refuses_before_training_when_the_disk_is_too_small(store: Path, s
 
 @pytest.mark.parametrize("stage", ["ingest", "train", "segment", "vectorize", "evaluate", "baseline"])
 def test_a_read_only_output_folder_is_one_line_before_work(
-    stage: str, store: Path, bundle: Path, tile: Path, read_only_dir: Path, tmp_path: Path, capsys
+    stage: str, store: Path, bundle: Path, tile: Path, clusters: Path, read_only_dir: Path, capsys
 ) -> None:
-    (result,) = segment(bundle, [tile], tmp_path / "seg", SegmentConfig(vectorize=False), progress=False)
     out = read_only_dir / "out"
     args = {
         "ingest": ["ingest", tile, "--out", out, "--patch-size", "32"],
         "train": ["train", store, "--out", out, "--steps", "2", *TRAIN_ARGS],
         "segment": ["segment", bundle, tile, "--out", out, "--quiet"],
-        "vectorize": ["vectorize", result.clusters, "--out", read_only_dir / "v.gpkg"],
-        "evaluate": ["evaluate", result.clusters, "--labels", result.clusters, "--out", out],
+        "vectorize": ["vectorize", clusters, "--out", read_only_dir / "v.gpkg"],
+        "evaluate": ["evaluate", clusters, "--labels", clusters, "--out", out],
         "baseline": ["baseline", "kmeans", tile, "--k", "3", "--out", out],
     }[stage]
     rc, line = run_cli(capsys, *args)
@@ -520,7 +524,7 @@ def test_nan_and_inf_are_nodata_in_ingest_training_and_segment(nan_raster: Path,
     assert np.allclose(patches.meta.band_mean, expected, rtol=1e-4)  # statistics of the finite pixels
     assert all(np.isfinite(patches.meta.band_std))
     model = train(out, tmp_path / "model", TrainConfig(steps=2, checkpoint_every=1, **TINY), progress=False)
-    (result,) = segment(model, [nan_raster], tmp_path / "seg", SegmentConfig(vectorize=False), progress=False)
+    (result,) = segment(model, [nan_raster], tmp_path / "seg", FAST_SEGMENT, progress=False)
     with rasterio.open(result.clusters) as src:
         ids = src.read(1)
     assert np.array_equal(ids == 255, ~finite)
