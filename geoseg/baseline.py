@@ -219,7 +219,8 @@ def _prepare(
 
 def _output_names(source: Path, out_dir: Path) -> list[Path]:
     raster = cluster_output_path(source, out_dir)
-    return [raster, raster.with_suffix(".png"), raster.with_suffix(".qml")]
+    item = out_dir / f"{source.stem}{outputs.PREDICTION}.json"  # written by the superpixel baseline
+    return [raster, outputs.preview_path(raster), outputs.style_path(raster), item]
 
 
 def _publish(source: Path, out_dir: Path, write: Callable[[Path], Path]) -> Path:

@@ -425,12 +425,13 @@ def _add_superpixels(methods: argparse._SubParsersAction) -> None:
     m.add_argument("src", nargs="+", type=Path, help="GeoTIFF/PNG/JPEG sources")
     m.add_argument("--k", type=int, required=True, help="number of clusters")
     m.add_argument("--out", required=True, type=Path, help="folder for <stem>_clusters.tif + the model")
-    m.add_argument("--size", type=int, default=d.size, help=f"superpixel side in pixels (default {d.size})")
+    m.add_argument("--size", type=int, default=d.size, help="superpixel side in pixels")
     m.add_argument("--compactness", type=float, default=d.compactness, help="SLIC colour/space trade-off")
     m.add_argument("--bands", type=int, default=None, help="use the first N bands (alpha excluded)")
     m.add_argument("--block", type=int, default=d.block, help="block side in pixels (memory bound)")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--seed", type=int, default=0, help="random seed")
     m.add_argument("--fit-on", nargs="+", type=Path, default=None, help="fit on these (default: SRC)")
+    _add_overwrite(m, "existing files in --out that an earlier baseline run did not write")
     m.set_defaults(run=_run_superpixels)
     a = methods.add_parser(
         "superpixels-apply", help="apply a fitted superpixel model (superpixel_model.json) to rasters"
@@ -438,6 +439,7 @@ def _add_superpixels(methods: argparse._SubParsersAction) -> None:
     a.add_argument("model", type=Path, help="superpixel_model.json (or the folder holding it)")
     a.add_argument("src", nargs="+", type=Path, help="rasters with the model's band count")
     a.add_argument("--out", required=True, type=Path, help="folder for <stem>_clusters.tif")
+    _add_overwrite(a, "existing files in --out that an earlier baseline run did not write")
     a.set_defaults(run=_run_superpixels_apply)
 
 
@@ -453,7 +455,7 @@ def _run_superpixels(args: argparse.Namespace) -> int:
         compactness=args.compactness,
         block=args.block,
     )
-    for path in superpixel_baseline(args.src, args.out, config, fit_on=args.fit_on):
+    for path in superpixel_baseline(args.src, args.out, config, fit_on=args.fit_on, overwrite=args.overwrite):
         print(path)
     print(args.out / MODEL_NAME)
     return 0
@@ -462,7 +464,7 @@ def _run_superpixels(args: argparse.Namespace) -> int:
 def _run_superpixels_apply(args: argparse.Namespace) -> int:
     from geoseg.superpixels import apply_superpixels
 
-    for path in apply_superpixels(args.model, args.src, args.out):
+    for path in apply_superpixels(args.model, args.src, args.out, overwrite=args.overwrite):
         print(path)
     return 0
 

@@ -43,12 +43,13 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from geoseg import outputs
 from geoseg.baseline import (
     NODATA,
     _colours,
     _companions,
     _prepare,
-    cluster_output_path,
+    _publish,
     sample_pixels,
     source_bands,
 )
@@ -489,19 +490,20 @@ def _stac_item(clusters: Path, source: Path, model_path: Path, k: int) -> Path:
     """The prediction's STAC item (as segment writes), linked ``via`` the superpixel model JSON."""
     import pystac
 
+    from geoseg.bundle import Cluster
     from geoseg.stac import prediction_item
 
-    stem = clusters.name.removesuffix("_clusters.tif")
     assets = {
-        "clusters_qml": (clusters.with_suffix(".qml"), "application/xml", ["style"]),
-        "preview_png": (clusters.with_suffix(".png"), "image/png", ["overview"]),
+        "clusters_qml": (outputs.style_path(clusters), "application/xml", ["style"]),
+        "preview_png": (outputs.preview_path(clusters), "image/png", ["overview"]),
     }
-    item = prediction_item(clusters, source, model_path.parent, [(i, None) for i in range(k)], assets)
+    classes = [Cluster(id=i, colour=c) for i, c in enumerate(_colours(k))]  # unnamed: "cluster N"
+    item = prediction_item(clusters, source, model_path.parent, classes, assets)
     item.links = [link for link in item.links if link.rel != "via"]
     href = str(model_path.resolve())
     item.add_link(pystac.Link("via", href, media_type="application/json", title="superpixel model"))
     item.properties["geoseg:method"] = "superpixels"
-    target = clusters.with_name(f"{stem}_prediction.json")
+    target = clusters.with_name(f"{outputs.output_stem(clusters)}{outputs.PREDICTION}.json")
     item.set_self_href(str(target.resolve()))
     item.make_asset_hrefs_relative()
     write_json_atomic(target, item.to_dict(include_self_link=False))
@@ -511,9 +513,14 @@ def _stac_item(clusters: Path, source: Path, model_path: Path, k: int) -> Path:
 def _write_all(
     model: SuperpixelModel, segmented: Sequence[SegmentedRaster], out: Path, model_path: Path
 ) -> list[Path]:
+    """One published output set per raster (geoseg.fileio.output_set, as the other baselines)."""
     colours = _colours(model.k)
     return [
-        _paint(s, model.predict(s.features), cluster_output_path(s.source, out), colours, model_path)
+        _publish(
+            s.source,
+            out,
+            lambda target, s=s: _paint(s, model.predict(s.features), target, colours, model_path),
+        )
         for s in segmented
     ]
 
@@ -558,6 +565,7 @@ def superpixel_baseline(
     config: SuperpixelConfig | None = None,
     fit_on: Sequence[str | Path] | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Fit on ``fit_on`` (default: the sources), write a cluster raster per source and the model.
 
@@ -565,7 +573,7 @@ def superpixel_baseline(
     Every check (files, bands, size, nodata, k) runs before the first superpixel.
     """
     config = (config or SuperpixelConfig()).validate()
-    paths, out = _prepare(sources, out_dir)
+    paths, out = _prepare(sources, out_dir, overwrite)
     fit_paths = [Path(p) for p in fit_on] if fit_on else list(paths)
     for path in fit_paths:
         if not path.is_file():
@@ -593,13 +601,17 @@ def superpixel_baseline(
 
 
 def apply_superpixels(
-    model_path: str | Path, sources: Sequence[str | Path], out_dir: str | Path, progress: bool = False
+    model_path: str | Path,
+    sources: Sequence[str | Path],
+    out_dir: str | Path,
+    progress: bool = False,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Apply a saved superpixel model to other rasters (same bands): cluster rasters as the fit wrote."""
     model = load_model(model_path)
     model_file = Path(model_path) / MODEL_NAME if Path(model_path).is_dir() else Path(model_path)
     config = model.config()
-    paths, out = _prepare(sources, out_dir)
+    paths, out = _prepare(sources, out_dir, overwrite)
     check_sources(paths, config, model.space.bands)
     segmented: list[SegmentedRaster] = []
     try:

@@ -48,7 +48,7 @@ from geoseg.bundle import CLUSTERS_TAG, clusters_from_tag, default_clusters
 from geoseg.errors import ConfigError, InputError
 from geoseg.fileio import atomic_path, claim_file, require_published, write_text_atomic
 from geoseg.outputs import polygons_path, style_path
-from geoseg.style import StyleClass, categorized_vector_style, embed_layer_style
+from geoseg.style import LAYER_STYLES, StyleClass, categorized_vector_style, embed_layer_style
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,13 @@ class BlockPolygons:
 
 
 def is_own_gpkg(path: Path) -> bool:
-    """Whether ``path`` is a GeoPackage this module wrote: one layer named after the file, our fields."""
+    """Whether ``path`` is a GeoPackage this module wrote: one layer named after the file, our
+    fields (beside QGIS's ``layer_styles`` table, which holds the layer's style)."""
     if not path.is_file():
         return False
     try:
-        layers = pyogrio.list_layers(path)
-        if [str(name) for name, _ in layers] != [path.stem]:
+        layers = [str(name) for name, _ in pyogrio.list_layers(path) if str(name) != LAYER_STYLES]
+        if layers != [path.stem]:
             return False
         fields = pyogrio.read_info(path, layer=path.stem)["fields"]
     except Exception:

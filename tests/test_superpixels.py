@@ -17,7 +17,7 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-from geoseg import metrics
+from geoseg import metrics, outputs
 from geoseg.cli import main
 from geoseg.cog import validate_cog
 from geoseg.config import SuperpixelConfig
@@ -140,13 +140,15 @@ def test_ids_are_shared_across_rasters_and_outputs_are_complete(tmp_path: Path) 
         assert ds.nodata == 255 and ds.crs == CRS.from_epsg(2056) and ds.transform == TRANSFORM
         assert ds.colormap(1)[0] != ds.colormap(1)[1]
     assert 'type="paletted"' in out_a.with_suffix(".qml").read_text()
-    assert out_a.with_suffix(".png").is_file()
+    assert outputs.preview_path(out_a).is_file()
     item_path = tmp_path / "out" / "a_prediction.json"
     validate_dict(json.loads(item_path.read_text()), extensions=[])  # core schema (offline)
     item = pystac.Item.from_file(str(item_path))
     links = {link.rel: Path(link.get_absolute_href()) for link in item.links}
     assert links["via"] == (tmp_path / "out" / MODEL_NAME).resolve() and links["derived_from"] == a.resolve()
-    assert not list((tmp_path / "out").glob(".*"))  # no temporary label rasters left behind
+    # no temporary label rasters or staging folders left behind: only the two sets' manifests
+    hidden = sorted(p.name for p in (tmp_path / "out").glob(".*"))
+    assert hidden == [".a.geoseg-baseline.json", ".b.geoseg-baseline.json"]
 
 
 def test_apply_reproduces_the_fit_and_scores_new_rasters(shared_data: Path, tmp_path: Path) -> None:
