@@ -583,7 +583,9 @@ def generate_colour_object(
         images.append(image_path)
         labels_paths.append(label_path)
         if i < 8:
-            previews.append(np.concatenate([image.transpose(1, 2, 0), colourize(labels, COLOUR_OBJECT.colours)]))
+            previews.append(
+                np.concatenate([image.transpose(1, 2, 0), colourize(labels, COLOUR_OBJECT.colours)])
+            )
     classes = out / f"{name}_classes.json"
     write_json_atomic(
         classes,

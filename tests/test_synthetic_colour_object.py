@@ -3,6 +3,7 @@ it (colour varies strongly inside the sky class; each fruit kind keeps its colou
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ def test_shapes_dtypes_and_every_class_present() -> None:
 def test_same_seed_same_images_other_seed_other_images() -> None:
     a, la = _stack(seed=5, count=4)
     b, lb = _stack(seed=5, count=4)
-    c, lc = _stack(seed=6, count=4)
+    _c, lc = _stack(seed=6, count=4)
     assert np.array_equal(a, b) and np.array_equal(la, lb)
     assert not np.array_equal(la, lc)
     assert not np.array_equal(la[0], la[1])  # fruits move from image to image
@@ -66,5 +67,5 @@ def test_written_files_are_georeferenced_pairs_read_by_the_dataset(tmp_path: Pat
             assert lab.nodata == 255
             bounds.append(src.bounds)
         assert np.array_equal(read_label(label_path, get_dataset("colour-object")), labels)
-    assert all(a.right < b.left for a, b in zip(bounds, bounds[1:]))  # never overlapping
+    assert all(a.right < b.left for a, b in itertools.pairwise(bounds))  # never overlapping
     assert COLOUR_OBJECT.num_classes == 4
