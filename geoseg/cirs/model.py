@@ -75,15 +75,19 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int, k: int, width: float) -> None:
         super().__init__()
         w0, w1, w2 = (max(8, int(c * width)) for c in (64, 128, 256))
-        self.enc0, self.enc1, self.mid = _block(in_channels, w0), _block(w0, w1), _block(w1, w2)
+        # registration order is data-flow order, pools as modules: geoseg.segment reads the
+        # pooling factor and the receptive radius off the trunk's modules
+        self.enc0, self.pool0 = _block(in_channels, w0), nn.MaxPool2d(2)
+        self.enc1, self.pool1 = _block(w0, w1), nn.MaxPool2d(2)
+        self.mid = _block(w1, w2)
         self.up1, self.dec1 = nn.ConvTranspose2d(w2, w1, 2, stride=2), _block(2 * w1, w1)
         self.up0, self.dec0 = nn.ConvTranspose2d(w1, w0, 2, stride=2), _block(2 * w0, w0)
         self.out = nn.Conv2d(w0, k, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e0 = self.enc0(x)
-        e1 = self.enc1(F.max_pool2d(e0, 2))
-        m = self.mid(F.max_pool2d(e1, 2))
+        e1 = self.enc1(self.pool0(e0))
+        m = self.mid(self.pool1(e1))
         d1 = self.dec1(torch.cat([self.up1(m), e1], 1))
         d0 = self.dec0(torch.cat([self.up0(d1), e0], 1))
         return self.out(d0)
@@ -111,14 +115,15 @@ class SegmentEncoder(nn.Module):
 
 
 class CIRSNet(NormalisedNet):
-    """``heads="b"``/``"a"``: S's softmax; :meth:`represent` applies g to every segment."""
+    """``heads="b"``/``"a"``: S's softmax; :meth:`represent` applies g to every segment.
+    S is the ``trunk`` (the name the shared inference code reads)."""
 
     def __init__(self, arch: CIRSArchitecture) -> None:
         super().__init__(arch.in_channels)
         if arch.preset not in PRESET_WIDTH:
             raise ConfigError(f"unknown preset {arch.preset!r}; known: {sorted(PRESET_WIDTH)}")
         self.arch = arch
-        self.segmenter = UNet(arch.in_channels, arch.k_b, arch.width)
+        self.trunk = UNet(arch.in_channels, arch.k_b, arch.width)
         self.g = SegmentEncoder(arch.in_channels, arch.k_b, arch.g_dim, arch.width)
         init_weights(self)
 
@@ -131,7 +136,7 @@ class CIRSNet(NormalisedNet):
         pad_h, pad_w = -h % 4, -w % 4
         if pad_h or pad_w:
             z = F.pad(z, (0, pad_w, 0, pad_h), mode="replicate")
-        return self.segmenter(z)[..., :h, :w]
+        return self.trunk(z)[..., :h, :w]
 
     def represent(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """g of every segment: raw x (N, C, H, W), masks (N, K, H, W) -> (N, K, D)."""
@@ -150,7 +155,7 @@ class CIRSNet(NormalisedNet):
         inverse = torch.empty(len(perm), dtype=torch.long)
         inverse[torch.as_tensor(list(perm))] = torch.arange(len(perm))
         with torch.no_grad():
-            out = self.segmenter.out
+            out = self.trunk.out
             out.weight.copy_(out.weight[inverse.to(out.weight.device)])
             assert out.bias is not None
             out.bias.copy_(out.bias[inverse.to(out.bias.device)])
