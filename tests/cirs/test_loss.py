@@ -103,3 +103,26 @@ def test_segmenter_gives_distributions_at_the_input_size_and_permutes() -> None:
     assert torch.allclose(after[:, [1, 2, 0]], probs, atol=1e-6)
     assert torch.allclose(feats.norm(dim=-1), torch.ones(2, 3), atol=1e-5)
     assert torch.allclose(feats_after[:, [1, 2, 0]], feats, atol=1e-5)  # g follows its segment ids
+
+
+def test_turns_train_only_their_subnetwork() -> None:
+    from geoseg.config import TrainConfig
+    from geoseg.iic.loss import Reduce
+    from geoseg.iic.transforms import PairedTransform
+    from geoseg.methods.cirs import CIRS
+
+    config = TrainConfig(method="cirs", k=3, g_steps=2, s_steps=1, g_dim=8)
+    net = CIRS.build_network(config, 3)
+    x = torch.rand(4, 3, 32, 32) * 255
+    valid = torch.ones(4, 32, 32, dtype=torch.bool)
+    transform = PairedTransform(rgb=(0, 1, 2))
+    reduce: Reduce = lambda t: t  # noqa: E731
+    for step, trained, frozen in ((0, net.g, net.trunk), (2, net.trunk, net.g)):
+        net.zero_grad(set_to_none=True)
+        out = CIRS.training_step(
+            net, x, valid, transform, torch.Generator().manual_seed(step), config, step, reduce
+        )
+        out.total.backward()
+        assert all(p.grad is None for p in frozen.parameters())
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.parameters())
+        assert all(p.requires_grad for p in net.parameters())  # g is trainable again after S's turn
