@@ -17,6 +17,7 @@ the reports of every run under --work.
     python bench/quality.py --methods k-means,iic,picie --datasets dubai --protocols honest
     python bench/quality.py --methods picie --datasets dubai-val   # choose settings: tiles 1-3 -> 4
     python bench/quality.py --datasets isprs --seeds 0
+    python bench/quality.py --methods k-means,iic,picie,lgmi,cirs --datasets colour-object --iic-patch 64
 
 Learned methods (``iic``, ``picie``: geoseg.methods) run the user's pipeline per seed:
 ingest the fit images (``--iic-patch``, ``--iic-scale``, shared by every learned method),
@@ -48,6 +49,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from geoseg.baseline import fit_kmeans, predict_kmeans, random_net_baseline
 from geoseg.config import BaselineConfig, EvaluateConfig
 from geoseg.datasets import ISPRS_IDS, get_dataset, read_label
+from geoseg.errors import TrainingError
 from geoseg.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +58,7 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "## Quality (`bench/quality.py`)"
 IIC_SECTION = "## Quality of IIC (`bench/quality.py --with-iic`)"
 LEARNED_SECTION = "## Quality of the learned methods (`bench/quality.py --methods ...,iic,picie`)"
+COLOUR_OBJECT_SECTION = "## Colour versus object (`bench/quality.py --datasets colour-object`)"
 NOTE = (
     "Reading the table: 1-to-1 matching with k = number of classes punishes a model that splits a "
     "dominant class: every extra cluster inside it counts as an error. LoveDA tile 0 is 79% one class "
@@ -136,6 +139,40 @@ def _halves(
         Image.fromarray(np.ascontiguousarray(raw[rows])).save(lab_path)
         out.append([(img_path, lab_path)])
     return out[0], out[1]
+
+
+COLOUR_OBJECT_COUNT = 120  # images of the generated colour-versus-object scene (--colour-object-count)
+
+
+def colour_object_splits(work: Path, count: int = COLOUR_OBJECT_COUNT) -> list[Split]:
+    """The colour-versus-object scene (geoseg.synthetic.generate_colour_object, seed 0):
+    the first two thirds fit, the last third is scored; ``colour-object-val`` splits the
+    fitting images again (first three quarters fit, last quarter scored) to choose settings."""
+    from geoseg.synthetic import generate_colour_object
+
+    files = generate_colour_object(work / "colour-object", count=count, seed=0)
+    pairs = list(zip(files.images, files.labels, strict=True))
+    cut = 2 * count // 3
+    fit, score = pairs[:cut], pairs[cut:]
+    val_cut = 3 * cut // 4
+    return [
+        Split(
+            "colour-object",
+            "colour-object",
+            4,
+            fit,
+            score,
+            f"{count} 64x64 images: fit {cut}, score {count - cut}",
+        ),
+        Split(
+            "colour-object-val",
+            "colour-object",
+            4,
+            fit[:val_cut],
+            fit[val_cut:],
+            f"validation: fit {val_cut} of the fitting images, score the other {cut - val_cut}",
+        ),
+    ]
 
 
 def isprs_splits(data: Path, work: Path) -> list[Split]:
@@ -235,6 +272,9 @@ def run_superpixels(
 IIC_TRAINING: dict = {"steps": 500, "preset": "small"}  # set from the command line
 IIC_INGEST: dict = {"patch_size": 128, "scale": 1.0}  # shared by every learned method
 PICIE_TRAINING: dict = {"steps": 500, "preset": "small"}  # set from the command line
+LGMI_TRAINING: dict = {"steps": 500, "preset": "small"}  # set from the command line
+CIRS_TRAINING: dict = {"steps": 500, "preset": "small"}  # set from the command line
+_TRAINING = {"lgmi": LGMI_TRAINING, "cirs": CIRS_TRAINING}
 
 
 def _learned(method: str) -> Callable[[Split, list[Path], list[Path], int, Path], list[Path]]:
@@ -252,7 +292,7 @@ def _learned(method: str) -> Callable[[Split, list[Path], list[Path], int, Path]
         if method == "iic":
             config = TrainConfig(k=split.k, k_a=split.k * 4, seed=seed, **IIC_TRAINING)
         else:
-            config = TrainConfig(method=method, k=split.k, seed=seed, **PICIE_TRAINING)
+            config = TrainConfig(method=method, k=split.k, seed=seed, **_TRAINING.get(method, PICIE_TRAINING))
         bundle = train(store, out / "model", config, progress=False)
         written = {}
         for files, folder in _by_folder(sources, out / "pred"):
@@ -271,8 +311,10 @@ METHODS: dict[str, Callable[[Split, list[Path], list[Path], int, Path], list[Pat
     "superpixels": run_superpixels,
     "IIC": run_iic,
     "PiCIE": _learned("picie"),
+    "LGMI": _learned("lgmi"),
+    "CIRS": _learned("cirs"),
 }
-LEARNED = ("IIC", "PiCIE")  # the methods that train a network (geoseg.methods)
+LEARNED = ("IIC", "PiCIE", "LGMI", "CIRS")  # the methods that train a network (geoseg.methods)
 # command-line spellings: --methods iic,picie,k-means,random-net
 _ALIASES = {name.lower().replace(" ", "-"): name for name in METHODS} | {"kmeans": "k-means"}
 
@@ -428,6 +470,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--picie-trunk", choices=("iic", "resnet18-fpn"), default="iic")
     parser.add_argument("--picie-k2", type=int, default=100, help="PiCIE over-clustering K2")
     parser.add_argument("--picie-preset", choices=("small", "iic"), default="small")
+    parser.add_argument("--lgmi-steps", type=int, default=500, help="LGMI training steps per run")
+    parser.add_argument("--lgmi-lr", type=float, default=1e-4)
+    parser.add_argument("--lgmi-batch-size", type=int, default=16)
+    parser.add_argument("--cirs-steps", type=int, default=500, help="CIRS training steps per run")
+    parser.add_argument("--cirs-lr", type=float, default=1e-3, help="CIRS learning rate (its source: 1e-3)")
+    parser.add_argument("--cirs-batch-size", type=int, default=16)
+    parser.add_argument("--cirs-g-steps", type=int, default=100, help="CIRS g mini-batches per turn")
+    parser.add_argument("--cirs-s-steps", type=int, default=5, help="CIRS S mini-batches per turn")
+    parser.add_argument("--colour-object-count", type=int, default=COLOUR_OBJECT_COUNT)
     parser.add_argument("--work", type=Path, default=None, help="keep predictions and reports here")
     parser.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -443,7 +494,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits += isprs_splits(args.data, work / "crops")
     if "loveda" in args.datasets:
         splits.append(loveda_split(args.data, work / "crops"))
+    if "colour-object" in args.datasets or "colour-object-val" in args.datasets:
+        cvo = colour_object_splits(work, args.colour_object_count)
+        splits += [s for s in cvo if s.name in args.datasets]
     methods = list(dict.fromkeys([*parse_methods(args.methods), *(["IIC"] if args.with_iic else [])]))
+    LGMI_TRAINING.update(
+        steps=args.lgmi_steps, preset=args.iic_preset, batch_size=args.lgmi_batch_size, lr=args.lgmi_lr
+    )
+    CIRS_TRAINING.update(
+        steps=args.cirs_steps,
+        preset=args.iic_preset,
+        batch_size=args.cirs_batch_size,
+        lr=args.cirs_lr,
+        g_steps=args.cirs_g_steps,
+        s_steps=args.cirs_s_steps,
+    )
     IIC_TRAINING.update(
         steps=args.iic_steps, preset=args.iic_preset, batch_size=args.iic_batch_size, lr=args.iic_lr
     )
@@ -459,12 +524,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: dict = {}
     timings: dict[str, float] = {}
+    failures: list[str] = []
     for split in splits:
         for method in methods:
             start = time.perf_counter()
             for protocol in args.protocols:
                 for seed in args.seeds:
-                    report = run_case(split, method, protocol, seed, work)
+                    try:
+                        report = run_case(split, method, protocol, seed, work)
+                    except TrainingError as exc:  # a collapse is a result: recorded, the run goes on
+                        failures.append(f"{split.name} {method} {protocol} seed {seed}: {exc}")
+                        print(failures[-1], flush=True)
+                        continue
                     results[(split.name, method, protocol, seed)] = report
                     print(
                         f"{split.name:8s} {method:10s} {protocol:12s} seed {seed}: acc {report['accuracy']:.4f} mIoU {report['miou']:.4f}",
@@ -495,12 +566,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         *NOTE,
         "",
+        *(["Runs that stopped (not in the table):", *[f"- {f}" for f in failures], ""] if failures else []),
         f"Wall time per data set and method ({' and '.join(args.protocols)}, all seeds): "
         + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
         + ".",
     ]
     if "PiCIE" in methods:
         lines += ["", f"PiCIE: TrainConfig(method='picie', k = classes, {PICIE_TRAINING}), ingest as IIC's."]
+    if "LGMI" in methods:
+        lines += ["", f"LGMI: TrainConfig(method='lgmi', k = classes, {LGMI_TRAINING}), ingest as IIC's."]
+    if "CIRS" in methods:
+        lines += ["", f"CIRS: TrainConfig(method='cirs', k = classes, {CIRS_TRAINING}), ingest as IIC's."]
     if "IIC" in methods:
         lines += [
             "",
@@ -520,6 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # baseline table, so that neither run overwrites the other.
         learned = [m for m in methods if m in LEARNED]
         section = SECTION if not learned else IIC_SECTION if learned == ["IIC"] else LEARNED_SECTION
+        if all(s.dataset == "colour-object" for s in splits):  # its own section: the others stay
+            section = COLOUR_OBJECT_SECTION
         write_section(lines, section=section)
     return 0
 

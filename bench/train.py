@@ -1,6 +1,6 @@
 """Training speed of geoseg's methods: pairs/s against the device's FLOP-based limit.
 
-    python bench/train.py [--methods iic,picie] [--settings small,potsdam] [--device cpu|cuda]
+    python bench/train.py [--methods iic,picie,lgmi,cirs] [--settings small,potsdam] [--device cpu|cuda]
                           [--steps N] [--potsdam-batch B] [--json OUT]
 
 Every method is timed on the same setting, batch and images, one after the other in the
@@ -224,6 +224,10 @@ def time_method(s: Setting, device: torch.device, steps: int, config: TrainConfi
     head = f"{config.method:5s} {s.name:8s} {s.preset:5s} {s.bands}b {s.size}px batch {s.batch:3d}: {pairs:8.2f} pairs/s"
     if config.method != "iic":
         net = 3 * 2 * network_forward_flops(model, s.bands, s.size)
+        if config.method != "picie":  # LGMI, CIRS: no K2 or trunk setting to report
+            row["gflop_per_pair_network"] = net / 1e9
+            print(f"{head} | network {net / 1e9:.2f} GFLOP/pair")
+            return row
         row.update({"k2": config.k2, "trunk": config.trunk, "gflop_per_pair_network": net / 1e9})
         print(f"{head} | network {net / 1e9:.2f} GFLOP/pair (K2 {config.k2}, trunk {config.trunk})")
         return row

@@ -89,6 +89,14 @@ class ModelMeta:
         """The method's architecture (in_channels, k_b, k_a, subheads, preset, ...)."""
         if self.method == "iic":
             return Architecture.from_dict(self.architecture)
+        if self.method == "lgmi":
+            from geoseg.lgmi.model import LGMIArchitecture
+
+            return LGMIArchitecture.from_dict(self.architecture)
+        if self.method == "cirs":
+            from geoseg.cirs.model import CIRSArchitecture
+
+            return CIRSArchitecture.from_dict(self.architecture)
         from geoseg.picie.model import PiCIEArchitecture
 
         return PiCIEArchitecture.from_dict(self.architecture)

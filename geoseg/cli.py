@@ -258,6 +258,33 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"mini-batch k-means iterations per step (PiCIE default {d.kmeans_iters})",
     )
+    lgmi = p.add_argument_group("LGMI settings")
+    lgmi.add_argument(
+        "--local-dim",
+        type=int,
+        default=None,
+        help=f"local/global feature dimension P (LGMI default {d.local_dim})",
+    )
+    lgmi.add_argument("--tau", type=float, default=None, help="assignment sharpness (LGMI default 1/sqrt(P))")
+    cirs = p.add_argument_group("CIRS settings")
+    cirs.add_argument(
+        "--a1", type=float, default=None, help=f"within-cluster variance weight (CIRS default {d.a1})"
+    )
+    cirs.add_argument(
+        "--a2", type=float, default=None, help=f"between-cluster variance weight (CIRS default {d.a2})"
+    )
+    cirs.add_argument(
+        "--g-steps", type=int, default=None, help=f"g mini-batches per turn (CIRS default {d.g_steps})"
+    )
+    cirs.add_argument(
+        "--s-steps",
+        type=int,
+        default=None,
+        help=f"segmenter mini-batches per turn (CIRS default {d.s_steps})",
+    )
+    cirs.add_argument(
+        "--g-dim", type=int, default=None, help=f"g's representation size (CIRS default {d.g_dim})"
+    )
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="patch pairs per step")
     p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps")

@@ -60,10 +60,12 @@ class IngestConfig:
 
 # The training methods (geoseg.methods) and the TrainConfig fields each one alone reads.
 # A field of another method that is set away from its default is refused by name.
-METHODS = ("iic", "picie")
+METHODS = ("iic", "picie", "lgmi", "cirs")
 METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
     "iic": ("k_a", "subheads", "lamb_a", "lamb_b", "half_t", "head_schedule"),
     "picie": ("trunk", "k2", "kmeans_iters", "kmeans_batch", "embed_dim"),
+    "lgmi": ("local_dim", "tau"),
+    "cirs": ("a1", "a2", "g_steps", "s_steps", "g_dim"),
 }
 
 
@@ -100,6 +102,15 @@ class TrainConfig:
     kmeans_iters: int = 5  # mini-batch k-means iterations per round (warm-started)
     kmeans_batch: int = 8192  # pixel embeddings per k-means mini-batch
     embed_dim: int = 128  # FPN fusion dimension
+    # LGMI
+    local_dim: int = 64  # P, dimension of the local and global features
+    tau: float | None = None  # assignment sharpness; None: 1/sqrt(local_dim) (Harb 2019, 5.4)
+    # CIRS
+    a1: float = 1.0  # weight of the within-cluster variance of g
+    a2: float = 1.0  # weight of the variance of the K cluster means of g
+    g_steps: int = 100  # the imbalanced schedule: g trained g_steps mini-batches ...
+    s_steps: int = 5  # ... for every s_steps of the segmenter S (Bishop 2020, 7.4)
+    g_dim: int = 32  # dimension of g's segment representation
 
     def validate(self) -> TrainConfig:
         _require(
@@ -117,6 +128,13 @@ class TrainConfig:
         _require(self.kmeans_iters >= 1, "kmeans_iters must be >= 1")
         _require(self.kmeans_batch >= 16, "kmeans_batch must be >= 16")
         _require(8 <= self.embed_dim <= 1024, f"embed_dim must be in [8, 1024], got {self.embed_dim}")
+        _require(8 <= self.local_dim <= 4096, f"local_dim must be in [8, 4096], got {self.local_dim}")
+        _require(self.tau is None or self.tau > 0, f"tau must be > 0, got {self.tau}")
+        _require(self.a1 >= 0 and self.a2 > 0, f"need a1 >= 0 and a2 > 0, got {self.a1}, {self.a2}")
+        _require(self.g_steps >= 0 and self.s_steps >= 1, "need g_steps >= 0 and s_steps >= 1")
+        _require(4 <= self.g_dim <= 1024, f"g_dim must be in [4, 1024], got {self.g_dim}")
+        if self.method == "lgmi":
+            _require(self.batch_size >= 2, "method 'lgmi' needs batch_size >= 2 (pairs across images)")
         _require(2 <= self.k <= 254, f"k must be in [2, 254], got {self.k}")
         _require(2 <= self.k_a <= 254, f"k_a must be in [2, 254], got {self.k_a}")
         _require(self.subheads >= 1, "subheads must be >= 1")

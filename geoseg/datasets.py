@@ -199,8 +199,16 @@ SYNTHETIC = LabelDataset(
     id_map={raw: raw for raw in range(6)},
 )
 
+COLOUR_OBJECT = LabelDataset(
+    name="colour-object",
+    classes=("sky", "lemon", "apple", "blueberry"),
+    colours=((135, 190, 240), (245, 215, 40), (200, 30, 40), (50, 40, 120)),
+    source="geoseg.synthetic.generate_colour_object: class-id GeoTIFFs, 0..3 = sky..blueberry, 255 = nodata",
+    id_map={raw: raw for raw in range(4)},
+)
+
 DATASETS: dict[str, LabelDataset] = {
-    d.name: d for d in (ISPRS_RGB, ISPRS_IDS, POTSDAM3, DUBAI, LOVEDA, SYNTHETIC)
+    d.name: d for d in (ISPRS_RGB, ISPRS_IDS, POTSDAM3, DUBAI, LOVEDA, SYNTHETIC, COLOUR_OBJECT)
 }
 
 

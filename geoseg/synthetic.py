@@ -13,6 +13,13 @@ its class, as in the ISPRS ground truth.
 
 Everything is a pure function of ``seed`` and the size: the same call writes the same
 pixels.
+
+A second family, :func:`generate_colour_object`, is the colour-versus-object scene of
+Bishop (2020, CIRS, section 5.1.1): many small images of one sky (a strong vertical
+gradient from deep blue to near white, with cloud texture) occluded by fruits of three
+kinds (lemon, apple, blueberry), each rotated and placed at random. Colour varies more
+inside the sky class than between some classes, so raw-pixel clustering splits the sky
+and merges fruits; a method that finds objects should not.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from shapely.geometry import LineString, Point, Polygon, box
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
-from geoseg.datasets import IGNORE, SYNTHETIC
+from geoseg.datasets import COLOUR_OBJECT, IGNORE, SYNTHETIC
 from geoseg.errors import ConfigError
 from geoseg.fileio import atomic_path, write_json_atomic
 from geoseg.preview import colourize, save_png
@@ -455,9 +462,9 @@ def _profile(crs: CRS, transform: Affine, size: int, count: int) -> dict:
         "dtype": "uint8",
         "crs": crs,
         "transform": transform,
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
+        # small images (the colour-object scene) are one strip: a 256 tile would be mostly padding
+        "tiled": size >= 256,
+        **({"blockxsize": 256, "blockysize": 256} if size >= 256 else {}),
         "compress": "deflate",
     }
 
@@ -474,10 +481,125 @@ def _write_image(path: Path, image: np.ndarray, crs: CRS, transform: Affine, nam
         dst.write(image)
 
 
-def _write_labels(path: Path, labels: np.ndarray, crs: CRS, transform: Affine) -> None:
+def _write_labels(
+    path: Path,
+    labels: np.ndarray,
+    crs: CRS,
+    transform: Affine,
+    colours: tuple[tuple[int, int, int], ...] = SYNTHETIC.colours,
+) -> None:
     profile = _profile(crs, transform, labels.shape[-1], 1)
     profile["nodata"] = IGNORE
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(SYNTHETIC.colours)})
+        dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(colours)})
         dst.set_band_description(1, "class")
         dst.write(labels, 1)
+
+
+# --- the colour-versus-object scene --------------------------------------------------------
+
+SKY, LEMON, APPLE, BLUEBERRY = range(4)
+# (base RGB, semi-axes as fractions of the image side (long, short)) per fruit kind
+_FRUITS = {
+    LEMON: ((236, 204, 48), (0.16, 0.11)),
+    APPLE: ((186, 32, 38), (0.13, 0.125)),
+    BLUEBERRY: ((58, 52, 122), (0.065, 0.06)),
+}
+_SKY_TOP = np.array((28, 70, 170), np.float32)  # deep blue at the top of every image
+_SKY_BOTTOM = np.array((232, 236, 242), np.float32)  # near white at the horizon
+
+
+@dataclass(frozen=True)
+class ColourObjectFiles:
+    """What :func:`generate_colour_object` wrote: image i is ``images[i]``, its ground truth
+    ``labels[i]`` (same grid); ``classes`` is the class table."""
+
+    images: list[Path]
+    labels: list[Path]
+    classes: Path
+    preview: Path
+
+
+def colour_object_image(seed: int, index: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``index`` of the scene of ``seed``: (3, size, size) uint8 and (size, size) uint8
+    class ids. A pure function of (seed, index, size)."""
+    rng = np.random.default_rng([seed, index])
+    rows = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]
+    sky = _SKY_TOP + (_SKY_BOTTOM - _SKY_TOP) * rows**0.8  # the gradient: same place in every image
+    clouds = np.clip(_noise(rng, size, cell=size / 4) * 1.6 - 0.3, 0, 1)[..., None]
+    colour = sky * (1 - 0.55 * clouds) + 250.0 * 0.55 * clouds
+    colour = np.broadcast_to(colour, (size, size, 3)).copy()
+    labels = np.full((size, size), SKY, np.uint8)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    for kind in rng.choice(list(_FRUITS), size=int(rng.integers(1, 4)), replace=True):
+        base, (long_axis, short_axis) = _FRUITS[int(kind)]
+        a, b = long_axis * size * rng.uniform(0.85, 1.15), short_axis * size * rng.uniform(0.85, 1.15)
+        cx, cy = rng.uniform(a, size - a), rng.uniform(a, size - a)
+        theta = rng.uniform(0, math.pi)
+        u = ((xx - cx) * math.cos(theta) + (yy - cy) * math.sin(theta)) / a
+        v = (-(xx - cx) * math.sin(theta) + (yy - cy) * math.cos(theta)) / b
+        r2 = u**2 + v**2
+        inside = r2 <= 1.0
+        # shading: lit from the top left, darker at the rim; a little per-fruit colour change
+        light = 1.0 + 0.25 * (-(xx - cx) - (yy - cy)) / (a + b) - 0.25 * r2
+        tint = np.asarray(base, np.float32) * rng.uniform(0.92, 1.08)
+        colour[inside] = (tint[None, :] * light[inside][:, None]).clip(0, 255)
+        labels[inside] = kind
+    colour += rng.normal(0, 3.0, colour.shape).astype(np.float32)
+    image = np.clip(colour, 0, 255).round().astype(np.uint8)
+    return np.ascontiguousarray(image.transpose(2, 0, 1)), labels
+
+
+def generate_colour_object(
+    out_dir: str | Path,
+    count: int = 300,
+    size: int = 64,
+    seed: int = 0,
+    crs: str = "EPSG:32633",
+    resolution: float = 0.25,
+    name: str = "cvo",
+) -> ColourObjectFiles:
+    """Write ``count`` images of the colour-versus-object scene and their ground truth as
+    GeoTIFFs (``<name>_NNNN.tif``, ``<name>_NNNN_labels.tif``), a class table and a preview.
+
+    Images lie side by side on one map row with a gap between them (georeferenced like every
+    input, never overlapping), so each can be ingested, segmented and scored on its own.
+    """
+    if not 1 <= count <= 100_000:
+        raise ConfigError(f"count must be in [1, 100000], got {count}")
+    if not 16 <= size <= 1024:
+        raise ConfigError(f"size must be in [16, 1024], got {size}")
+    crs_obj = CRS.from_user_input(crs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images, labels_paths, previews = [], [], []
+    for i in range(count):
+        image, labels = colour_object_image(seed, i, size)
+        origin_x = 399_000.0 + i * (size + 16) * resolution
+        transform = Affine.translation(origin_x, 5_660_000.0) @ Affine.scale(resolution, -resolution)
+        image_path, label_path = out / f"{name}_{i:04d}.tif", out / f"{name}_{i:04d}_labels.tif"
+        _write_image(image_path, image, crs_obj, transform, BANDS["rgb"])
+        _write_labels(label_path, labels, crs_obj, transform, COLOUR_OBJECT.colours)
+        images.append(image_path)
+        labels_paths.append(label_path)
+        if i < 8:
+            previews.append(
+                np.concatenate([image.transpose(1, 2, 0), colourize(labels, COLOUR_OBJECT.colours)])
+            )
+    classes = out / f"{name}_classes.json"
+    write_json_atomic(
+        classes,
+        {
+            "dataset": COLOUR_OBJECT.name,
+            "classes": [
+                {"id": i, "name": n, "colour": list(c)}
+                for i, (n, c) in enumerate(zip(COLOUR_OBJECT.classes, COLOUR_OBJECT.colours, strict=True))
+            ],
+            "nodata": IGNORE,
+            "seed": seed,
+            "count": count,
+        },
+    )
+    preview = out / f"{name}_preview.png"
+    save_png(np.concatenate(previews, axis=1), preview)
+    return ColourObjectFiles(images, labels_paths, classes, preview)

@@ -9,12 +9,14 @@ from typing import Any
 from geoseg.config import METHODS
 from geoseg.errors import ConfigError
 from geoseg.methods.base import Method, StepOutput
+from geoseg.methods.cirs import CIRS
 from geoseg.methods.iic import IIC
+from geoseg.methods.lgmi import LGMI
 from geoseg.methods.picie import PICIE
 
 __all__ = ["METHODS", "Method", "StepOutput", "get_method", "warm_start_settings"]
 
-_REGISTRY: dict[str, Method] = {IIC.name: IIC, PICIE.name: PICIE}
+_REGISTRY: dict[str, Method] = {IIC.name: IIC, PICIE.name: PICIE, LGMI.name: LGMI, CIRS.name: CIRS}
 assert set(_REGISTRY) == set(METHODS)
 
 

@@ -19,7 +19,7 @@ from geoseg.train import build_network
 
 
 def _bundle(tmp_path: Path, method: str) -> Path:
-    config = TrainConfig(method=method, k=3, **({"k2": 8} if method == "picie" else {"k_a": 8}))
+    config = TrainConfig(method=method, k=3, **{"picie": {"k2": 8}, "iic": {"k_a": 8}}.get(method, {}))
     model = build_network(config, 3).eval()
     if method == "picie":
         for name in ("centroids_b", "centroids_b2", "centroids_a", "centroids_a2"):
@@ -67,7 +67,13 @@ def test_library_config_refuses_by_name() -> None:
         TrainConfig(method="picie", half_t=3).validate()
     with pytest.raises(ConfigError, match="trunk is a setting of method 'picie'"):
         TrainConfig(trunk="resnet18-fpn").validate()
-    with pytest.raises(ConfigError, match="unknown method 'dino'; known methods: iic, picie"):
+    with pytest.raises(ConfigError, match="tau is a setting of method 'lgmi'; method 'cirs' does not use it"):
+        TrainConfig(method="cirs", tau=0.5).validate()
+    with pytest.raises(
+        ConfigError, match="g_steps is a setting of method 'cirs'; method 'lgmi' does not use it"
+    ):
+        TrainConfig(method="lgmi", g_steps=10).validate()
+    with pytest.raises(ConfigError, match="unknown method 'dino'; known methods: iic, picie, lgmi, cirs"):
         TrainConfig(method="dino").validate()
 
 
@@ -100,7 +106,7 @@ def test_bundles_from_before_methods_load_as_iic(tmp_path: Path) -> None:
     assert meta.method == "iic" and type(model).__name__ == "IICNet"
 
 
-@pytest.mark.parametrize("method", ["iic", "picie"])
+@pytest.mark.parametrize("method", ["iic", "picie", "lgmi", "cirs"])
 def test_every_method_gives_k_probabilities_and_aligns_by_permutation(tmp_path: Path, method: str) -> None:
     model, _meta = load_bundle(_bundle(tmp_path, method))
     x = torch.rand(2, 3, 32, 32) * 255
@@ -115,7 +121,7 @@ def test_every_method_gives_k_probabilities_and_aligns_by_permutation(tmp_path: 
         assert torch.allclose(after[:, p], before[:, i], atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["iic", "picie"])
+@pytest.mark.parametrize("method", ["iic", "picie", "lgmi", "cirs"])
 def test_warm_start_settings_rebuild_the_same_architecture(tmp_path: Path, method: str) -> None:
     meta = load_meta(_bundle(tmp_path, method))
     config = TrainConfig(k=meta.arch.k_b, **warm_start_settings(meta)).validate()

@@ -1,0 +1,2 @@
+"""Cross-instance representation similarity (CIRS, Bishop 2020): network, straight-through
+argmax and loss. The training step is geoseg.methods.cirs."""

@@ -1,0 +1,2 @@
+"""Local-global mutual information (LGMI, Harb 2019): network and loss. The training step
+is geoseg.methods.lgmi."""
