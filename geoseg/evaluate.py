@@ -33,6 +33,7 @@ from geoseg.errors import InputError
 from geoseg.fileio import (
     atomic_path,
     claim_folder,
+    locked,
     mark_folder,
     require_published,
     write_json_atomic,
@@ -104,108 +105,117 @@ def evaluate(
     config = (config or EvaluateConfig()).validate()
     out_dir = Path(out_dir)
     claim_folder(out_dir, STAGE, marker=REPORT_JSON, overwrite=overwrite)
-    dataset = _label_dataset(config)
-    pairs = _pairs(predictions, labels, "predictions", "labels")
-    honest = fit_predictions is not None or fit_labels is not None
-    fit_pairs = _pairs(fit_predictions or [], fit_labels or [], "--fit-on", "--fit-labels") if honest else []
-    for prediction, _ in pairs + fit_pairs:  # never score a half-published segmentation
-        require_published(prediction)
-    image_paths = [Path(p) for p in images] if images else None
-    if image_paths is not None:
-        if len(image_paths) != len(pairs):
-            raise InputError(
-                f"{len(image_paths)} images for {len(pairs)} predictions: give one per prediction"
-            )
-        for path in image_paths:
-            if not path.is_file():
-                raise InputError(f"image not found: {path}")
+    with locked(out_dir, "evaluation folder"):  # one evaluation at a time writes here
+        dataset = _label_dataset(config)
+        pairs = _pairs(predictions, labels, "predictions", "labels")
+        honest = fit_predictions is not None or fit_labels is not None
+        fit_pairs = (
+            _pairs(fit_predictions or [], fit_labels or [], "--fit-on", "--fit-labels") if honest else []
+        )
+        for prediction, _ in pairs + fit_pairs:  # never score a half-published segmentation
+            require_published(prediction)
+        image_paths = [Path(p) for p in images] if images else None
+        if image_paths is not None:
+            if len(image_paths) != len(pairs):
+                raise InputError(
+                    f"{len(image_paths)} images for {len(pairs)} predictions: give one per prediction"
+                )
+            for path in image_paths:
+                if not path.is_file():
+                    raise InputError(f"image not found: {path}")
 
-    scored = _tally(pairs, dataset, config, "scoring", progress)
-    fitted = _tally(fit_pairs, dataset, config, "fitting mapping", progress) if honest else scored
-    n_clusters = max(_last_used(scored.full[:255].sum(axis=1)), _last_used(fitted.full[:255].sum(axis=1))) + 1
-    classes = _class_names(dataset, scored, fitted)
-    n_classes = len(classes)
-    for name, tally in (("scored", scored), ("fit", fitted)):
-        if tally.full[:, n_classes:IGNORE].sum():
-            raise InputError(f"{name} labels hold class ids >= {n_classes}, outside dataset {dataset.name!r}")
-        if tally.full.sum() == 0:
-            raise InputError(f"no labelled pixels in the {name} set (all ignored or no overlap)")
+        scored = _tally(pairs, dataset, config, "scoring", progress)
+        fitted = _tally(fit_pairs, dataset, config, "fitting mapping", progress) if honest else scored
+        n_clusters = (
+            max(_last_used(scored.full[:255].sum(axis=1)), _last_used(fitted.full[:255].sum(axis=1))) + 1
+        )
+        classes = _class_names(dataset, scored, fitted)
+        n_classes = len(classes)
+        for name, tally in (("scored", scored), ("fit", fitted)):
+            if tally.full[:, n_classes:IGNORE].sum():
+                raise InputError(
+                    f"{name} labels hold class ids >= {n_classes}, outside dataset {dataset.name!r}"
+                )
+            if tally.full.sum() == 0:
+                raise InputError(f"no labelled pixels in the {name} set (all ignored or no overlap)")
 
-    cluster_labels = _cluster_labels([p for p, _ in pairs], n_clusters)
-    fit_table = fitted.full[:n_clusters, :n_classes]
-    table = scored.full[:n_clusters, :n_classes]
-    missing = scored.full[IGNORE, :n_classes]
-    match = metrics.majority_mapping if config.many_to_one else metrics.hungarian_mapping
-    mapping = match(fit_table)
-    result = metrics.score(table, mapping, missing)
-    contingency = np.vstack([table, missing[None]])
+        cluster_labels = _cluster_labels([p for p, _ in pairs], n_clusters)
+        fit_table = fitted.full[:n_clusters, :n_classes]
+        table = scored.full[:n_clusters, :n_classes]
+        missing = scored.full[IGNORE, :n_classes]
+        match = metrics.majority_mapping if config.many_to_one else metrics.hungarian_mapping
+        mapping = match(fit_table)
+        result = metrics.score(table, mapping, missing)
+        contingency = np.vstack([table, missing[None]])
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    mark_folder(out_dir, STAGE)  # from here on the folder is the report's (a rerun may replace it)
-    report: dict[str, Any] = {
-        "geoseg_version": __version__,
-        "protocol": "honest" if honest else "transductive",
-        "protocol_description": PROTOCOLS["honest" if honest else "transductive"],
-        "matching": "many-to-one" if config.many_to_one else "hungarian",
-        "dataset": dataset.name if dataset else None,
-        "classes": list(classes),
-        "cluster_names": {str(i): label for i, label in enumerate(cluster_labels)},
-        "n_classes": n_classes,
-        "n_clusters": n_clusters,
-        "n_pixels": result.n_pixels,
-        "n_missing": int(missing.sum()),
-        "accuracy": _num(result.accuracy),
-        "miou": _num(result.miou),
-        "per_class_iou": {c: _num(v) for c, v in zip(classes, result.per_class_iou, strict=True)},
-        "nmi": _num(metrics.nmi(contingency)),
-        "ari": _num(metrics.ari(contingency)),
-        "nmi_ari_method": "exact, from the contingency table of all scored pixels (no subsample)",
-        "mapping": _mapping_json(mapping),
-        "cluster_class_counts": table.tolist(),
-        "scored": _set_json(pairs, scored),
-        "fit": _set_json(fit_pairs, fitted) if honest else None,
-        "ignore": config.ignore,
-        "notes": _notes(config, n_clusters, n_classes, mapping, fit_table, missing),
-    }
-    if honest:
-        own = match(table)
-        trans = metrics.score(table, own, missing)
-        report["transductive"] = {
-            "description": "for comparison only: " + PROTOCOLS["transductive"],
-            "accuracy": _num(trans.accuracy),
-            "miou": _num(trans.miou),
-            "mapping": _mapping_json(own),
+        out_dir.mkdir(parents=True, exist_ok=True)
+        mark_folder(out_dir, STAGE)  # from here on the folder is the report's (a rerun may replace it)
+        report: dict[str, Any] = {
+            "geoseg_version": __version__,
+            "protocol": "honest" if honest else "transductive",
+            "protocol_description": PROTOCOLS["honest" if honest else "transductive"],
+            "matching": "many-to-one" if config.many_to_one else "hungarian",
+            "dataset": dataset.name if dataset else None,
+            "classes": list(classes),
+            "cluster_names": {str(i): label for i, label in enumerate(cluster_labels)},
+            "n_classes": n_classes,
+            "n_clusters": n_clusters,
+            "n_pixels": result.n_pixels,
+            "n_missing": int(missing.sum()),
+            "accuracy": _num(result.accuracy),
+            "miou": _num(result.miou),
+            "per_class_iou": {c: _num(v) for c, v in zip(classes, result.per_class_iou, strict=True)},
+            "nmi": _num(metrics.nmi(contingency)),
+            "ari": _num(metrics.ari(contingency)),
+            "nmi_ari_method": "exact, from the contingency table of all scored pixels (no subsample)",
+            "mapping": _mapping_json(mapping),
+            "cluster_class_counts": table.tolist(),
+            "scored": _set_json(pairs, scored),
+            "fit": _set_json(fit_pairs, fitted) if honest else None,
+            "ignore": config.ignore,
+            "notes": _notes(config, n_clusters, n_classes, mapping, fit_table, missing),
         }
-    report["per_image"] = [_image_json(counts, mapping) for counts in scored.images]
+        if honest:
+            own = match(table)
+            trans = metrics.score(table, own, missing)
+            report["transductive"] = {
+                "description": "for comparison only: " + PROTOCOLS["transductive"],
+                "accuracy": _num(trans.accuracy),
+                "miou": _num(trans.miou),
+                "mapping": _mapping_json(own),
+            }
+        report["per_image"] = [_image_json(counts, mapping) for counts in scored.images]
 
-    colours = _class_colours(dataset, n_classes)
-    files = {
-        "report_md": REPORT_MD,
-        "confusion_png": _plot_confusion(result.confusion, classes, out_dir / CONFUSION_PNG).name,
-        "clusters_png": _plot_clusters(table, classes, mapping, cluster_labels, out_dir / CLUSTERS_PNG).name,
-        "examples": [],
-    }
-    for index in _sample(len(pairs), config):
-        prediction, label = pairs[index]
-        target = out_dir / EXAMPLES_DIR / f"{index:03d}_{prediction.stem}.png"
-        image = image_paths[index] if image_paths else None
-        _side_by_side(prediction, label, image, mapping, colours, dataset, config, target)
-        files["examples"].append(str(target.relative_to(out_dir)))
-    for stale in sorted((out_dir / EXAMPLES_DIR).glob("*.png")):  # an earlier run's examples
-        if str(stale.relative_to(out_dir)) not in files["examples"]:
-            stale.unlink()
-    report["files"] = {**files, "report_json": REPORT_JSON}
-    write_text_atomic(out_dir / REPORT_MD, _markdown(report))
-    write_json_atomic(out_dir / REPORT_JSON, report)  # last: its presence marks a complete report
-    log.info(
-        "%s protocol: accuracy %.4f, mIoU %.4f on %d pixels -> %s",
-        report["protocol"],
-        result.accuracy,
-        result.miou,
-        result.n_pixels,
-        out_dir,
-    )
-    return report
+        colours = _class_colours(dataset, n_classes)
+        files = {
+            "report_md": REPORT_MD,
+            "confusion_png": _plot_confusion(result.confusion, classes, out_dir / CONFUSION_PNG).name,
+            "clusters_png": _plot_clusters(
+                table, classes, mapping, cluster_labels, out_dir / CLUSTERS_PNG
+            ).name,
+            "examples": [],
+        }
+        for index in _sample(len(pairs), config):
+            prediction, label = pairs[index]
+            target = out_dir / EXAMPLES_DIR / f"{index:03d}_{prediction.stem}.png"
+            image = image_paths[index] if image_paths else None
+            _side_by_side(prediction, label, image, mapping, colours, dataset, config, target)
+            files["examples"].append(str(target.relative_to(out_dir)))
+        for stale in sorted((out_dir / EXAMPLES_DIR).glob("*.png")):  # an earlier run's examples
+            if str(stale.relative_to(out_dir)) not in files["examples"]:
+                stale.unlink()
+        report["files"] = {**files, "report_json": REPORT_JSON}
+        write_text_atomic(out_dir / REPORT_MD, _markdown(report))
+        write_json_atomic(out_dir / REPORT_JSON, report)  # last: its presence marks a complete report
+        log.info(
+            "%s protocol: accuracy %.4f, mIoU %.4f on %d pixels -> %s",
+            report["protocol"],
+            result.accuracy,
+            result.miou,
+            result.n_pixels,
+            out_dir,
+        )
+        return report
 
 
 # --- reading and counting -----------------------------------------------------------------

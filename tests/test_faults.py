@@ -480,6 +480,21 @@ def test_a_locked_segment_folder_refuses_a_second_run(
         holder.wait()
 
 
+def test_a_locked_evaluation_folder_refuses_a_second_run(clusters: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ev"
+    holder = hold_lock(out)
+    try:
+        rc, line = run_cli(capsys, "evaluate", clusters, "--labels", clusters, "--out", out)
+        assert rc == 2 and f"in use by process {holder.pid}" in line
+        assert visible(out) == {}
+    finally:
+        holder.kill()
+        holder.wait()
+    rc, line = run_cli(capsys, "evaluate", clusters, "--labels", clusters, "--out", out)
+    assert rc == 0, line  # the dead holder's lock is taken over
+    assert (out / "report.json").is_file() and not (out / LOCK_NAME).exists()
+
+
 def test_two_concurrent_ingests_never_traceback_and_the_store_is_right(tile: Path, tmp_path: Path) -> None:
     out = tmp_path / "tile.zarr"
     children = [
