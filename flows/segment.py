@@ -68,19 +68,9 @@ def segment_step(
         states.append(state)
     if config.vectorize:
         names = {c.id: c.name for c in load_meta(model).clusters if c.name}
-
-        def vector_kwargs(r: dict[str, Any]) -> dict[str, Any]:
-            return {
-                "clusters": r["clusters"],
-                "out_gpkg": _gpkg_path(r["clusters"]),
-                "min_area": config.min_area,
-                "simplify": config.simplify,
-                "class_names": names or None,
-            }
-
-        vectors = [submit(vectorize_task, run_dir, **vector_kwargs(r)) for r in results]
+        vectors = [submit(vectorize_task, run_dir, **vectorize_arguments(r, config, names)) for r in results]
         for r, future in zip(results, vectors, strict=True):
-            gpkg, state = resolve(future, vectorize_task, run_dir, **vector_kwargs(r))
+            gpkg, state = resolve(future, vectorize_task, run_dir, **vectorize_arguments(r, config, names))
             r["gpkg"], r["gpkg_qml"] = gpkg, str(vector_style_path(gpkg))
             states.append(state)
     model_item = stac.model_item(model)
@@ -90,6 +80,20 @@ def segment_step(
         items += [survey, stac.prediction_item(r, survey, model_item)]
     stac.update_run_catalog(run_dir / CATALOG, items)
     return results, states
+
+
+def vectorize_arguments(
+    result: dict[str, Any], config: SegmentConfig, names: dict[int, str]
+) -> dict[str, Any]:
+    """The vectorize task's arguments for one segment result: every vectorize setting of ``config``."""
+    return {
+        "clusters": result["clusters"],
+        "out_gpkg": _gpkg_path(result["clusters"]),
+        "min_area": config.min_area,
+        "simplify": config.simplify,
+        "class_names": names or None,
+        "block_size": config.vectorize_block,
+    }
 
 
 def _gpkg_path(clusters: str) -> str:

@@ -239,8 +239,9 @@ def vectorize_task(
     min_area: float = 0.0,
     simplify: float = 0.0,
     class_names: dict[int, str] | None = None,
+    block_size: int = 4096,
 ) -> str:
-    """Polygons of a cluster COG, block-parallel on the flow's Dask cluster."""
+    """Polygons of a cluster COG, block-parallel (``block_size`` px blocks) on the flow's Dask cluster."""
     from geoseg.vectorize import vectorize
 
     names = {int(k): v for k, v in class_names.items()} if class_names else None
@@ -253,6 +254,7 @@ def vectorize_task(
                 simplify=simplify,
                 class_names=names,
                 dask_address=address,
+                block_size=block_size,
             )
         )
 

@@ -192,3 +192,16 @@ def test_odd_path_strings_are_configuration_errors(path: str) -> None:
 def test_a_dask_address_with_a_trailing_newline_is_refused() -> None:
     with pytest.raises(ConfigError, match="dask_address"):
         check_dask_address("tcp://10.0.0.5:8786\n")
+
+
+def test_every_vectorize_setting_of_a_flow_reaches_the_vectorize_task() -> None:
+    import inspect
+
+    from flows.segment import vectorize_arguments
+    from flows.tasks import vectorize_task
+
+    config = SegmentConfig(vectorize_block=128, min_area=2.0, simplify=0.5)
+    args = vectorize_arguments({"clusters": "/data/x_clusters.tif"}, config, {1: "roofs"})
+    assert set(args) == set(inspect.signature(vectorize_task.fn).parameters)  # no setting left at its default
+    assert (args["block_size"], args["min_area"], args["simplify"]) == (128, 2.0, 0.5)
+    assert args["out_gpkg"].endswith("x_polygons.gpkg") and args["class_names"] == {1: "roofs"}
