@@ -60,7 +60,7 @@ __all__ = [
 MARKER_PREFIX = ".geoseg-"
 LOCK_NAME = ".geoseg.lock"
 # Hidden names of temporary files carry the writer's PID: a rerun removes those of dead PIDs.
-_LEFTOVER = re.compile(r"^\..*[.-](?:tmp|old|tiled|staging)-(\d+)(?:\.tif)?$")
+_LEFTOVER = re.compile(r"^\..*[.-](?:tmp|old|tiled|staging)-(\d+)(?:\.\w+)?$")
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -85,7 +85,8 @@ def atomic_path(target: str | Path, replace_folder: bool = False) -> Iterator[Pa
     if target.is_dir() and not target.is_symlink() and any(target.iterdir()) and not replace_folder:
         raise OutputError(f"{target} is a non-empty folder that geoseg did not write: choose another output")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    # The target's extension kept last: GDAL warns about a GeoPackage named otherwise.
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}{target.suffix}")
     _remove(tmp)
     try:
         yield tmp

@@ -353,6 +353,7 @@ def test_a_rerun_removes_leftovers_of_dead_runs_only(bundle: Path, tile: Path, t
     leftovers = [
         out / f".{tile.stem}_clusters.tiled-{dead}.tif",
         out / f".{tile.stem}_clusters.tif.tmp-{dead}",
+        out / f".{tile.stem}_polygons.gpkg.tmp-{dead}.gpkg",
     ]
     for path in leftovers:
         path.write_bytes(b"half")
