@@ -53,6 +53,7 @@ from geoseg.baseline import (
     sample_pixels,
     source_bands,
 )
+from geoseg.bundle import CLUSTERS_TAG, Cluster, clusters_to_tag
 from geoseg.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
 from geoseg.config import BaselineConfig, SuperpixelConfig
 from geoseg.errors import InputError
@@ -466,14 +467,14 @@ def _paint(
                 with rasterio.open(tmp, "w", **profile) as dst:
                     for _, window in labels.block_windows(1):
                         dst.write(lut[labels.read(1, window=window)], 1, window=window)
-        table = json.dumps([{"id": i, "colour": list(c), "name": None} for i, c in enumerate(colours)])
+        table = clusters_to_tag([Cluster(id=i, colour=c) for i, c in enumerate(colours)])
         to_cog(
             tmp,
             out_path,
             resampling="mode",
             colormap={i: (*c, 255) for i, c in enumerate(colours)},
             tags={
-                "GEOSEG_CLUSTERS": table,
+                CLUSTERS_TAG: table,
                 "GEOSEG_MODEL": str(model_path),
                 "GEOSEG_SOURCE": str(segmented.source),
             },
@@ -490,7 +491,6 @@ def _stac_item(clusters: Path, source: Path, model_path: Path, k: int) -> Path:
     """The prediction's STAC item (as segment writes), linked ``via`` the superpixel model JSON."""
     import pystac
 
-    from geoseg.bundle import Cluster
     from geoseg.stac import prediction_item
 
     assets = {
