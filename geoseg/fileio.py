@@ -60,7 +60,10 @@ __all__ = [
 MARKER_PREFIX = ".geoseg-"
 LOCK_NAME = ".geoseg.lock"
 # Hidden names of temporary files carry the writer's PID: a rerun removes those of dead PIDs.
-_LEFTOVER = re.compile(r"^\..*[.-](?:tmp|old|tiled|staging)-(\d+)(?:\.\w+)?$")
+# Exactly the names geoseg makes: ``.X.tmp-PID`` / ``.X.old-PID`` / ``.X.staging-PID``,
+# ``.X.tiled-PID.tif``, and ``.X.ext.tmp-PID.ext`` (atomic_path keeps the target's extension,
+# repeated): a user's ``.notes-old-2024.txt`` is not one of them.
+_LEFTOVER = re.compile(r"^\..*[.-](?:tmp|old|tiled|staging)-(\d+)(?:\.tif)?$|^\..*(\.\w+)\.tmp-(\d+)\2$")
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -335,7 +338,7 @@ def clean_leftovers(folder: str | Path) -> list[Path]:
         return removed
     for entry in folder.iterdir():
         match = _LEFTOVER.match(entry.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not _alive(int(match.group(1) or match.group(3))):
             _remove(entry)
             removed.append(entry)
     return removed

@@ -358,6 +358,9 @@ def test_a_rerun_removes_leftovers_of_dead_runs_only(bundle: Path, tile: Path, t
     for path in leftovers:
         path.write_bytes(b"half")
     (out / f".{tile.stem}.staging-{dead}").mkdir()
+    users = [out / f".notes-old-{dead}.txt", out / f".draft.tmp-{dead}.txt"]  # not names geoseg makes
+    for path in users:
+        path.write_text("mine\n")
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     try:
         live = out / f".{tile.stem}_confidence.tiled-{holder.pid}.tif"
@@ -365,6 +368,7 @@ def test_a_rerun_removes_leftovers_of_dead_runs_only(bundle: Path, tile: Path, t
         segment(bundle, [tile], out, FAST_SEGMENT, progress=False)
         assert not any(p.exists() for p in leftovers) and not (out / f".{tile.stem}.staging-{dead}").exists()
         assert live.read_bytes() == b"another run is writing this"
+        assert all(p.read_text() == "mine\n" for p in users)
     finally:
         holder.kill()
         holder.wait()
