@@ -9,8 +9,9 @@ geoseg.train, geoseg.iic.data, geoseg.iic.transforms and geoseg.iic.distributed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -19,7 +20,16 @@ from geoseg.iic.loss import Reduce
 from geoseg.iic.model import NormalisedNet
 from geoseg.iic.transforms import PairedTransform
 
-__all__ = ["Method", "StepOutput"]
+__all__ = ["Method", "StepOutput", "seeded"]
+
+NetT = TypeVar("NetT", bound=torch.nn.Module)
+
+
+def seeded(seed: int, build: Callable[[], NetT]) -> NetT:
+    """``build()`` with torch's RNG seeded by ``seed``; the global RNG is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
 
 
 @dataclass

@@ -22,7 +22,7 @@ from geoseg.cirs.model import CIRSArchitecture, CIRSNet
 from geoseg.config import TrainConfig
 from geoseg.iic.loss import Reduce
 from geoseg.iic.transforms import PairedTransform
-from geoseg.methods.base import StepOutput
+from geoseg.methods.base import StepOutput, seeded
 
 __all__ = ["CIRS", "turn"]
 
@@ -39,9 +39,7 @@ class CIRSMethod:
 
     def build_network(self, config: TrainConfig, num_bands: int) -> CIRSNet:
         arch = CIRSArchitecture(in_channels=num_bands, k_b=config.k, g_dim=config.g_dim, preset=config.preset)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            return CIRSNet(arch)
+        return seeded(config.seed, lambda: CIRSNet(arch))
 
     def network_from_architecture(self, architecture: dict[str, Any]) -> CIRSNet:
         return CIRSNet(CIRSArchitecture.from_dict(architecture))

@@ -12,7 +12,7 @@ from geoseg.config import TrainConfig
 from geoseg.iic.loss import Reduce, iic_segmentation_loss
 from geoseg.iic.model import Architecture, IICNet
 from geoseg.iic.transforms import PairedTransform, Warp
-from geoseg.methods.base import StepOutput
+from geoseg.methods.base import StepOutput, seeded
 
 __all__ = ["IIC", "pair_losses"]
 
@@ -82,9 +82,7 @@ class IICMethod:
             subheads=config.subheads,
             preset=config.preset,
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            return IICNet(arch)
+        return seeded(config.seed, lambda: IICNet(arch))
 
     def network_from_architecture(self, architecture: dict[str, Any]) -> IICNet:
         return IICNet(Architecture.from_dict(architecture))

@@ -19,7 +19,7 @@ from geoseg.iic.loss import Reduce
 from geoseg.iic.transforms import PairedTransform
 from geoseg.lgmi.loss import lgmi_loss
 from geoseg.lgmi.model import LGMIArchitecture, LGMINet
-from geoseg.methods.base import StepOutput
+from geoseg.methods.base import StepOutput, seeded
 
 __all__ = ["LGMI"]
 
@@ -35,9 +35,7 @@ class LGMIMethod:
             tau=config.tau,
             preset=config.preset,
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            return LGMINet(arch)
+        return seeded(config.seed, lambda: LGMINet(arch))
 
     def network_from_architecture(self, architecture: dict[str, Any]) -> LGMINet:
         return LGMINet(LGMIArchitecture.from_dict(architecture))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from geoseg.config import TrainConfig
 from geoseg.iic.loss import Reduce
 from geoseg.iic.transforms import PairedTransform, colour_jitter
-from geoseg.methods.base import StepOutput
+from geoseg.methods.base import StepOutput, seeded
 from geoseg.picie.kmeans import minibatch_kmeans
 from geoseg.picie.loss import over_clustering_weights, picie_loss
 from geoseg.picie.model import PiCIEArchitecture, PiCIENet, cosine_similarity_map
@@ -70,9 +70,7 @@ class PiCIEMethod:
             preset=config.preset,
             embed_dim=config.embed_dim,
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            return PiCIENet(arch)
+        return seeded(config.seed, lambda: PiCIENet(arch))
 
     def network_from_architecture(self, architecture: dict[str, Any]) -> PiCIENet:
         return PiCIENet(PiCIEArchitecture.from_dict(architecture))
