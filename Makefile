@@ -24,6 +24,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check geoseg flows tests bench
 	$(BIN)/ruff format --check geoseg flows tests bench
+	$(BIN)/mypy geoseg flows
 
 demo: setup
 	$(BIN)/geoseg demo --out demo-out

@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import distributed
 from prefect.context import FlowRunContext
+from prefect.task_runners import TaskRunner
 from prefect_dask import DaskTaskRunner
 
 from flows.settings import FlowSettings, check_dask_address
@@ -48,8 +50,9 @@ class GeosegTaskRunner(DaskTaskRunner):
             self.cluster_kwargs = {**settings.cluster_kwargs(), **self.cluster_kwargs}
 
 
-def task_runner() -> GeosegTaskRunner:
-    """The runner every geoseg flow is decorated with."""
+def task_runner() -> TaskRunner[Any]:
+    """The runner every geoseg flow is decorated with (a :class:`GeosegTaskRunner`; typed as
+    Prefect's flow decorator takes it, whose TaskRunner type parameter is invariant)."""
     return GeosegTaskRunner()
 
 

@@ -179,7 +179,7 @@ def not_user_error(task_: Task, task_run: Any, state: State) -> bool:
     return True
 
 
-_IO = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": not_user_error}
+_IO: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": not_user_error}
 
 
 def _as_paths(obj: Any) -> Any:
@@ -202,7 +202,8 @@ def ingest_task(sources: list[str], out: str, config: dict[str, Any], labels: li
     from geoseg.config import IngestConfig
     from geoseg.ingest import ingest
 
-    cfg = IngestConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    cfg = IngestConfig(**values)
     with library_dask() as address:
         return str(ingest(sources, out, cfg, labels=labels, dask_address=address, progress=get_run_logger()))
 
@@ -211,13 +212,14 @@ def ingest_task(sources: list[str], out: str, config: dict[str, Any], labels: li
 def train_task(stores: list[str], out: str, config: dict[str, Any]) -> str:
     """Train IIC; the device is declared in the log and in model.json: GPU when present."""
     from geoseg.config import TrainConfig
-    from geoseg.train import resolve_device, train
+    from geoseg.inference import resolve_device
+    from geoseg.train import train
 
     cfg = TrainConfig(**config)
     device = resolve_device(cfg.device)
     logger = get_run_logger()
     logger.info("training on %s (requested %s)", device, cfg.device)
-    cfg = dataclasses.replace(cfg, device=device.type)
+    cfg = dataclasses.replace(cfg, device="cuda" if device.type == "cuda" else "cpu")
     return str(train(stores, out, cfg, progress=logger))  # step, losses, ETA every 25 s
 
 

@@ -11,8 +11,8 @@ sees stable ids without knowing alignment exists. Colours and names carry over;
 ``model.json`` records the alignment; a JSON + markdown report lists the clusters whose
 share of the reference moved more than a threshold.
 
-Both models predict with segment's own inference (:func:`geoseg.segment.predict_probabilities`,
-its band checks, :mod:`geoseg.sources` reads and nodata handling), so the ids compared are the ids they would write.
+Both models predict with segment's own inference (:func:`geoseg.inference.predict_probabilities`,
+its band checks and device rules, :mod:`geoseg.sources` reads and nodata handling), so the ids compared are the ids they would write.
 Only head-B sub-head 0, the one segmentation uses and the cluster table describes, is
 aligned.
 
@@ -29,12 +29,13 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from rasterio.errors import RasterioError
 from scipy.optimize import linear_sum_assignment
+from torch import nn
 from tqdm import tqdm
 
 from geoseg.bundle import META, WEIGHTS, Cluster, ModelMeta, default_clusters, load_bundle, save_bundle
@@ -42,8 +43,8 @@ from geoseg.config import AlignConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.fileio import atomic_path, sha256_file, write_json_atomic, write_text_atomic
 from geoseg.iic.loss import displaced_joints, mutual_information_loss
-from geoseg.iic.model import IICNet, for_inference
-from geoseg.segment import check_bands, predict_probabilities
+from geoseg.iic.model import IICNet, NormalisedNet, for_inference
+from geoseg.inference import check_bands, predict_probabilities, resolve_device
 from geoseg.sources import open_dataset, open_raster, read_scaled
 from geoseg.store import open_store
 
@@ -129,17 +130,18 @@ def match_clusters(matrix: np.ndarray) -> list[int]:
     return [p if p >= 0 else next(spare) for p in perm]
 
 
-def permute_head_b(model: IICNet, perm: Sequence[int], subhead: int = 0) -> None:
+def permute_head_b(model: NormalisedNet, perm: Sequence[int], subhead: int = 0) -> None:
     """Reorder a head-B sub-head's output channels in place: trained channel i becomes perm[i].
 
     Sub-head 0 is the one segmentation uses and the cluster table describes; the other
     sub-heads (if any) are independent clusterings and are left as trained. A method whose
     clusters are not a head's channels (PiCIE: centroids) reorders them itself.
     """
-    if hasattr(model, "permute_clusters"):
-        model.permute_clusters(list(perm))
+    permute_clusters = getattr(model, "permute_clusters", None)
+    if permute_clusters is not None:
+        permute_clusters(list(perm))
         return
-    conv = model.head_b[subhead]
+    conv = cast(nn.Conv2d, cast(IICNet, model).head_b[subhead])
     inverse = torch.empty(len(perm), dtype=torch.long)
     inverse[torch.as_tensor(list(perm))] = torch.arange(len(perm))
     with torch.no_grad():
@@ -150,7 +152,7 @@ def permute_head_b(model: IICNet, perm: Sequence[int], subhead: int = 0) -> None
 
 def carry_clusters(old: Sequence[Cluster], k_new: int) -> list[Cluster]:
     """The new cluster table: old ids keep their colour and name; extra ids get unused colours."""
-    table = [Cluster(c.id, tuple(c.colour), c.name) for c in sorted(old, key=lambda c: c.id)][:k_new]
+    table = [Cluster(c.id, c.colour, c.name) for c in sorted(old, key=lambda c: c.id)][:k_new]
     used = {tuple(c.colour) for c in table}
     spare = [c.colour for c in default_clusters(max(k_new, 20)) if tuple(c.colour) not in used]
     for new_id in range(len(table), k_new):
@@ -175,7 +177,7 @@ def align_clusters(
     config = (config or AlignConfig()).validate()
     new_model_dir, old_model_dir = Path(new_model_dir), Path(old_model_dir)
     out = Path(out_dir) if out_dir is not None else new_model_dir
-    device = _device(config.device)
+    device = resolve_device(config.device)
     new_model, new_meta = load_bundle(new_model_dir, device)
     old_model, old_meta = load_bundle(old_model_dir, device)
     _check_compatible(new_model_dir, new_meta, old_model_dir, old_meta)
@@ -270,7 +272,7 @@ def reference_figures(
     """
     config = (config or AlignConfig()).validate()
     model_dir = Path(model_dir)
-    model, meta = load_bundle(model_dir, _device(config.device))
+    model, meta = load_bundle(model_dir, resolve_device(config.device))
     model = for_inference(model)  # segment's inference copy, as in align_clusters
     device = next(model.parameters()).device
     k = meta.arch.k_b
@@ -380,12 +382,6 @@ def _is_store(path: Path) -> bool:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _check_compatible(new_dir: Path, new: ModelMeta, old_dir: Path, old: ModelMeta) -> None:
     if new.arch.in_channels != old.arch.in_channels:
         raise ConfigError(
@@ -431,7 +427,7 @@ def _moved(
     return moved
 
 
-def _write_aligned(model: IICNet, meta: ModelMeta, source: Path, out: Path, result: Alignment) -> None:
+def _write_aligned(model: NormalisedNet, meta: ModelMeta, source: Path, out: Path, result: Alignment) -> None:
     """Bundle + reports in one atomic step; the source bundle's other files come along."""
     with atomic_path(out, replace_folder=(out / META).is_file()) as tmp:
         save_bundle(model, meta, tmp)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,12 @@ class Cluster:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "colour": list(self.colour), "name": self.name}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Cluster:
+        """The inverse of :meth:`to_dict` (JSON holds the colour as a list)."""
+        red, green, blue = (int(v) for v in data["colour"])
+        return cls(int(data["id"]), (red, green, blue), data.get("name"))
+
 
 def clusters_to_tag(clusters: Sequence[Cluster]) -> str:
     """The cluster table as stored in a raster's ``GEOSEG_CLUSTERS`` metadata item."""
@@ -58,7 +64,7 @@ def clusters_from_tag(text: str | None) -> list[Cluster] | None:
     if not text:
         return None
     try:
-        return [Cluster(int(c["id"]), tuple(c["colour"]), c.get("name")) for c in json.loads(text)]  # type: ignore[arg-type]
+        return [Cluster.from_dict(c) for c in json.loads(text)]
     except (json.JSONDecodeError, TypeError, KeyError, ValueError):
         return None
 
@@ -107,7 +113,7 @@ class ModelMeta:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
         data = dict(data)
-        data["clusters"] = [Cluster(**{**c, "colour": tuple(c["colour"])}) for c in data["clusters"]]
+        data["clusters"] = [Cluster.from_dict(c) for c in data["clusters"]]
         return cls(**data)
 
 

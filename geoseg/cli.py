@@ -152,13 +152,14 @@ def _add_model_name(msub: argparse._SubParsersAction) -> None:
 
 def _run_model_name(args: argparse.Namespace) -> int:
     from geoseg.names import ClusterEdits, name_clusters, parse_colours, parse_names, read_legend
+    from geoseg.style import hex_colour
 
     edits = read_legend(args.legend) if args.legend else ClusterEdits()
     edits = edits.update(ClusterEdits(parse_names(args.names), parse_colours(args.colours)))
     result = name_clusters(args.target, edits, version=args.version)
     print(f"{result.bundle / 'model.json'}")
     for c in result.clusters:
-        print("  {:>3}  #{:02x}{:02x}{:02x}  {}".format(c.id, *c.colour, c.label))
+        print(f"  {c.id:>3}  {hex_colour(c.colour)}  {c.label}")
     return 0
 
 

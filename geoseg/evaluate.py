@@ -134,7 +134,8 @@ def evaluate(
         for name, tally in (("scored", scored), ("fit", fitted)):
             if tally.full[:, n_classes:IGNORE].sum():
                 raise InputError(
-                    f"{name} labels hold class ids >= {n_classes}, outside dataset {dataset.name!r}"
+                    f"{name} labels hold class ids >= {n_classes}, outside "
+                    + (f"dataset {dataset.name!r}" if dataset else "the classes found")
                 )
             if tally.full.sum() == 0:
                 raise InputError(f"no labelled pixels in the {name} set (all ignored or no overlap)")
@@ -187,22 +188,23 @@ def evaluate(
         report["per_image"] = [_image_json(counts, mapping) for counts in scored.images]
 
         colours = _class_colours(dataset, n_classes)
+        examples: list[str] = []
         files = {
             "report_md": REPORT_MD,
             "confusion_png": _plot_confusion(result.confusion, classes, out_dir / CONFUSION_PNG).name,
             "clusters_png": _plot_clusters(
                 table, classes, mapping, cluster_labels, out_dir / CLUSTERS_PNG
             ).name,
-            "examples": [],
+            "examples": examples,
         }
         for index in _sample(len(pairs), config):
             prediction, label = pairs[index]
             target = out_dir / EXAMPLES_DIR / f"{index:03d}_{prediction.stem}.png"
             image = image_paths[index] if image_paths else None
             _side_by_side(prediction, label, image, mapping, colours, dataset, config, target)
-            files["examples"].append(str(target.relative_to(out_dir)))
+            examples.append(str(target.relative_to(out_dir)))
         for stale in sorted((out_dir / EXAMPLES_DIR).glob("*.png")):  # an earlier run's examples
-            if str(stale.relative_to(out_dir)) not in files["examples"]:
+            if str(stale.relative_to(out_dir)) not in examples:
                 stale.unlink()
         report["files"] = {**files, "report_json": REPORT_JSON}
         write_text_atomic(out_dir / REPORT_MD, _markdown(report))

@@ -42,6 +42,7 @@ from rasterio.enums import Resampling
 from rasterio.io import DatasetReader
 from tqdm.auto import tqdm
 from zarr.codecs import ZstdCodec
+from zarr.core.chunk_key_encodings import ChunkKeyEncodingParams
 
 from geoseg import __version__
 from geoseg.cog import GDAL_CACHE_BYTES
@@ -228,7 +229,7 @@ def _ingest(
     config: IngestConfig,
     labels: Sequence[str | Path] | None,
     dask_address: str | None,
-    progress: bool,
+    progress: Progress,
 ) -> Path:
     if _existing_matches(out, plan.fingerprint):
         log.info("%s is complete for these inputs: nothing to do", out)
@@ -295,7 +296,8 @@ def _create(out: Path, plan: Plan, config: IngestConfig, n_bands: int, with_labe
     n, size, per_shard = len(plan.origins), config.patch_size, config.patches_per_shard
     dtype = plan.sources[0].info.dtype
     group = zarr.open_group(str(out), mode="w", zarr_format=3)
-    zstd, flat = ZstdCodec(level=ZSTD_LEVEL), {"name": "default", "separator": "."}
+    zstd = ZstdCodec(level=ZSTD_LEVEL)
+    flat: ChunkKeyEncodingParams = {"name": "default", "separator": "."}
     group.create_array(
         IMAGES, shape=(n, n_bands, size, size), dtype=dtype, chunks=(1, n_bands, size, size),
         shards=(per_shard, n_bands, size, size), fill_value=0, compressors=None, chunk_key_encoding=flat,

@@ -410,7 +410,12 @@ def new_surveys(catalog: str | Path, registry: str | Path, since: str | None = N
         state = load_state(registry)
         since = state.get(state.current).registered if state.current else None
     cutoff = _utc(datetime.fromisoformat(since)) if since else None
-    items = [root] if isinstance(root, pystac.Item) else list(root.get_items(recursive=True))  # type: ignore[union-attr]
+    if isinstance(root, pystac.Item):
+        items = [root]
+    elif isinstance(root, pystac.Catalog):
+        items = list(root.get_items(recursive=True))
+    else:
+        raise InputError(f"{catalog} is neither a STAC catalog nor an item")
     surveys = []
     for item in items:
         if item.properties.get("geoseg:kind", "survey") != "survey":

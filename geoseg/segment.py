@@ -33,7 +33,6 @@ import pystac
 import rasterio
 import rasterio.errors
 import torch
-import torch.nn.functional as F
 from rasterio.enums import Resampling
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
@@ -45,19 +44,38 @@ from geoseg.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
 from geoseg.config import SegmentConfig
 from geoseg.errors import InputError
 from geoseg.fileio import atomic_path, check_free_space, check_set, locked, output_set
-from geoseg.iic.model import IICNet, for_inference
+from geoseg.iic.model import NormalisedNet, for_inference
+from geoseg.inference import (
+    MIN_SIDE,
+    check_bands,
+    predict_probabilities,
+    resolve_device,
+    window_probabilities,
+)
 from geoseg.preview import colourize, save_png, with_legend
 from geoseg.progress import Progress, progress_bar
-from geoseg.sources import RasterInfo, band_names, open_dataset, open_raster, read_scaled, usable_bands
+from geoseg.sources import RasterInfo, open_dataset, open_raster, read_scaled
 from geoseg.style import StyleClass, paletted_raster_qml, pseudocolour_raster_qml
 from geoseg.windows import WindowGrid, blend_weights
+
+__all__ = [
+    "CONFIDENCE_MAX",
+    "NODATA",
+    "SegmentResult",
+    "check_bands",
+    "check_outputs",
+    "output_paths",
+    "predict_probabilities",
+    "segment",
+    "segment_raster",
+    "write_preview",
+]
 
 log = logging.getLogger(__name__)
 
 STAGE = "segment"  # names the outputs' manifest: .<stem>.geoseg-segment.json
 NODATA = 255
 CONFIDENCE_MAX = 100  # confidence is stored as a whole percent: 0..100, nodata 255
-MIN_SIDE = 8  # the trunk pools once: a window needs a few pixels on each side
 
 
 @dataclass
@@ -91,54 +109,7 @@ def output_paths(source: Path, out_dir: Path) -> dict[str, Path]:
     }
 
 
-# --- checks -------------------------------------------------------------------------------
-
-
-def check_bands(src: DatasetReader, path: Path, meta: ModelMeta, model_dir: Path) -> list[int]:
-    """The source bands to feed the model, checked against model.json (count, dtype, order).
-
-    Count and dtype must match (a uint16 raster through a uint8 model gives garbage, not an
-    error, so it is refused). Order is checked where both sides name their bands: the same
-    names in another order is refused; unrelated naming schemes are not compared.
-    """
-    bands = list(usable_bands(src, None, path))
-    expected = meta.arch.in_channels
-    if len(bands) != expected:
-        raise InputError(
-            f"{path} has {len(bands)} bands (alpha excluded) but model {model_dir} expects {expected} "
-            f"({', '.join(meta.band_names)})"
-        )
-    src_dtype, model_dtype = np.dtype(src.dtypes[bands[0] - 1]), np.dtype(meta.dtype)
-    if src_dtype.kind != model_dtype.kind or (src_dtype.kind in "iu" and src_dtype != model_dtype):
-        raise InputError(f"{path} is {src_dtype} but model {model_dir} was trained on {model_dtype} pixels")
-    names = list(band_names(src, bands))
-    model_names = [n.lower() for n in meta.band_names]
-    if sorted(names) == sorted(model_names) and names != model_names:
-        raise InputError(f"{path} has bands in the order {names} but model {model_dir} expects {model_names}")
-    return bands
-
-
-# --- inference ----------------------------------------------------------------------------
-
-
-def predict_probabilities(
-    model: IICNet, batch: torch.Tensor, scale: float = 1.0, head: str = "b"
-) -> torch.Tensor:
-    """(N, C, h, w) raw pixels -> (N, k, h, w) softmax, resampled as the model was trained.
-
-    With ``scale != 1`` the input is resampled to the model's grid (bilinear, antialiased
-    when shrinking, like an averaging read) and the probabilities back to (h, w).
-    """
-    h, w = batch.shape[-2:]
-    x = batch.float()
-    if scale != 1.0:  # an even size at the model's scale keeps the pooling geometry exact
-        size = (max(MIN_SIDE, 2 * round(h * scale / 2)), max(MIN_SIDE, 2 * round(w * scale / 2)))
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
-    with torch.inference_mode():
-        probs = model(x.contiguous(memory_format=torch.channels_last), heads=head)[head][0]
-    if probs.shape[-2:] != (h, w):
-        probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-    return probs.contiguous()
+# --- inference (the model's side: geoseg.inference) --------------------------------------
 
 
 class _StripBlender:
@@ -180,7 +151,7 @@ class _StripBlender:
         return ids, confidence, valid
 
 
-def _pooling(model: IICNet) -> int:
+def _pooling(model: NormalisedNet) -> int:
     """The network's total downsampling: windows are aligned to it (max-pool phase)."""
     factor = 1
     for module in model.modules():
@@ -189,7 +160,7 @@ def _pooling(model: IICNet) -> int:
     return factor
 
 
-def receptive_radius(model: IICNet) -> int:
+def receptive_radius(model: NormalisedNet) -> int:
     """Pixels (at the model's scale) of context each side that an output pixel depends on.
 
     Summed over the trunk (convolutions: dilation x (kernel // 2), pools: kernel - 1, each
@@ -207,7 +178,9 @@ def receptive_radius(model: IICNet) -> int:
     return radius + jump
 
 
-def plan_grid(model: IICNet, meta: ModelMeta, config: SegmentConfig, height: int, width: int) -> WindowGrid:
+def plan_grid(
+    model: NormalisedNet, meta: ModelMeta, config: SegmentConfig, height: int, width: int
+) -> WindowGrid:
     """The window grid over the raster padded to the alignment (source pixels).
 
     The window is the model's patch (or ``config.window``) at the model's scale. Window,
@@ -250,7 +223,7 @@ def _read_strip(
 
 
 def _segment_into(
-    model: IICNet,
+    model: NormalisedNet,
     meta: ModelMeta,
     src: DatasetReader,
     path: Path,
@@ -261,7 +234,6 @@ def _segment_into(
     progress: Progress,
 ) -> None:
     """Stream the blended prediction of ``src`` into two intermediate tiled GeoTIFFs."""
-    device = next(model.parameters()).device
     k = model.arch.k_b if config.head == "b" else model.arch.k_a
     grid = plan_grid(model, meta, config, src.height, src.width)
     info = open_raster(path, bands)
@@ -287,10 +259,7 @@ def _segment_into(
             for start in range(0, len(cols), config.batch_size):
                 chunk = cols[start : start + config.batch_size]
                 batch = np.stack([strip[:, :, c : c + grid.win_width] for c in chunk])
-                probs = predict_probabilities(
-                    model, torch.from_numpy(batch).to(device), meta.scale, config.head
-                )
-                probs = probs.float().cpu().numpy()
+                probs = window_probabilities(model, batch, meta.scale, config.head)
                 for c, p in zip(chunk, probs, strict=True):
                     blender.add(p, weights[grid.borders(row, c)], row, c)
                 bar.update(len(chunk))
@@ -305,7 +274,7 @@ def _segment_into(
 
 
 def _refiner(
-    model: IICNet, src: DatasetReader, bands: list[int], config: SegmentConfig
+    model: NormalisedNet, src: DatasetReader, bands: list[int], config: SegmentConfig
 ) -> Callable[[np.ndarray, int], np.ndarray] | None:
     """The ``--refine`` hook for this raster (None: the blended probabilities as they are)."""
     if config.refine is None:
@@ -320,7 +289,7 @@ def _refiner(
 # --- outputs ------------------------------------------------------------------------------
 
 
-def cluster_table(meta: ModelMeta, config: SegmentConfig, model: IICNet) -> list[Cluster]:
+def cluster_table(meta: ModelMeta, config: SegmentConfig, model: NormalisedNet) -> list[Cluster]:
     """The clusters of the head used: model.json's table for head B, default colours for A."""
     if config.head == "b" and meta.clusters:
         return sorted(meta.clusters, key=lambda c: c.id)
@@ -328,7 +297,7 @@ def cluster_table(meta: ModelMeta, config: SegmentConfig, model: IICNet) -> list
 
 
 def style_classes(clusters: Sequence[Cluster]) -> list[StyleClass]:
-    return [StyleClass(c.id, tuple(c.colour), c.name) for c in clusters]  # type: ignore[arg-type]
+    return [StyleClass(c.id, c.colour, c.name) for c in clusters]
 
 
 def write_preview(clusters_tif: Path, clusters: Sequence[Cluster], out: Path, size: int) -> Path:
@@ -340,14 +309,14 @@ def write_preview(clusters_tif: Path, clusters: Sequence[Cluster], out: Path, si
         ids = src.read(1, out_shape=shape, resampling=Resampling.nearest)
     colours = [(128, 128, 128)] * (max((c.id for c in clusters), default=-1) + 1)
     for c in clusters:
-        colours[c.id] = tuple(c.colour)  # type: ignore[assignment]
+        colours[c.id] = c.colour
     shown = set(np.unique(ids).tolist())
-    entries = [(tuple(c.colour), c.label) for c in sorted(clusters, key=lambda c: c.id) if c.id in shown]
+    entries = [(c.colour, c.label) for c in sorted(clusters, key=lambda c: c.id) if c.id in shown]
     return save_png(with_legend(colourize(ids, colours, NODATA), entries), out, max_size=None)
 
 
 def segment_raster(
-    model: IICNet,
+    model: NormalisedNet,
     meta: ModelMeta,
     model_dir: Path,
     source: Path,
@@ -376,13 +345,13 @@ def _published(result: SegmentResult, out_dir: Path) -> SegmentResult:
 
 
 def _write_outputs(
-    model: IICNet,
+    model: NormalisedNet,
     meta: ModelMeta,
     model_dir: Path,
     source: Path,
     out_dir: Path,
     config: SegmentConfig,
-    progress: bool,
+    progress: Progress,
 ) -> SegmentResult:
     paths = output_paths(source, out_dir)
     clusters = cluster_table(meta, config, model)
@@ -510,7 +479,6 @@ def segment(
         InputError: a missing/corrupt model or raster, or bands that do not match the model.
         ConfigError: bad parameters.
     """
-    from geoseg.train import resolve_device
 
     config = (config or SegmentConfig()).validate()
     model_dir, out_dir = Path(model_dir).absolute(), Path(out_dir)

@@ -50,7 +50,7 @@ def write_shard(array: zarr.Array, shard: int, block: np.ndarray) -> None:
         chunk_bytes = data[0].nbytes
         index[: len(data), 0] = np.arange(len(data), dtype="<u8") * chunk_bytes
         index[: len(data), 1] = chunk_bytes
-        parts.append(memoryview(data).cast("B"))
+        parts.append(data.data.cast("B"))
     else:
         offset = 0
         encoded = b""

@@ -14,6 +14,7 @@ complete only once ``geoseg.complete`` is true; ingest sets it last.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,21 +86,27 @@ class PatchStore:
         self.group = group
         self.meta = meta
 
+    def _array(self, name: str) -> zarr.Array:
+        array = self.group[name]
+        if not isinstance(array, zarr.Array):  # a foreign group under one of our names
+            raise InputError(f"{self.path}/{name} is a zarr group, not an array: not a geoseg patch store")
+        return array
+
     @property
     def images(self) -> zarr.Array:
-        return self.group[IMAGES]  # type: ignore[return-value]
+        return self._array(IMAGES)
 
     @property
     def valid(self) -> zarr.Array:
-        return self.group[VALID]  # type: ignore[return-value]
+        return self._array(VALID)
 
     @property
     def origin(self) -> np.ndarray:
-        return np.asarray(self.group[ORIGIN][:])
+        return np.asarray(self._array(ORIGIN)[:])
 
     @property
     def labels(self) -> zarr.Array | None:
-        return self.group[LABELS] if LABELS in self.group else None  # type: ignore[return-value]
+        return self._array(LABELS) if LABELS in self.group else None
 
     @property
     def num_patches(self) -> int:
@@ -123,9 +130,9 @@ def open_store(path: str | Path, require_complete: bool = True) -> PatchStore:
         raw = dict(group.attrs).get("geoseg")
     except Exception as exc:  # zarr raises several types for foreign/corrupt stores
         raise InputError(f"not a readable zarr patch store: {path} ({exc})") from exc
-    if not raw or raw.get("format") != STORE_FORMAT:
+    if not isinstance(raw, Mapping) or raw.get("format") != STORE_FORMAT:
         raise InputError(f"not a geoseg patch store (no '{STORE_FORMAT}' attributes): {path}")
-    meta = StoreMeta.from_attrs(raw)
+    meta = StoreMeta.from_attrs(dict(raw))
     if require_complete and not meta.complete:
         raise InputError(f"patch store is incomplete (interrupted ingest? re-run it to resume): {path}")
     return PatchStore(path, group, meta)

@@ -34,6 +34,12 @@ def cluster_label(cluster_id: int, name: str | None) -> str:
     return name or f"cluster {cluster_id}"
 
 
+def hex_colour(colour: tuple[int, int, int]) -> str:
+    """``#rrggbb``, as QGIS styles and ``geoseg model name`` write a colour."""
+    red, green, blue = colour
+    return f"#{red:02x}{green:02x}{blue:02x}"
+
+
 @dataclass(frozen=True)
 class StyleClass:
     """One cluster as styles show it."""
@@ -48,7 +54,7 @@ class StyleClass:
 
     @property
     def hex(self) -> str:
-        return "#{:02x}{:02x}{:02x}".format(*self.colour)
+        return hex_colour(self.colour)
 
 
 def _document(categories: str) -> ET.Element:

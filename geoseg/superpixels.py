@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -515,14 +515,11 @@ def _write_all(
 ) -> list[Path]:
     """One published output set per raster (geoseg.fileio.output_set, as the other baselines)."""
     colours = _colours(model.k)
-    return [
-        _publish(
-            s.source,
-            out,
-            lambda target, s=s: _paint(s, model.predict(s.features), target, colours, model_path),
-        )
-        for s in segmented
-    ]
+
+    def painter(s: SegmentedRaster) -> Callable[[Path], Path]:
+        return lambda target: _paint(s, model.predict(s.features), target, colours, model_path)
+
+    return [_publish(s.source, out, painter(s)) for s in segmented]
 
 
 def _labels_tmp(out: Path, source: Path, index: int) -> Path:

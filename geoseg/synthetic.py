@@ -255,7 +255,7 @@ def _place_trees(
     blocked = unary_union([road_area, water, built.buffer(1 * ppm)])
     trees: list[tuple[Point, float, float]] = []
     centres = rng.uniform(0.1 * size, 0.9 * size, (max(2, size // 160), 2))
-    candidates = []
+    candidates: list[np.ndarray] = []
     for cx, cy in centres:
         n = int(rng.integers(40, 90))
         spread = rng.uniform(10, 22) * ppm

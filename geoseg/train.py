@@ -66,6 +66,7 @@ from geoseg.iic.data import PatchDataset, StepBatchSampler
 from geoseg.iic.distributed import DistContext, RankShard, cleanup, init_from_env, reduce_joint, wrap_model
 from geoseg.iic.model import NormalisedNet
 from geoseg.iic.transforms import PairedTransform, rgb_band_indices
+from geoseg.inference import resolve_device
 from geoseg.methods import get_method
 from geoseg.methods.iic import pair_losses
 from geoseg.progress import Progress, progress_bar
@@ -98,15 +99,6 @@ class TrainState:
     best_ema_b: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without one is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda requested but no CUDA device is available")
-    return torch.device(name)
 
 
 def work_dir(out: str | Path) -> Path:

@@ -337,7 +337,7 @@ def vectorize(
 
     tasks = [
         delayed(polygonize_block)(str(clusters_tif), b, shape, nodata, sieve_pixels)
-        for b in blocks(*shape, block_size)
+        for b in blocks(shape[0], shape[1], block_size)
     ]
     parts = _compute(tasks, dask_address)
     geometry = shapely.from_wkb(np.concatenate([p.wkb for p in parts]))

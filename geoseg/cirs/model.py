@@ -118,6 +118,8 @@ class CIRSNet(NormalisedNet):
     """``heads="b"``/``"a"``: S's softmax; :meth:`represent` applies g to every segment.
     S is the ``trunk`` (the name the shared inference code reads)."""
 
+    trunk: UNet
+
     def __init__(self, arch: CIRSArchitecture) -> None:
         super().__init__(arch.in_channels)
         if arch.preset not in PRESET_WIDTH:

@@ -100,9 +100,11 @@ def init_weights(net: nn.Module) -> None:
 class NormalisedNet(nn.Module):
     """What every method's network shares: the training data's per-band statistics as
     buffers (``input_mean``, ``input_std``), so it is fed raw pixels; and ``arch``, the
-    method's architecture record (in_channels, k_b, k_a, subheads, preset, to_dict())."""
+    method's architecture record (in_channels, k_b, k_a, subheads, preset, to_dict()); and
+    ``trunk``, the feature network whose receptive field segmentation's window overlap covers."""
 
     arch: Any
+    trunk: nn.Module
     input_mean: torch.Tensor
     input_std: torch.Tensor
 

@@ -1,0 +1,87 @@
+"""Inference shared by every stage that runs a model: the device, the band check, and
+probabilities of a batch of windows resampled as the model was trained.
+
+``segment`` streams these over a raster; ``models.align`` compares two models with them
+over a patch store. Written once, so both see a model the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rasterio.io import DatasetReader
+
+from geoseg.bundle import ModelMeta
+from geoseg.errors import ConfigError, InputError
+from geoseg.iic.model import NormalisedNet
+from geoseg.sources import band_names, usable_bands
+
+__all__ = ["MIN_SIDE", "check_bands", "predict_probabilities", "resolve_device", "window_probabilities"]
+
+MIN_SIDE = 8  # the trunk pools once: a window needs a few pixels on each side
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without one is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def check_bands(src: DatasetReader, path: Path, meta: ModelMeta, model_dir: Path) -> list[int]:
+    """The source bands to feed the model, checked against model.json (count, dtype, order).
+
+    Count and dtype must match (a uint16 raster through a uint8 model gives garbage, not an
+    error, so it is refused). Order is checked where both sides name their bands: the same
+    names in another order is refused; unrelated naming schemes are not compared.
+    """
+    bands = list(usable_bands(src, None, path))
+    expected = meta.arch.in_channels
+    if len(bands) != expected:
+        raise InputError(
+            f"{path} has {len(bands)} bands (alpha excluded) but model {model_dir} expects {expected} "
+            f"({', '.join(meta.band_names)})"
+        )
+    src_dtype, model_dtype = np.dtype(src.dtypes[bands[0] - 1]), np.dtype(meta.dtype)
+    if src_dtype.kind != model_dtype.kind or (src_dtype.kind in "iu" and src_dtype != model_dtype):
+        raise InputError(f"{path} is {src_dtype} but model {model_dir} was trained on {model_dtype} pixels")
+    names = list(band_names(src, bands))
+    model_names = [n.lower() for n in meta.band_names]
+    if sorted(names) == sorted(model_names) and names != model_names:
+        raise InputError(f"{path} has bands in the order {names} but model {model_dir} expects {model_names}")
+    return bands
+
+
+def predict_probabilities(
+    model: NormalisedNet, batch: torch.Tensor, scale: float = 1.0, head: str = "b"
+) -> torch.Tensor:
+    """(N, C, h, w) raw pixels -> (N, k, h, w) softmax, resampled as the model was trained.
+
+    With ``scale != 1`` the input is resampled to the model's grid (bilinear, antialiased
+    when shrinking, like an averaging read) and the probabilities back to (h, w).
+    """
+    h, w = batch.shape[-2:]
+    x = batch.float()
+    if scale != 1.0:  # an even size at the model's scale keeps the pooling geometry exact
+        size = (max(MIN_SIDE, 2 * round(h * scale / 2)), max(MIN_SIDE, 2 * round(w * scale / 2)))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    with torch.inference_mode():
+        probs = model(x.contiguous(memory_format=torch.channels_last), heads=head)[head][0]
+    if probs.shape[-2:] != (h, w):
+        probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+    return probs.contiguous()
+
+
+def window_probabilities(
+    model: NormalisedNet, windows: np.ndarray, scale: float = 1.0, head: str = "b"
+) -> np.ndarray:
+    """:func:`predict_probabilities` of a stack of windows read into host memory, on the
+    model's device; float32 (N, k, h, w) back in host memory."""
+    device = next(model.parameters()).device
+    probs = predict_probabilities(model, torch.from_numpy(windows).to(device), scale, head)
+    return probs.float().cpu().numpy()
