@@ -88,11 +88,11 @@ def ingest_mb_s(path: Path, out: Path, patch: int, workers: int) -> tuple[float,
 def shard_write_mb_s(out: Path, patch: int, by_zarr: bool, per_shard: int = 64, shards: int = 24) -> float:
     """MB/s of writing in-memory patches into ingest's store layout alone (1-patch chunks,
     ``per_shard``-patch shards; images uncompressed, valid zstd), one thread: through
-    geoseg.shards (what ingest does) or through zarr-python's own array assignment."""
+    geoseg.io.shards (what ingest does) or through zarr-python's own array assignment."""
     import zarr
     from zarr.codecs import ZstdCodec
 
-    from geoseg.shards import write_shard
+    from geoseg.io.shards import write_shard
 
     rng = np.random.default_rng(1)
     images = (100 + rng.integers(0, 24, (per_shard, 3, patch, patch))).astype(np.uint8)
@@ -175,7 +175,7 @@ def main() -> None:
         ours = shard_write_mb_s(work / "ours.zarr", args.patch, by_zarr=False)
         theirs = shard_write_mb_s(work / "theirs.zarr", args.patch, by_zarr=True)
         print(
-            f"store writes alone (same layout, from memory, one thread): geoseg.shards {ours:.0f} MB/s, "
+            f"store writes alone (same layout, from memory, one thread): geoseg.io.shards {ours:.0f} MB/s, "
             f"zarr-python's assignment {theirs:.0f} MB/s of pixels ({ours / theirs:.0f}x)"
         )
         if args.rss_size:

@@ -29,7 +29,7 @@ def ingest_step(
     sources: list[Path], run_dir: Path, config: IngestConfig, labels: list[Path] | None = None
 ) -> tuple[Path, str]:
     """Run the ingest task (cached) and record the survey in the run's catalog."""
-    from geoseg import catalog as stac
+    from geoseg.stac import catalog as run_catalog
 
     store, state = run(
         ingest_task,
@@ -39,8 +39,8 @@ def ingest_step(
         config=config_dict(config),
         labels=[str(p) for p in labels] if labels else None,
     )
-    items = [stac.survey_item(s, store=Path(store)) for s in sources]
-    stac.update_run_catalog(run_dir / CATALOG, items)
+    items = [run_catalog.survey_item(s, store=Path(store)) for s in sources]
+    run_catalog.update_run_catalog(run_dir / CATALOG, items)
     return Path(store), state
 
 

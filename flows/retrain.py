@@ -3,12 +3,12 @@
 Scheduled weekly in prefect.yaml. One run:
 
 1. finds the survey items added to the catalog since the promoted model was registered
-   (:func:`geoseg.registry.new_surveys`); none: the run ends there;
+   (:func:`geoseg.models.registry.new_surveys`); none: the run ends there;
 2. ingests them into one patch store (the ingest flow's step, cached);
 3. trains, by default starting from the promoted model's weights (``TrainConfig.init_from``)
    with its k, so the new model refines rather than restarts;
 4. aligns the new model's cluster ids to the promoted model's on the new imagery (which
-   both can see) so ids, colours and names carry over (:mod:`geoseg.align`); the trained
+   both can see) so ids, colours and names carry over (:mod:`geoseg.models.align`); the trained
    bundle stays as it is, the aligned one is written beside it;
 5. evaluates where the surveys have ground truth (segment + evaluate, after alignment so
    the reported ids are the final ones);
@@ -61,7 +61,7 @@ EVALUATION = "evaluation"
 @task(name="find-surveys", retries=2, retry_delay_seconds=5, retry_condition_fn=not_user_error)
 def find_surveys_task(catalog: str, registry: str, since: str | None = None) -> list[dict[str, Any]]:
     """Survey items added since the promoted model (paths as strings)."""
-    from geoseg.registry import new_surveys
+    from geoseg.models.registry import new_surveys
 
     return [
         {**dataclasses.asdict(s), "image": str(s.image), "label": str(s.label) if s.label else None}
@@ -74,7 +74,7 @@ def align_task(
     model: str, previous: str, reference: list[str], out: str, config: dict[str, Any]
 ) -> dict[str, Any]:
     """Carry the previous model's cluster ids over to the new one; returns the alignment figures."""
-    from geoseg.align import align_clusters
+    from geoseg.models.align import align_clusters
 
     result = align_clusters(model, previous, reference, out_dir=out, config=AlignConfig(**config))
     return dataclasses.asdict(result)
@@ -85,7 +85,7 @@ def register_task(
     bundle: str, registry: str, previous: str | None, config: dict[str, Any], reference: list[str]
 ) -> dict[str, Any]:
     """Register the bundle as a version; promote it only if the label-free check passes."""
-    from geoseg import registry as models
+    from geoseg.models import registry as models
 
     decision = models.check_bundle(bundle, previous, PromotionConfig(**config), reference=reference)
     entry = models.register(bundle, registry, decision)  # status "rejected" when the check fails
@@ -129,8 +129,8 @@ def retrain_flow(
     Returns:
         What happened: the surveys, the paths written, the version and the promotion decision.
     """
-    from geoseg import registry as models
-    from geoseg.bundle import load_meta
+    from geoseg.models import registry as models
+    from geoseg.models.bundle import load_meta
 
     logger = get_run_logger()
     settings = FlowSettings.from_env()

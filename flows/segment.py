@@ -33,8 +33,8 @@ def segment_step(
     model: Path, sources: list[Path], run_dir: Path, config: SegmentConfig
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Segment (and vectorize) every source; add prediction items linked to source and model."""
-    from geoseg import catalog as stac
-    from geoseg.bundle import load_meta
+    from geoseg.models.bundle import load_meta
+    from geoseg.stac import catalog as run_catalog
     from geoseg.vectorize import vector_style_path
 
     out_dir = run_dir / PREDICTIONS
@@ -73,12 +73,12 @@ def segment_step(
             gpkg, state = resolve(future, vectorize_task, run_dir, **vectorize_arguments(r, config, names))
             r["gpkg"], r["gpkg_qml"] = gpkg, str(vector_style_path(gpkg))
             states.append(state)
-    model_item = stac.model_item(model)
+    model_item = run_catalog.model_item(model)
     items = [model_item]
     for source, r in zip(sources, results, strict=True):
-        survey = stac.survey_item(source)
-        items += [survey, stac.prediction_item(r, survey, model_item)]
-    stac.update_run_catalog(run_dir / CATALOG, items)
+        survey = run_catalog.survey_item(source)
+        items += [survey, run_catalog.prediction_item(r, survey, model_item)]
+    run_catalog.update_run_catalog(run_dir / CATALOG, items)
     return results, states
 
 
@@ -98,7 +98,7 @@ def vectorize_arguments(
 
 def _gpkg_path(clusters: str) -> str:
     """``<stem>_polygons.gpkg`` beside ``<stem>_clusters.tif``, as ``geoseg segment`` names it."""
-    from geoseg.outputs import polygons_path
+    from geoseg.io.outputs import polygons_path
 
     return str(polygons_path(clusters))
 

@@ -131,7 +131,7 @@ def check_sources(paths: str | Path | Iterable[str | Path], settings: FlowSettin
 
     Every raster, including those a STAC item points to, must pass :func:`check_input`.
     """
-    from geoseg.sources import discover_sources
+    from geoseg.io.sources import discover_sources
 
     rasters = discover_sources(check_inputs(paths, "src", settings))
     return [check_input(r, "src raster", settings) for r in rasters]

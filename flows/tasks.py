@@ -34,7 +34,7 @@ from prefect.utilities.hashing import hash_objects
 from flows.runner import library_dask
 from geoseg import __version__
 from geoseg.errors import GeosegError
-from geoseg.fileio import sha256_file
+from geoseg.io.fileio import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def outputs_exist(result: Any) -> bool:
     """Whether every absolute path in a task's result still exists as a published output
     (a file of an output set whose publication did not finish is not a result)."""
     from geoseg.errors import InputError
-    from geoseg.fileio import require_published
+    from geoseg.io.fileio import require_published
 
     try:
         for path in _paths_in(result):

@@ -26,7 +26,7 @@ CATALOG = "catalog"
 
 def train_step(stores: list[Path], run_dir: Path, config: TrainConfig) -> tuple[Path, str]:
     """Run the training task (cached) and record the model, linked to its stores' surveys."""
-    from geoseg import catalog as stac
+    from geoseg.stac import catalog as run_catalog
 
     bundle, state = run(
         train_task,
@@ -35,7 +35,7 @@ def train_step(stores: list[Path], run_dir: Path, config: TrainConfig) -> tuple[
         out=str(run_dir / MODEL),
         config=config_dict(config),
     )
-    stac.update_run_catalog(run_dir / CATALOG, [stac.model_item(Path(bundle))])
+    run_catalog.update_run_catalog(run_dir / CATALOG, [run_catalog.model_item(Path(bundle))])
     return Path(bundle), state
 
 

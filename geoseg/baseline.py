@@ -22,16 +22,17 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from geoseg import outputs
 from geoseg.config import BaselineConfig
 from geoseg.errors import InputError
-from geoseg.fileio import atomic_path, check_free_space, check_set, locked, output_set
-from geoseg.sources import finite_mask, open_dataset, usable_bands
-from geoseg.style import StyleClass, paletted_raster_qml
+from geoseg.io import outputs
+from geoseg.io.fileio import atomic_path, check_free_space, check_set, locked, output_set
+from geoseg.io.outputs import NODATA, check_unique_stems
+from geoseg.io.preview import write_preview
+from geoseg.io.sources import finite_mask, open_dataset, usable_bands
+from geoseg.io.style import StyleClass, paletted_raster_qml
 
 log = logging.getLogger(__name__)
 
-NODATA = 255
 STAGE = "baseline"  # names the outputs' manifest: .<stem>.geoseg-baseline.json
 PREVIEW_SIZE = 1024
 
@@ -108,18 +109,6 @@ def cluster_output_path(source: Path, out_dir: Path) -> Path:
     return outputs.clusters_path(source, out_dir)
 
 
-def check_unique_stems(sources: Sequence[Path]) -> None:
-    """Outputs are named by stem: two sources with one stem would overwrite each other."""
-    seen: dict[str, Path] = {}
-    for path in sources:
-        if path.stem in seen:
-            raise InputError(
-                f"{seen[path.stem]} and {path} share the name {path.stem!r}: their "
-                f"{outputs.CLUSTERS} outputs would collide; write them to separate --out folders"
-            )
-        seen[path.stem] = path
-
-
 def write_cluster_raster(
     source: Path,
     out_path: Path,
@@ -167,12 +156,9 @@ def write_cluster_raster(
 
 def _companions(cluster_raster: Path, colours: Sequence[tuple[int, int, int]]) -> None:
     """What segmentation writes beside a cluster raster: a PNG preview and a QGIS style."""
-    from geoseg.bundle import Cluster
-    from geoseg.segment import write_preview
-
-    clusters = [Cluster(i, c) for i, c in enumerate(colours)]
-    write_preview(cluster_raster, clusters, outputs.preview_path(cluster_raster), PREVIEW_SIZE)
-    paletted_raster_qml([StyleClass(i, c) for i, c in enumerate(colours)], outputs.style_path(cluster_raster))
+    classes = [StyleClass(i, c) for i, c in enumerate(colours)]
+    write_preview(cluster_raster, classes, outputs.preview_path(cluster_raster), PREVIEW_SIZE)
+    paletted_raster_qml(classes, outputs.style_path(cluster_raster))
 
 
 def _tiles(height: int, width: int, tile_rows: int, tile_cols: int) -> Iterator[Window]:
@@ -189,7 +175,7 @@ def _grow(window: Window, margin: int, height: int, width: int) -> Window:
 
 
 def _colours(k: int) -> list[tuple[int, int, int]]:
-    from geoseg.bundle import default_clusters
+    from geoseg.models.bundle import default_clusters
 
     return [c.colour for c in default_clusters(k)]
 

@@ -151,8 +151,8 @@ def _add_model_name(msub: argparse._SubParsersAction) -> None:
 
 
 def _run_model_name(args: argparse.Namespace) -> int:
-    from geoseg.names import ClusterEdits, name_clusters, parse_colours, parse_names, read_legend
-    from geoseg.style import hex_colour
+    from geoseg.io.style import hex_colour
+    from geoseg.models.names import ClusterEdits, name_clusters, parse_colours, parse_names, read_legend
 
     edits = read_legend(args.legend) if args.legend else ClusterEdits()
     edits = edits.update(ClusterEdits(parse_names(args.names), parse_colours(args.colours)))
@@ -164,7 +164,7 @@ def _run_model_name(args: argparse.Namespace) -> int:
 
 
 def _run_model(args: argparse.Namespace) -> int:
-    from geoseg import registry
+    from geoseg.models import registry
 
     command = args.model_command
     if command == "list":
@@ -189,8 +189,8 @@ def _run_model(args: argparse.Namespace) -> int:
         print(f"current model: {entry.version} ({args.registry / entry.version})")
         return 0
     if command == "align":
-        from geoseg.align import align_clusters
         from geoseg.config import AlignConfig
+        from geoseg.models.align import align_clusters
 
         config = AlignConfig(share_threshold=args.share_threshold, device=args.device)
         result = align_clusters(args.bundle, args.to, args.reference, args.out, config)
@@ -737,7 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def user_error_message(exc: BaseException, out: Path | None = None) -> str | None:
     """The one line for a failure the user can fix, or None for a bug (which keeps its traceback)."""
-    from geoseg.fileio import describe_os_error
+    from geoseg.io.fileio import describe_os_error
 
     if isinstance(exc, GeosegError):
         return str(exc)

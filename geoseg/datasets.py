@@ -38,7 +38,7 @@ import rasterio.io
 from rasterio.windows import Window
 
 from geoseg.errors import ConfigError, InputError
-from geoseg.sources import open_dataset
+from geoseg.io.sources import open_dataset
 
 IGNORE = 255
 

@@ -30,7 +30,7 @@ from geoseg import __version__, metrics
 from geoseg.config import EvaluateConfig
 from geoseg.datasets import IGNORE, LabelDataset, get_dataset, load_palette, read_label
 from geoseg.errors import InputError
-from geoseg.fileio import (
+from geoseg.io.fileio import (
     atomic_path,
     claim_folder,
     locked,
@@ -39,10 +39,10 @@ from geoseg.fileio import (
     write_json_atomic,
     write_text_atomic,
 )
-from geoseg.preview import colourize, save_png
+from geoseg.io.preview import colourize, save_png
+from geoseg.io.sources import open_dataset
+from geoseg.io.style import cluster_label
 from geoseg.progress import Progress, progress_bar
-from geoseg.sources import open_dataset
-from geoseg.style import cluster_label
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +318,7 @@ def _cluster_labels(predictions: Sequence[Path], n_clusters: int) -> list[str]:
     """Each cluster id's label: the name ``geoseg model name`` gave it, as the prediction
     rasters carry it (their cluster table), else ``cluster N``. The first raster with a
     table decides; rasters of one run share it."""
-    from geoseg.bundle import CLUSTERS_TAG, clusters_from_tag
+    from geoseg.models.bundle import CLUSTERS_TAG, clusters_from_tag
 
     names: dict[int, str] = {}
     for path in predictions:
@@ -334,7 +334,7 @@ def _class_colours(dataset: LabelDataset | None, n_classes: int) -> list[tuple[i
     if dataset is not None:
         colours = list(dataset.colours)
     else:
-        from geoseg.bundle import default_clusters
+        from geoseg.models.bundle import default_clusters
 
         colours = [c.colour for c in default_clusters(n_classes)]
     return [*colours, UNMAPPED_COLOUR]  # id n_classes: a cluster mapped to no class

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from rasterio.io import DatasetReader
 
-from geoseg.bundle import ModelMeta
 from geoseg.errors import ConfigError, InputError
 from geoseg.iic.model import NormalisedNet
-from geoseg.sources import band_names, usable_bands
+from geoseg.io.sources import band_names, usable_bands
+from geoseg.models.bundle import ModelMeta
 
 __all__ = ["MIN_SIDE", "check_bands", "predict_probabilities", "resolve_device", "window_probabilities"]
 

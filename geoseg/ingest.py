@@ -1,4 +1,4 @@
-"""Ingest: cut source rasters into a zarr v3 patch store (see geoseg.store for the contract).
+"""Ingest: cut source rasters into a zarr v3 patch store (see geoseg.io.store for the contract).
 
 How it runs, and why:
 
@@ -12,7 +12,7 @@ How it runs, and why:
    writes and recorded when the store completes.
 2. **Write** (parallel, Dask): each task writes a few consecutive zarr shards (those in
    one 1024-row band of a source), each shard in one go by that task alone, encoded by
-   :mod:`geoseg.shards` in one pass. Patches are read one window per row of patches.
+   :mod:`geoseg.io.shards` in one pass. Patches are read one window per row of patches.
    Memory per task is a few strips, never a whole raster.
 3. **Finish**: per-band statistics are combined from the shard tasks and the group is
    marked ``complete`` last. Each finished shard leaves a marker (with its statistics) in
@@ -45,14 +45,13 @@ from zarr.codecs import ZstdCodec
 from zarr.core.chunk_key_encodings import ChunkKeyEncodingParams
 
 from geoseg import __version__
-from geoseg.cog import GDAL_CACHE_BYTES
 from geoseg.config import IngestConfig
 from geoseg.datasets import IGNORE, LabelDataset, expand_colormap, get_dataset
 from geoseg.errors import ConfigError, InputError
-from geoseg.fileio import check_writable, locked, sha256_file, write_json_atomic
-from geoseg.progress import Progress, progress_bar
-from geoseg.shards import write_shard
-from geoseg.sources import (
+from geoseg.io.cog import GDAL_CACHE_BYTES
+from geoseg.io.fileio import check_writable, locked, sha256_file, write_json_atomic
+from geoseg.io.shards import write_shard
+from geoseg.io.sources import (
     RasterInfo,
     all_valid,
     discover_sources,
@@ -62,7 +61,8 @@ from geoseg.sources import (
     read_scaled,
     read_valid,
 )
-from geoseg.store import IMAGES, LABELS, ORIGIN, VALID, SourceInfo, StoreMeta, open_store
+from geoseg.io.store import IMAGES, LABELS, ORIGIN, VALID, SourceInfo, StoreMeta, open_store
+from geoseg.progress import Progress, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -548,7 +548,7 @@ def _finish(out: Path, plan: Plan, stats: list[dict[str, Any]]) -> None:
 
 def _write_catalog(out: Path, plan: Plan) -> Path:
     """A STAC catalog of the ingested inputs next to the store: ``<store>.stac/``."""
-    from geoseg.catalog import survey_item, update_run_catalog
+    from geoseg.stac.catalog import survey_item, update_run_catalog
 
     items = [survey_item(s.info.path, out, sha256=s.sha256) for s in plan.sources if s.info.crs is not None]
     return update_run_catalog(out.with_name(out.name + ".stac"), items)

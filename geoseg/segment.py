@@ -1,17 +1,17 @@
 """Seamless sliding-window segmentation of large rasters into cluster and confidence COGs.
 
-For each source raster the window grid (:mod:`geoseg.windows`) is walked one row of
+For each source raster the window grid (:mod:`geoseg.io.windows`) is walked one row of
 windows at a time. Each window is read with the model's resampling (``scale`` of
 model.json), predicted, brought back to source resolution and added, weighted by
-:func:`geoseg.windows.blend_weights`, into a strip accumulator one window high and one
+:func:`geoseg.io.windows.blend_weights`, into a strip accumulator one window high and one
 raster wide. Rows that no later window touches are final: they are normalised, turned
 into cluster ids (argmax) and confidence (max probability), written into intermediate
 tiled GeoTIFFs, and dropped. Memory is therefore bounded by ``k x window x width`` floats
 plus one strip of source pixels, whatever the raster's height; the intermediates are then
-copied into COGs (:mod:`geoseg.cog`). Pixels that are nodata (or alpha 0) in any source
+copied into COGs (:mod:`geoseg.io.cog`). Pixels that are nodata (or alpha 0) in any source
 band are nodata (255) in every output.
 
-Outputs per source, in ``out_dir`` (names in :mod:`geoseg.outputs`): ``<stem>_clusters.tif``
+Outputs per source, in ``out_dir`` (names in :mod:`geoseg.io.outputs`): ``<stem>_clusters.tif``
 (uint8 ids, nodata 255, colour table, mode overviews), ``<stem>_confidence.tif`` (uint8
 percent 0-100, nodata 255), a ``.qml`` beside each, ``<stem>_preview.png`` (with a legend),
 ``<stem>_prediction.json`` (a STAC item) and, when asked, ``<stem>_polygons.gpkg`` with its
@@ -33,17 +33,11 @@ import pystac
 import rasterio
 import rasterio.errors
 import torch
-from rasterio.enums import Resampling
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from geoseg import outputs
-from geoseg.baseline import check_unique_stems
-from geoseg.bundle import CLUSTERS_TAG, Cluster, ModelMeta, clusters_to_tag, default_clusters, load_bundle
-from geoseg.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
 from geoseg.config import SegmentConfig
 from geoseg.errors import InputError
-from geoseg.fileio import atomic_path, check_free_space, check_set, locked, output_set
 from geoseg.iic.model import NormalisedNet, for_inference
 from geoseg.inference import (
     MIN_SIDE,
@@ -52,11 +46,23 @@ from geoseg.inference import (
     resolve_device,
     window_probabilities,
 )
-from geoseg.preview import colourize, save_png, with_legend
+from geoseg.io import outputs
+from geoseg.io.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
+from geoseg.io.fileio import atomic_path, check_free_space, check_set, locked, output_set
+from geoseg.io.outputs import NODATA, OUTPUT_ASSETS, check_unique_stems
+from geoseg.io.preview import write_preview
+from geoseg.io.sources import RasterInfo, open_dataset, open_raster, read_scaled
+from geoseg.io.style import StyleClass, paletted_raster_qml, pseudocolour_raster_qml
+from geoseg.io.windows import WindowGrid, blend_weights
+from geoseg.models.bundle import (
+    CLUSTERS_TAG,
+    Cluster,
+    ModelMeta,
+    clusters_to_tag,
+    default_clusters,
+    load_bundle,
+)
 from geoseg.progress import Progress, progress_bar
-from geoseg.sources import RasterInfo, open_dataset, open_raster, read_scaled
-from geoseg.style import StyleClass, paletted_raster_qml, pseudocolour_raster_qml
-from geoseg.windows import WindowGrid, blend_weights
 
 __all__ = [
     "CONFIDENCE_MAX",
@@ -74,7 +80,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STAGE = "segment"  # names the outputs' manifest: .<stem>.geoseg-segment.json
-NODATA = 255
 CONFIDENCE_MAX = 100  # confidence is stored as a whole percent: 0..100, nodata 255
 
 
@@ -94,17 +99,16 @@ class SegmentResult:
 
 
 def output_paths(source: Path, out_dir: Path) -> dict[str, Path]:
-    """Where the outputs of ``source`` go (the names of :mod:`geoseg.outputs`)."""
-    stem = source.stem
+    """Where the outputs of ``source`` go (the names of :mod:`geoseg.io.outputs`)."""
     clusters = outputs.clusters_path(source, out_dir)
-    confidence = out_dir / f"{stem}{outputs.CONFIDENCE}.tif"
+    confidence = outputs.confidence_path(source, out_dir)
     return {
         "clusters": clusters,
         "confidence": confidence,
         "clusters_qml": outputs.style_path(clusters),
         "confidence_qml": outputs.style_path(confidence),
         "preview_png": outputs.preview_path(clusters),
-        "stac_item": out_dir / f"{stem}{outputs.PREDICTION}.json",
+        "stac_item": outputs.prediction_path(clusters),
         "gpkg": outputs.polygons_path(clusters),
     }
 
@@ -189,7 +193,7 @@ def plan_grid(
     pass over the whole raster would; an odd-sized raster is padded by edge replication
     (the padding is never written). A non-zero overlap is raised to at least twice the
     receptive radius (+ alignment), so that every pixel has a window that saw all of its
-    context (see :func:`geoseg.windows.ramp`).
+    context (see :func:`geoseg.io.windows.ramp`).
     """
     align = max(1, round(_pooling(model) / min(meta.scale, 1.0)))
     side = max(MIN_SIDE, round((config.window or meta.patch_size) / meta.scale))
@@ -300,21 +304,6 @@ def style_classes(clusters: Sequence[Cluster]) -> list[StyleClass]:
     return [StyleClass(c.id, c.colour, c.name) for c in clusters]
 
 
-def write_preview(clusters_tif: Path, clusters: Sequence[Cluster], out: Path, size: int) -> Path:
-    """PNG of the cluster COG with a legend of the clusters it shows, read decimated (from
-    its overviews): never the full raster."""
-    with rasterio.open(clusters_tif) as src:
-        factor = max(1.0, max(src.height, src.width) / size)
-        shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
-        ids = src.read(1, out_shape=shape, resampling=Resampling.nearest)
-    colours = [(128, 128, 128)] * (max((c.id for c in clusters), default=-1) + 1)
-    for c in clusters:
-        colours[c.id] = c.colour
-    shown = set(np.unique(ids).tolist())
-    entries = [(c.colour, c.label) for c in sorted(clusters, key=lambda c: c.id) if c.id in shown]
-    return save_png(with_legend(colourize(ids, colours, NODATA), entries), out, max_size=None)
-
-
 def segment_raster(
     model: NormalisedNet,
     meta: ModelMeta,
@@ -327,7 +316,7 @@ def segment_raster(
     """Segment one raster with a loaded model; see :func:`segment`.
 
     Every output is written into a staging folder and the set is published together,
-    its manifest last (:func:`geoseg.fileio.output_set`): a killed or failed run never
+    its manifest last (:func:`geoseg.io.fileio.output_set`): a killed or failed run never
     leaves new and old outputs of one source side by side as if they were one result.
     """
     with output_set(out_dir, source.stem, STAGE) as staging:
@@ -430,21 +419,12 @@ def write_prediction_item(
 def prediction_item(
     result: SegmentResult, model_dir: Path, meta: ModelMeta, clusters: Sequence[Cluster]
 ) -> pystac.Item:
-    """:func:`geoseg.stac.prediction_item` with this result's outputs as assets."""
-    from geoseg.stac import prediction_item as stac_prediction_item
+    """:func:`geoseg.stac.items.prediction_item` with this result's outputs as assets."""
+    from geoseg.stac.items import prediction_item as stac_prediction_item
 
-    cog = "image/tiff; application=geotiff; profile=cloud-optimized"
-    kinds = {
-        "confidence": (cog, ["data"]),
-        "clusters_qml": ("application/xml", ["style"]),
-        "confidence_qml": ("application/xml", ["style"]),
-        "preview_png": ("image/png", ["overview"]),
-        "gpkg": ("application/geopackage+sqlite3", ["data", "labels"]),
-        "gpkg_qml": ("application/xml", ["style"]),
-    }
     assets = {
         key: (Path(getattr(result, key)), media, roles)
-        for key, (media, roles) in kinds.items()
+        for key, (media, roles) in OUTPUT_ASSETS.items()
         if getattr(result, key) is not None
     }
     item = stac_prediction_item(result.clusters, result.source, model_dir, clusters, assets)

@@ -43,7 +43,6 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from geoseg import outputs
 from geoseg.baseline import (
     NODATA,
     _colours,
@@ -53,12 +52,13 @@ from geoseg.baseline import (
     sample_pixels,
     source_bands,
 )
-from geoseg.bundle import CLUSTERS_TAG, Cluster, clusters_to_tag
-from geoseg.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
 from geoseg.config import BaselineConfig, SuperpixelConfig
 from geoseg.errors import InputError
-from geoseg.fileio import write_json_atomic
-from geoseg.sources import open_dataset
+from geoseg.io import outputs
+from geoseg.io.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
+from geoseg.io.fileio import write_json_atomic
+from geoseg.io.sources import open_dataset
+from geoseg.models.bundle import CLUSTERS_TAG, Cluster, clusters_to_tag
 
 __all__ = [
     "MODEL_NAME",
@@ -491,19 +491,19 @@ def _stac_item(clusters: Path, source: Path, model_path: Path, k: int) -> Path:
     """The prediction's STAC item (as segment writes), linked ``via`` the superpixel model JSON."""
     import pystac
 
-    from geoseg.stac import prediction_item
+    from geoseg.stac.items import prediction_item
 
     assets = {
-        "clusters_qml": (outputs.style_path(clusters), "application/xml", ["style"]),
-        "preview_png": (outputs.preview_path(clusters), "image/png", ["overview"]),
+        "clusters_qml": (outputs.style_path(clusters), *outputs.OUTPUT_ASSETS["clusters_qml"]),
+        "preview_png": (outputs.preview_path(clusters), *outputs.OUTPUT_ASSETS["preview_png"]),
     }
     classes = [Cluster(id=i, colour=c) for i, c in enumerate(_colours(k))]  # unnamed: "cluster N"
     item = prediction_item(clusters, source, model_path.parent, classes, assets)
     item.links = [link for link in item.links if link.rel != "via"]
     href = str(model_path.resolve())
-    item.add_link(pystac.Link("via", href, media_type="application/json", title="superpixel model"))
+    item.add_link(pystac.Link("via", href, media_type=outputs.JSON_MEDIA_TYPE, title="superpixel model"))
     item.properties["geoseg:method"] = "superpixels"
-    target = clusters.with_name(f"{outputs.output_stem(clusters)}{outputs.PREDICTION}.json")
+    target = outputs.prediction_path(clusters)
     item.set_self_href(str(target.resolve()))
     item.make_asset_hrefs_relative()
     write_json_atomic(target, item.to_dict(include_self_link=False))
@@ -513,7 +513,7 @@ def _stac_item(clusters: Path, source: Path, model_path: Path, k: int) -> Path:
 def _write_all(
     model: SuperpixelModel, segmented: Sequence[SegmentedRaster], out: Path, model_path: Path
 ) -> list[Path]:
-    """One published output set per raster (geoseg.fileio.output_set, as the other baselines)."""
+    """One published output set per raster (geoseg.io.fileio.output_set, as the other baselines)."""
     colours = _colours(model.k)
 
     def painter(s: SegmentedRaster) -> Callable[[Path], Path]:

@@ -42,8 +42,8 @@ from shapely.ops import unary_union
 
 from geoseg.datasets import COLOUR_OBJECT, IGNORE, SYNTHETIC
 from geoseg.errors import ConfigError
-from geoseg.fileio import atomic_path, write_json_atomic
-from geoseg.preview import colourize, save_png
+from geoseg.io.fileio import atomic_path, write_json_atomic
+from geoseg.io.preview import colourize, save_png
 
 ROAD, BUILDING, TREE, GRASS, CAR, WATER = range(6)
 BANDS = {"rgb": ("red", "green", "blue"), "rgbn": ("red", "green", "blue", "nir")}

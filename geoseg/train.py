@@ -51,10 +51,14 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from geoseg import __version__
-from geoseg.bundle import META, ModelMeta, default_clusters, load_bundle, save_bundle
 from geoseg.config import TrainConfig
 from geoseg.errors import ConfigError, InputError, OutputError, TrainingError
-from geoseg.fileio import (
+from geoseg.iic.data import PatchDataset, StepBatchSampler
+from geoseg.iic.distributed import DistContext, RankShard, cleanup, init_from_env, reduce_joint, wrap_model
+from geoseg.iic.model import NormalisedNet
+from geoseg.iic.transforms import PairedTransform, rgb_band_indices
+from geoseg.inference import resolve_device
+from geoseg.io.fileio import (
     atomic_path,
     check_free_space,
     check_writable,
@@ -62,13 +66,9 @@ from geoseg.fileio import (
     locked,
     write_text_atomic,
 )
-from geoseg.iic.data import PatchDataset, StepBatchSampler
-from geoseg.iic.distributed import DistContext, RankShard, cleanup, init_from_env, reduce_joint, wrap_model
-from geoseg.iic.model import NormalisedNet
-from geoseg.iic.transforms import PairedTransform, rgb_band_indices
-from geoseg.inference import resolve_device
 from geoseg.methods import get_method
 from geoseg.methods.iic import pair_losses
+from geoseg.models.bundle import META, ModelMeta, default_clusters, load_bundle, save_bundle
 from geoseg.progress import Progress, progress_bar
 
 __all__ = ["build_network", "pair_losses", "read_metrics", "resolve_device", "train", "work_dir"]

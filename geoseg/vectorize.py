@@ -44,15 +44,15 @@ from affine import Affine
 from rasterio.features import shapes, sieve
 from rasterio.windows import Window
 
-from geoseg.bundle import CLUSTERS_TAG, clusters_from_tag, default_clusters
 from geoseg.errors import ConfigError, InputError
-from geoseg.fileio import atomic_path, claim_file, require_published, write_text_atomic
-from geoseg.outputs import polygons_path, style_path
-from geoseg.style import LAYER_STYLES, StyleClass, categorized_vector_style, embed_layer_style
+from geoseg.io.fileio import atomic_path, claim_file, require_published, write_text_atomic
+from geoseg.io.outputs import NODATA, polygons_path, style_path
+from geoseg.io.style import LAYER_STYLES, StyleClass, categorized_vector_style, embed_layer_style
+from geoseg.models.bundle import CLUSTERS_TAG, clusters_from_tag, default_clusters
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NODATA = 255
+DEFAULT_NODATA = NODATA  # a cluster raster without a nodata tag: geoseg's own
 LAYER_FIELDS = ["cluster_id", "class_name", "area"]
 GEOMETRY_COLUMN = "geom"  # GDAL's default for GeoPackage; the layer_styles row names it
 

@@ -27,14 +27,14 @@ from affine import Affine
 from rasterio.transform import from_origin
 
 from geoseg.baseline import kmeans_baseline
-from geoseg.bundle import META, WEIGHTS, load_meta
 from geoseg.cli import main
 from geoseg.config import IngestConfig, SegmentConfig, TrainConfig
 from geoseg.errors import InputError, OutputError
-from geoseg.fileio import LOCK_NAME, output_set, require_published, set_manifest
 from geoseg.ingest import ingest
+from geoseg.io.fileio import LOCK_NAME, output_set, require_published, set_manifest
+from geoseg.io.store import open_store
+from geoseg.models.bundle import META, WEIGHTS, load_meta
 from geoseg.segment import output_paths, segment
-from geoseg.store import open_store
 from geoseg.train import _checkpoint_step, train, work_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,7 +168,7 @@ def dead_pid() -> int:
 def hold_lock(folder: Path, beside: bool = False) -> subprocess.Popen[str]:
     """Another live process holding geoseg's lock on ``folder``."""
     code = (
-        "import sys, time; from pathlib import Path; from geoseg.fileio import locked; "
+        "import sys, time; from pathlib import Path; from geoseg.io.fileio import locked; "
         f"cm = locked(Path(sys.argv[1]), beside={beside}); cm.__enter__(); print('held', flush=True); "
         "time.sleep(300)"
     )
@@ -608,7 +608,7 @@ def test_model_json_values_are_range_checked(
 def test_register_and_promote_refuse_bundles_whose_weights_do_not_load(
     bundle: Path, tmp_path: Path, capsys
 ) -> None:
-    from geoseg import registry
+    from geoseg.models import registry
 
     broken = tmp_path / "broken"
     shutil.copytree(bundle, broken)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import signal
 import subprocess
@@ -18,13 +19,16 @@ from PIL import Image
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.windows import Window, from_bounds
 
-import geoseg.ingest as ingest_module
 from geoseg.cli import main
 from geoseg.config import IngestConfig
 from geoseg.datasets import get_dataset
 from geoseg.errors import ConfigError, InputError
 from geoseg.ingest import PROGRESS_DIR, ingest
-from geoseg.store import open_store
+from geoseg.io.store import open_store
+from tests.helpers import write_raster
+
+# the module itself (geoseg.ingest is the stage function: geoseg/__init__.py)
+ingest_module = importlib.import_module("geoseg.ingest")
 
 BIG = ("lausanne", "big_img", "1091-322_00.tif")
 DUBAI_COLOURS = {  # the masks' true colours (../shared/data/README.md), written out independently
@@ -39,13 +43,7 @@ DUBAI_COLOURS = {  # the masks' true colours (../shared/data/README.md), written
 def write_tif(
     path: Path, data: np.ndarray, nodata: float | None = None, crs: str | None = "EPSG:2056"
 ) -> Path:
-    count, height, width = data.shape
-    with rasterio.open(
-        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
-        crs=crs, transform=Affine(0.5, 0, 2_600_000, 0, -0.5, 1_200_000) if crs else None, nodata=nodata,
-    ) as dst:  # fmt: skip
-        dst.write(data)
-    return path
+    return write_raster(path, data, nodata, crs, origin=(2_600_000, 1_200_000))
 
 
 def reassemble(store_path: Path, source: int = 0) -> tuple[np.ndarray, np.ndarray]:

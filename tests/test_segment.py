@@ -17,77 +17,16 @@ import pystac
 import pytest
 import rasterio
 import torch
-from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from geoseg.bundle import Cluster, ModelMeta, default_clusters, load_bundle, save_bundle
 from geoseg.cli import main
-from geoseg.cog import validate_cog
 from geoseg.config import SegmentConfig
 from geoseg.errors import ConfigError, InputError
-from geoseg.iic.model import Architecture, build_model
+from geoseg.io.cog import validate_cog
+from geoseg.models.bundle import default_clusters, load_bundle
 from geoseg.segment import CONFIDENCE_MAX, NODATA, predict_probabilities, segment
-
-K = 4
-NAMES = ["dark", "bright", "green", None]
-
-
-def make_bundle(
-    path: Path,
-    band_names: list[str],
-    dtype: str,
-    mean: float,
-    std: float,
-    patch: int = 128,
-    scale: float = 1.0,
-    seed: int = 0,
-) -> Path:
-    torch.manual_seed(seed)
-    arch = Architecture(in_channels=len(band_names), k_a=8, k_b=K, preset="small")
-    model = build_model(arch).eval()
-    model.set_normalisation([mean] * len(band_names), [std] * len(band_names))
-    clusters = [Cluster(c.id, c.colour, NAMES[c.id]) for c in default_clusters(K)]
-    meta = ModelMeta(
-        architecture=arch.to_dict(),
-        band_names=band_names,
-        band_mean=[mean] * len(band_names),
-        band_std=[std] * len(band_names),
-        dtype=dtype,
-        patch_size=patch,
-        scale=scale,
-        loss={},
-        clusters=clusters,
-    )
-    return save_bundle(model, meta, path)
-
-
-def write_raster(path: Path, data: np.ndarray, nodata: float | None = None, crs: str = "EPSG:2056") -> Path:
-    """A small georeferenced GeoTIFF (0.5 m pixels in Swiss coordinates)."""
-    count, height, width = data.shape
-    transform = Affine(0.5, 0, 2_538_000.0, 0, -0.5, 1_152_000.0)
-    with rasterio.open(
-        path, "w", driver="GTiff", height=height, width=width, count=count, dtype=data.dtype,
-        crs=CRS.from_string(crs), transform=transform, nodata=nodata,
-    ) as dst:  # fmt: skip
-        dst.write(data)
-    return path
-
-
-def crop(src_path: Path, out: Path, window: Window) -> Path:
-    """A real raster's window as its own GeoTIFF (same CRS, the window's transform, nodata)."""
-    with rasterio.open(src_path) as src:
-        profile = src.profile | {
-            "height": window.height,
-            "width": window.width,
-            "transform": src.window_transform(window),
-        }
-        profile.pop("blockysize", None)
-        profile["tiled"] = False
-        data = src.read(window=window)
-    with rasterio.open(out, "w", **profile) as dst:
-        dst.write(data)
-    return out
+from tests.helpers import K, crop, make_bundle, write_raster
 
 
 def single_pass(model_dir: Path, data: np.ndarray) -> np.ndarray:

@@ -17,11 +17,12 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-from geoseg import metrics, outputs
+from geoseg import metrics
 from geoseg.cli import main
-from geoseg.cog import validate_cog
 from geoseg.config import SuperpixelConfig
 from geoseg.errors import ConfigError, InputError
+from geoseg.io import outputs
+from geoseg.io.cog import validate_cog
 from geoseg.superpixels import (
     MODEL_NAME,
     PixelSpace,
@@ -265,7 +266,7 @@ def test_refine_makes_every_superpixel_single_cluster(shared_data: Path) -> None
 
 def test_segment_refine_end_to_end(shared_data: Path, tmp_path: Path) -> None:
     """`geoseg segment --refine superpixels`: fewer, larger regions; segments single-cluster."""
-    from tests.test_segment import make_bundle
+    from tests.helpers import make_bundle
 
     bundle = make_bundle(tmp_path / "model", ["red", "green", "blue"], "uint8", 110.0, 50.0, patch=64)
     source = shared_data / "lausanne" / "big_img"

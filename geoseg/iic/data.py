@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from geoseg.errors import ConfigError
-from geoseg.store import PatchStore, StoreMeta, open_store
+from geoseg.io.store import PatchStore, StoreMeta, open_store
 
 _TORCH_NATIVE = {np.dtype(np.uint8), np.dtype(np.float32)}
 

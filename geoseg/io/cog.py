@@ -21,7 +21,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from geoseg.errors import InputError
-from geoseg.fileio import atomic_path
+from geoseg.io.fileio import atomic_path
 
 BLOCKSIZE = 512
 # GDAL's block cache defaults to 5% of RAM; writing and COG-copying stream tile rows, so a

@@ -4,20 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+import rasterio
 from PIL import Image
+from rasterio.enums import Resampling
 
-from geoseg.fileio import atomic_path
+from geoseg.io.fileio import atomic_path
+from geoseg.io.outputs import NODATA
 
 NODATA_COLOUR = (0, 0, 0)
 LEGEND_ROW = 18  # pixels per legend entry
 LEGEND_FONT_SIZE = 12
 
-__all__ = ["NODATA_COLOUR", "colourize", "save_png", "with_legend"]
+__all__ = ["NODATA_COLOUR", "LegendClass", "colourize", "save_png", "with_legend", "write_preview"]
 
 
-def colourize(ids: np.ndarray, colours: Sequence[tuple[int, int, int]], nodata: int = 255) -> np.ndarray:
+class LegendClass(Protocol):
+    """What a preview shows of a cluster (a model's ``Cluster``, a style's ``StyleClass``)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def colour(self) -> tuple[int, int, int]: ...
+
+    @property
+    def label(self) -> str: ...
+
+
+def colourize(ids: np.ndarray, colours: Sequence[tuple[int, int, int]], nodata: int = NODATA) -> np.ndarray:
     """(H, W) integer ids -> (H, W, 3) uint8 RGB; nodata and unknown ids are black."""
     lut = np.zeros((256, 3), np.uint8)
     lut[: len(colours)] = np.asarray(colours, np.uint8).reshape(-1, 3)[:256]
@@ -61,3 +78,18 @@ def with_legend(rgb: np.ndarray, entries: Sequence[tuple[tuple[int, int, int], s
         draw.rectangle([left, top, left + swatch, top + swatch], fill=tuple(colour), outline=(40, 40, 40))
         draw.text((left + swatch + 6, top + swatch / 2), label, fill=(0, 0, 0), font=font, anchor="lm")
     return np.asarray(canvas)
+
+
+def write_preview(clusters_tif: Path, clusters: Sequence[LegendClass], out: Path, size: int) -> Path:
+    """PNG of the cluster COG with a legend of the clusters it shows, read decimated (from
+    its overviews): never the full raster."""
+    with rasterio.open(clusters_tif) as src:
+        factor = max(1.0, max(src.height, src.width) / size)
+        shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
+        ids = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+    colours = [(128, 128, 128)] * (max((c.id for c in clusters), default=-1) + 1)
+    for c in clusters:
+        colours[c.id] = c.colour
+    shown = set(np.unique(ids).tolist())
+    entries = [(c.colour, c.label) for c in sorted(clusters, key=lambda c: c.id) if c.id in shown]
+    return save_png(with_legend(colourize(ids, colours), entries), out, max_size=None)

@@ -25,7 +25,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.storage import LocalStore
 
-from geoseg.fileio import atomic_path
+from geoseg.io.fileio import atomic_path
 
 EMPTY = 2**64 - 1  # index entry of a chunk that is not stored
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from geoseg.fileio import write_text_atomic
+from geoseg.io.fileio import write_text_atomic
 
 QGIS_VERSION = "3.34.0"
 LAYER_STYLES = "layer_styles"  # QGIS's table of styles inside a GeoPackage

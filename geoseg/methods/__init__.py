@@ -30,5 +30,5 @@ def get_method(name: str) -> Method:
 
 def warm_start_settings(meta: Any) -> dict[str, Any]:
     """The TrainConfig fields (method included) that rebuild the network of a bundle's
-    ``meta`` (a geoseg.bundle.ModelMeta), so retraining from it needs no method knowledge."""
+    ``meta`` (a geoseg.models.bundle.ModelMeta), so retraining from it needs no method knowledge."""
     return get_method(meta.method).warm_start_settings(meta.architecture)

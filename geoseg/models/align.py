@@ -12,7 +12,7 @@ sees stable ids without knowing alignment exists. Colours and names carry over;
 share of the reference moved more than a threshold.
 
 Both models predict with segment's own inference (:func:`geoseg.inference.predict_probabilities`,
-its band checks and device rules, :mod:`geoseg.sources` reads and nodata handling), so the ids compared are the ids they would write.
+its band checks and device rules, :mod:`geoseg.io.sources` reads and nodata handling), so the ids compared are the ids they would write.
 Only head-B sub-head 0, the one segmentation uses and the cluster table describes, is
 aligned.
 
@@ -38,22 +38,21 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from tqdm import tqdm
 
-from geoseg.bundle import META, WEIGHTS, Cluster, ModelMeta, default_clusters, load_bundle, save_bundle
 from geoseg.config import AlignConfig
 from geoseg.errors import ConfigError, InputError
-from geoseg.fileio import atomic_path, sha256_file, write_json_atomic, write_text_atomic
 from geoseg.iic.loss import displaced_joints, mutual_information_loss
 from geoseg.iic.model import IICNet, NormalisedNet, for_inference
 from geoseg.inference import check_bands, predict_probabilities, resolve_device
-from geoseg.sources import open_dataset, open_raster, read_scaled
-from geoseg.store import open_store
+from geoseg.io.fileio import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from geoseg.io.sources import open_dataset, open_raster, read_scaled
+from geoseg.io.store import open_store
+from geoseg.models.bundle import META, WEIGHTS, Cluster, ModelMeta, default_clusters, load_bundle, save_bundle
 
 log = logging.getLogger(__name__)
 
 REPORT_JSON = "alignment.json"
 REPORT_MD = "alignment.md"
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt")
-IGNORE = 255
 
 
 @dataclass

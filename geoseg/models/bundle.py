@@ -21,9 +21,9 @@ from safetensors.torch import load_file, save_file
 
 from geoseg import __version__
 from geoseg.errors import InputError
-from geoseg.fileio import atomic_path
 from geoseg.iic.model import PRESET_WIDTH, Architecture, NormalisedNet
-from geoseg.style import cluster_label
+from geoseg.io.fileio import atomic_path
+from geoseg.io.style import cluster_label
 
 WEIGHTS = "weights.safetensors"
 META = "model.json"

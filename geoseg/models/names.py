@@ -3,7 +3,7 @@
 IIC's clusters are only numbers until someone looks at them and names them. ``name_clusters``
 stores names and colours in a bundle's ``model.json`` (validated, replaced atomically), or
 in a registry version's (by default the promoted one, which the next retraining aligns to,
-so the names carry over to every later version through :func:`geoseg.align.carry_clusters`).
+so the names carry over to every later version through :func:`geoseg.models.align.carry_clusters`).
 Every output made from the model then uses them: the cluster COG's colour table and
 metadata, the QGIS styles, the GeoPackage's ``class_name``, previews, reports, STAC items.
 
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geoseg.bundle import META, Cluster, ModelMeta, load_meta
 from geoseg.errors import ConfigError, InputError
-from geoseg.fileio import write_json_atomic
+from geoseg.io.fileio import write_json_atomic
+from geoseg.models.bundle import META, Cluster, ModelMeta, load_meta
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -218,7 +218,7 @@ def _write_meta(bundle: Path, meta: ModelMeta) -> None:
 def _registry_version(bundle: Path) -> tuple[str, Path] | None:
     """(version, registry) when ``bundle`` is a registry's version folder (``REGISTRY/v0002``,
     or ``REGISTRY/current``), so naming it is logged there too."""
-    from geoseg import registry
+    from geoseg.models import registry
 
     folder = bundle.resolve()
     if not (folder.parent / registry.STATE).is_file():
@@ -241,7 +241,7 @@ def name_clusters(target: str | Path, edits: ClusterEdits, version: str | None =
         ConfigError: an id the model does not have, a bad name or colour, nothing to change.
         InputError: ``target`` is neither a bundle nor a registry.
     """
-    from geoseg import registry
+    from geoseg.models import registry
 
     target = Path(target)
     if not edits.ids:

@@ -41,15 +41,16 @@ from typing import Any
 
 import pystac
 
-from geoseg.bundle import META, WEIGHTS, Cluster, load_bundle, load_meta
 from geoseg.config import PromotionConfig
 from geoseg.errors import ConfigError, InputError
-from geoseg.fileio import atomic_path, locked, sha256_file, write_json_atomic
+from geoseg.io.fileio import atomic_path, locked, sha256_file, write_json_atomic
+from geoseg.io.outputs import WEIGHTS_MEDIA_TYPE
+from geoseg.models.bundle import META, WEIGHTS, Cluster, load_bundle, load_meta
 
 STATE = "registry.json"
 CURRENT = "current"  # symlink to the promoted version
 CATALOG_ID = "geoseg-models"
-REGISTRY_FORMAT = "geoseg.registry/1"
+REGISTRY_FORMAT = "geoseg.models.registry/1"
 _VERSION = re.compile(r"^v(\d{4,})$")
 
 
@@ -152,7 +153,7 @@ def should_promote(
 
 
 def figures_from_alignment(record: dict[str, Any]) -> tuple[ModelFigures, ModelFigures, float]:
-    """(new, old, agreement) from a model.json ``alignment`` record (see geoseg.align)."""
+    """(new, old, agreement) from a model.json ``alignment`` record (see geoseg.models.align)."""
     try:
         new = ModelFigures(shares=list(record["shares_new"]), loss=record.get("loss_new"))
         old = ModelFigures(shares=list(record["shares_old"]), loss=record.get("loss_old"))
@@ -177,7 +178,7 @@ def check_bundle(
     meta = load_meta(bundle_dir)
     if previous_dir is None:
         if reference:
-            from geoseg.align import reference_figures
+            from geoseg.models.align import reference_figures
 
             figures = reference_figures(bundle_dir, reference)
             return should_promote(ModelFigures(figures.shares, figures.loss), None, None, config)
@@ -330,7 +331,7 @@ def rollback(registry: str | Path, to: str | None = None) -> ModelVersion:
 def record_naming(registry: str | Path, version: str, clusters: Sequence[Cluster]) -> None:
     """Log that ``version``'s clusters were named (``geoseg model name``) and refresh the catalog.
 
-    The names live in the version's model.json (written by :mod:`geoseg.names`); the event
+    The names live in the version's model.json (written by :mod:`geoseg.models.names`); the event
     keeps who-called-what-when auditable, as promotions are.
     """
     registry = Path(registry)
@@ -518,7 +519,7 @@ def write_catalog(registry: str | Path, state: RegistryState | None = None) -> P
                 "geoseg:cluster_names": {str(k): n for k, n in cluster_names(registry, v.version).items()},
             },
         )
-        item.add_asset("weights", pystac.Asset(str(folder / WEIGHTS), media_type="application/octet-stream",
+        item.add_asset("weights", pystac.Asset(str(folder / WEIGHTS), media_type=WEIGHTS_MEDIA_TYPE,
                                                roles=["model", "weights"]))  # fmt: skip
         item.add_asset("metadata", pystac.Asset(str(folder / META), media_type=pystac.MediaType.JSON,
                                                 roles=["metadata"]))  # fmt: skip

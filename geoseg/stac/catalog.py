@@ -23,8 +23,9 @@ from typing import Any
 import pystac
 
 from geoseg.errors import InputError
-from geoseg.fileio import sha256_file
-from geoseg.stac import raster_item, save_catalog
+from geoseg.io.fileio import sha256_file
+from geoseg.io.outputs import OUTPUT_ASSETS, WEIGHTS_MEDIA_TYPE, ZARR_MEDIA_TYPE
+from geoseg.stac.items import raster_item, save_catalog
 
 RUN_CATALOG_ID = "geoseg-run"
 KIND = "geoseg:kind"
@@ -41,7 +42,7 @@ def survey_item(
 ) -> pystac.Item:
     """A STAC item for one source raster of a survey (and the patch store it went into).
 
-    :func:`geoseg.stac.raster_item` gives the footprint, projection and checksummed asset;
+    :func:`geoseg.stac.items.raster_item` gives the footprint, projection and checksummed asset;
     the id is prefixed ``survey-`` and the patch store added as a second asset. ``sha256``:
     the file's digest when the caller has just computed it (ingest's plan).
     """
@@ -56,7 +57,7 @@ def survey_item(
             "patches",
             pystac.Asset(
                 str(Path(store).resolve()),
-                media_type="application/vnd.zarr",
+                media_type=ZARR_MEDIA_TYPE,
                 roles=["data"],
                 title="patch store",
             ),
@@ -70,7 +71,7 @@ def model_item(bundle: str | Path, derived_from: Sequence[pystac.Item] | None = 
     ``derived_from`` defaults to the surveys of the training stores recorded in model.json
     (those whose rasters still exist); :func:`update_run_catalog` adds them with the model.
     """
-    from geoseg.bundle import META, WEIGHTS, load_meta
+    from geoseg.models.bundle import META, WEIGHTS, load_meta
 
     bundle = Path(bundle).resolve()
     meta = load_meta(bundle)
@@ -99,7 +100,7 @@ def model_item(bundle: str | Path, derived_from: Sequence[pystac.Item] | None = 
         },
     )
     item.add_asset(
-        "weights", pystac.Asset(str(bundle / WEIGHTS), media_type="application/octet-stream", roles=["data"])
+        "weights", pystac.Asset(str(bundle / WEIGHTS), media_type=WEIGHTS_MEDIA_TYPE, roles=["data"])
     )
     item.add_asset(
         "metadata", pystac.Asset(str(bundle / META), media_type=pystac.MediaType.JSON, roles=["metadata"])
@@ -109,10 +110,8 @@ def model_item(bundle: str | Path, derived_from: Sequence[pystac.Item] | None = 
     return item
 
 
-_EXTRA_ASSETS = {  # outputs the flow adds after segment wrote its item (vectorize runs as its own task)
-    "gpkg": ("application/geopackage+sqlite3", ["data", "labels"]),
-    "gpkg_qml": ("application/xml", ["style"]),
-}
+# outputs the flow adds after segment wrote its item (vectorize runs as its own task)
+_EXTRA_ASSETS = {key: OUTPUT_ASSETS[key] for key in ("gpkg", "gpkg_qml")}
 
 
 def prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: pystac.Item) -> pystac.Item:
@@ -148,7 +147,7 @@ def prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: pyst
 def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) -> Path:
     """Add (or replace, by id) items in the run catalog at ``catalog_dir``; returns catalog.json.
 
-    The catalog is written with :func:`geoseg.stac.save_catalog`: self-contained (relative
+    The catalog is written with :func:`geoseg.stac.items.save_catalog`: self-contained (relative
     hrefs), validated, into a temporary sibling folder renamed into place, so a reader
     never sees half of it.
     """

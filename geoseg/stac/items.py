@@ -5,7 +5,7 @@ the projection extension (EPSG code where there is one, else WKT2; shape; transf
 a GIS client can place them without opening the file. A raster without a CRS (a plain
 PNG/JPEG) gets no geometry: STAC allows a null geometry for non-spatial items.
 
-The run catalog of a flow (surveys, models, predictions) lives in :mod:`geoseg.catalog`;
+The run catalog of a flow (surveys, models, predictions) lives in :mod:`geoseg.stac.catalog`;
 these helpers are the generic building blocks.
 """
 
@@ -23,11 +23,12 @@ from pystac.validation import validate_dict
 from rasterio.warp import transform_bounds
 
 from geoseg.errors import InputError
-from geoseg.fileio import atomic_path, require_published, sha256_file
-from geoseg.sources import open_dataset
+from geoseg.io.fileio import atomic_path, require_published, sha256_file
+from geoseg.io.outputs import JSON_MEDIA_TYPE, NODATA
+from geoseg.io.sources import open_dataset
 
 if TYPE_CHECKING:
-    from geoseg.bundle import Cluster
+    from geoseg.models.bundle import Cluster
 
 _MEDIA = {
     ".tif": pystac.MediaType.GEOTIFF,
@@ -157,11 +158,11 @@ def prediction_item(
     source_href = str(Path(source).resolve())
     item.add_link(pystac.Link("derived_from", source_href, media_type="image/tiff", title="source"))
     model_json = str((Path(model_dir) / "model.json").resolve())
-    item.add_link(pystac.Link("via", model_json, media_type="application/json", title="model"))
+    item.add_link(pystac.Link("via", model_json, media_type=JSON_MEDIA_TYPE, title="model"))
     return item
 
 
-def classify(asset: pystac.Asset, classes: Sequence[Cluster], nodata: int = 255) -> None:
+def classify(asset: pystac.Asset, classes: Sequence[Cluster], nodata: int = NODATA) -> None:
     """The classification extension's ``classes`` on a cluster raster asset: value, name, colour.
 
     ``name`` must match ``[0-9A-Za-z_-]+`` in the extension's schema, so it is a slug of the

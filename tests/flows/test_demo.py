@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pystac
 
-from geoseg.catalog import export_catalog, validate_run_catalog
 from geoseg.cli import main
+from geoseg.stac.catalog import export_catalog, validate_run_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 

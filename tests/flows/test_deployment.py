@@ -25,8 +25,8 @@ import pytest
 import rasterio
 import yaml
 
-from geoseg import outputs
-from geoseg.catalog import validate_run_catalog
+from geoseg.io import outputs
+from geoseg.stac.catalog import validate_run_catalog
 from tests.flows.conftest import TINY, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ import pytest
 import rasterio
 from rasterio.crs import CRS
 
-from geoseg.catalog import validate_run_catalog
-from geoseg.store import open_store
+from geoseg.io.store import open_store
+from geoseg.stac.catalog import validate_run_catalog
 from tests.flows.conftest import TINY, copy_scene, free_port, mtimes
 
 

@@ -11,9 +11,9 @@ import yaml
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 
-from geoseg import registry as models
-from geoseg.bundle import WEIGHTS, load_meta
-from geoseg.fileio import sha256_file
+from geoseg.io.fileio import sha256_file
+from geoseg.models import registry as models
+from geoseg.models.bundle import WEIGHTS, load_meta
 from geoseg.synthetic import SceneFiles, generate_scene
 from tests.flows.conftest import TINY_TRAIN
 

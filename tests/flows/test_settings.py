@@ -160,8 +160,8 @@ def test_catalog_items_cannot_point_a_flow_outside_the_allowed_roots(
     import pystac
 
     from flows.settings import check_surveys
-    from geoseg.catalog import survey_item, update_run_catalog
-    from geoseg.registry import new_surveys
+    from geoseg.models.registry import new_surveys
+    from geoseg.stac.catalog import survey_item, update_run_catalog
 
     root, outside = tmp_path / "r", tmp_path / "outside"
     (root / "data").mkdir(parents=True)

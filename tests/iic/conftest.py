@@ -15,8 +15,8 @@ import zarr
 from PIL import Image
 
 from geoseg import __version__
-from geoseg.fileio import sha256_file
-from geoseg.store import IMAGES, LABELS, ORIGIN, VALID, SourceInfo, StoreMeta
+from geoseg.io.fileio import sha256_file
+from geoseg.io.store import IMAGES, LABELS, ORIGIN, VALID, SourceInfo, StoreMeta
 
 PATCH = 64
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from geoseg.errors import ConfigError, InputError
 from geoseg.iic.data import PatchDataset, StepBatchSampler, combined_statistics
-from geoseg.store import open_store
+from geoseg.io.store import open_store
 
 
 def test_items_are_the_stored_patches(dubai_store: Path) -> None:

@@ -22,7 +22,6 @@ import rasterio
 import torch
 from safetensors.torch import load_file, save_file
 
-from geoseg.bundle import load_bundle
 from geoseg.iic.distributed import (
     DistContext,
     RankShard,
@@ -34,6 +33,7 @@ from geoseg.iic.distributed import (
 )
 from geoseg.iic.loss import iic_segmentation_loss
 from geoseg.iic.model import Architecture, IICNet
+from geoseg.models.bundle import load_bundle
 
 NEON = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "neon" / "OSBS_029.tif"
 HALF_T = 2

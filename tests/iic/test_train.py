@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from geoseg.bundle import load_bundle, save_bundle
 from geoseg.cli import main
 from geoseg.config import TrainConfig
 from geoseg.errors import ConfigError, TrainingError
 from geoseg.iic.data import PatchDataset, StepBatchSampler
 from geoseg.iic.transforms import PairedTransform
-from geoseg.store import open_store
+from geoseg.io.store import open_store
+from geoseg.models.bundle import load_bundle, save_bundle
 from geoseg.train import build_network, pair_losses, read_metrics, train, work_dir
 
 from .conftest import make_store, write_store

@@ -10,8 +10,8 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
-from geoseg.cog import tiled_profile, to_cog, validate_cog
 from geoseg.errors import InputError
+from geoseg.io.cog import tiled_profile, to_cog, validate_cog
 
 TRANSFORM = Affine(0.1, 0, 400_000.0, 0, -0.1, 3_280_000.0)
 

@@ -1,4 +1,4 @@
-"""geoseg.shards: whole shards encoded by geoseg are the bytes zarr itself writes."""
+"""geoseg.io.shards: whole shards encoded by geoseg are the bytes zarr itself writes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
-from geoseg.shards import write_shard
+from geoseg.io.shards import write_shard
 
 
 def _array(

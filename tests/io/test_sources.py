@@ -1,4 +1,4 @@
-"""geoseg.sources: discovery (files, folders, STAC), safe opening, scaled windowed reads."""
+"""geoseg.io.sources: discovery (files, folders, STAC), safe opening, scaled windowed reads."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from geoseg.errors import InputError
-from geoseg.sources import (
+from geoseg.io.sources import (
     discover_sources,
     grid_size,
     open_dataset,
@@ -25,7 +25,7 @@ from geoseg.sources import (
     patch_offsets,
     read_scaled,
 )
-from geoseg.stac import raster_item, save_catalog
+from geoseg.stac.items import raster_item, save_catalog
 
 
 def test_discover_files_folders_and_stac(shared_data: Path, tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_open_raster_geotiff_and_plain_image(shared_data: Path, caplog: pytest.L
     assert neon.crs is not None and neon.crs.to_epsg() == 32617
     pan = open_raster(shared_data / "spacenet" / "sample_geotiff.tif")
     assert pan.bands == (1,) and pan.dtype == "uint16" and pan.nodata == 0
-    with caplog.at_level(logging.WARNING, logger="geoseg.sources"):
+    with caplog.at_level(logging.WARNING, logger="geoseg.io.sources"):
         jpeg = open_raster(shared_data / "dubai" / "tile1" / "images" / "image_part_001.jpg")
     assert jpeg.crs is None and jpeg.transform == Affine.identity()
     assert "no CRS" in caplog.text and "image_part_001.jpg" in caplog.text

@@ -15,7 +15,7 @@ import rasterio
 from PIL import Image
 
 from geoseg.config import SegmentConfig
-from geoseg.style import StyleClass, categorized_vector_qml, paletted_raster_qml, pseudocolour_raster_qml
+from geoseg.io.style import StyleClass, categorized_vector_qml, paletted_raster_qml, pseudocolour_raster_qml
 
 CLASSES = [
     StyleClass(0, (31, 119, 180), "water & <shade>"),
@@ -63,7 +63,7 @@ def test_categorized_vector_style_matches_cluster_ids_to_symbols(tmp_path: Path)
 # --- real QGIS: every output opens in its style, with no style call -----------------------
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
-PROBE = Path(__file__).with_name("qgis_probe.py")
+PROBE = Path(__file__).parents[1] / "qgis_probe.py"
 
 
 def _qgis_missing() -> str | None:
@@ -84,9 +84,9 @@ def named_outputs(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
 
     from geoseg.baseline import kmeans_baseline
     from geoseg.config import BaselineConfig
-    from geoseg.names import ClusterEdits, name_clusters
+    from geoseg.models.names import ClusterEdits, name_clusters
     from geoseg.segment import segment
-    from tests.test_segment import crop, make_bundle
+    from tests.helpers import crop, make_bundle
 
     root = tmp_path_factory.mktemp("qgis")
     model = make_bundle(root / "model", ["red", "green", "blue"], "uint8", 110.0, 50.0)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from geoseg.errors import ConfigError
-from geoseg.windows import WindowGrid, blend_weights, offsets, ramp
+from geoseg.io.windows import WindowGrid, blend_weights, offsets, ramp
 
 
 @given(length=st.integers(1, 3000), window=st.integers(1, 600), overlap=st.floats(0, 0.89))

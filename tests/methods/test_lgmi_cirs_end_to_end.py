@@ -11,10 +11,10 @@ import pytest
 import rasterio
 import torch
 
-from geoseg.bundle import load_bundle
 from geoseg.cli import main
-from geoseg.cog import validate_cog
 from geoseg.config import SegmentConfig, TrainConfig
+from geoseg.io.cog import validate_cog
+from geoseg.models.bundle import load_bundle
 from geoseg.segment import segment
 from geoseg.train import train
 from tests.picie.conftest import scene, scene_store  # noqa: F401  (the PiCIE tests' fixtures)

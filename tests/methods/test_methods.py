@@ -9,12 +9,20 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from geoseg.align import permute_head_b
-from geoseg.bundle import META, WEIGHTS, ModelMeta, default_clusters, load_bundle, load_meta, save_bundle
 from geoseg.cli import main
 from geoseg.config import TrainConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.methods import get_method, warm_start_settings
+from geoseg.models.align import permute_head_b
+from geoseg.models.bundle import (
+    META,
+    WEIGHTS,
+    ModelMeta,
+    default_clusters,
+    load_bundle,
+    load_meta,
+    save_bundle,
+)
 from geoseg.train import build_network
 
 

@@ -7,70 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 
-from geoseg.align import agreement_matrix, align_clusters, match_clusters, permute_head_b
-from geoseg.bundle import Cluster, ModelMeta, load_bundle, load_meta, save_bundle
 from geoseg.config import AlignConfig
 from geoseg.errors import ConfigError, InputError
-from geoseg.iic.model import Architecture, build_model, for_inference
-
-K = 4
-OLD_CLUSTERS = [
-    Cluster(0, (10, 20, 30), "roofs"),
-    Cluster(1, (200, 40, 40), "roads"),
-    Cluster(2, (30, 160, 60), "trees"),
-    Cluster(3, (240, 230, 90), "grass"),
-]
-
-
-def reference_tiles(shared_data: Path) -> list[Path]:
-    return [shared_data / "lausanne" / "img" / f"1091-322_{i:02d}.tif" for i in (0, 5, 11, 19)]
-
-
-def make_bundle(
-    out: Path, seed: int = 0, k: int = K, clusters: list[Cluster] | None = None, spread: float = 3.0
-) -> Path:
-    """A tiny random IIC model whose head B splits real imagery into all k clusters."""
-    torch.manual_seed(seed)
-    arch = Architecture(in_channels=3, k_a=6, k_b=k, subheads=1, preset="small")
-    model = build_model(arch).eval()
-    model.set_normalisation([110.0, 115.0, 100.0], [50.0, 48.0, 45.0])
-    with torch.no_grad():
-        for conv in model.head_b:
-            conv.weight.normal_(0.0, spread)
-            conv.bias.zero_()
-    meta = ModelMeta(
-        architecture=arch.to_dict(),
-        band_names=["red", "green", "blue"],
-        band_mean=[110.0, 115.0, 100.0],
-        band_std=[50.0, 48.0, 45.0],
-        dtype="uint8",
-        patch_size=64,
-        scale=1.0,
-        loss={"lamb_a": 1.0, "lamb_b": 1.0, "half_t": 2},
-        clusters=clusters or [Cluster(i, (i * 40, 255 - i * 40, 90)) for i in range(k)],
-    )
-    return save_bundle(model, meta, out)
-
-
-def predict(bundle: Path, raster: Path) -> np.ndarray:
-    """Head-B ids of the whole raster in one pass, through segment's inference copy of the
-    network (near-ties of the argmax depend on the convolution algorithm)."""
-    model = for_inference(load_bundle(bundle)[0])
-    with rasterio.open(raster) as src:
-        x = torch.from_numpy(src.read().astype(np.float32))[None]
-    with torch.inference_mode():
-        return model(x.contiguous(memory_format=torch.channels_last), heads="b")["b"][0].argmax(1)[0].numpy()
-
-
-def permuted_copy(src: Path, out: Path, perm: list[int]) -> Path:
-    """The same model with head-B channel i moved to perm[i], and a fresh colour table."""
-    model, meta = load_bundle(src)
-    permute_head_b(model, perm)
-    meta.clusters = [Cluster(i, (i, i, i)) for i in range(len(perm))]
-    return save_bundle(model, meta, out)
+from geoseg.models.align import agreement_matrix, align_clusters, match_clusters
+from geoseg.models.bundle import load_bundle, load_meta, save_bundle
+from tests.helpers import (
+    OLD_CLUSTERS,
+    K,
+    make_spread_bundle,
+    permuted_copy,
+    predict,
+    reference_tiles,
+)
 
 
 def test_agreement_matrix_counts_and_ignores() -> None:
@@ -95,7 +45,7 @@ def test_match_more_new_clusters_gives_spare_ids_and_fewer_is_an_error() -> None
 
 def test_permuted_model_is_aligned_back_exactly(shared_data: Path, tmp_path: Path) -> None:
     tiles = reference_tiles(shared_data)
-    old = make_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
+    old = make_spread_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
     old_ids = [predict(old, t) for t in tiles]
     # Precondition of an exact test: every cluster is used, so the matching is unique.
     assert set(np.unique(np.concatenate([i.ravel() for i in old_ids]))) == set(range(K))
@@ -134,8 +84,8 @@ def test_in_place_alignment_keeps_other_files_and_flags_moved_clusters(
     shared_data: Path, tmp_path: Path
 ) -> None:
     tiles = reference_tiles(shared_data)[:2]
-    old = make_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
-    new = make_bundle(tmp_path / "new", seed=0)
+    old = make_spread_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
+    new = make_spread_bundle(tmp_path / "new", seed=0)
     model, meta = load_bundle(new)
     with torch.no_grad():
         model.head_b[0].bias[1] += 4.0  # cluster 1 grows at the others' expense
@@ -162,8 +112,8 @@ def test_in_place_alignment_keeps_other_files_and_flags_moved_clusters(
 
 
 def test_bad_reference_and_incompatible_models(shared_data: Path, tmp_path: Path) -> None:
-    old = make_bundle(tmp_path / "old")
-    new = make_bundle(tmp_path / "new", k=3)
+    old = make_spread_bundle(tmp_path / "old")
+    new = make_spread_bundle(tmp_path / "new", k=3)
     with pytest.raises(InputError, match="not found"):
         align_clusters(old, old, [tmp_path / "missing.tif"])
     with pytest.raises(ConfigError, match="cannot carry"):
@@ -176,7 +126,7 @@ def test_patch_store_reference(shared_data: Path, tmp_path: Path) -> None:
     from tests.iic.conftest import make_store
 
     store = make_store(tmp_path / "ref.zarr", shared_data, count=12)
-    old = make_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
+    old = make_spread_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
     perm = [3, 2, 1, 0]
     new = permuted_copy(old, tmp_path / "new", perm)
     config = AlignConfig(device="cpu", max_patches=6, batch_size=4)
@@ -192,7 +142,7 @@ def test_patch_store_reference(shared_data: Path, tmp_path: Path) -> None:
 def test_cli_align(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from geoseg.cli import main
 
-    old = make_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
+    old = make_spread_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
     new = permuted_copy(old, tmp_path / "new", [1, 0, 3, 2])
     tile = reference_tiles(shared_data)[0]
     argv = ["model", "align", str(new), "--to", str(old), "--reference", str(tile), "--device", "cpu"]

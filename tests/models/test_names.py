@@ -13,16 +13,15 @@ import rasterio
 from PIL import Image
 from rasterio.windows import Window
 
-from geoseg import registry
-from geoseg.align import align_clusters
-from geoseg.bundle import CLUSTERS_TAG, META, clusters_from_tag, load_meta
 from geoseg.cli import main
 from geoseg.config import SegmentConfig
 from geoseg.errors import ConfigError, InputError
-from geoseg.names import ClusterEdits, name_clusters, parse_colours, parse_names, read_legend
-from tests.test_align import make_bundle as make_aligned_bundle
-from tests.test_align import reference_tiles
-from tests.test_segment import crop, make_bundle
+from geoseg.models import registry
+from geoseg.models.align import align_clusters
+from geoseg.models.bundle import CLUSTERS_TAG, META, clusters_from_tag, load_meta
+from geoseg.models.names import ClusterEdits, name_clusters, parse_colours, parse_names, read_legend
+from tests.helpers import crop, make_bundle, reference_tiles
+from tests.helpers import make_spread_bundle as make_aligned_bundle
 
 RGB = ["red", "green", "blue"]
 

@@ -10,15 +10,16 @@ import pystac
 import pytest
 import torch
 
-from geoseg import registry
-from geoseg.align import align_clusters, reference_figures
-from geoseg.bundle import WEIGHTS, load_bundle, load_meta, save_bundle
 from geoseg.cli import main
 from geoseg.config import AlignConfig, PromotionConfig
 from geoseg.errors import ConfigError, InputError
-from geoseg.fileio import sha256_file
-from geoseg.registry import ModelFigures, should_promote
-from tests.test_align import OLD_CLUSTERS, make_bundle, permuted_copy, predict, reference_tiles
+from geoseg.io.fileio import sha256_file
+from geoseg.models import registry
+from geoseg.models.align import align_clusters, reference_figures
+from geoseg.models.bundle import WEIGHTS, load_bundle, load_meta, save_bundle
+from geoseg.models.registry import ModelFigures, should_promote
+from tests.helpers import OLD_CLUSTERS, permuted_copy, predict, reference_tiles
+from tests.helpers import make_spread_bundle as make_bundle
 
 
 def collapsed_copy(src: Path, out: Path) -> Path:

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 import zarr
 from safetensors.torch import load_file
 
-from geoseg.bundle import WEIGHTS, load_bundle
 from geoseg.config import SegmentConfig, TrainConfig
 from geoseg.errors import TrainingError
 from geoseg.iic.model import for_inference
+from geoseg.io.store import IMAGES, VALID
+from geoseg.models.bundle import WEIGHTS, load_bundle
 from geoseg.segment import predict_probabilities, segment
-from geoseg.store import IMAGES, VALID
 from geoseg.train import CHECKPOINT, train, work_dir
 
 K = 4

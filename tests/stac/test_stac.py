@@ -1,4 +1,4 @@
-"""geoseg.stac: raster items (footprint, projection) and self-contained catalogs."""
+"""geoseg.stac.items: raster items (footprint, projection) and self-contained catalogs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import rasterio
 from pyproj import Transformer
 
 from geoseg.errors import InputError
-from geoseg.stac import raster_item, save_catalog
+from geoseg.stac.items import raster_item, save_catalog
 
 
 def test_raster_item_footprint_and_projection(shared_data: Path) -> None:

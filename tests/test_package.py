@@ -1,0 +1,56 @@
+"""The package's face: ``import geoseg`` exposes the stage functions, configs and errors
+without loading torch or GDAL, and the import paths of moved modules still work."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import subprocess
+import sys
+
+import geoseg
+from geoseg._moved import MOVED
+
+
+def test_import_geoseg_is_light_and_exposes_the_stages() -> None:
+    code = (
+        "import json, sys, geoseg\n"
+        "heavy = sorted(m for m in ('torch', 'rasterio', 'zarr', 'prefect') if m in sys.modules)\n"
+        "print(json.dumps([heavy, callable(geoseg.segment), geoseg.segment.__module__]))\n"
+    )
+    heavy, is_callable, module = json.loads(subprocess.check_output([sys.executable, "-c", code], text=True))
+    assert heavy == [] and is_callable and module == "geoseg.segment"
+
+
+def test_every_exported_name_is_the_library_object() -> None:
+    stages = {"ingest", "train", "segment", "vectorize", "evaluate"}
+    stages |= {"kmeans_baseline", "random_net_baseline", "superpixel_baseline"}
+    for name in set(geoseg.__all__) - {"__version__"}:
+        value = getattr(geoseg, name)
+        assert inspect.isfunction(value) if name in stages else inspect.isclass(value), name
+    assert stages <= set(geoseg.__all__)
+    assert issubclass(geoseg.InputError, geoseg.GeosegError)
+
+
+def test_a_stage_name_stays_the_function_after_its_module_is_imported() -> None:
+    module = importlib.import_module("geoseg.segment")
+    assert geoseg.segment is module.segment
+    from geoseg.segment import SegmentResult  # the module is still reached by from-imports
+
+    assert SegmentResult.__module__ == "geoseg.segment"
+
+
+def test_old_import_paths_give_the_moved_modules_themselves() -> None:
+    for old, new in MOVED.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+        assert importlib.import_module(new).__spec__.name == new  # its own spec, not the alias's
+    from geoseg.bundle import load_bundle
+
+    from geoseg.models.bundle import load_bundle as moved
+
+    assert load_bundle is moved
+    from geoseg.stac import raster_item  # geoseg.stac was a module: its names stay
+    from geoseg.stac.items import raster_item as item_writer
+
+    assert raster_item is item_writer
