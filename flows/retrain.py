@@ -23,12 +23,11 @@ labels exist, ``catalog/``.
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 
 from flows.ingest import ingest_step
 from flows.runner import task_runner
@@ -42,7 +41,7 @@ from flows.settings import (
     check_surveys,
     config_dict,
 )
-from flows.tasks import evaluate_task, not_user_error, run
+from flows.tasks import align_task, evaluate_task, find_surveys_task, register_task, run
 from flows.train import train_step
 from geoseg.config import (
     AlignConfig,
@@ -52,46 +51,9 @@ from geoseg.config import (
     SegmentConfig,
     TrainConfig,
 )
-from geoseg.methods import warm_start_settings
 
 ALIGNED = "aligned"
 EVALUATION = "evaluation"
-
-
-@task(name="find-surveys", retries=2, retry_delay_seconds=5, retry_condition_fn=not_user_error)
-def find_surveys_task(catalog: str, registry: str, since: str | None = None) -> list[dict[str, Any]]:
-    """Survey items added since the promoted model (paths as strings)."""
-    from geoseg.models.registry import new_surveys
-
-    return [
-        {**dataclasses.asdict(s), "image": str(s.image), "label": str(s.label) if s.label else None}
-        for s in new_surveys(catalog, registry, since)
-    ]
-
-
-@task(name="align", retries=1, retry_condition_fn=not_user_error)
-def align_task(
-    model: str, previous: str, reference: list[str], out: str, config: dict[str, Any]
-) -> dict[str, Any]:
-    """Carry the previous model's cluster ids over to the new one; returns the alignment figures."""
-    from geoseg.models.align import align_clusters
-
-    result = align_clusters(model, previous, reference, out_dir=out, config=AlignConfig(**config))
-    return dataclasses.asdict(result)
-
-
-@task(name="register-and-promote", retries=1, retry_condition_fn=not_user_error)
-def register_task(
-    bundle: str, registry: str, previous: str | None, config: dict[str, Any], reference: list[str]
-) -> dict[str, Any]:
-    """Register the bundle as a version; promote it only if the label-free check passes."""
-    from geoseg.models import registry as models
-
-    decision = models.check_bundle(bundle, previous, PromotionConfig(**config), reference=reference)
-    entry = models.register(bundle, registry, decision)  # status "rejected" when the check fails
-    if decision.promote:
-        entry = models.promote(registry, entry.version)
-    return {"version": entry.version, "promoted": decision.promote, "decision": dataclasses.asdict(decision)}
 
 
 @flow(name="retrain", task_runner=task_runner(), validate_parameters=True)
@@ -130,7 +92,7 @@ def retrain_flow(
         What happened: the surveys, the paths written, the version and the promotion decision.
     """
     from geoseg.models import registry as models
-    from geoseg.models.bundle import load_meta
+    from geoseg.models.policy import retrain_fields
 
     logger = get_run_logger()
     settings = FlowSettings.from_env()
@@ -163,12 +125,7 @@ def retrain_flow(
 
     default = settings.work_root / "retrain" / datetime.now(UTC).strftime("%Y-%m-%d")
     run_dir = check_output(out or default, "out", settings)
-    fixed: dict[str, Any] = {"steps": steps, "k": k}
-    if previous is not None:
-        meta = load_meta(previous)
-        fixed["k"] = k or meta.arch.k_b  # alignment carries ids over only with k >= the old k
-        if warm_start:
-            fixed.update(init_from=str(previous), **warm_start_settings(meta))
+    fixed = {"steps": steps, **retrain_fields(previous, k, warm_start)}
     train_cfg = build_config(TrainConfig, train, **fixed)
 
     images = [Path(s["image"]) for s in surveys]

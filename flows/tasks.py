@@ -179,7 +179,10 @@ def not_user_error(task_: Task, task_run: Any, state: State) -> bool:
     return True
 
 
+# The retry policies, one per kind of task: reading/writing files retries twice (a
+# transient I/O or network error), heavy compute once; a user error never retries.
 _IO: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": not_user_error}
+_COMPUTE: dict[str, Any] = {"retries": 1, "retry_condition_fn": not_user_error}
 
 
 def _as_paths(obj: Any) -> Any:
@@ -208,7 +211,7 @@ def ingest_task(sources: list[str], out: str, config: dict[str, Any], labels: li
         return str(ingest(sources, out, cfg, labels=labels, dask_address=address, progress=get_run_logger()))
 
 
-@task(name="train", cache_policy=CACHE_POLICY, retries=1, retry_condition_fn=not_user_error)
+@task(name="train", cache_policy=CACHE_POLICY, **_COMPUTE)
 def train_task(stores: list[str], out: str, config: dict[str, Any]) -> str:
     """Train IIC; the device is declared in the log and in model.json: GPU when present."""
     from geoseg.config import TrainConfig
@@ -275,3 +278,39 @@ def evaluate_task(
 
     evaluate(predictions, labels, out_dir, EvaluateConfig(**config), images=images, progress=get_run_logger())
     return str(Path(out_dir) / "report.json")
+
+
+# --- the retrain's tasks: they read and change the registry's state, so they are not cached
+# across runs by content (Prefect's default: within one flow run)
+
+
+@task(name="find-surveys", **_IO)
+def find_surveys_task(catalog: str, registry: str, since: str | None = None) -> list[dict[str, Any]]:
+    """Survey items added since the promoted model (paths as strings)."""
+    from geoseg.models.registry import new_surveys
+
+    return [_as_paths(s) for s in new_surveys(catalog, registry, since)]
+
+
+@task(name="align", **_COMPUTE)
+def align_task(
+    model: str, previous: str, reference: list[str], out: str, config: dict[str, Any]
+) -> dict[str, Any]:
+    """Carry the previous model's cluster ids over to the new one; returns the alignment figures."""
+    from geoseg.config import AlignConfig
+    from geoseg.models.align import align_clusters
+
+    result = align_clusters(model, previous, reference, out_dir=out, config=AlignConfig(**config))
+    return dataclasses.asdict(result)
+
+
+@task(name="register-and-promote", **_COMPUTE)
+def register_task(
+    bundle: str, registry: str, previous: str | None, config: dict[str, Any], reference: list[str]
+) -> dict[str, Any]:
+    """Register the bundle as a version; promote it only if the label-free check passes."""
+    from geoseg.config import PromotionConfig
+    from geoseg.models.policy import register_and_promote
+
+    entry, decision = register_and_promote(bundle, registry, previous, PromotionConfig(**config), reference)
+    return {"version": entry.version, "promoted": decision.promote, "decision": dataclasses.asdict(decision)}

@@ -40,6 +40,7 @@ _CONFIGS = (
     "SegmentConfig",
     "SuperpixelConfig",
     "TrainConfig",
+    "VectorizeConfig",
 )
 _ERRORS = ("BusyError", "ConfigError", "GeosegError", "InputError", "OutputError", "TrainingError")
 _EXPORTS = {
@@ -64,6 +65,7 @@ __all__ = [
     "SuperpixelConfig",
     "TrainConfig",
     "TrainingError",
+    "VectorizeConfig",
     "__version__",
     "evaluate",
     "ingest",
@@ -87,6 +89,7 @@ if TYPE_CHECKING:
         SegmentConfig,
         SuperpixelConfig,
         TrainConfig,
+        VectorizeConfig,
     )
     from geoseg.errors import BusyError, ConfigError, GeosegError, InputError, OutputError, TrainingError
     from geoseg.evaluate import evaluate

@@ -585,6 +585,9 @@ def _run_segment(args: argparse.Namespace) -> int:
 
 
 def _add_vectorize(sub: argparse._SubParsersAction) -> None:
+    from geoseg.config import VectorizeConfig
+
+    d = VectorizeConfig()
     p = sub.add_parser("vectorize", help="cluster raster -> GeoPackage polygons, styled for QGIS")
     p.add_argument("clusters", type=Path, metavar="CLUSTERS.tif", help="uint8 cluster raster, nodata 255")
     p.add_argument(
@@ -592,10 +595,12 @@ def _add_vectorize(sub: argparse._SubParsersAction) -> None:
         help="GeoPackage to write (default: <stem>_polygons.gpkg beside CLUSTERS.tif)",
     )  # fmt: skip
     p.add_argument(
-        "--min-area", type=float, default=0.0, help="sieve regions smaller than this (CRS units^2)"
+        "--min-area", type=float, default=d.min_area, help="sieve regions smaller than this (CRS units^2)"
     )
-    p.add_argument("--simplify", type=float, default=0.0, help="simplification tolerance (CRS units)")
-    p.add_argument("--block-size", type=int, default=4096, help="block side in pixels (one task each)")
+    p.add_argument("--simplify", type=float, default=d.simplify, help="simplification tolerance (CRS units)")
+    p.add_argument(
+        "--block-size", type=int, default=d.block_size, help="block side in pixels (one task each)"
+    )
     p.add_argument("--dask-address", default=None, help="run blocks on an existing Dask scheduler")
     _add_overwrite(p, "an existing file at --out that geoseg vectorize did not write")
     p.set_defaults(run=_run_vectorize)

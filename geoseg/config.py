@@ -155,6 +155,21 @@ class TrainConfig:
 
 
 @dataclass
+class VectorizeConfig:
+    """Polygonising settings and their bounds: one contract for ``geoseg vectorize``, the
+    polygons ``segment`` writes and the flows' vectorize task."""
+
+    min_area: float = 0.0  # sieve: minimum mapping unit in CRS units^2 (0 = off)
+    simplify: float = 0.0  # polygon simplification tolerance in CRS units (0 = off)
+    block_size: int = 4096  # block side in pixels (one Dask task per block)
+
+    def validate(self) -> VectorizeConfig:
+        _require(self.min_area >= 0 and self.simplify >= 0, "min_area and simplify must be >= 0")
+        _require(self.block_size >= 64, f"vectorize block size must be >= 64 px, got {self.block_size}")
+        return self
+
+
+@dataclass
 class SegmentConfig:
     """Sliding-window inference settings."""
 
@@ -171,18 +186,21 @@ class SegmentConfig:
     refine: Literal["superpixels"] | None = None  # post-process blended probabilities per superpixel
     refine_size: int = 12  # superpixel side in pixels for --refine (SuperpixelConfig.size)
 
+    def vectorize_config(self) -> VectorizeConfig:
+        """The polygonising settings of this run (``vectorize_block`` is the block size)."""
+        return VectorizeConfig(self.min_area, self.simplify, self.vectorize_block)
+
     def validate(self) -> SegmentConfig:
         _require(0.0 <= self.overlap < 0.9, f"overlap must be in [0, 0.9), got {self.overlap}")
         _require(
             self.window is None or 16 <= self.window <= 8192,
             f"window must be in [16, 8192], got {self.window}",
         )
-        _require(self.vectorize_block >= 64, f"vectorize_block must be >= 64, got {self.vectorize_block}")
         _require(self.preview_size >= 16, "preview_size must be >= 16")
         _require(self.batch_size >= 1, "batch_size must be >= 1")
         _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
         _require(self.head in ("a", "b"), f"head must be 'a' or 'b', got {self.head!r}")
-        _require(self.min_area >= 0 and self.simplify >= 0, "min_area and simplify must be >= 0")
+        self.vectorize_config().validate()
         _require(self.refine in (None, "superpixels"), f"unknown refine {self.refine!r}")
         _require(self.refine_size >= 4, f"superpixel size must be >= 4 px, got {self.refine_size}")
         return self

@@ -8,6 +8,7 @@ over a patch store. Written once, so both see a model the same way.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,7 +18,9 @@ from rasterio.io import DatasetReader
 from geoseg.errors import ConfigError, InputError
 from geoseg.iic.model import NormalisedNet
 from geoseg.io.sources import band_names, usable_bands
-from geoseg.models.bundle import ModelMeta
+
+if TYPE_CHECKING:  # only its shape: inference sits below the model files (docs/architecture.md)
+    from geoseg.models.bundle import ModelMeta
 
 __all__ = ["MIN_SIDE", "check_bands", "predict_probabilities", "resolve_device", "window_probabilities"]
 

@@ -44,6 +44,7 @@ from affine import Affine
 from rasterio.features import shapes, sieve
 from rasterio.windows import Window
 
+from geoseg.config import VectorizeConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.fileio import atomic_path, claim_file, require_published, write_text_atomic
 from geoseg.io.outputs import NODATA, polygons_path, style_path
@@ -278,11 +279,11 @@ def _raster_classes(src: rasterio.io.DatasetReader) -> list[StyleClass]:
 def vectorize(
     clusters_tif: str | Path,
     out_gpkg: str | Path | None = None,
-    min_area: float = 0.0,
-    simplify: float = 0.0,
+    min_area: float = VectorizeConfig.min_area,
+    simplify: float = VectorizeConfig.simplify,
     class_names: Mapping[int, str] | None = None,
     dask_address: str | None = None,
-    block_size: int = 4096,
+    block_size: int = VectorizeConfig.block_size,
     overwrite: bool = False,
 ) -> Path:
     """Polygons of a cluster raster in a GeoPackage, styled for QGIS, in the raster's CRS.
@@ -311,10 +312,7 @@ def vectorize(
     clusters_tif = Path(clusters_tif)
     out_gpkg = Path(out_gpkg) if out_gpkg is not None else polygons_path(clusters_tif)
     _check_names(clusters_tif, out_gpkg)
-    if min_area < 0 or simplify < 0:
-        raise ConfigError(f"min_area and simplify must be >= 0, got {min_area}, {simplify}")
-    if block_size < 16:
-        raise ConfigError(f"block_size must be >= 16, got {block_size}")
+    VectorizeConfig(min_area, simplify, block_size).validate()
     if not clusters_tif.is_file():
         raise InputError(f"cluster raster not found: {clusters_tif}")
     require_published(clusters_tif)

@@ -34,7 +34,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("methods", ("geoseg.methods",)),
-    ("models and inference", ("geoseg.models", "geoseg.inference")),
+    ("inference", ("geoseg.inference",)),  # a model's view of a raster: bands, device, probabilities
+    ("models", ("geoseg.models",)),
     ("stac", ("geoseg.stac",)),
     ("stages", ("geoseg.ingest", "geoseg.train", "geoseg.vectorize", "geoseg.baseline", "geoseg.evaluate")),
     ("stages on stages", ("geoseg.superpixels",)),  # the object-based baseline builds on baseline's writers

@@ -18,6 +18,7 @@ import shapely
 from rasterio.crs import CRS
 
 from geoseg.cli import main
+from geoseg.config import SegmentConfig, VectorizeConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.vectorize import vector_style_path, vectorize
 
@@ -221,3 +222,23 @@ def test_cli_vectorize(neon_clusters: Path, tmp_path: Path, capsys: pytest.Captu
     assert pyogrio.read_info(out)["features"] > 0
     assert main(["vectorize", str(tmp_path / "nope.tif"), "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_one_block_size_bound_for_the_library_the_cli_and_segment(
+    neon_clusters: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """VectorizeConfig is the one contract: a 32 px block is refused alike by vectorize(),
+    `geoseg vectorize` and SegmentConfig (vectorize accepted 16 while segment demanded 64),
+    before any output is claimed; 64 works."""
+    message = "vectorize block size must be >= 64 px, got 32"
+    with pytest.raises(ConfigError, match=message):
+        vectorize(neon_clusters, tmp_path / "small.gpkg", block_size=32)
+    with pytest.raises(ConfigError, match=message):
+        SegmentConfig(vectorize_block=32).validate()
+    assert (
+        main(["vectorize", str(neon_clusters), "--out", str(tmp_path / "cli.gpkg"), "--block-size", "32"])
+        == 2
+    )
+    assert message in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert SegmentConfig(vectorize_block=64).vectorize_config() == VectorizeConfig(block_size=64)
+    assert VectorizeConfig().block_size == SegmentConfig().vectorize_block  # the same default
