@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from rasterio.transform import from_origin
 
 from geoseg.baseline import kmeans_baseline
 from geoseg.cli import main
@@ -36,6 +35,7 @@ from geoseg.io.store import open_store
 from geoseg.models.bundle import META, WEIGHTS, load_meta
 from geoseg.segment import output_paths, segment
 from geoseg.train import _checkpoint_step, train, work_dir
+from tests.helpers import write_raster
 
 ROOT = Path(__file__).resolve().parents[1]
 TILE = "lausanne/img/1091-322_00.tif"  # 175 x 120 px RGB, EPSG:2056
@@ -178,21 +178,6 @@ def hold_lock(folder: Path, beside: bool = False) -> subprocess.Popen[str]:
     )
     assert child.stdout is not None and child.stdout.readline().strip() == "held"
     return child
-
-
-def write_float_raster(path: Path, data: np.ndarray) -> Path:
-    profile = {
-        "driver": "GTiff",
-        "height": data.shape[1],
-        "width": data.shape[2],
-        "count": data.shape[0],
-        "dtype": "float32",
-        "crs": "EPSG:2056",
-        "transform": from_origin(2_538_000, 1_152_000, 0.5, 0.5),
-    }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data.astype(np.float32))
-    return path
 
 
 # --- output ownership ---------------------------------------------------------------------------
@@ -524,7 +509,7 @@ def nan_raster(tile: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     data[:, :40, :40] = np.nan
     data[1, 60:70, 100:110] = np.inf
     data[2, 80:84, 10:20] = -np.inf
-    return write_float_raster(tmp_path_factory.mktemp("nan") / "nan.tif", data)
+    return write_raster(tmp_path_factory.mktemp("nan") / "nan.tif", data.astype(np.float32))
 
 
 def _finite(path: Path) -> np.ndarray:
