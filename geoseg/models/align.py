@@ -44,7 +44,7 @@ from geoseg.iic.loss import displaced_joints, mutual_information_loss
 from geoseg.iic.model import IICNet, NormalisedNet, for_inference
 from geoseg.inference import check_bands, predict_probabilities, resolve_device
 from geoseg.io.fileio import atomic_path, sha256_file, write_json_atomic, write_text_atomic
-from geoseg.io.sources import open_dataset, open_raster, read_scaled
+from geoseg.io.sources import discover_sources, open_dataset, open_raster, read_scaled
 from geoseg.io.store import open_store
 from geoseg.models.bundle import META, WEIGHTS, Cluster, ModelMeta, default_clusters, load_bundle, save_bundle
 
@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 
 REPORT_JSON = "alignment.json"
 REPORT_MD = "alignment.md"
-RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt")
 
 
 @dataclass
@@ -295,23 +294,16 @@ def reference_figures(
 
 
 def expand_reference(reference: Sequence[str | Path]) -> list[Path]:
-    """Files, folders of rasters and patch stores, in a stable order; missing ones are errors."""
+    """Patch stores as they are, everything else as ingest reads its sources (files, folders
+    of rasters, STAC JSON: :func:`geoseg.io.sources.discover_sources`), in the order given."""
     if isinstance(reference, str | Path):
         reference = [reference]
+    if not reference:
+        raise InputError("no reference imagery given")
     out: list[Path] = []
     for item in reference:
         path = Path(item)
-        if _is_store(path) or path.is_file():
-            out.append(path)
-        elif path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
-            if not found:
-                raise InputError(f"no rasters in reference folder {path}")
-            out.extend(found)
-        else:
-            raise InputError(f"reference imagery not found: {path}")
-    if not out:
-        raise InputError("no reference imagery given")
+        out += [path] if _is_store(path) else discover_sources([path])
     return out
 
 

@@ -11,7 +11,7 @@ import torch
 
 from geoseg.config import AlignConfig
 from geoseg.errors import ConfigError, InputError
-from geoseg.models.align import agreement_matrix, align_clusters, match_clusters
+from geoseg.models.align import agreement_matrix, align_clusters, expand_reference, match_clusters
 from geoseg.models.bundle import load_bundle, load_meta, save_bundle
 from tests.helpers import (
     OLD_CLUSTERS,
@@ -151,3 +151,17 @@ def test_cli_align(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert load_meta(tmp_path / "aligned").clusters == OLD_CLUSTERS
     assert main([*argv[:-2], "--reference", str(tmp_path / "missing.tif")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_reference_rasters_are_found_as_ingest_finds_sources(shared_data: Path, tmp_path: Path) -> None:
+    """A folder expands to its rasters in name order, as ingest's sources do; a missing path
+    or a folder without rasters is one clear error."""
+    folder = shared_data / "lausanne" / "img"
+    tif = shared_data / "neon" / "OSBS_029.tif"
+    expected = sorted(p for p in folder.iterdir() if p.suffix == ".tif")
+    assert expand_reference([tif, folder]) == [tif, *expected]
+    with pytest.raises(InputError, match="not found"):
+        expand_reference([tmp_path / "missing.tif"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no rasters"):
+        expand_reference([tmp_path / "empty"])
