@@ -70,14 +70,14 @@ ZARR_MEDIA_TYPE = "application/vnd.zarr"
 WEIGHTS_MEDIA_TYPE = "application/octet-stream"  # safetensors has no registered type
 
 # The STAC asset of each output beside a cluster raster (keys as in segment's results):
-# media type and roles.
-OUTPUT_ASSETS: dict[str, tuple[str, list[str]]] = {
-    "confidence": (COG_MEDIA_TYPE, ["data"]),
-    "clusters_qml": (QML_MEDIA_TYPE, ["style"]),
-    "confidence_qml": (QML_MEDIA_TYPE, ["style"]),
-    "preview_png": (PNG_MEDIA_TYPE, ["overview"]),
-    "gpkg": (GPKG_MEDIA_TYPE, ["data", "labels"]),
-    "gpkg_qml": (QML_MEDIA_TYPE, ["style"]),
+# media type and roles (a tuple: each asset gets its own list).
+OUTPUT_ASSETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "confidence": (COG_MEDIA_TYPE, ("data",)),
+    "clusters_qml": (QML_MEDIA_TYPE, ("style",)),
+    "confidence_qml": (QML_MEDIA_TYPE, ("style",)),
+    "preview_png": (PNG_MEDIA_TYPE, ("overview",)),
+    "gpkg": (GPKG_MEDIA_TYPE, ("data", "labels")),
+    "gpkg_qml": (QML_MEDIA_TYPE, ("style",)),
 }
 
 

@@ -137,7 +137,7 @@ def prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: pyst
     for key, (media, roles) in _EXTRA_ASSETS.items():
         if outputs.get(key) and key not in item.assets and Path(outputs[key]).exists():
             item.add_asset(
-                key, pystac.Asset(str(Path(outputs[key]).resolve()), media_type=media, roles=roles)
+                key, pystac.Asset(str(Path(outputs[key]).resolve()), media_type=media, roles=list(roles))
             )
     LabelExtension.ext(item).add_source(source, assets=["image"])
     item.add_link(pystac.Link("derived_from", model, media_type=pystac.MediaType.JSON, title="model"))

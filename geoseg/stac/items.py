@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -126,7 +126,7 @@ def prediction_item(
     source: str | Path,
     model_dir: str | Path,
     classes: Sequence[Cluster],
-    assets: dict[str, tuple[Path, str, list[str]]] | None = None,
+    assets: Mapping[str, tuple[Path, str, Sequence[str]]] | None = None,
 ) -> pystac.Item:
     """The STAC item of one segmentation output (written by ``geoseg segment``).
 
@@ -154,7 +154,7 @@ def prediction_item(
     )
     classify(item.assets["clusters"], classes)
     for key, (path, media_type, roles) in (assets or {}).items():
-        item.add_asset(key, pystac.Asset(str(Path(path).resolve()), media_type=media_type, roles=roles))
+        item.add_asset(key, pystac.Asset(str(Path(path).resolve()), media_type=media_type, roles=list(roles)))
     source_href = str(Path(source).resolve())
     item.add_link(pystac.Link("derived_from", source_href, media_type="image/tiff", title="source"))
     model_json = str((Path(model_dir) / "model.json").resolve())
