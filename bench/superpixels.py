@@ -166,14 +166,40 @@ def speed(side: int, work: Path, size: int) -> dict:
 
 
 _RSS_CHILD = """
-import resource, sys, time
+import functools, resource, sys, time
+import geoseg.superpixels as sp
 from geoseg.config import SuperpixelConfig
-from geoseg.superpixels import superpixel_baseline
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key))
+
+
+def probe(name, fn):  # VmHWM reset before each phase (clear_refs 5), read after it
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before, start = status("VmRSS"), time.perf_counter()
+        out = fn(*args, **kwargs)
+        print("PHASE", name, round(before), round(status("VmHWM")), round(status("VmRSS")),
+              round(time.perf_counter() - start, 1), flush=True)
+        return out
+    return wrapper
+
+
+for name in PHASES:
+    setattr(sp, name, probe(name, getattr(sp, name)))
+sp.SuperpixelModel.predict = probe("predict", sp.SuperpixelModel.predict)
+print("PHASE imports 0", round(status("VmHWM")), round(status("VmRSS")), 0, flush=True)
 t = time.perf_counter()
-superpixel_baseline([sys.argv[1]], sys.argv[2], SuperpixelConfig(k=6, size=int(sys.argv[3])))
+sp.superpixel_baseline([sys.argv[1]], sys.argv[2], SuperpixelConfig(k=6, size=int(sys.argv[3])))
 use = resource.getrusage(resource.RUSAGE_SELF)
 print(use.ru_utime + use.ru_stime, use.ru_maxrss / 1024, time.perf_counter() - t)
 """
+# the phases of superpixel_baseline whose own peak RSS the child prints (MiB: before, peak, after)
+PHASES = ["check_sources", "fit_space", "superpixel_raster", "fit_superpixels", "to_cog", "_paint"]
 
 
 def rss(side: int, work: Path, size: int) -> dict:
@@ -181,16 +207,29 @@ def rss(side: int, work: Path, size: int) -> dict:
     scene = bench_segment.write_scene(work / "big.tif", side, side)
     written = time.perf_counter() - start
     done = subprocess.run(
-        [sys.executable, "-c", _RSS_CHILD, str(scene), str(work / "big-out"), str(size)],
+        [sys.executable, "-c", f"PHASES = {PHASES!r}\n{_RSS_CHILD}", str(scene), str(work / "big-out"), str(size)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     cpu, peak, seconds = (float(v) for v in done.stdout.split()[-3:])
+    phases: dict[str, dict] = {}  # the highest peak of each phase (superpixel_raster runs once per raster)
+    for line in done.stdout.splitlines():
+        if line.startswith("PHASE "):
+            _, name, before, high, after, took = line.split()
+            phase = {
+                "rss_before_mib": int(before),
+                "peak_mib": int(high),
+                "rss_after_mib": int(after),
+                "seconds": float(took),
+            }
+            if name not in phases or phase["peak_mib"] > phases[name]["peak_mib"]:
+                phases[name] = phase
     row = {
         "raster": f"{side}x{side} RGB uint8 (generated, {written:.0f} s to write)",
         "peak_rss_mib": round(peak, 1),
         "seconds": round(seconds, 1),
         "cpu_seconds": round(cpu, 1),
         "mpx_per_cpu_s": round(side * side / 1e6 / cpu, 3),
+        "phases": phases,
     }
     print(json.dumps(row), flush=True)
     return row
