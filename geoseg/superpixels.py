@@ -173,7 +173,10 @@ def fit_space(sources: Sequence[Path], config: SuperpixelConfig) -> PixelSpace:
         bands = source_bands(src, config.bands, sources[0])
         rgb = is_rgb(src, bands)
         dtype = np.dtype(src.dtypes[bands[0] - 1])
-    sample = BaselineConfig(k=config.k, seed=config.seed, bands=config.bands, fit_pixels=config.fit_pixels)
+    sample = BaselineConfig(  # read in blocks of the superpixel block's pixel count
+        k=config.k, seed=config.seed, bands=config.bands, fit_pixels=config.fit_pixels,
+        block_pixels=max(1024, config.block * config.block),
+    )  # fmt: skip
     with bounded_gdal_cache():  # the sampling pass reads every block of every raster
         pixels = sample_pixels(sources, sample)
     mean, std = pixels.mean(axis=0), np.maximum(pixels.std(axis=0), 1e-6)

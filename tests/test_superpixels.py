@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ from geoseg.config import SuperpixelConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.superpixels import (
     MODEL_NAME,
+    PREDICT_SEGMENTS,
     PixelSpace,
+    SuperpixelModel,
     SuperpixelRefiner,
     apply_superpixels,
     load_model,
@@ -81,6 +84,67 @@ def test_lab_matches_scikit_image(shared_data: Path) -> None:
         rgb = np.asarray(img.convert("RGB"))[:64, :64]
     ours = LAB.transform(np.moveaxis(rgb, -1, 0).astype(np.float32))
     assert np.abs(ours - rgb2lab(rgb)).max() < 1e-3
+
+
+def _traced_peak(fn, *args, **kwargs) -> tuple[object, int]:
+    """``fn``'s result and the peak bytes of Python/numpy allocations it made beyond the start."""
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        result = fn(*args, **kwargs)
+        return result, tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+def test_transform_is_chunked_and_exact_on_a_tall_block(shared_data: Path) -> None:
+    """CIELAB of a 1024-row block equals scikit-image's, and its temporaries do not grow
+    with the block: a block 4x taller costs at most ~its 4x larger output more (a
+    whole-block pass holds several float copies of the block, 4x as many bytes too)."""
+    from skimage.color import rgb2lab
+
+    with Image.open(shared_data / "loveda" / "0_rgb.png") as img:
+        rgb = np.asarray(img.convert("RGB"))[:, :64]
+    tall, short = np.moveaxis(rgb, -1, 0), np.moveaxis(rgb[:256], -1, 0)
+    ours, tall_peak = _traced_peak(LAB.transform, tall)
+    assert np.abs(ours - rgb2lab(rgb)).max() < 1e-3
+    short_out, short_peak = _traced_peak(LAB.transform, short)
+    tall_extra = tall_peak - ours.nbytes
+    short_extra = short_peak - short_out.nbytes
+    assert tall_extra < 1.5 * short_extra, (tall_extra, short_extra)
+
+
+def test_prediction_is_nearest_centroid_in_chunks() -> None:
+    """Over many chunks: the nearest standardised centroid, and never a float64 copy of all
+    the segments (the whole raster's segments of a 20000 x 20000 raster are millions)."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(16 * PREDICT_SEGMENTS + 7, 6)).astype(np.float32)
+    model = SuperpixelModel(LAB, rng.normal(size=6), rng.uniform(0.5, 2, 6), rng.normal(size=(5, 6)))
+    ids, peak = _traced_peak(model.predict, features)
+    z = (features.astype(np.float64) - model.scaler_mean) / model.scaler_std
+    nearest = ((z[:, None, :] - model.centroids[None]) ** 2).sum(axis=2).argmin(axis=1)
+    np.testing.assert_array_equal(ids, nearest)
+    assert peak < features.nbytes, (peak, features.nbytes)
+
+
+def test_no_phase_holds_an_array_of_the_raster_size(tmp_path: Path) -> None:
+    """The whole baseline (checks, sampling, SLIC blocks, fit, painting) on a 256^2 and a
+    512^2 raster, 32-px blocks: the peak of Python/numpy allocations grows by less than
+    one float32 band of the added pixels. A whole-raster pass (a feature image, a float
+    copy of the bands) grows by 12 bytes per pixel; what may grow is the per-segment
+    features (24 bytes per 64-px segment, float64 copies of a subsample). GDAL's own cache
+    is outside tracemalloc's view (it is bounded by ``bounded_gdal_cache``)."""
+    colours = np.array([[200, 40, 40], [40, 160, 60], [60, 60, 200]])
+    config = SuperpixelConfig(k=3, size=8, block=32, fit_pixels=1000, fit_segments=100)
+    peaks = {}
+    for side in (256, 512):  # the small one first: imports and caches are paid there
+        layout = (np.indices((side, side)).sum(axis=0) // 97) % 3
+        source = _save_rgb(tmp_path / f"scene{side}.tif", _scene(layout, colours, 0))
+        run = superpixel_baseline, [source], tmp_path / f"out{side}", config
+        (written,), peaks[side] = _traced_peak(*run)
+        assert (_read(written) < 3).all()  # every pixel painted with a cluster
+    added = 512 * 512 - 256 * 256
+    assert peaks[512] - peaks[256] < 4 * added, peaks
 
 
 def test_segments_never_cross_nodata(shared_data: Path) -> None:
