@@ -194,9 +194,11 @@ def superpixel_labels(
 ) -> np.ndarray:
     """SLIC of one block: (h, w) int32 labels 1..n, 0 where ``valid`` is False.
 
-    Fully valid blocks use SLIC's regular seed grid (step ``size``, starting ``size // 2``
-    from the block's corner), so blocks whose corners sit on multiples of ``size`` seed
-    like a whole-image run; blocks with nodata seed inside the mask only.
+    Every block seeds on SLIC's regular grid (step ``size``, starting ``size // 2`` from
+    the block's corner), so blocks whose corners sit on multiples of ``size`` seed like a
+    whole-image run, with or without nodata: blocks with nodata keep the grid seeds that
+    fall on valid pixels (:func:`_masked_grid_slic`) instead of scikit-image's mask
+    seeding, whose seeds (random points moved by k-means) depend on the block's extent.
     """
     from skimage.segmentation import slic
 
@@ -204,21 +206,63 @@ def superpixel_labels(
     n_valid = int(valid.sum())
     if n_valid == 0:
         return np.zeros((h, w), np.int32)
-    full = n_valid == h * w
-    n_segments = max(1, n_valid // (size * size))
+    if n_valid < h * w:
+        return _masked_grid_slic(features, valid, size, compactness, iterations)
     labels = slic(
         features,
-        n_segments=n_segments,
+        n_segments=max(1, n_valid // (size * size)),
         compactness=compactness,
         max_num_iter=iterations,
         channel_axis=-1,
         convert2lab=False,
         enforce_connectivity=True,
         start_label=1,
-        mask=None if full else valid,
     )
-    labels = labels.astype(np.int32, copy=False)
-    labels[~valid] = 0
+    return labels.astype(np.int32, copy=False)
+
+
+def _masked_grid_slic(
+    features: np.ndarray, valid: np.ndarray, size: int, compactness: float, iterations: int
+) -> np.ndarray:
+    """scikit-image's SLIC with a mask, seeded on the grid of a fully valid block.
+
+    The steps of ``skimage.segmentation.slic`` (0.26, pinned) with its mask: features
+    rescaled to [0, 1] over the valid pixels, divided by the compactness, SLIC's k-means
+    on the valid pixels only, then the connectivity pass with the segment size of the
+    grid (``size``^2, the same in every block). Only the seeds differ: the grid points
+    that fall on valid pixels. A fully valid block gives exactly ``slic``'s labels. Valid
+    pieces no seed reached (an island smaller than a grid cell) become segments of their own.
+    """
+    from scipy import ndimage
+    from skimage.segmentation._slic import _enforce_label_connectivity_cython, _slic_cython
+
+    h, w, channels = features.shape
+    image = features.astype(np.float32, copy=True)
+    values = image[valid]
+    low, high = values.min(), values.max()
+    image -= low
+    if high != low:
+        image /= high - low
+    image = np.ascontiguousarray(image[np.newaxis] * np.float32(1.0 / compactness))
+    rows, cols = np.mgrid[size // 2 : h : size, size // 2 : w : size]
+    seeded = valid[rows, cols]
+    labels = np.zeros((h, w), np.int32)
+    if seeded.any():
+        segments = np.zeros((int(seeded.sum()), 3 + channels), np.float32)  # z, y, x, colour
+        segments[:, 1], segments[:, 2] = rows[seeded], cols[seeded]
+        mask = np.ascontiguousarray(valid[np.newaxis]).view(np.uint8)
+        spacing = np.ones(3, np.float32)
+        found = _slic_cython(
+            image, mask, segments, np.float32(size), iterations, spacing, False,
+            ignore_color=False, start_label=1,
+        )  # fmt: skip
+        found = _enforce_label_connectivity_cython(found, size * size // 2, 3 * size * size, start_label=1)
+        labels[...] = found[0]
+        labels[~valid] = 0
+    unreached = valid & (labels <= 0)
+    if unreached.any():
+        pieces, _ = ndimage.label(unreached)
+        labels[unreached] = pieces[unreached] + labels.max()
     return labels
 
 
