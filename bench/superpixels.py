@@ -117,7 +117,7 @@ def seams(data: Path, work: Path, size: int, blocks: list[int], nodata: bool = F
     if nodata:
         images = {
             "neon OSBS_029 400x400 (nodata 255, scattered)": data / "neon" / "OSBS_029.tif",
-            "loveda 1024x1024, nodata collar + disc (23%)": _with_nodata(
+            "loveda 1024x1024, nodata collar + disc (11%)": _with_nodata(
                 data / "loveda" / "0_rgb.png", work / "loveda-nodata.tif"
             ),
         }
