@@ -220,10 +220,25 @@ def test_segment_statistics_are_mean_and_std() -> None:
         np.testing.assert_allclose(stats[label - 1, 2:], pixels.std(0), rtol=1e-4)
 
 
+def _inside_one_material(path: Path, layout: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """Pixels whose superpixel (the baseline's: one block, uint8 RGB) covers a single material."""
+    with rasterio.open(path) as ds:
+        features = LAB.transform(ds.read())
+    labels = superpixel_labels(features, np.ones(layout.shape, bool) if valid is None else valid, 8, 10.0, 5)
+    materials = np.zeros((int(labels.max()) + 1, int(layout.max()) + 1), bool)
+    materials[labels.ravel(), layout.ravel()] = True
+    pure = materials.sum(axis=1) == 1
+    pure[0] = False  # nodata
+    return pure[labels]
+
+
 def test_ids_are_shared_across_rasters_and_outputs_are_complete(tmp_path: Path) -> None:
     """Two generated scenes with the same three materials in other places: one id per material.
 
-    k = 4: segments that straddle a material edge (large std) may take a cluster of their own.
+    k = 4: segments that straddle a material edge (large std) may take a cluster of their
+    own, so the property is on the segments inside one material (78-97% of each
+    material's pixels here, by the geometry of the seed grid): all of them take the
+    material's id, the same in both rasters.
     """
     colours = np.array([[200, 40, 40], [40, 160, 60], [60, 60, 200]])
     rows, cols = np.indices((96, 128))
@@ -236,12 +251,13 @@ def test_ids_are_shared_across_rasters_and_outputs_are_complete(tmp_path: Path) 
     out_a, out_b = superpixel_baseline([a, b], tmp_path / "out", SuperpixelConfig(k=4, size=8, seed=2))
     ids_a, ids_b = _read(out_a), _read(out_b)
     assert (ids_a[nodata] == 255).all() and (ids_a[~nodata] < 4).all()
+    pure_a, pure_b = _inside_one_material(a, layout_a, ~nodata), _inside_one_material(b, layout_b, None)
     majority = []
     for material in range(3):
-        in_a = np.bincount(ids_a[(layout_a == material) & ~nodata], minlength=4)
-        in_b = np.bincount(ids_b[layout_b == material], minlength=4)
+        in_a = np.bincount(ids_a[pure_a & (layout_a == material)], minlength=4)
+        in_b = np.bincount(ids_b[pure_b & (layout_b == material)], minlength=4)
         assert in_a.argmax() == in_b.argmax()  # the same id for the material in both rasters
-        assert in_a.max() > 0.85 * in_a.sum() and in_b.max() > 0.85 * in_b.sum()
+        assert in_a.max() >= 0.99 * in_a.sum() and in_b.max() >= 0.99 * in_b.sum()
         majority.append(in_a.argmax())
     assert len(set(majority)) == 3
     # the outputs every cluster raster has: COG with nodata, colours, style, preview, STAC item
