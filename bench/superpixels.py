@@ -7,6 +7,8 @@ Parts (``--parts``, comma-separated):
   (the quality table's scored set) are never read.
 - ``seams``: cluster maps computed in blocks vs in one block (same fitted model) on real
   rasters that fit in memory: pixel agreement, overall and away from the seams.
+- ``seams-nodata``: the same on rasters with nodata crossing the seams (NEON, nodata 255;
+  LoveDA with a nodata collar and disc burned in), agreement over the valid pixels.
 - ``speed``: end to end (fit + apply, COG + styles + preview + STAC written) on a
   generated RGB scene, beside raw k-means in the same run.
 - ``rss``: peak RSS of the baseline in a fresh process on a generated 20000 x 20000 raster.
@@ -91,26 +93,56 @@ def _png(src: Path, out: Path, side: int | None = None) -> Path:
     return out
 
 
-def seams(data: Path, work: Path, size: int, blocks: list[int]) -> list[dict]:
-    images = {
-        "loveda 1024x1024": _png(data / "loveda" / "0_rgb.png", work / "loveda.png"),
-        "dubai tile5 image 1": _png(
-            data / "dubai" / "tile5" / "images" / "image_part_001.jpg", work / "dubai.png"
-        ),
-    }
+def _with_nodata(src: Path, out: Path) -> Path:
+    """LoveDA tile 0 as an RGB GeoTIFF with nodata 0 burned in where an orthophoto has none:
+    a collar along one corner's diagonal and a disc centred on a block corner (512, 512),
+    so nodata crosses the seams of every block size measured."""
+    with Image.open(src) as img:
+        rgb = np.maximum(np.asarray(img.convert("RGB")), 1)
+    rows, cols = np.indices(rgb.shape[:2])
+    nodata = (rows + cols < 300) | ((rows - 512) ** 2 + (cols - 512) ** 2 < 150**2)
+    rgb = np.where(nodata[..., None], 0, rgb)
+    profile = {
+        "driver": "GTiff", "width": rgb.shape[1], "height": rgb.shape[0], "count": 3,
+        "dtype": "uint8", "nodata": 0, "photometric": "RGB",
+        "crs": "EPSG:2056", "transform": rasterio.transform.from_origin(2_538_000, 1_152_000, 0.3, 0.3),
+    }  # fmt: skip
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(np.moveaxis(rgb, -1, 0))
+    return out
+
+
+def seams(data: Path, work: Path, size: int, blocks: list[int], nodata: bool = False) -> list[dict]:
+    """Agreement of block vs one-block runs of one model, over the pixels valid in the source."""
+    if nodata:
+        images = {
+            "neon OSBS_029 400x400 (nodata 255, scattered)": data / "neon" / "OSBS_029.tif",
+            "loveda 1024x1024, nodata collar + disc (11%)": _with_nodata(
+                data / "loveda" / "0_rgb.png", work / "loveda-nodata.tif"
+            ),
+        }
+    else:
+        images = {
+            "loveda 1024x1024": _png(data / "loveda" / "0_rgb.png", work / "loveda.png"),
+            "dubai tile5 image 1": _png(
+                data / "dubai" / "tile5" / "images" / "image_part_001.jpg", work / "dubai.png"
+            ),
+        }
     out = []
     for name, path in images.items():
         config = SuperpixelConfig(k=6, size=size, block=8192)
-        (whole,) = superpixel_baseline([path], work / f"{path.stem}-whole", config)
+        (whole,) = superpixel_baseline([path], work / f"{path.stem}-whole", config, overwrite=True)
         model = work / f"{path.stem}-whole" / MODEL_NAME
         with rasterio.open(whole) as ds:
             reference = ds.read(1)
+        with rasterio.open(path) as ds:
+            valid = np.all(ds.read_masks() > 0, axis=0)
         for block in blocks:
             obj = json.loads(model.read_text())
             obj["settings"]["block"] = block
             moved = work / f"{path.stem}-model-{block}.json"
             moved.write_text(json.dumps(obj))
-            (blocked,) = apply_superpixels(moved, [path], work / f"{path.stem}-b{block}")
+            (blocked,) = apply_superpixels(moved, [path], work / f"{path.stem}-b{block}", overwrite=True)
             with rasterio.open(blocked) as ds:
                 ids = ds.read(1)
             step = max(size, block // size * size)
@@ -124,9 +156,11 @@ def seams(data: Path, work: Path, size: int, blocks: list[int]) -> list[dict]:
                 "shape": list(ids.shape),
                 "size": size,
                 "block": step,
-                "agreement": round(float(agree.mean()), 4),
-                "agreement_near_seams": round(float(agree[near].mean()), 4),
-                "agreement_away": round(float(agree[~near].mean()), 4),
+                "nodata_share": round(float(1 - valid.mean()), 4),
+                "nodata_kept": bool((ids[~valid] == 255).all() and (reference[~valid] == 255).all()),
+                "agreement": round(float(agree[valid].mean()), 4),
+                "agreement_near_seams": round(float(agree[near & valid].mean()), 4),
+                "agreement_away": round(float(agree[~near & valid].mean()), 4),
                 "share_near_seams": round(float(near.mean()), 3),
             }
             print(json.dumps(row), flush=True)
@@ -166,14 +200,40 @@ def speed(side: int, work: Path, size: int) -> dict:
 
 
 _RSS_CHILD = """
-import resource, sys, time
+import functools, resource, sys, time
+import geoseg.superpixels as sp
 from geoseg.config import SuperpixelConfig
-from geoseg.superpixels import superpixel_baseline
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key))
+
+
+def probe(name, fn):  # VmHWM reset before each phase (clear_refs 5), read after it
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before, start = status("VmRSS"), time.perf_counter()
+        out = fn(*args, **kwargs)
+        print("PHASE", name, round(before), round(status("VmHWM")), round(status("VmRSS")),
+              round(time.perf_counter() - start, 1), flush=True)
+        return out
+    return wrapper
+
+
+for name in PHASES:
+    setattr(sp, name, probe(name, getattr(sp, name)))
+sp.SuperpixelModel.predict = probe("predict", sp.SuperpixelModel.predict)
+print("PHASE imports 0", round(status("VmHWM")), round(status("VmRSS")), 0, flush=True)
 t = time.perf_counter()
-superpixel_baseline([sys.argv[1]], sys.argv[2], SuperpixelConfig(k=6, size=int(sys.argv[3])))
+sp.superpixel_baseline([sys.argv[1]], sys.argv[2], SuperpixelConfig(k=6, size=int(sys.argv[3])))
 use = resource.getrusage(resource.RUSAGE_SELF)
 print(use.ru_utime + use.ru_stime, use.ru_maxrss / 1024, time.perf_counter() - t)
 """
+# the phases of superpixel_baseline whose own peak RSS the child prints (MiB: before, peak, after)
+PHASES = ["check_sources", "fit_space", "superpixel_raster", "fit_superpixels", "to_cog", "_paint"]
 
 
 def rss(side: int, work: Path, size: int) -> dict:
@@ -181,16 +241,29 @@ def rss(side: int, work: Path, size: int) -> dict:
     scene = bench_segment.write_scene(work / "big.tif", side, side)
     written = time.perf_counter() - start
     done = subprocess.run(
-        [sys.executable, "-c", _RSS_CHILD, str(scene), str(work / "big-out"), str(size)],
+        [sys.executable, "-c", f"PHASES = {PHASES!r}\n{_RSS_CHILD}", str(scene), str(work / "big-out"), str(size)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     cpu, peak, seconds = (float(v) for v in done.stdout.split()[-3:])
+    phases: dict[str, dict] = {}  # the highest peak of each phase (superpixel_raster runs once per raster)
+    for line in done.stdout.splitlines():
+        if line.startswith("PHASE "):
+            _, name, before, high, after, took = line.split()
+            phase = {
+                "rss_before_mib": int(before),
+                "peak_mib": int(high),
+                "rss_after_mib": int(after),
+                "seconds": float(took),
+            }
+            if name not in phases or phase["peak_mib"] > phases[name]["peak_mib"]:
+                phases[name] = phase
     row = {
         "raster": f"{side}x{side} RGB uint8 (generated, {written:.0f} s to write)",
         "peak_rss_mib": round(peak, 1),
         "seconds": round(seconds, 1),
         "cpu_seconds": round(cpu, 1),
         "mpx_per_cpu_s": round(side * side / 1e6 / cpu, 3),
+        "phases": phases,
     }
     print(json.dumps(row), flush=True)
     return row
@@ -246,6 +319,9 @@ def main() -> None:
     if "seams" in parts:
         (work / "seams").mkdir(exist_ok=True)
         results["seams"] = seams(args.data, work / "seams", args.size, args.blocks)
+    if "seams-nodata" in parts:
+        (work / "seams-nodata").mkdir(exist_ok=True)
+        results["seams_nodata"] = seams(args.data, work / "seams-nodata", args.size, args.blocks, nodata=True)
     if "speed" in parts:
         (work / "speed").mkdir(exist_ok=True)
         results["speed"] = speed(args.speed_side, work / "speed", args.size)

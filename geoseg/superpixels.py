@@ -15,7 +15,10 @@ whole-image run). A segment that crosses a block seam is cut there; each part ke
 statistics of the whole segment as its block saw it (core + halo), so both parts fall in
 the same cluster unless the two blocks drew the segment differently (docs/architecture.md).
 The segment labels go to a temporary int32 tiled GeoTIFF between fitting and painting,
-so memory is bounded by the block, never by the raster.
+so memory is bounded by the block, never by the raster: every read goes through GDAL's
+bounded block cache (``GDAL_CACHE_BYTES``, not GDAL's default of 5% of RAM), features
+are computed in row chunks of the block, and the only per-raster arrays are the compact
+per-segment features (float32), predicted in chunks.
 
 Nodata pixels (nodata, alpha, mask) belong to no segment (label 0) and stay nodata.
 
@@ -66,6 +69,7 @@ __all__ = [
     "SuperpixelModel",
     "SuperpixelRefiner",
     "apply_superpixels",
+    "bounded_gdal_cache",
     "fit_superpixel_model",
     "fit_superpixels",
     "load_model",
@@ -81,6 +85,8 @@ MODEL_NAME = "superpixel_model.json"
 MODEL_FORMAT = "geoseg-superpixel-kmeans"
 Z_SCALE = 10.0  # a non-RGB band's standard deviation counts as 10 CIELAB units in SLIC
 RGB = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+TRANSFORM_ROWS = 256  # rows per chunk of the feature transform: its float temporaries stay small
+PREDICT_SEGMENTS = 1 << 16  # segments per chunk of the nearest-centroid search
 # sRGB (D65) -> XYZ, rows divided by the reference white: CIELAB's x/Xn, y/Yn, z/Zn
 _XYZ = np.array(
     [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
@@ -106,15 +112,24 @@ class PixelSpace:
         return len(self.mean)
 
     def transform(self, data: np.ndarray) -> np.ndarray:
-        """(C, h, w) raw pixels -> (h, w, C) float32 features."""
+        """(C, h, w) raw pixels (any dtype) -> (h, w, C) float32 features.
+
+        In chunks of ``TRANSFORM_ROWS`` rows: CIELAB's float temporaries are several times
+        the block's size, so a whole-block pass would dominate the memory of a run.
+        """
         out = np.empty((*data.shape[1:], data.shape[0]), np.float32)
+        for row in range(0, data.shape[1], TRANSFORM_ROWS):
+            rows = slice(row, row + TRANSFORM_ROWS)
+            self._transform_into(data[:, rows].astype(np.float32), out[rows])
+        return out
+
+    def _transform_into(self, data: np.ndarray, out: np.ndarray) -> None:
         start = 0
         if self.rgb:
             out[..., :3] = _lab(data[:3], self.white)
             start = 3
         for band in range(start, data.shape[0]):
             out[..., band] = (data[band] - self.mean[band]) * (Z_SCALE / self.std[band])
-        return out
 
     def to_json(self) -> dict:
         return {"rgb": self.rgb, "white": self.white, "mean": self.mean.tolist(), "std": self.std.tolist()}
@@ -138,6 +153,15 @@ def _lab(rgb: np.ndarray, white: float) -> np.ndarray:
     return lab
 
 
+def bounded_gdal_cache() -> rasterio.Env:
+    """GDAL's block cache capped at ``GDAL_CACHE_BYTES`` for the reads and writes inside.
+
+    Outside such an environment GDAL caches up to 5% of RAM (1.2 GB on a 24 GB machine)
+    of the blocks a pass has read, and the freed cache stays in the process's heap.
+    """
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+
+
 def is_rgb(src: DatasetReader, bands: Sequence[int]) -> bool:
     """The first three bands used are tagged red, green, blue (JPEG, PNG, RGB GeoTIFF)."""
     return len(bands) >= 3 and tuple(src.colorinterp[b - 1] for b in bands[:3]) == RGB
@@ -149,8 +173,12 @@ def fit_space(sources: Sequence[Path], config: SuperpixelConfig) -> PixelSpace:
         bands = source_bands(src, config.bands, sources[0])
         rgb = is_rgb(src, bands)
         dtype = np.dtype(src.dtypes[bands[0] - 1])
-    sample = BaselineConfig(k=config.k, seed=config.seed, bands=config.bands, fit_pixels=config.fit_pixels)
-    pixels = sample_pixels(sources, sample)
+    sample = BaselineConfig(  # read in blocks of the superpixel block's pixel count
+        k=config.k, seed=config.seed, bands=config.bands, fit_pixels=config.fit_pixels,
+        block_pixels=max(1024, config.block * config.block),
+    )  # fmt: skip
+    with bounded_gdal_cache():  # the sampling pass reads every block of every raster
+        pixels = sample_pixels(sources, sample)
     mean, std = pixels.mean(axis=0), np.maximum(pixels.std(axis=0), 1e-6)
     white = 255.0
     if rgb and dtype != np.uint8:  # 16-bit or float RGB: the 99.9th percentile is full intensity
@@ -166,9 +194,11 @@ def superpixel_labels(
 ) -> np.ndarray:
     """SLIC of one block: (h, w) int32 labels 1..n, 0 where ``valid`` is False.
 
-    Fully valid blocks use SLIC's regular seed grid (step ``size``, starting ``size // 2``
-    from the block's corner), so blocks whose corners sit on multiples of ``size`` seed
-    like a whole-image run; blocks with nodata seed inside the mask only.
+    Every block seeds on SLIC's regular grid (step ``size``, starting ``size // 2`` from
+    the block's corner), so blocks whose corners sit on multiples of ``size`` seed like a
+    whole-image run, with or without nodata: blocks with nodata keep the grid seeds that
+    fall on valid pixels (:func:`_masked_grid_slic`) instead of scikit-image's mask
+    seeding, whose seeds (random points moved by k-means) depend on the block's extent.
     """
     from skimage.segmentation import slic
 
@@ -176,21 +206,63 @@ def superpixel_labels(
     n_valid = int(valid.sum())
     if n_valid == 0:
         return np.zeros((h, w), np.int32)
-    full = n_valid == h * w
-    n_segments = max(1, n_valid // (size * size))
+    if n_valid < h * w:
+        return _masked_grid_slic(features, valid, size, compactness, iterations)
     labels = slic(
         features,
-        n_segments=n_segments,
+        n_segments=max(1, n_valid // (size * size)),
         compactness=compactness,
         max_num_iter=iterations,
         channel_axis=-1,
         convert2lab=False,
         enforce_connectivity=True,
         start_label=1,
-        mask=None if full else valid,
     )
-    labels = labels.astype(np.int32, copy=False)
-    labels[~valid] = 0
+    return labels.astype(np.int32, copy=False)
+
+
+def _masked_grid_slic(
+    features: np.ndarray, valid: np.ndarray, size: int, compactness: float, iterations: int
+) -> np.ndarray:
+    """scikit-image's SLIC with a mask, seeded on the grid of a fully valid block.
+
+    The steps of ``skimage.segmentation.slic`` (0.26, pinned) with its mask: features
+    rescaled to [0, 1] over the valid pixels, divided by the compactness, SLIC's k-means
+    on the valid pixels only, then the connectivity pass with the segment size of the
+    grid (``size``^2, the same in every block). Only the seeds differ: the grid points
+    that fall on valid pixels. A fully valid block gives exactly ``slic``'s labels. Valid
+    pieces no seed reached (an island smaller than a grid cell) become segments of their own.
+    """
+    from scipy import ndimage
+    from skimage.segmentation._slic import _enforce_label_connectivity_cython, _slic_cython
+
+    h, w, channels = features.shape
+    image = features.astype(np.float32, copy=True)
+    values = image[valid]
+    low, high = values.min(), values.max()
+    image -= low
+    if high != low:
+        image /= high - low
+    image = np.ascontiguousarray(image[np.newaxis] * np.float32(1.0 / compactness))
+    rows, cols = np.mgrid[size // 2 : h : size, size // 2 : w : size]
+    seeded = valid[rows, cols]
+    labels = np.zeros((h, w), np.int32)
+    if seeded.any():
+        segments = np.zeros((int(seeded.sum()), 3 + channels), np.float32)  # z, y, x, colour
+        segments[:, 1], segments[:, 2] = rows[seeded], cols[seeded]
+        mask = np.ascontiguousarray(valid[np.newaxis]).view(np.uint8)
+        spacing = np.ones(3, np.float32)
+        found = _slic_cython(
+            image, mask, segments, np.float32(size), iterations, spacing, False,
+            ignore_color=False, start_label=1,
+        )  # fmt: skip
+        found = _enforce_label_connectivity_cython(found, size * size // 2, 3 * size * size, start_label=1)
+        labels[...] = found[0]
+        labels[~valid] = 0
+    unreached = valid & (labels <= 0)
+    if unreached.any():
+        pieces, _ = ndimage.label(unreached)
+        labels[unreached] = pieces[unreached] + labels.max()
     return labels
 
 
@@ -242,7 +314,8 @@ def _grow(window: Window, halo: int, height: int, width: int) -> Window:
 
 
 def _read(src: DatasetReader, bands: list[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
-    data = src.read(bands, window=window).astype(np.float32)
+    """Raw pixels (source dtype; the transform converts chunk by chunk) and validity."""
+    data = src.read(bands, window=window)
     valid = np.all(src.read_masks(bands, window=window) > 0, axis=0)
     return data, valid
 
@@ -264,7 +337,7 @@ def superpixel_raster(
     halo = config.context
     parts: list[np.ndarray] = []
     next_id = 0
-    with open_dataset(path) as src, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+    with open_dataset(path) as src, bounded_gdal_cache():
         bands = source_bands(src, config.bands, path)
         dst = None
         if labels_path is not None:
@@ -278,6 +351,7 @@ def superpixel_raster(
                 outer = _grow(core, halo, src.height, src.width)
                 data, valid = _read(src, bands, outer)
                 features = space.transform(data)
+                del data  # SLIC's own temporaries come next
                 labels = superpixel_labels(
                     features, valid, config.size, config.compactness, config.iterations
                 )
@@ -322,11 +396,13 @@ class SuperpixelModel:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """(n, 2C) segment features -> (n,) uint8 nearest-centroid ids."""
-        if len(features) == 0:
-            return np.zeros(0, np.uint8)
-        z = (features.astype(np.float64) - self.scaler_mean) / self.scaler_std
-        scores = z @ self.centroids.T * -2.0 + (self.centroids**2).sum(axis=1)
-        return scores.argmin(axis=1).astype(np.uint8)
+        ids = np.zeros(len(features), np.uint8)
+        norms = (self.centroids**2).sum(axis=1)
+        for start in range(0, len(features), PREDICT_SEGMENTS):  # float64 scores of a chunk only
+            chunk = slice(start, start + PREDICT_SEGMENTS)
+            z = (features[chunk].astype(np.float64) - self.scaler_mean) / self.scaler_std
+            ids[chunk] = (z @ self.centroids.T * -2.0 + norms).argmin(axis=1)
+        return ids
 
     def to_json(self) -> dict:
         return {
@@ -380,7 +456,7 @@ def fit_superpixels(
     """One MiniBatchKMeans over the segments of all fitting rasters (seeded subsample)."""
     from sklearn.cluster import MiniBatchKMeans
 
-    features = np.concatenate([s.features for s in segmented]).astype(np.float64)
+    features = np.concatenate([s.features for s in segmented])  # float32; float64 once subsampled
     if len(features) < config.k:
         names = ", ".join(str(s.source) for s in segmented)
         raise InputError(
@@ -390,6 +466,7 @@ def fit_superpixels(
     rng = np.random.default_rng(config.seed)
     if len(features) > config.fit_segments:
         features = features[np.sort(rng.choice(len(features), config.fit_segments, replace=False))]
+    features = features.astype(np.float64)
     mean, std = features.mean(axis=0), np.maximum(features.std(axis=0), 1e-6)
     km = MiniBatchKMeans(n_clusters=config.k, random_state=config.seed, batch_size=4096, n_init=3)
     km.fit((features - mean) / std)
@@ -426,7 +503,7 @@ def check_sources(paths: Sequence[Path], config: SuperpixelConfig, n_bands: int 
     """
     expected = 0
     for path in paths:
-        with open_dataset(path) as src:
+        with open_dataset(path) as src, bounded_gdal_cache():
             bands = source_bands(src, config.bands, path)
             if n_bands is not None and len(bands) != n_bands:
                 raise InputError(
@@ -455,10 +532,7 @@ def _paint(
     lut = np.concatenate([[NODATA], ids]).astype(np.uint8)  # label 0 (no segment) -> nodata
     tmp = out_path.with_name(f".{out_path.stem}.tiled-{os.getpid()}.tif")
     try:
-        with (
-            rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
-            rasterio.open(segmented.labels_path) as labels,
-        ):
+        with bounded_gdal_cache(), rasterio.open(segmented.labels_path) as labels:
             profile = tiled_profile(
                 labels.crs, labels.transform, labels.height, labels.width, "uint8", NODATA
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +26,19 @@ from geoseg.io import outputs
 from geoseg.io.cog import validate_cog
 from geoseg.superpixels import (
     MODEL_NAME,
+    PREDICT_SEGMENTS,
     PixelSpace,
+    SuperpixelModel,
     SuperpixelRefiner,
+    _masked_grid_slic,
     apply_superpixels,
+    fit_space,
+    fit_superpixels,
     load_model,
     segment_statistics,
     superpixel_baseline,
     superpixel_labels,
+    superpixel_raster,
 )
 
 TRANSFORM = from_origin(2_538_000, 1_152_000, 0.5, 0.5)
@@ -84,6 +91,72 @@ def test_lab_matches_scikit_image(shared_data: Path) -> None:
     assert np.abs(ours - rgb2lab(rgb)).max() < 1e-3
 
 
+def _traced_peak(fn, *args, **kwargs) -> tuple[object, int]:
+    """``fn``'s result and the peak bytes of Python/numpy allocations it made beyond the start."""
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        result = fn(*args, **kwargs)
+        return result, tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+def test_transform_is_chunked_and_exact_on_a_tall_block(shared_data: Path) -> None:
+    """CIELAB of a 1024-row block equals scikit-image's, and its temporaries do not grow
+    with the block: a block 4x taller costs at most ~its 4x larger output more (a
+    whole-block pass holds several float copies of the block, 4x as many bytes too)."""
+    from skimage.color import rgb2lab
+
+    with Image.open(shared_data / "loveda" / "0_rgb.png") as img:
+        rgb = np.asarray(img.convert("RGB"))[:, :64]
+    tall, short = np.moveaxis(rgb, -1, 0), np.moveaxis(rgb[:256], -1, 0)
+    ours, tall_peak = _traced_peak(LAB.transform, tall)
+    assert np.abs(ours - rgb2lab(rgb)).max() < 1e-3
+    short_out, short_peak = _traced_peak(LAB.transform, short)
+    tall_extra = tall_peak - ours.nbytes
+    short_extra = short_peak - short_out.nbytes
+    assert tall_extra < 1.5 * short_extra, (tall_extra, short_extra)
+
+
+def test_prediction_is_nearest_centroid_in_chunks() -> None:
+    """Over many chunks: the nearest standardised centroid, and never a float64 copy of all
+    the segments (the whole raster's segments of a 20000 x 20000 raster are millions)."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(16 * PREDICT_SEGMENTS + 7, 6)).astype(np.float32)
+    model = SuperpixelModel(LAB, rng.normal(size=6), rng.uniform(0.5, 2, 6), rng.normal(size=(5, 6)))
+    ids, peak = _traced_peak(model.predict, features)
+    z = (features.astype(np.float64) - model.scaler_mean) / model.scaler_std
+    nearest = ((z[:, None, :] - model.centroids[None]) ** 2).sum(axis=2).argmin(axis=1)
+    np.testing.assert_array_equal(ids, nearest)
+    assert peak < features.nbytes, (peak, features.nbytes)
+
+
+def test_no_phase_holds_an_array_of_the_raster_size(tmp_path: Path) -> None:
+    """The phases whose memory is the superpixels' own (pixel sampling, SLIC blocks with
+    the label raster written, the k-means fit) on a 256^2 and a 512^2 raster, 32-px blocks:
+    their peak of Python/numpy allocations grows by less than one float32 band of the
+    added pixels. A whole-raster pass (a feature image, a float copy of the bands, a
+    sampling read of the whole raster) grows by 12 bytes per pixel; what may grow is the
+    per-segment features (24 bytes per 64-px segment). GDAL's own cache is outside
+    tracemalloc's view (it is bounded by ``bounded_gdal_cache``)."""
+    colours = np.array([[200, 40, 40], [40, 160, 60], [60, 60, 200]])
+    config = SuperpixelConfig(k=3, size=8, block=32, fit_pixels=1000, fit_segments=100)
+
+    def phases(source: Path, labels: Path) -> None:
+        space = fit_space([source], config)
+        fit_superpixels([superpixel_raster(source, space, config, labels)], space, config)
+
+    peaks = {}
+    for side in (256, 256, 512):  # the first run pays the imports and caches
+        layout = (np.indices((side, side)).sum(axis=0) // 97) % 3
+        source = _save_rgb(tmp_path / f"scene{side}.tif", _scene(layout, colours, 0))
+        _, peaks[side] = _traced_peak(phases, source, tmp_path / f"labels{side}.tif")
+        assert (_read(tmp_path / f"labels{side}.tif") > 0).all()  # every pixel in a segment
+    added = 512 * 512 - 256 * 256
+    assert peaks[512] - peaks[256] < 4 * added, peaks
+
+
 def test_segments_never_cross_nodata(shared_data: Path) -> None:
     """A nodata column splits the NEON crop: no superpixel has pixels on both sides; nodata is 0."""
     with rasterio.open(shared_data / "neon" / "OSBS_029.tif") as src:
@@ -99,6 +172,51 @@ def test_segments_never_cross_nodata(shared_data: Path) -> None:
         assert ndimage.label(labels == label)[1] == 1
 
 
+def _majority_share(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of a's labelled pixels that fall in the b segment most of their a segment is in
+    (1.0: every segment of ``a`` lies inside one segment of ``b``)."""
+    m = a > 0
+    pairs = a[m].astype(np.int64) * (int(b.max()) + 1) + b[m]
+    pair, count = np.unique(pairs, return_counts=True)
+    best = np.zeros(int(a.max()) + 1, np.int64)
+    np.maximum.at(best, pair // (int(b.max()) + 1), count)
+    return float(best.sum() / m.sum())
+
+
+def test_masked_grid_slic_is_slic_on_a_fully_valid_block(shared_data: Path) -> None:
+    """The nodata path repeats scikit-image's SLIC steps with grid seeds: with nothing
+    masked it must give slic's own partition (checked segment by segment)."""
+    with rasterio.open(shared_data / "neon" / "OSBS_029.tif") as src:
+        features = LAB.transform(src.read([1, 2, 3], window=((0, 240), (0, 240))))
+    valid = np.ones(features.shape[:2], bool)
+    ours = _masked_grid_slic(features, valid, 12, 10.0, 5)
+    theirs = superpixel_labels(features, valid, 12, 10.0, 5)
+    assert _majority_share(ours, theirs) == 1.0 and _majority_share(theirs, ours) == 1.0
+
+
+def test_blocks_with_nodata_cut_the_whole_image_segments(shared_data: Path) -> None:
+    """NEON (nodata 255 scattered over every block) in 96-px blocks with a 24-px halo vs one
+    block: every block segment lies inside one whole-image segment (it is the whole-image
+    segment, cut at the seam), because blocks with nodata seed on the grid too.
+    scikit-image's mask seeding (random points moved by k-means) gave 0.60 here."""
+    with rasterio.open(shared_data / "neon" / "OSBS_029.tif") as src:
+        features = LAB.transform(src.read([1, 2, 3]))
+        valid = np.all(src.read_masks([1, 2, 3]) > 0, axis=0)
+    assert 0 < (~valid).mean() < 0.1
+    whole = superpixel_labels(features, valid, 12, 10.0, 5)
+    blocked, offset, step, halo = np.zeros_like(whole), 0, 96, 24
+    for r in range(0, 400, step):
+        for c in range(0, 400, step):
+            r0, c0 = max(0, r - halo), max(0, c - halo)
+            window = np.s_[r0 : r + step + halo, c0 : c + step + halo]
+            labels = superpixel_labels(features[window], valid[window], 12, 10.0, 5)
+            core = labels[r - r0 : r - r0 + step, c - c0 : c - c0 + step]
+            blocked[r : r + step, c : c + step] = np.where(core > 0, core + offset, 0)
+            offset += int(labels.max())
+    assert ((blocked > 0) == valid).all()
+    assert _majority_share(blocked, whole) >= 0.99
+
+
 def test_segment_statistics_are_mean_and_std() -> None:
     rng = np.random.default_rng(0)
     features = rng.normal(size=(20, 30, 2)).astype(np.float32)
@@ -111,10 +229,25 @@ def test_segment_statistics_are_mean_and_std() -> None:
         np.testing.assert_allclose(stats[label - 1, 2:], pixels.std(0), rtol=1e-4)
 
 
+def _inside_one_material(path: Path, layout: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """Pixels whose superpixel (the baseline's: one block, uint8 RGB) covers a single material."""
+    with rasterio.open(path) as ds:
+        features = LAB.transform(ds.read())
+    labels = superpixel_labels(features, np.ones(layout.shape, bool) if valid is None else valid, 8, 10.0, 5)
+    materials = np.zeros((int(labels.max()) + 1, int(layout.max()) + 1), bool)
+    materials[labels.ravel(), layout.ravel()] = True
+    pure = materials.sum(axis=1) == 1
+    pure[0] = False  # nodata
+    return pure[labels]
+
+
 def test_ids_are_shared_across_rasters_and_outputs_are_complete(tmp_path: Path) -> None:
     """Two generated scenes with the same three materials in other places: one id per material.
 
-    k = 4: segments that straddle a material edge (large std) may take a cluster of their own.
+    k = 4: segments that straddle a material edge (large std) may take a cluster of their
+    own, so the property is on the segments inside one material (78-97% of each
+    material's pixels here, by the geometry of the seed grid): all of them take the
+    material's id, the same in both rasters.
     """
     colours = np.array([[200, 40, 40], [40, 160, 60], [60, 60, 200]])
     rows, cols = np.indices((96, 128))
@@ -127,12 +260,13 @@ def test_ids_are_shared_across_rasters_and_outputs_are_complete(tmp_path: Path) 
     out_a, out_b = superpixel_baseline([a, b], tmp_path / "out", SuperpixelConfig(k=4, size=8, seed=2))
     ids_a, ids_b = _read(out_a), _read(out_b)
     assert (ids_a[nodata] == 255).all() and (ids_a[~nodata] < 4).all()
+    pure_a, pure_b = _inside_one_material(a, layout_a, ~nodata), _inside_one_material(b, layout_b, None)
     majority = []
     for material in range(3):
-        in_a = np.bincount(ids_a[(layout_a == material) & ~nodata], minlength=4)
-        in_b = np.bincount(ids_b[layout_b == material], minlength=4)
+        in_a = np.bincount(ids_a[pure_a & (layout_a == material)], minlength=4)
+        in_b = np.bincount(ids_b[pure_b & (layout_b == material)], minlength=4)
         assert in_a.argmax() == in_b.argmax()  # the same id for the material in both rasters
-        assert in_a.max() > 0.85 * in_a.sum() and in_b.max() > 0.85 * in_b.sum()
+        assert in_a.max() >= 0.99 * in_a.sum() and in_b.max() >= 0.99 * in_b.sum()
         majority.append(in_a.argmax())
     assert len(set(majority)) == 3
     # the outputs every cluster raster has: COG with nodata, colours, style, preview, STAC item
