@@ -260,7 +260,7 @@ class SuperpixelConfig:
     seed: int = 0
     bands: int | None = None  # use the first N bands (alpha excluded); None: all
     size: int = 12  # superpixel side in pixels (SLIC grid step); chosen on a validation split
-    compactness: float = 10.0  # SLIC's colour/space trade-off, in CIELAB units
+    compactness: float = 10.0  # SLIC colour/space trade-off, on CIELAB rescaled per block
     iterations: int = 5  # SLIC k-means iterations (the SLIC paper: 4-10 suffice)
     block: int = 2048  # superpixels are computed block by block: memory bounded by the block
     halo: int | None = None  # context read around each block (None: 2 x size)
