@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pystac
@@ -51,6 +52,9 @@ from geoseg.progress import Progress, progress_bar
 from geoseg.sources import RasterInfo, band_names, open_dataset, open_raster, read_scaled, usable_bands
 from geoseg.style import StyleClass, paletted_raster_qml, pseudocolour_raster_qml
 from geoseg.windows import WindowGrid, blend_weights
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +214,11 @@ def receptive_radius(model: IICNet) -> int:
 def plan_grid(model: IICNet, meta: ModelMeta, config: SegmentConfig, height: int, width: int) -> WindowGrid:
     """The window grid over the raster padded to the alignment (source pixels).
 
-    The window is the model's patch (or ``config.window``) at the model's scale. Window,
+    Without ``config.window`` the window is chosen from the model, the memory of a forward
+    pass and the raster (:mod:`geoseg.window_size`: up to 512 px at the model's scale,
+    never below the patch); otherwise it is ``config.window`` at the model's scale. The
+    overlap is ``config.overlap`` (a fraction) or, by default, only the seam that seamless
+    blending needs. Window,
     overlap and offsets are multiples of the pooling factor (at the model's scale), so
     every window meets the same max-pool grid and the factor-2 upsampling that a single
     pass over the whole raster would; an odd-sized raster is padded by edge replication
@@ -219,13 +227,31 @@ def plan_grid(model: IICNet, meta: ModelMeta, config: SegmentConfig, height: int
     context (see :func:`geoseg.windows.ramp`).
     """
     align = max(1, round(_pooling(model) / min(meta.scale, 1.0)))
-    side = max(MIN_SIDE, round((config.window or meta.patch_size) / meta.scale))
     padded_h, padded_w = -(-height // align) * align, -(-width // align) * align
-    overlap = config.overlap
+    if config.window is None:  # the default: chosen by geoseg.window_size
+        return _default_grid(model, meta, config, padded_h, padded_w, align)
+    side = max(MIN_SIDE, round(config.window / meta.scale))
+    needed = (2 * receptive_radius(model) / meta.scale + align) / side
+    overlap = min(needed, 0.75) if config.overlap is None else config.overlap
     if overlap > 0:
-        needed = (2 * receptive_radius(model) / meta.scale + align) / side
         overlap = max(overlap, min(needed, 0.75))
     return WindowGrid.from_fraction(padded_h, padded_w, side, overlap, align=align)
+
+
+def _default_grid(
+    model: IICNet, meta: ModelMeta, config: SegmentConfig, height: int, width: int, align: int
+) -> WindowGrid:
+    """Windows up to 512 px at the model's scale with the seam blending needs (or ``config.overlap``)."""
+    from geoseg import window_size
+
+    per_pixel = window_size.activation_bytes_per_pixel(model)
+    model_side = min(
+        window_size.MAX_MODEL_SIDE, window_size.max_side_for_memory(per_pixel, config.batch_size)
+    )
+    min_side = max(MIN_SIDE, round(meta.patch_size / meta.scale))
+    max_side = max(min_side, round(model_side / meta.scale))
+    seam = window_size.seam_pixels(receptive_radius(model) / meta.scale, align)
+    return window_size.default_grid(height, width, min_side, max_side, seam, align, config.overlap or 0.0)
 
 
 def _read_strip(
@@ -354,6 +380,7 @@ def segment_raster(
     out_dir: Path,
     config: SegmentConfig,
     progress: Progress = True,
+    client: Client | None = None,
 ) -> SegmentResult:
     """Segment one raster with a loaded model; see :func:`segment`.
 
@@ -362,7 +389,7 @@ def segment_raster(
     leaves new and old outputs of one source side by side as if they were one result.
     """
     with output_set(out_dir, source.stem, STAGE) as staging:
-        staged = _write_outputs(model, meta, model_dir, source, staging, config, progress)
+        staged = _write_outputs(model, meta, model_dir, source, staging, config, progress, client)
     return _published(staged, out_dir)
 
 
@@ -383,6 +410,7 @@ def _write_outputs(
     out_dir: Path,
     config: SegmentConfig,
     progress: bool,
+    client: Client | None = None,
 ) -> SegmentResult:
     paths = output_paths(source, out_dir)
     clusters = cluster_table(meta, config, model)
@@ -394,7 +422,13 @@ def _write_outputs(
         ids_tmp = out_dir / f".{source.stem}_clusters.tiled-{os.getpid()}.tif"
         conf_tmp = out_dir / f".{source.stem}_confidence.tiled-{os.getpid()}.tif"
         try:
-            _segment_into(model, meta, src, source, bands, ids_tmp, conf_tmp, config, progress)
+            if client is None:
+                _segment_into(model, meta, src, source, bands, ids_tmp, conf_tmp, config, progress)
+            else:  # row bands as Dask tasks (geoseg.distributed)
+                from geoseg.distributed import segment_on_cluster
+
+                args = (model_dir, src, source, bands, ids_tmp, conf_tmp, config, progress)
+                segment_on_cluster(client, model, meta, *args)
             to_cog(
                 ids_tmp,
                 paths["clusters"],
@@ -490,6 +524,7 @@ def segment(
     config: SegmentConfig | None = None,
     progress: Progress = True,
     overwrite: bool = False,
+    dask_address: str | None = None,
 ) -> list[SegmentResult]:
     """Segment every source raster with the model bundle in ``model_dir``.
 
@@ -502,6 +537,10 @@ def segment(
         config: window overlap, batch size, device, head, vectorization options.
         progress: a progress bar per raster (True), log lines to this logger, or nothing
             (:mod:`geoseg.progress`).
+        overwrite: replace files at output names that an earlier segment run did not write.
+        dask_address: segment each raster in row bands (``config.band_rows``) on the Dask
+            scheduler at this address (:mod:`geoseg.distributed`; the same outputs); the model,
+            sources and ``out_dir`` must be on a file system every worker sees.
 
     Returns:
         One :class:`SegmentResult` per source, in order.
@@ -522,10 +561,16 @@ def segment(
         if not path.is_file():
             raise InputError(f"source not found: {path}")
     check_outputs(paths, out_dir, overwrite, config.vectorize)
-    model, meta = load_bundle(model_dir, resolve_device(config.device))
-    model = for_inference(model)
-    with locked(out_dir, "segment output folder"):
-        return [segment_raster(model, meta, model_dir, path, out_dir, config, progress) for path in paths]
+    from geoseg.distributed import connect
+
+    with connect(dask_address) as client:  # an address that does not answer fails here, before work
+        model, meta = load_bundle(model_dir, resolve_device(config.device))
+        model = for_inference(model)
+        with locked(out_dir, "segment output folder"):
+            return [
+                segment_raster(model, meta, model_dir, path, out_dir, config, progress, client)
+                for path in paths
+            ]
 
 
 def check_outputs(
