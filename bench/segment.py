@@ -282,6 +282,18 @@ def _band_phase(stream: list[dict]) -> float:
     return max(s["stop"] for s in spans) - min(s["start"] for s in spans) if spans else 0.0
 
 
+def halo_factor(model_dir: Path, height: int, width: int, config: SegmentConfig) -> float:
+    """Window rows the bands compute / window rows of the grid (1 = no recomputed halo)."""
+    from geoseg.bands import plan_bands
+    from geoseg.bundle import load_bundle
+    from geoseg.segment import plan_grid
+
+    model, meta = load_bundle(model_dir)
+    grid = plan_grid(model, meta, config, height, width)
+    bands = plan_bands(grid, height, config.band_rows)
+    return sum(b.end_chunk - b.first_window_row for b in bands) / len(grid.row_offsets)
+
+
 def scale(model: Path, height: int, width: int, workers: list[int], tmp: Path) -> dict[str, object]:
     """Throughput of one raster's bands on 1, 2, 4 Dask worker processes (one thread each).
 
@@ -338,6 +350,7 @@ def scale(model: Path, height: int, width: int, workers: list[int], tmp: Path) -
     return {
         "raster": f"{height}x{width} RGB uint8",
         "band_rows": config.band_rows,
+        "halo_factor": round(halo_factor(model, height, width, config), 3),
         "single_process_s": round(single, 2),
         "single_process_mpx_s": round(mpx / single, 3),
         "cores": cores,

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import rasterio
@@ -118,7 +118,7 @@ def _worker_model(model_dir: str, device: str, stamp: float) -> tuple[IICNet, Mo
 
     del stamp  # part of the cache key only: a retrained bundle at the same path is reloaded
     model, meta = load_bundle(model_dir, resolve_device(device))
-    return for_inference(model), meta
+    return cast(IICNet, for_inference(model)), meta  # every method's network is an IICNet-like NormalisedNet
 
 
 def _worker_address() -> str:
