@@ -9,20 +9,22 @@ not fit the 460 s budget are recorded as skipped, so one JSON always comes back)
 
 1. ``peak``: the measured matmul peak, bf16 and fp32 (8192^3 on CUDA, best of 10 after
    warm-up) - the yardstick of the training figures.
-2. ``train``: training pairs/s of IIC, ``small`` preset (128 px, batch 8, k 6) and ``iic``
+2. ``segment``: ``geoseg.segment`` Mpx/s on a generated 8192 x 8192 RGB raster (reads,
+   blending, COGs, preview; no GeoPackage), default window, batch 32, on the GPU.
+3. ``train``: training pairs/s of IIC, ``small`` preset (128 px, batch 8, k 6) and ``iic``
    preset (Potsdam settings: 4 bands, 200 px, batch 75, k 3), each with bf16 autocast (the
    production path: ``geoseg.methods.iic`` autocasts on CUDA) and fp32 (the same
-   ``training_step`` with the network's forward under ``autocast(enabled=False)``), each
-   without and with ``torch.compile`` of the network; the share of the FLOP limit
-   (``bench/train.py``'s FLOPs per pair / the measured peak of that precision).
-3. ``segment``: ``geoseg.segment`` Mpx/s on a generated 8192 x 8192 RGB raster (reads,
-   blending, COGs, preview; no GeoPackage), default window, on the GPU.
-4. ``ddp``: ``torchrun --nproc_per_node 2 -m geoseg.cli train`` with NCCL when two GPUs
-   exist (gloo on the CPU in the dry run); otherwise ``{"skipped": "..."}``.
-5. ``quality``: the 3-seed Dubai honest IIC run at the settings of bench/RESULTS.md
+   ``training_step`` with the network's forward under ``autocast(enabled=False)``); the
+   share of the FLOP limit (``bench/train.py``'s FLOPs per pair / the measured peak of
+   that precision).
+4. ``quality``: the 3-seed Dubai honest IIC run at the settings of bench/RESULTS.md
    "Quality of the learned methods" (150 steps, patch 64, scale 0.5, batch 8, lr 1e-3),
-   through ``bench/quality.py``; the data is ``shared/data`` inside the checkout or
-   ``../shared/data`` beside it (the JSON says which).
+   through ``bench/quality.py``, one process per seed; the data is ``shared/data``
+   inside the checkout or ``../shared/data`` beside it (the JSON says which).
+5. ``train_compiled``: ``train`` with ``torch.compile`` of the network (inductor; the dry
+   run traces with dynamo only), last of the timed parts since compiling takes longest.
+6. ``ddp``: ``torchrun --nproc_per_node 2 -m geoseg.cli train`` with NCCL when two GPUs
+   exist (gloo on the CPU in the dry run); otherwise ``{"skipped": "..."}``.
 """
 
 from __future__ import annotations
