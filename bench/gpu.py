@@ -189,7 +189,10 @@ def train_row(
 
 def part_train(device: torch.device, dry: bool, peaks: dict, compiled: bool) -> dict[str, Any]:
     """Rows for both presets and both precisions; a row that would not fit the budget is skipped."""
-    from train import Setting  # bench/train.py
+    import train as bench_train  # bench/train.py
+    from train import Setting
+
+    bench_train.DATA = find_data() / "dubai"  # its default, ../shared/data, is absent on a device machine
 
     if dry:
         settings = [
