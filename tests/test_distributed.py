@@ -8,6 +8,7 @@ result of the same call without ``dask_address``, pixel for pixel.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -73,36 +74,46 @@ def write_vrt(tiles: list[Path], out: Path) -> Path:
 
 class Cluster:
     """A `dask scheduler` and two single-threaded `dask worker` processes (no nanny: a killed
-    worker stays dead, so the run must finish on the other one)."""
+    worker stays dead, so the run must finish on the other one).
 
-    def __init__(self, log: Path) -> None:
-        self.address = f"tcp://127.0.0.1:{free_port()}"
-        self.log = log.open("w")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        dask = [str(Path(sys.executable).parent / "dask")]
-        port = self.address.rsplit(":", 1)[1]
+    The scheduler picks its own free port and writes it to a scheduler file (a port chosen
+    beforehand can be taken by another process before the scheduler binds it)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.log = (folder / "dask.log").open("w")
+        self.scheduler_file = folder / "scheduler.json"
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        self.dask = str(Path(sys.executable).parent / "dask")
         self.scheduler = self._start(
-            [*dask, "scheduler", "--host", "127.0.0.1", "--port", port, "--dashboard-address", ":0"], env
-        )
-        worker = [*dask, "worker", self.address, "--nworkers", "1", "--nthreads", "1", "--no-nanny"]
-        self.workers = [self._start([*worker, "--no-dashboard"], env) for _ in range(2)]
+            [self.dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
+             "--scheduler-file", str(self.scheduler_file)]
+        )  # fmt: skip
+        self.address = self._read_address()
+        worker = [self.dask, "worker", "--scheduler-file", str(self.scheduler_file), "--nworkers", "1"]
+        self.workers = [
+            self._start([*worker, "--nthreads", "1", "--no-nanny", "--no-dashboard"]) for _ in range(2)
+        ]
 
-    def _start(self, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    def _start(self, command: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+
+    def _read_address(self, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.scheduler.poll() is not None:
+                raise RuntimeError(f"dask scheduler exited with {self.scheduler.returncode}")
+            try:
+                return str(json.loads(self.scheduler_file.read_text())["address"])
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                time.sleep(0.2)
+        self.scheduler.kill()
+        raise RuntimeError("dask scheduler did not start")
 
     def wait(self) -> None:
         import distributed
 
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with distributed.Client(self.address, timeout=5, set_as_default=False) as client:
-                    client.wait_for_workers(2, timeout=90)
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
+        with distributed.Client(self.address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=120)
 
     def stop(self) -> None:
         for proc in (*self.workers, self.scheduler):
@@ -118,7 +129,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    running = Cluster(tmp_path / "dask.log")
+    running = Cluster(tmp_path)
     try:
         running.wait()
         yield running
