@@ -18,11 +18,20 @@ What it measures, all in one run on one machine:
    run short on 2 shared cores; ``--rss-rows 20000`` runs the whole 20000 x 20000 raster.
 3. ``geoseg.vectorize`` vs ``gdal_polygonize`` (Debian's gdal-bin; installed here with
    apt-get when missing) on the same generated cluster raster, both writing a GeoPackage.
+4. ``--parts windows``: the default window (:mod:`geoseg.window_size`) against the old
+   defaults (the patch size, overlap 0.25) side by side, end to end with the GeoPackage:
+   Mpx/s, the share of the FLOP limit, and the agreement of cluster ids.
+5. ``--parts scale``: one raster's row bands on 1, 2 and 4 Dask worker processes of a
+   LocalCluster (one thread each): Mpx/s, speed-up, efficiency per core, and a stated
+   projection for N machines.
+
+    python bench/segment.py --parts windows,scale --json /tmp/segment-bench.json
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -40,9 +49,9 @@ import torch
 from affine import Affine
 from rasterio.windows import Window
 
-from geoseg.bundle import ModelMeta, default_clusters, save_bundle
 from geoseg.config import SegmentConfig
 from geoseg.iic.model import Architecture, build_model
+from geoseg.models.bundle import ModelMeta, default_clusters, save_bundle
 
 CRS = "EPSG:2056"
 TRANSFORM = Affine(0.5, 0, 2_600_000.0, 0, -0.5, 1_200_000.0)
@@ -90,7 +99,7 @@ def write_scene(path: Path, height: int, width: int, rows_per_write: int = 512, 
 def flops_per_pixel(model_dir: Path, side: int = 256) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from geoseg.bundle import load_bundle
+    from geoseg.models.bundle import load_bundle
 
     model, _ = load_bundle(model_dir)
     x = torch.rand(1, 3, side, side) * 255
@@ -117,8 +126,8 @@ def matmul_gflops(device: str = "cpu", n: int = 2048, repeats: int = 5) -> float
 
 def window_overhead(model_dir: Path, height: int, width: int, config: SegmentConfig) -> float:
     """Predicted pixels / raster pixels for the grid segment uses."""
-    from geoseg.bundle import load_bundle
-    from geoseg.segment import plan_grid
+    from geoseg.models.bundle import load_bundle
+    from geoseg.strips import plan_grid
 
     model, meta = load_bundle(model_dir)
     grid = plan_grid(model, meta, config, height, width)
@@ -204,6 +213,154 @@ def speed(model: Path, side: int, config: SegmentConfig, tmp: Path) -> dict[str,
     }
 
 
+OLD_DEFAULTS = {  # the default before geoseg.window_size: the patch size, overlap 0.25
+    "patch 64: window 64, overlap 0.25": SegmentConfig(window=64, overlap=0.25),
+    "patch 128: window 128, overlap 0.25": SegmentConfig(window=128, overlap=0.25),
+}
+
+
+def _read_ids(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def windows(model: Path, side: int, device: str, tmp: Path, repeats: int = 2) -> dict[str, object]:
+    """The new default window vs the old defaults, side by side on one raster, end to end.
+
+    End to end: reads, blending, COGs, preview, STAC item and the GeoPackage (vectorize on).
+    Runs alternate (best of ``repeats`` each: the cores are shared); the agreement is the
+    fraction of pixels with the same cluster id as the new default's output.
+    """
+    from geoseg.segment import segment
+    from geoseg.train import resolve_device
+
+    scene = write_scene(tmp / "windows.tif", side, side, seed=3)
+    configs = {"new default (geoseg.window_size)": SegmentConfig(), **OLD_DEFAULTS}
+    configs = {name: dataclasses.replace(c, device=device, vectorize=True) for name, c in configs.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in configs}
+    outputs: dict[str, Path] = {}
+    for _ in range(repeats):
+        for i, (name, config) in enumerate(configs.items()):
+            out = tmp / f"windows-{i}"
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            (result,) = segment(model, [scene], out, config, progress=False)
+            seconds[name].append(time.perf_counter() - t)
+            outputs[name] = result.clusters
+    new_ids = _read_ids(outputs["new default (geoseg.window_size)"])
+    fpp = flops_per_pixel(model)
+    peak = matmul_gflops(resolve_device(device).type)
+    mpx = side * side / 1e6
+    rows = {}
+    for name, config in configs.items():
+        overhead = window_overhead(model, side, side, config)
+        best = min(seconds[name])
+        limit = peak * 1e9 / (fpp * overhead) / 1e6
+        rows[name] = {
+            "window_overhead": round(overhead, 3),
+            "seconds": [round(x, 2) for x in seconds[name]],
+            "mpx_s": round(mpx / best, 3),
+            "limit_mpx_s": round(limit, 3),
+            "of_limit": round(mpx / best / limit, 3),
+            "same_ids_as_new": float(np.mean(_read_ids(outputs[name]) == new_ids)),
+        }
+    new_best = min(seconds["new default (geoseg.window_size)"])
+    for name in OLD_DEFAULTS:
+        rows[name]["new_is_faster_by"] = round(min(seconds[name]) / new_best, 2)
+    return {
+        "raster": f"{side}x{side} RGB uint8",
+        "end_to_end": "reads, blending, COGs, preview, STAC item, GeoPackage",
+        "matmul_gflops": round(peak, 1),
+        "network_gflop_per_mpx": round(fpp / 1e3, 1),
+        "runs": rows,
+    }
+
+
+def _band_phase(stream: list[dict]) -> float:
+    """Wall seconds from the first band's start to the last band's end (the task stream)."""
+    spans = [s for t in stream if str(t["key"]).startswith("segment-band-") for s in t["startstops"]]
+    return max(s["stop"] for s in spans) - min(s["start"] for s in spans) if spans else 0.0
+
+
+def halo_factor(model_dir: Path, height: int, width: int, config: SegmentConfig) -> float:
+    """Window rows the bands compute / window rows of the grid (1 = no recomputed halo)."""
+    from geoseg.bands import plan_bands
+    from geoseg.models.bundle import load_bundle
+    from geoseg.strips import plan_grid
+
+    model, meta = load_bundle(model_dir)
+    grid = plan_grid(model, meta, config, height, width)
+    bands = plan_bands(grid, height, config.band_rows)
+    return sum(b.end_chunk - b.first_window_row for b in bands) / len(grid.row_offsets)
+
+
+def scale(model: Path, height: int, width: int, workers: list[int], tmp: Path) -> dict[str, object]:
+    """Throughput of one raster's bands on 1, 2, 4 Dask worker processes (one thread each).
+
+    Each count gets a fresh LocalCluster; torch runs one thread per worker (Dask's
+    nanny sets OMP_NUM_THREADS=1), so the workers are the parallelism. The serial part
+    (planning, assembling the bands into the GeoTIFFs, COGs, preview) is the run's wall
+    time minus the band phase of the task stream; the projection for N machines keeps
+    it serial (Amdahl) and divides the band work by N machines at the measured rate.
+    """
+    import distributed
+
+    from geoseg.segment import segment
+
+    scene = write_scene(tmp / "scale.tif", height, width, seed=4)
+    config = SegmentConfig(vectorize=False, device="cpu", band_rows=512)
+    mpx = height * width / 1e6
+    t = time.perf_counter()
+    segment(model, [scene], tmp / "scale-single", config, progress=False)
+    single = time.perf_counter() - t
+    cores = os.cpu_count() or 1
+    runs: dict[str, dict[str, object]] = {}
+    for n in workers:
+        with distributed.LocalCluster(
+            n_workers=n, threads_per_worker=1, dashboard_address=None, processes=True
+        ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
+            client.wait_for_workers(n)
+            segment(
+                model,
+                [scene],
+                tmp / f"warm-{n}",
+                config,
+                progress=False,
+                dask_address=cluster.scheduler_address,
+            )
+            with distributed.get_task_stream(client=client) as stream:
+                t = time.perf_counter()
+                segment(model, [scene], tmp / f"scale-{n}", config, progress=False,
+                        dask_address=cluster.scheduler_address)  # fmt: skip
+                seconds = time.perf_counter() - t
+            bands = _band_phase(stream.data)
+        runs[str(n)] = {"seconds": round(seconds, 2), "mpx_s": round(mpx / seconds, 3),
+                        "band_phase_s": round(bands, 2), "serial_s": round(seconds - bands, 2)}  # fmt: skip
+    base = float(runs[str(workers[0])]["seconds"])  # type: ignore[arg-type]
+    for n in workers:
+        run = runs[str(n)]
+        speedup = base / float(run["seconds"])  # type: ignore[arg-type]
+        run["speedup_vs_1"] = round(speedup, 2)
+        run["efficiency_per_core"] = round(speedup / min(n, cores), 2)
+    best = min(runs.values(), key=lambda run: float(run["seconds"]))  # type: ignore[arg-type]
+    serial, band_phase = float(best["serial_s"]), float(best["band_phase_s"])  # type: ignore[arg-type]
+    projection = {
+        str(machines): round(mpx / (serial + band_phase / machines), 3) for machines in (1, 2, 4, 10, 100)
+    }
+    return {
+        "raster": f"{height}x{width} RGB uint8",
+        "band_rows": config.band_rows,
+        "halo_factor": round(halo_factor(model, height, width, config), 3),
+        "single_process_s": round(single, 2),
+        "single_process_mpx_s": round(mpx / single, 3),
+        "cores": cores,
+        "workers": runs,
+        "projection_mpx_s_for_n_machines": projection,
+        "projection_note": f"PROJECTION, not a measurement: machines like this one ({cores} cores) "
+        f"at the fastest measured worker count; serial part {serial:.1f} s kept serial",
+    }
+
+
 def vector_race(size: int, tmp: Path, repeats: int = 2) -> dict[str, object]:
     import pyogrio
 
@@ -257,8 +414,14 @@ def main() -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
-        "--parts", default="speed,rss,vectorize", help="comma-separated subset of speed,rss,vectorize"
+        "--parts",
+        default="speed,rss,vectorize",
+        help="comma-separated subset of speed,rss,vectorize,windows,scale",
     )
+    parser.add_argument("--windows-size", type=int, default=1024, help="side of the windows raster")
+    parser.add_argument("--scale-rows", type=int, default=4096, help="rows of the scale raster")
+    parser.add_argument("--scale-width", type=int, default=1024, help="width of the scale raster")
+    parser.add_argument("--scale-workers", default="1,2,4", help="Dask worker processes to compare")
     args = parser.parse_args()
 
     results: dict[str, object] = {
@@ -285,6 +448,15 @@ def main() -> None:
             }
             print(json.dumps(results["rss"]), flush=True)
             wide.unlink()
+        if "windows" in parts:  # 4. the new default window vs the old defaults, end to end
+            results["windows"] = windows(
+                make_model(tmp / "model64", patch=64), args.windows_size, args.device, tmp
+            )
+            print(json.dumps(results["windows"]), flush=True)
+        if "scale" in parts:  # 5. one raster's bands on 1, 2, 4 Dask worker processes
+            counts = [int(n) for n in args.scale_workers.split(",")]
+            results["scale"] = scale(model, args.scale_rows, args.scale_width, counts, tmp)
+            print(json.dumps(results["scale"]), flush=True)
         if "vectorize" in parts:  # 3. vectorize vs gdal_polygonize on the same cluster raster
             results["vectorize"] = vector_race(args.vector_size, tmp)
             print(json.dumps(results["vectorize"]), flush=True)

@@ -1,7 +1,9 @@
 """The ``segment`` flow: new imagery + a model -> cluster COGs, GeoPackages, QML styles, STAC items.
 
-One segment task per source raster (Dask runs them in parallel), then one vectorize task
-per cluster COG, whose own block-parallel work runs on the same Dask cluster.
+One segment task per source raster (Dask runs them in parallel; a raster taller than
+``band_rows`` is itself cut into row bands on the same cluster, :mod:`geoseg.distributed`),
+then one vectorize task per cluster COG, whose own block-parallel work runs on the same
+Dask cluster.
 """
 
 from __future__ import annotations

@@ -129,11 +129,16 @@ def check_inputs(paths: str | Path | Iterable[str | Path], what: str, settings: 
 def check_sources(paths: str | Path | Iterable[str | Path], settings: FlowSettings) -> list[Path]:
     """Survey rasters: files, folders of rasters or STAC JSON, expanded to raster files.
 
-    Every raster, including those a STAC item points to, must pass :func:`check_input`.
+    Every raster, including those a STAC item points to and the files a VRT mosaic reads,
+    must pass :func:`check_input`.
     """
     from geoseg.io.sources import discover_sources
+    from geoseg.io.vrt import vrt_members
 
     rasters = discover_sources(check_inputs(paths, "src", settings))
+    for raster in rasters:
+        for member in vrt_members(raster):
+            check_input(member, f"file read by {raster}:", settings)
     return [check_input(r, "src raster", settings) for r in rasters]
 
 

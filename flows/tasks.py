@@ -228,12 +228,14 @@ def train_task(stores: list[str], out: str, config: dict[str, Any]) -> str:
 
 @task(name="segment", cache_policy=CACHE_POLICY, **_IO)
 def segment_task(model: str, source: str, out_dir: str, config: dict[str, Any]) -> dict[str, Any]:
-    """Cluster and confidence COGs (+ QML, preview) of one source raster."""
+    """Cluster and confidence COGs (+ QML, preview) of one source raster; a raster taller than
+    ``band_rows`` is segmented in row bands on the flow's Dask cluster."""
     from geoseg.config import SegmentConfig
     from geoseg.segment import segment
 
     cfg = SegmentConfig(**{**config, "vectorize": False})
-    (result,) = segment(model, [source], out_dir, cfg, progress=get_run_logger())
+    with library_dask() as address:
+        (result,) = segment(model, [source], out_dir, cfg, progress=get_run_logger(), dask_address=address)
     return _as_paths(result)  # source, clusters, confidence, *_qml, preview_png, stac_item
 
 

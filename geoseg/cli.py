@@ -528,13 +528,17 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", nargs="+", type=Path, help="GeoTIFFs with the model's bands and dtype")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument(
-        "--overlap", type=float, default=d.overlap, help="fraction of a window shared by neighbours"
+        "--overlap",
+        type=float,
+        default=d.overlap,
+        help="fraction of a window shared by neighbours (default: the seam blending needs)",
     )
     p.add_argument(
         "--window",
         type=int,
         default=None,
-        help="window side in pixels at the model's scale (default: patch size)",
+        help="window side in pixels at the model's scale (default: chosen from model, memory and "
+        "raster, up to 512, never below the patch size)",
     )
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default=d.device, help="auto: GPU when present"
@@ -552,6 +556,14 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--refine-size", type=int, default=d.refine_size, help="superpixel side in pixels for --refine"
+    )
+    p.add_argument(
+        "--dask-address",
+        default=None,
+        help="segment each raster in row bands on this Dask scheduler (paths shared by all workers)",
+    )
+    p.add_argument(
+        "--band-rows", type=int, default=d.band_rows, help="rows per Dask task with --dask-address"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_overwrite(p, "existing files in --out that an earlier segment run did not write")
@@ -573,9 +585,16 @@ def _run_segment(args: argparse.Namespace) -> int:
         simplify=args.simplify,
         refine=args.refine,
         refine_size=args.refine_size,
+        band_rows=args.band_rows,
     )
     results = segment(
-        args.model, args.src, args.out, config, progress=not args.quiet, overwrite=args.overwrite
+        args.model,
+        args.src,
+        args.out,
+        config,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+        dask_address=args.dask_address,
     )
     for result in results:
         print(result.clusters)

@@ -173,10 +173,10 @@ class VectorizeConfig:
 class SegmentConfig:
     """Sliding-window inference settings."""
 
-    overlap: float = 0.25  # fraction of a window shared with its neighbour
+    overlap: float | None = None  # fraction of a window shared with its neighbour (None: what blending needs)
     batch_size: int = 8
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    window: int | None = None  # window side in pixels of the model's grid (None: the model's patch size)
+    window: int | None = None  # window side in px at the model's scale (None: chosen, geoseg.window_size)
     head: Literal["a", "b"] = "b"
     vectorize: bool = True
     min_area: float = 0.0  # sieve: minimum mapping unit in CRS units^2 (0 = off)
@@ -185,13 +185,17 @@ class SegmentConfig:
     preview_size: int = 2048  # long side of the PNG preview
     refine: Literal["superpixels"] | None = None  # post-process blended probabilities per superpixel
     refine_size: int = 12  # superpixel side in pixels for --refine (SuperpixelConfig.size)
+    band_rows: int = 4096  # rows per Dask task when one raster is segmented on a cluster (whole window rows)
 
     def vectorize_config(self) -> VectorizeConfig:
         """The polygonising settings of this run (``vectorize_block`` is the block size)."""
         return VectorizeConfig(self.min_area, self.simplify, self.vectorize_block)
 
     def validate(self) -> SegmentConfig:
-        _require(0.0 <= self.overlap < 0.9, f"overlap must be in [0, 0.9), got {self.overlap}")
+        _require(
+            self.overlap is None or 0.0 <= self.overlap < 0.9,
+            f"overlap must be in [0, 0.9), got {self.overlap}",
+        )
         _require(
             self.window is None or 16 <= self.window <= 8192,
             f"window must be in [16, 8192], got {self.window}",
@@ -203,6 +207,7 @@ class SegmentConfig:
         self.vectorize_config().validate()
         _require(self.refine in (None, "superpixels"), f"unknown refine {self.refine!r}")
         _require(self.refine_size >= 4, f"superpixel size must be >= 4 px, got {self.refine_size}")
+        _require(self.band_rows >= 1, f"band_rows must be >= 1, got {self.band_rows}")
         return self
 
 

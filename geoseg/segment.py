@@ -24,17 +24,12 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pystac
-import rasterio
-import rasterio.errors
-import torch
-from rasterio.io import DatasetReader
-from rasterio.windows import Window
 
 from geoseg.config import SegmentConfig
 from geoseg.errors import InputError
@@ -44,16 +39,14 @@ from geoseg.inference import (
     check_bands,
     predict_probabilities,
     resolve_device,
-    window_probabilities,
 )
 from geoseg.io import outputs
-from geoseg.io.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
+from geoseg.io.cog import to_cog
 from geoseg.io.fileio import atomic_path, check_free_space, check_set, locked, output_set
 from geoseg.io.outputs import NODATA, OUTPUT_ASSETS, check_unique_stems
 from geoseg.io.preview import write_preview
-from geoseg.io.sources import RasterInfo, open_dataset, open_raster, read_scaled
+from geoseg.io.sources import open_dataset
 from geoseg.io.style import StyleClass, paletted_raster_qml, pseudocolour_raster_qml
-from geoseg.io.windows import WindowGrid, blend_weights
 from geoseg.models.bundle import (
     CLUSTERS_TAG,
     Cluster,
@@ -62,7 +55,8 @@ from geoseg.models.bundle import (
     default_clusters,
     load_bundle,
 )
-from geoseg.progress import Progress, progress_bar
+from geoseg.progress import Progress
+from geoseg.strips import CONFIDENCE_MAX, segment_into
 
 __all__ = [
     "CONFIDENCE_MAX",
@@ -77,10 +71,12 @@ __all__ = [
     "write_preview",
 ]
 
+if TYPE_CHECKING:
+    from distributed import Client
+
 log = logging.getLogger(__name__)
 
 STAGE = "segment"  # names the outputs' manifest: .<stem>.geoseg-segment.json
-CONFIDENCE_MAX = 100  # confidence is stored as a whole percent: 0..100, nodata 255
 
 
 @dataclass
@@ -113,183 +109,6 @@ def output_paths(source: Path, out_dir: Path) -> dict[str, Path]:
     }
 
 
-# --- inference (the model's side: geoseg.inference) --------------------------------------
-
-
-class _StripBlender:
-    """Weighted sums of probabilities over rows ``[base, base + height)`` of the raster."""
-
-    def __init__(self, k: int, height: int, width: int) -> None:
-        self.base = 0
-        self.probs = np.zeros((k, height, width), np.float32)
-        self.weight = np.zeros((height, width), np.float32)
-        self.valid = np.zeros((height, width), bool)
-
-    def add(self, probs: np.ndarray, weights: np.ndarray, row: int, col: int) -> None:
-        r = row - self.base
-        h, w = weights.shape
-        self.probs[:, r : r + h, col : col + w] += probs * weights
-        self.weight[r : r + h, col : col + w] += weights
-
-    def pop(
-        self, upto: int, refine: Callable[[np.ndarray, int], np.ndarray] | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Finished rows ``[base, upto)``: (ids uint8, confidence uint8 %, valid); then shift.
-
-        ``refine`` post-processes the blended probabilities of the rows (k, rows, W) starting
-        at raster row ``base`` (e.g. :class:`geoseg.superpixels.SuperpixelRefiner`).
-        """
-        n = upto - self.base
-        probs = self.probs[:, :n] / np.maximum(self.weight[:n], 1e-12)
-        if refine is not None:
-            probs = refine(probs, self.base)
-        ids = probs.argmax(0).astype(np.uint8)
-        confidence = np.rint(probs.max(0) * CONFIDENCE_MAX).astype(np.uint8)
-        valid = self.valid[:n].copy()
-        ids[~valid] = NODATA
-        confidence[~valid] = NODATA
-        for array in (self.probs, self.weight, self.valid):
-            array[..., : array.shape[-2] - n, :] = array[..., n:, :]
-            array[..., array.shape[-2] - n :, :] = 0
-        self.base = upto
-        return ids, confidence, valid
-
-
-def _pooling(model: NormalisedNet) -> int:
-    """The network's total downsampling: windows are aligned to it (max-pool phase)."""
-    factor = 1
-    for module in model.modules():
-        if isinstance(module, torch.nn.MaxPool2d):
-            factor *= int(module.stride if isinstance(module.stride, int) else module.stride[0])
-    return factor
-
-
-def receptive_radius(model: NormalisedNet) -> int:
-    """Pixels (at the model's scale) of context each side that an output pixel depends on.
-
-    Summed over the trunk (convolutions: dilation x (kernel // 2), pools: kernel - 1, each
-    times the current stride) plus one input-resolution step for the bilinear upsampling.
-    """
-    radius, jump = 0, 1
-    for module in model.trunk.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            radius += module.dilation[0] * (module.kernel_size[0] // 2) * jump
-            jump *= module.stride[0]
-        elif isinstance(module, torch.nn.MaxPool2d):
-            kernel = module.kernel_size if isinstance(module.kernel_size, int) else module.kernel_size[0]
-            radius += (kernel - 1) * jump
-            jump *= module.stride if isinstance(module.stride, int) else module.stride[0]
-    return radius + jump
-
-
-def plan_grid(
-    model: NormalisedNet, meta: ModelMeta, config: SegmentConfig, height: int, width: int
-) -> WindowGrid:
-    """The window grid over the raster padded to the alignment (source pixels).
-
-    The window is the model's patch (or ``config.window``) at the model's scale. Window,
-    overlap and offsets are multiples of the pooling factor (at the model's scale), so
-    every window meets the same max-pool grid and the factor-2 upsampling that a single
-    pass over the whole raster would; an odd-sized raster is padded by edge replication
-    (the padding is never written). A non-zero overlap is raised to at least twice the
-    receptive radius (+ alignment), so that every pixel has a window that saw all of its
-    context (see :func:`geoseg.io.windows.ramp`).
-    """
-    align = max(1, round(_pooling(model) / min(meta.scale, 1.0)))
-    side = max(MIN_SIDE, round((config.window or meta.patch_size) / meta.scale))
-    padded_h, padded_w = -(-height // align) * align, -(-width // align) * align
-    overlap = config.overlap
-    if overlap > 0:
-        needed = (2 * receptive_radius(model) / meta.scale + align) / side
-        overlap = max(overlap, min(needed, 0.75))
-    return WindowGrid.from_fraction(padded_h, padded_w, side, overlap, align=align)
-
-
-def _read_strip(
-    src: DatasetReader, info: RasterInfo, row: int, grid: WindowGrid, fill: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``[row, row + window)`` of the raster padded to the grid: (C, h, W) float32, valid.
-
-    Nodata pixels are read as ``fill`` (the band means: a neutral input); the padding
-    replicates the edge, as a single pass over the padded raster would see it.
-    """
-    rows = min(grid.win_height, src.height - row)
-    try:
-        data, valid = read_scaled(src, info, 1.0, row, 0, rows, src.width)
-    except rasterio.errors.RasterioError as exc:
-        raise InputError(f"corrupt raster {info.path} (rows {row}..{row + rows}): {exc}") from exc
-    strip = np.where(valid[None], data.astype(np.float32), fill)
-    pad = ((0, grid.win_height - rows), (0, grid.width - src.width))
-    if any(p[1] for p in pad):
-        strip = np.pad(strip, ((0, 0), *pad), mode="edge")
-        valid = np.pad(valid, pad, constant_values=False)
-    return strip, valid
-
-
-def _segment_into(
-    model: NormalisedNet,
-    meta: ModelMeta,
-    src: DatasetReader,
-    path: Path,
-    bands: list[int],
-    clusters_tmp: Path,
-    confidence_tmp: Path,
-    config: SegmentConfig,
-    progress: Progress,
-) -> None:
-    """Stream the blended prediction of ``src`` into two intermediate tiled GeoTIFFs."""
-    k = model.arch.k_b if config.head == "b" else model.arch.k_a
-    grid = plan_grid(model, meta, config, src.height, src.width)
-    info = open_raster(path, bands)
-    margin = round(receptive_radius(model) / meta.scale)
-    weights = {  # one weight array per kind of window (interior, at a border, at a corner)
-        edges: blend_weights(grid.win_height, grid.win_width, grid.overlap, margin, borders=edges)
-        for edges in {grid.borders(r, c) for r, c in grid}
-    }
-    fill = model.input_mean.detach().cpu().numpy().astype(np.float32)[:, None, None]
-    blender = _StripBlender(k, grid.win_height, grid.width)
-    refine = _refiner(model, src, bands, config)
-    profile = tiled_profile(src.crs, src.transform, src.height, src.width, "uint8", NODATA)
-    bar = progress_bar(progress, total=len(grid), desc=f"segment {path.name}", unit="win")
-    with (
-        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
-        rasterio.open(clusters_tmp, "w", **profile) as ids_dst,
-        rasterio.open(confidence_tmp, "w", **profile) as conf_dst,
-    ):
-        for index, row in enumerate(grid.row_offsets):
-            strip, valid = _read_strip(src, info, row, grid, fill)
-            blender.valid[row - blender.base : row - blender.base + grid.win_height] = valid
-            cols = grid.col_offsets
-            for start in range(0, len(cols), config.batch_size):
-                chunk = cols[start : start + config.batch_size]
-                batch = np.stack([strip[:, :, c : c + grid.win_width] for c in chunk])
-                probs = window_probabilities(model, batch, meta.scale, config.head)
-                for c, p in zip(chunk, probs, strict=True):
-                    blender.add(p, weights[grid.borders(row, c)], row, c)
-                bar.update(len(chunk))
-            upto = min(grid.rows_final_after(index), src.height)
-            if upto > blender.base:
-                base = blender.base
-                ids, confidence, _ = blender.pop(upto, refine)
-                out = Window(0, base, src.width, upto - base)
-                ids_dst.write(ids[:, : src.width], 1, window=out)
-                conf_dst.write(confidence[:, : src.width], 1, window=out)
-    bar.close()
-
-
-def _refiner(
-    model: NormalisedNet, src: DatasetReader, bands: list[int], config: SegmentConfig
-) -> Callable[[np.ndarray, int], np.ndarray] | None:
-    """The ``--refine`` hook for this raster (None: the blended probabilities as they are)."""
-    if config.refine is None:
-        return None
-    from geoseg.superpixels import SuperpixelRefiner
-
-    buffers = dict(model.named_buffers())  # the model's own input normalisation
-    mean, std = (buffers[name].detach().cpu().numpy() for name in ("input_mean", "input_std"))
-    return SuperpixelRefiner(src, bands, mean, std, config.refine_size)
-
-
 # --- outputs ------------------------------------------------------------------------------
 
 
@@ -312,6 +131,7 @@ def segment_raster(
     out_dir: Path,
     config: SegmentConfig,
     progress: Progress = True,
+    client: Client | None = None,
 ) -> SegmentResult:
     """Segment one raster with a loaded model; see :func:`segment`.
 
@@ -320,7 +140,7 @@ def segment_raster(
     leaves new and old outputs of one source side by side as if they were one result.
     """
     with output_set(out_dir, source.stem, STAGE) as staging:
-        staged = _write_outputs(model, meta, model_dir, source, staging, config, progress)
+        staged = _write_outputs(model, meta, model_dir, source, staging, config, progress, client)
     return _published(staged, out_dir)
 
 
@@ -341,6 +161,7 @@ def _write_outputs(
     out_dir: Path,
     config: SegmentConfig,
     progress: Progress,
+    client: Client | None = None,
 ) -> SegmentResult:
     paths = output_paths(source, out_dir)
     clusters = cluster_table(meta, config, model)
@@ -352,7 +173,13 @@ def _write_outputs(
         ids_tmp = out_dir / f".{source.stem}_clusters.tiled-{os.getpid()}.tif"
         conf_tmp = out_dir / f".{source.stem}_confidence.tiled-{os.getpid()}.tif"
         try:
-            _segment_into(model, meta, src, source, bands, ids_tmp, conf_tmp, config, progress)
+            if client is None:
+                segment_into(model, meta, src, source, bands, ids_tmp, conf_tmp, config, progress)
+            else:  # row bands as Dask tasks (geoseg.distributed)
+                from geoseg.distributed import segment_on_cluster
+
+                args = (model_dir, src, source, bands, ids_tmp, conf_tmp, config, progress)
+                segment_on_cluster(client, model, meta, *args)
             to_cog(
                 ids_tmp,
                 paths["clusters"],
@@ -439,6 +266,7 @@ def segment(
     config: SegmentConfig | None = None,
     progress: Progress = True,
     overwrite: bool = False,
+    dask_address: str | None = None,
 ) -> list[SegmentResult]:
     """Segment every source raster with the model bundle in ``model_dir``.
 
@@ -451,6 +279,10 @@ def segment(
         config: window overlap, batch size, device, head, vectorization options.
         progress: a progress bar per raster (True), log lines to this logger, or nothing
             (:mod:`geoseg.progress`).
+        overwrite: replace files at output names that an earlier segment run did not write.
+        dask_address: segment each raster in row bands (``config.band_rows``) on the Dask
+            scheduler at this address (:mod:`geoseg.distributed`; the same outputs); the model,
+            sources and ``out_dir`` must be on a file system every worker sees.
 
     Returns:
         One :class:`SegmentResult` per source, in order.
@@ -470,10 +302,16 @@ def segment(
         if not path.is_file():
             raise InputError(f"source not found: {path}")
     check_outputs(paths, out_dir, overwrite, config.vectorize)
-    model, meta = load_bundle(model_dir, resolve_device(config.device))
-    model = for_inference(model)
-    with locked(out_dir, "segment output folder"):
-        return [segment_raster(model, meta, model_dir, path, out_dir, config, progress) for path in paths]
+    from geoseg.distributed import connect
+
+    with connect(dask_address) as client:  # an address that does not answer fails here, before work
+        model, meta = load_bundle(model_dir, resolve_device(config.device))
+        model = for_inference(model)
+        with locked(out_dir, "segment output folder"):
+            return [
+                segment_raster(model, meta, model_dir, path, out_dir, config, progress, client)
+                for path in paths
+            ]
 
 
 def check_outputs(

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyogrio.raw
 import rasterio
 import rasterio.errors
 import shapely
@@ -82,6 +81,8 @@ def is_own_gpkg(path: Path) -> bool:
     fields (beside QGIS's ``layer_styles`` table, which holds the layer's style)."""
     if not path.is_file():
         return False
+    import pyogrio  # here, not at the top: segment without polygons runs without pyogrio (bench/gpu.sh)
+
     try:
         layers = [str(name) for name, _ in pyogrio.list_layers(path) if str(name) != LAYER_STYLES]
         if layers != [path.stem]:
@@ -331,6 +332,7 @@ def vectorize(
     pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
     sieve_pixels = math.ceil(min_area / pixel_area) if min_area > 0 else 0
 
+    import pyogrio.raw
     from dask import delayed
 
     tasks = [

@@ -34,11 +34,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("methods", ("geoseg.methods",)),
-    ("inference", ("geoseg.inference",)),  # a model's view of a raster: bands, device, probabilities
+    # a model's view of a raster: bands, device, probabilities; the default window
+    ("inference", ("geoseg.inference", "geoseg.window_size")),
     ("models", ("geoseg.models",)),
     ("stac", ("geoseg.stac",)),
     ("stages", ("geoseg.ingest", "geoseg.train", "geoseg.vectorize", "geoseg.baseline", "geoseg.evaluate")),
     ("stages on stages", ("geoseg.superpixels",)),  # the object-based baseline builds on baseline's writers
+    # one raster strip by strip, and in row bands on a Dask cluster (refined by superpixels)
+    ("strips", ("geoseg.strips", "geoseg.bands", "geoseg.distributed")),
     ("segment", ("geoseg.segment",)),  # refines with superpixels, vectorizes
     ("demo", ("geoseg.demo",)),  # the scene and settings of `geoseg demo` and the demo flow
     ("flows", ("flows",)),
