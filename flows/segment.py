@@ -35,7 +35,6 @@ def segment_step(
     model: Path, sources: list[Path], run_dir: Path, config: SegmentConfig
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Segment (and vectorize) every source; add prediction items linked to source and model."""
-    from geoseg.models.bundle import load_meta
     from geoseg.stac import catalog as run_catalog
     from geoseg.vectorize import vector_style_path
 
@@ -69,10 +68,14 @@ def segment_step(
         results.append(result)
         states.append(state)
     if config.vectorize:
-        names = {c.id: c.name for c in load_meta(model).clusters if c.name}
-        vectors = [submit(vectorize_task, run_dir, **vectorize_arguments(r, config, names)) for r in results]
+        vector_config = config_dict(config.vectorize_config())
+        vectors = [
+            submit(vectorize_task, run_dir, clusters=r["clusters"], config=vector_config) for r in results
+        ]
         for r, future in zip(results, vectors, strict=True):
-            gpkg, state = resolve(future, vectorize_task, run_dir, **vectorize_arguments(r, config, names))
+            gpkg, state = resolve(
+                future, vectorize_task, run_dir, clusters=r["clusters"], config=vector_config
+            )
             r["gpkg"], r["gpkg_qml"] = gpkg, str(vector_style_path(gpkg))
             states.append(state)
     model_item = run_catalog.model_item(model)
@@ -82,27 +85,6 @@ def segment_step(
         items += [survey, run_catalog.prediction_item(r, survey, model_item)]
     run_catalog.update_run_catalog(run_dir / CATALOG, items)
     return results, states
-
-
-def vectorize_arguments(
-    result: dict[str, Any], config: SegmentConfig, names: dict[int, str]
-) -> dict[str, Any]:
-    """The vectorize task's arguments for one segment result: every vectorize setting of ``config``."""
-    return {
-        "clusters": result["clusters"],
-        "out_gpkg": _gpkg_path(result["clusters"]),
-        "min_area": config.min_area,
-        "simplify": config.simplify,
-        "class_names": names or None,
-        "block_size": config.vectorize_block,
-    }
-
-
-def _gpkg_path(clusters: str) -> str:
-    """``<stem>_polygons.gpkg`` beside ``<stem>_clusters.tif``, as ``geoseg segment`` names it."""
-    from geoseg.io.outputs import polygons_path
-
-    return str(polygons_path(clusters))
 
 
 @flow(name="segment", task_runner=task_runner(), validate_parameters=True)

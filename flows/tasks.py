@@ -240,30 +240,16 @@ def segment_task(model: str, source: str, out_dir: str, config: dict[str, Any]) 
 
 
 @task(name="vectorize", cache_policy=CACHE_POLICY, **_IO)
-def vectorize_task(
-    clusters: str,
-    out_gpkg: str,
-    min_area: float = 0.0,
-    simplify: float = 0.0,
-    class_names: dict[int, str] | None = None,
-    block_size: int = 4096,
-) -> str:
-    """Polygons of a cluster COG, block-parallel (``block_size`` px blocks) on the flow's Dask cluster."""
+def vectorize_task(clusters: str, config: dict[str, Any]) -> str:
+    """Polygons of a cluster COG (``<stem>_polygons.gpkg`` beside it, the cluster names the COG
+    carries), with every setting of a :class:`~geoseg.config.VectorizeConfig`, block-parallel
+    on the flow's Dask cluster."""
+    from geoseg.config import VectorizeConfig
     from geoseg.vectorize import vectorize
 
-    names = {int(k): v for k, v in class_names.items()} if class_names else None
+    cfg = VectorizeConfig(**config).validate()
     with library_dask() as address:
-        return str(
-            vectorize(
-                clusters,
-                out_gpkg,
-                min_area=min_area,
-                simplify=simplify,
-                class_names=names,
-                dask_address=address,
-                block_size=block_size,
-            )
-        )
+        return str(vectorize(clusters, config=cfg, dask_address=address))
 
 
 @task(name="evaluate", cache_policy=CACHE_POLICY, **_IO)

@@ -221,10 +221,8 @@ def _write_outputs(
         result.gpkg = vectorize(
             result.clusters,
             paths["gpkg"],
-            min_area=config.min_area,
-            simplify=config.simplify,
             class_names=names or None,
-            block_size=config.vectorize_block,
+            config=config.vectorize_config(),
         )
         result.gpkg_qml = vector_style_path(result.gpkg)
     write_prediction_item(result, model_dir, meta, clusters)

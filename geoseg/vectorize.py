@@ -286,6 +286,7 @@ def vectorize(
     dask_address: str | None = None,
     block_size: int = VectorizeConfig.block_size,
     overwrite: bool = False,
+    config: VectorizeConfig | None = None,
 ) -> Path:
     """Polygons of a cluster raster in a GeoPackage, styled for QGIS, in the raster's CRS.
 
@@ -306,6 +307,8 @@ def vectorize(
         dask_address: run blocks on this Dask scheduler; default: local processes.
         block_size: block side in pixels.
         overwrite: replace a file at ``out_gpkg`` that is not an earlier vectorize output.
+        config: every polygonising setting at once (``min_area``, ``simplify``,
+            ``block_size`` are then taken from it): what ``segment`` and the flows pass.
 
     Returns:
         ``out_gpkg``.
@@ -313,6 +316,8 @@ def vectorize(
     clusters_tif = Path(clusters_tif)
     out_gpkg = Path(out_gpkg) if out_gpkg is not None else polygons_path(clusters_tif)
     _check_names(clusters_tif, out_gpkg)
+    if config is not None:
+        min_area, simplify, block_size = config.min_area, config.simplify, config.block_size
     VectorizeConfig(min_area, simplify, block_size).validate()
     if not clusters_tif.is_file():
         raise InputError(f"cluster raster not found: {clusters_tif}")

@@ -21,6 +21,7 @@ from flows.settings import (
 from flows.tasks import fingerprint, outputs_exist
 from geoseg.config import IngestConfig, SegmentConfig, TrainConfig
 from geoseg.errors import ConfigError, InputError
+from geoseg.vectorize import vectorize
 
 
 def test_settings_from_environment(tmp_path: Path) -> None:
@@ -197,11 +198,14 @@ def test_a_dask_address_with_a_trailing_newline_is_refused() -> None:
 def test_every_vectorize_setting_of_a_flow_reaches_the_vectorize_task() -> None:
     import inspect
 
-    from flows.segment import vectorize_arguments
     from flows.tasks import vectorize_task
+    from geoseg.config import VectorizeConfig
 
     config = SegmentConfig(vectorize_block=128, min_area=2.0, simplify=0.5)
-    args = vectorize_arguments({"clusters": "/data/x_clusters.tif"}, config, {1: "roofs"})
-    assert set(args) == set(inspect.signature(vectorize_task.fn).parameters)  # no setting left at its default
-    assert (args["block_size"], args["min_area"], args["simplify"]) == (128, 2.0, 0.5)
-    assert args["out_gpkg"].endswith("x_polygons.gpkg") and args["class_names"] == {1: "roofs"}
+    # the task takes the whole VectorizeConfig (no setting can be left at its default) ...
+    assert list(inspect.signature(vectorize_task.fn).parameters) == ["clusters", "config"]
+    sent = VectorizeConfig(**config_dict(config.vectorize_config()))
+    assert (sent.block_size, sent.min_area, sent.simplify) == (128, 2.0, 0.5)
+    # ... and vectorize applies it: a block below the bound is refused through config=
+    with pytest.raises(ConfigError, match="block size"):
+        vectorize("/nonexistent_clusters.tif", config=VectorizeConfig(block_size=32))
