@@ -16,13 +16,17 @@ the reports of every run under --work.
     python bench/quality.py --with-iic         # plus IIC rows (train + segment, 3 seeds)
     python bench/quality.py --methods k-means,iic,picie --datasets dubai --protocols honest
     python bench/quality.py --methods picie --datasets dubai-val   # choose settings: tiles 1-3 -> 4
+    python bench/quality.py --methods lgmi --datasets isprs-val loveda-val colour-object-val
     python bench/quality.py --datasets isprs --seeds 0
     python bench/quality.py --methods k-means,iic,picie,lgmi,cirs --datasets colour-object --iic-patch 64
 
 Learned methods (``iic``, ``picie``: geoseg.methods) run the user's pipeline per seed:
 ingest the fit images (``--iic-patch``, ``--iic-scale``, shared by every learned method),
-``geoseg.train`` with ``--method``, ``geoseg.segment``. ``dubai-val`` is the validation
-split for choosing settings (fit tiles 1-3, score tile 4): it never touches tiles 5-6.
+``geoseg.train`` with ``--method``, ``geoseg.segment``. The validation splits choose
+settings without touching the scored images: ``dubai-val`` (fit tiles 1-3, score tile 4;
+tiles 5-6 never read), ``isprs-val`` (``isprs-val`` and ``isprs-3-val``) and ``loveda-val``
+(fit the top quarter of the image, score its second quarter; the bottom half never read),
+``colour-object-val`` (a split of the scene's fitting images).
 """
 
 from __future__ import annotations
@@ -117,9 +121,18 @@ def dubai_validation_split(data: Path) -> Split:
 
 
 def _halves(
-    image: Path, label: Path, work: Path, name: str, relabel: Callable[[np.ndarray], np.ndarray] | None = None
+    image: Path,
+    label: Path,
+    work: Path,
+    name: str,
+    relabel: Callable[[np.ndarray], np.ndarray] | None = None,
+    validation: bool = False,
 ) -> tuple[list, list]:
-    """Top half (fit) and bottom half (score) of one image and its label, as lossless PNGs."""
+    """Top half (fit) and bottom half (score) of one image and its label, as lossless PNGs.
+
+    ``validation``: the same cut applied again inside the top half (its top quarter fits,
+    the second quarter is scored), a split of the fitting set for choosing settings that
+    never reads the bottom half."""
     work.mkdir(parents=True, exist_ok=True)
     with Image.open(image) as img:
         pixels = np.asarray(img.convert("RGB"))
@@ -130,15 +143,20 @@ def _halves(
     if relabel is not None:
         raw = relabel(raw)
     mid = pixels.shape[0] // 2
+    if validation:
+        pixels, raw, mid, name = pixels[:mid], raw[:mid], mid // 2, f"{name}_val"
     out: list[list[tuple[Path, Path]]] = []
     for part, rows in (("top", slice(0, mid)), ("bottom", slice(mid, None))):
         folder = work / f"{name}_{part}"
         folder.mkdir(exist_ok=True)
         img_path, lab_path = folder / f"{name}_{part}.png", folder / f"{name}_{part}_label.png"
-        Image.fromarray(pixels[rows]).save(img_path)
+        Image.fromarray(np.ascontiguousarray(pixels[rows])).save(img_path)
         Image.fromarray(np.ascontiguousarray(raw[rows])).save(lab_path)
         out.append([(img_path, lab_path)])
     return out[0], out[1]
+
+
+VALIDATION_NOTE = "validation: fit the top quarter, score the second quarter (the bottom half never read)"
 
 
 COLOUR_OBJECT_COUNT = 120  # images of the generated colour-versus-object scene (--colour-object-count)
@@ -175,18 +193,22 @@ def colour_object_splits(work: Path, count: int = COLOUR_OBJECT_COUNT) -> list[S
     ]
 
 
-def isprs_splits(data: Path, work: Path) -> list[Split]:
+def isprs_splits(data: Path, work: Path, validation: bool = False) -> list[Split]:
+    """``isprs`` and ``isprs-3`` (or, with ``validation``, ``isprs-val`` and ``isprs-3-val``)."""
     image = data / "isprs" / "vaihingen_area1_0_0_512_512_irrg.png"
     label = data / "isprs" / "vaihingen_area1_0_0_512_512_label.png"
-    fit, score = _halves(image, label, work, "isprs")
+    suffix = "-val" if validation else ""
+    fit, score = _halves(image, label, work, "isprs", validation=validation)
     splits = [
         Split(
-            "isprs",
+            f"isprs{suffix}",
             "isprs-ids",
             6,
             fit,
             score,
-            "Vaihingen 512x512 crop (IRRG), 6 classes; fit top half, score bottom half",
+            VALIDATION_NOTE
+            if validation
+            else "Vaihingen 512x512 crop (IRRG), 6 classes; fit top half, score bottom half",
         )
     ]
 
@@ -198,22 +220,25 @@ def isprs_splits(data: Path, work: Path) -> list[Split]:
         lut[: ISPRS_IDS.num_classes] = ISPRS_IDS.colours
         return lut[ids]
 
-    fit3, score3 = _halves(image, label, work, "isprs3", relabel=to_colours)
-    splits.append(
-        Split("isprs-3", "potsdam3", 3, fit3, score3, "the same crop, IIC's Potsdam-3 merge, 3 classes")
-    )
+    fit3, score3 = _halves(image, label, work, "isprs3", relabel=to_colours, validation=validation)
+    note3 = VALIDATION_NOTE if validation else "the same crop, IIC's Potsdam-3 merge, 3 classes"
+    splits.append(Split(f"isprs-3{suffix}", "potsdam3", 3, fit3, score3, note3))
     return splits
 
 
-def loveda_split(data: Path, work: Path) -> Split:
-    fit, score = _halves(data / "loveda" / "0_rgb.png", data / "loveda" / "0_label.png", work, "loveda")
+def loveda_split(data: Path, work: Path, validation: bool = False) -> Split:
+    """``loveda`` (or, with ``validation``, ``loveda-val``)."""
+    image, label = data / "loveda" / "0_rgb.png", data / "loveda" / "0_label.png"
+    fit, score = _halves(image, label, work, "loveda", validation=validation)
     return Split(
-        "loveda",
+        "loveda-val" if validation else "loveda",
         "loveda",
         7,
         fit,
         score,
-        "LoveDA tile 0, 1024x1024, 7 classes; fit top half, score bottom half",
+        VALIDATION_NOTE
+        if validation
+        else "LoveDA tile 0, 1024x1024, 7 classes; fit top half, score bottom half",
     )
 
 
@@ -492,8 +517,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits.append(dubai_validation_split(args.data))
     if "isprs" in args.datasets:
         splits += isprs_splits(args.data, work / "crops")
+    if "isprs-val" in args.datasets:  # isprs-val and isprs-3-val
+        splits += isprs_splits(args.data, work / "crops", validation=True)
     if "loveda" in args.datasets:
         splits.append(loveda_split(args.data, work / "crops"))
+    if "loveda-val" in args.datasets:
+        splits.append(loveda_split(args.data, work / "crops", validation=True))
     if "colour-object" in args.datasets or "colour-object-val" in args.datasets:
         cvo = colour_object_splits(work, args.colour_object_count)
         splits += [s for s in cvo if s.name in args.datasets]
