@@ -7,4 +7,4 @@ function ``evaluate``), from streamed count tables and the cluster-to-class matc
 
 from geoseg.evaluate.stage import evaluate
 
-__all__ = ["evaluate", "stage"]
+__all__ = ["counts", "evaluate", "figures", "report", "stage"]
