@@ -35,8 +35,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("methods", ("geoseg.methods",)),
     ("inference", ("geoseg.inference",)),  # a model's view of a raster: bands, device, probabilities
+    ("stac items", ("geoseg.stac",)),  # items and the catalog writers: the registry publishes with them
     ("models", ("geoseg.models",)),
-    ("stac", ("geoseg.stac",)),
+    ("run catalog", ("geoseg.stac.catalog",)),  # lists models (their bundles) beside surveys and predictions
     ("stages", ("geoseg.ingest", "geoseg.train", "geoseg.vectorize", "geoseg.baseline", "geoseg.evaluate")),
     ("stages on stages", ("geoseg.superpixels",)),  # the object-based baseline builds on baseline's writers
     ("segment", ("geoseg.segment",)),  # refines with superpixels, vectorizes
