@@ -114,7 +114,7 @@ def model_item(bundle: str | Path, derived_from: Sequence[pystac.Item] | None = 
 _EXTRA_ASSETS = {key: OUTPUT_ASSETS[key] for key in ("gpkg", "gpkg_qml")}
 
 
-def prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: pystac.Item) -> pystac.Item:
+def run_prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: pystac.Item) -> pystac.Item:
     """The run catalog's item of one prediction: segment's own STAC item, linked into the catalog.
 
     ``outputs`` are a segment result's paths (``stac_item``, ``clusters``, ``gpkg``, ...).
@@ -142,6 +142,11 @@ def prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: pyst
     LabelExtension.ext(item).add_source(source, assets=["image"])
     item.add_link(pystac.Link("derived_from", model, media_type=pystac.MediaType.JSON, title="model"))
     return item
+
+
+# The name before the rename (issue 13): flows/segment.py, changed on another branch now, calls
+# it so; once that branch follows the rename this alias goes.
+prediction_item = run_prediction_item
 
 
 def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) -> Path:
