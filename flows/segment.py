@@ -82,7 +82,7 @@ def segment_step(
     items = [model_item]
     for source, r in zip(sources, results, strict=True):
         survey = run_catalog.survey_item(source)
-        items += [survey, run_catalog.prediction_item(r, survey, model_item)]
+        items += [survey, run_catalog.run_prediction_item(r, survey, model_item)]
     run_catalog.update_run_catalog(run_dir / CATALOG, items)
     return results, states
 

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pystac
-
 from geoseg.config import SegmentConfig
 from geoseg.errors import InputError
 from geoseg.iic.model import NormalisedNet, for_inference
@@ -232,29 +230,22 @@ def _write_outputs(
 def write_prediction_item(
     result: SegmentResult, model_dir: Path, meta: ModelMeta, clusters: Sequence[Cluster]
 ) -> Path:
-    """The STAC item of one prediction (label + projection extensions), beside the outputs."""
-    item = prediction_item(result, model_dir, meta, clusters)
-    item.set_self_href(str(result.stac_item.resolve()))
-    item.make_asset_hrefs_relative()
-    with atomic_path(result.stac_item) as tmp:
-        tmp.write_text(json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")
-    return result.stac_item
-
-
-def prediction_item(
-    result: SegmentResult, model_dir: Path, meta: ModelMeta, clusters: Sequence[Cluster]
-) -> pystac.Item:
-    """:func:`geoseg.stac.items.prediction_item` with this result's outputs as assets."""
-    from geoseg.stac.items import prediction_item as stac_prediction_item
+    """The STAC item of one prediction, beside the outputs: :func:`geoseg.stac.items.prediction_item`
+    (label + projection extensions) with this result's outputs as its assets."""
+    from geoseg.stac.items import prediction_item
 
     assets = {
         key: (Path(getattr(result, key)), media, roles)
         for key, (media, roles) in OUTPUT_ASSETS.items()
         if getattr(result, key) is not None
     }
-    item = stac_prediction_item(result.clusters, result.source, model_dir, clusters, assets)
+    item = prediction_item(result.clusters, result.source, model_dir, clusters, assets)
     item.properties["geoseg:confidence_units"] = "percent"
-    return item
+    item.set_self_href(str(result.stac_item.resolve()))
+    item.make_asset_hrefs_relative()
+    with atomic_path(result.stac_item) as tmp:
+        tmp.write_text(json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")
+    return result.stac_item
 
 
 def segment(

@@ -36,8 +36,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("methods", ("geoseg.methods",)),
     # a model's view of a raster: bands, device, probabilities; the default window
     ("inference", ("geoseg.inference", "geoseg.window_size")),
+    ("stac items", ("geoseg.stac",)),  # items and the catalog writers: the registry publishes with them
     ("models", ("geoseg.models",)),
-    ("stac", ("geoseg.stac",)),
+    ("run catalog", ("geoseg.stac.catalog",)),  # lists models (their bundles) beside surveys and predictions
     ("stages", ("geoseg.ingest", "geoseg.train", "geoseg.vectorize", "geoseg.baseline", "geoseg.evaluate")),
     ("stages on stages", ("geoseg.superpixels",)),  # the object-based baseline builds on baseline's writers
     # one raster strip by strip, and in row bands on a Dask cluster (refined by superpixels)
@@ -159,3 +160,16 @@ def test_the_checks_see_an_upward_import_and_a_cycle() -> None:
         test_imports_run_only_downward(graph)
     with pytest.raises(AssertionError):
         test_no_import_cycles(graph)
+
+
+def test_each_public_function_and_class_has_one_home() -> None:
+    """Inside geoseg no two modules define a public function or class of the same name (three
+    ``prediction_item`` builders once built three different things); an alias is not a definition."""
+    homes: dict[str, list[str]] = {}
+    for name, path in package_modules().items():
+        if name.split(".")[0] != "geoseg":
+            continue
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
+                homes.setdefault(node.name, []).append(name)
+    assert {name: where for name, where in homes.items() if len(where) > 1} == {}

@@ -46,7 +46,6 @@ def test_old_import_paths_give_the_moved_modules_themselves() -> None:
         assert importlib.import_module(old) is importlib.import_module(new), old
         assert importlib.import_module(new).__spec__.name == new  # its own spec, not the alias's
     from geoseg.bundle import load_bundle
-
     from geoseg.models.bundle import load_bundle as moved
 
     assert load_bundle is moved
@@ -54,3 +53,19 @@ def test_old_import_paths_give_the_moved_modules_themselves() -> None:
     from geoseg.stac.items import raster_item as item_writer
 
     assert raster_item is item_writer
+
+
+def test_evaluate_the_package_is_reached_as_the_stage_was() -> None:
+    """geoseg.evaluate became a package (counts, report, figures, stage): the stage function
+    keeps its three ways in, also after the package and its parts were imported."""
+    code = (
+        "import json, geoseg, geoseg.evaluate.report\n"
+        "from geoseg.evaluate import evaluate\n"
+        "from geoseg.evaluate.stage import evaluate as stage_evaluate\n"
+        "print(json.dumps([geoseg.evaluate is evaluate is stage_evaluate, evaluate.__module__]))\n"
+    )
+    same, module = json.loads(subprocess.check_output([sys.executable, "-c", code], text=True))
+    assert same and module == "geoseg.evaluate.stage"
+    parts = importlib.import_module("geoseg.evaluate")
+    assert set(parts.__all__) == {"counts", "evaluate", "figures", "report", "stage"}
+    assert [name for name in parts.__all__ if not hasattr(parts, name)] == []

@@ -46,6 +46,7 @@ from geoseg.errors import ConfigError, InputError
 from geoseg.io.fileio import atomic_path, locked, sha256_file, write_json_atomic
 from geoseg.io.outputs import WEIGHTS_MEDIA_TYPE
 from geoseg.models.bundle import META, WEIGHTS, Cluster, load_bundle, load_meta
+from geoseg.stac.items import save_catalog_files
 
 STATE = "registry.json"
 CURRENT = "current"  # symlink to the promoted version
@@ -494,7 +495,8 @@ def _point_current(registry: Path, version: str | None) -> None:
 
 
 def write_catalog(registry: str | Path, state: RegistryState | None = None) -> Path:
-    """(Re)write the STAC catalog of the registry's versions (self-contained, relative hrefs)."""
+    """(Re)write the STAC catalog of the registry's versions (self-contained, relative hrefs),
+    validated, each file published atomically (``geoseg.stac.items.save_catalog_files``)."""
     registry = Path(registry).resolve()
     state = state or load_state(registry)
     catalog = pystac.Catalog(
@@ -528,6 +530,4 @@ def write_catalog(registry: str | Path, state: RegistryState | None = None) -> P
             item.add_asset("alignment", pystac.Asset(str(report), media_type=pystac.MediaType.JSON,
                                                      roles=["metadata"]))  # fmt: skip
         catalog.add_item(item)
-    catalog.normalize_hrefs(str(registry))
-    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-    return registry / "catalog.json"
+    return save_catalog_files(catalog, registry)  # the registry's other files are not the catalog's

@@ -4,6 +4,14 @@ and a flow run's catalog of surveys, models and predictions (``catalog``).
 ``geoseg.stac`` was one module before the regroup: its names stay importable from here.
 """
 
-from geoseg.stac.items import classify, prediction_item, raster_item, save_catalog
+from geoseg.stac.items import classify, prediction_item, raster_item, save_catalog, save_catalog_files
 
-__all__ = ["catalog", "classify", "items", "prediction_item", "raster_item", "save_catalog"]
+__all__ = [
+    "catalog",
+    "classify",
+    "items",
+    "prediction_item",
+    "raster_item",
+    "save_catalog",
+    "save_catalog_files",
+]

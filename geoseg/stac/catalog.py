@@ -114,7 +114,7 @@ def model_item(bundle: str | Path, derived_from: Sequence[pystac.Item] | None = 
 _EXTRA_ASSETS = {key: OUTPUT_ASSETS[key] for key in ("gpkg", "gpkg_qml")}
 
 
-def prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: pystac.Item) -> pystac.Item:
+def run_prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: pystac.Item) -> pystac.Item:
     """The run catalog's item of one prediction: segment's own STAC item, linked into the catalog.
 
     ``outputs`` are a segment result's paths (``stac_item``, ``clusters``, ``gpkg``, ...).

@@ -1,4 +1,6 @@
-"""Small STAC helpers: an item for one raster file, and a self-contained catalog on disk.
+"""Small STAC helpers: an item for one raster file, and a self-contained catalog on disk,
+validated before it is published: as a folder of its own (``save_catalog``), or file by
+file into a folder that holds more than the catalog (``save_catalog_files``).
 
 Items carry the raster's footprint in EPSG:4326 (``rasterio.warp.transform_bounds``) and
 the projection extension (EPSG code where there is one, else WKT2; shape; transform), so
@@ -11,11 +13,13 @@ these helpers are the generic building blocks.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pystac
 from pystac.extensions.projection import ProjectionExtension
@@ -110,15 +114,54 @@ def save_catalog(catalog: pystac.Catalog, root_dir: str | Path) -> Path:
         catalog.normalize_hrefs(str(tmp / "catalog.json"))
         catalog.make_all_asset_hrefs_relative()
         catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-        try:
-            for obj in [catalog, *catalog.get_children(), *catalog.get_items(recursive=True)]:
-                data = obj.to_dict(include_self_link=False, transform_hrefs=True)
-                validate_dict(data, extensions=[], href=obj.get_self_href())
-        except pystac.errors.STACValidationError as exc:
-            raise InputError(f"invalid STAC catalog for {root_dir}: {exc}") from exc
+        _validated_documents(catalog, root_dir)
     # Asset hrefs were made relative to the temporary folder: same parent, same depth.
     catalog.normalize_hrefs(str(root_dir / "catalog.json"))
     return root_dir / "catalog.json"
+
+
+def save_catalog_files(catalog: pystac.Catalog, root_dir: str | Path) -> Path:
+    """Write ``catalog`` self-contained into ``root_dir`` file by file; return catalog.json.
+
+    For a folder that holds more than the catalog (a model registry: each version's folder
+    holds its item beside the model), where ``save_catalog``'s replacement of the whole
+    folder cannot be used: only the catalog's own JSON files are replaced. Every document
+    is validated first, as ``save_catalog`` does (an invalid catalog: InputError, nothing
+    written), then each is written to a temporary name and renamed into place, the items
+    before catalog.json, like every other file geoseg publishes (``io.fileio.atomic_path``):
+    a reader sees each file whole, the old one or the new one.
+    """
+    root_dir = Path(root_dir).resolve()
+    catalog.catalog_type = pystac.CatalogType.SELF_CONTAINED
+    catalog.normalize_hrefs(str(root_dir / "catalog.json"))
+    catalog.make_all_asset_hrefs_relative()
+    documents = _validated_documents(catalog, root_dir)
+    with contextlib.ExitStack() as publish:  # renamed when the stack closes: last entered first
+        for path, data in documents:  # the catalog first, so it is renamed last
+            tmp = publish.enter_context(atomic_path(path))
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+    return root_dir / "catalog.json"
+
+
+def _stac_objects(catalog: pystac.Catalog) -> Iterator[pystac.STACObject]:
+    for node, _, items in catalog.walk():
+        yield node
+        yield from items
+
+
+def _validated_documents(catalog: pystac.Catalog, root_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Each object's path and JSON (no self link, relative hrefs), validated against the core
+    STAC schemas bundled with pystac (offline: extension schemas are URLs, not fetched)."""
+    documents = []
+    try:
+        for obj in _stac_objects(catalog):
+            href = obj.get_self_href()
+            data = obj.to_dict(include_self_link=False, transform_hrefs=True)
+            validate_dict(data, extensions=[], href=href)
+            documents.append((Path(str(href)), data))
+    except pystac.errors.STACValidationError as exc:
+        raise InputError(f"invalid STAC catalog for {root_dir}: {exc}") from exc
+    return documents
 
 
 def prediction_item(

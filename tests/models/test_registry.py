@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pystac
 import pytest
 import torch
+from pystac.validation import validate_dict
 
 from geoseg.cli import main
 from geoseg.config import AlignConfig, PromotionConfig
@@ -136,6 +138,10 @@ def test_promote_and_rollback_one_command(tmp_path: Path, capsys: pytest.Capture
     assert items["v0001"].properties["geoseg:status"] == "promoted"
     weights = Path(items["v0002"].assets["weights"].get_absolute_href())
     assert sha256_file(weights) == sha256_file(second / WEIGHTS)
+    assert items["v0002"].assets["weights"].href == f"./{WEIGHTS}"  # the registry moves as one folder
+    for path in [reg / "catalog.json", *(reg / v / f"{v}.json" for v in items)]:
+        validate_dict(json.loads(path.read_text()), extensions=[])  # each file valid STAC
+    assert [p.name for p in reg.glob(".*.tmp-*")] == []
 
 
 def survey_catalog(root: Path, tiles: list[Path], created: list[str], labels: dict[int, Path]) -> Path:

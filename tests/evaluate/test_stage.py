@@ -1,4 +1,4 @@
-"""geoseg.evaluate and ``geoseg evaluate``: generated rasters with known answers, and real data."""
+"""geoseg.evaluate (the stage) and ``geoseg evaluate``: generated rasters with known answers, and real data."""
 
 from __future__ import annotations
 
