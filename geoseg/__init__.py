@@ -5,8 +5,9 @@ The stages, one call each, are here: :func:`ingest`, :func:`train`, :func:`segme
 and :func:`superpixel_baseline`, with their configs and the errors a user can fix. Each is
 imported on first use, so ``import geoseg`` (and the CLI) starts without torch or GDAL.
 
-``geoseg.segment`` and friends are the stage functions, also after their modules were
-imported (``from geoseg.segment import SegmentResult`` reaches the module as before).
+``geoseg.segment`` (and ``ingest``, ``train``, ``vectorize``, ``evaluate``) is the stage's
+module, callable as its stage function: ``geoseg.segment(...)``, ``geoseg.segment.segment(...)``
+and ``from geoseg.segment import segment`` are one function.
 """
 
 from __future__ import annotations
@@ -100,19 +101,32 @@ if TYPE_CHECKING:
     from geoseg.vectorize import vectorize
 
 
+# Stage functions named as their modules: ``geoseg.segment`` is the module, callable as the
+# stage, so both ``geoseg.segment(...)`` and the old ``geoseg.segment.segment(...)`` work.
+_CALLABLE_MODULES = frozenset(name for name, module in _STAGES.items() if module == f"geoseg.{name}")
+
+
+class StageModule(types.ModuleType):
+    """A stage's module that is also its stage function: ``geoseg.segment(...)`` calls
+    ``geoseg.segment.segment(...)``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self, self.__name__.rpartition(".")[2])(*args, **kwargs)
+
+
 class _Package(types.ModuleType):
-    """The ``geoseg`` module: stage names resolve to the stage functions, lazily."""
+    """The ``geoseg`` module: stage names resolve to the stages, lazily."""
 
     def __getattr__(self, name: str) -> Any:
         if name in _EXPORTS:
-            return getattr(importlib.import_module(_EXPORTS[name]), name)
+            module = importlib.import_module(_EXPORTS[name])  # binds a stage module (__setattr__)
+            return module if name in _CALLABLE_MODULES else getattr(module, name)
         raise AttributeError(f"module 'geoseg' has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # Importing geoseg.segment binds the submodule as geoseg.segment; the function keeps
-        # the name (the module stays in sys.modules, where `from geoseg.segment import` looks).
-        if name in _STAGES and isinstance(value, types.ModuleType):
-            return
+        # The import system binds geoseg.segment the module here, however it was imported.
+        if name in _CALLABLE_MODULES and type(value) is types.ModuleType:
+            value.__class__ = StageModule
         super().__setattr__(name, value)
 
 

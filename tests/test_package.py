@@ -9,6 +9,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import geoseg
 from geoseg._moved import MOVED
 
@@ -17,26 +19,38 @@ def test_import_geoseg_is_light_and_exposes_the_stages() -> None:
     code = (
         "import json, sys, geoseg\n"
         "heavy = sorted(m for m in ('torch', 'rasterio', 'zarr', 'prefect') if m in sys.modules)\n"
-        "print(json.dumps([heavy, callable(geoseg.segment), geoseg.segment.__module__]))\n"
+        "print(json.dumps([heavy, callable(geoseg.segment)]))\n"
     )
-    heavy, is_callable, module = json.loads(subprocess.check_output([sys.executable, "-c", code], text=True))
-    assert heavy == [] and is_callable and module == "geoseg.segment"
+    heavy, is_callable = json.loads(subprocess.check_output([sys.executable, "-c", code], text=True))
+    assert heavy == [] and is_callable
 
 
 def test_every_exported_name_is_the_library_object() -> None:
-    stages = {"ingest", "train", "segment", "vectorize", "evaluate"}
-    stages |= {"kmeans_baseline", "random_net_baseline", "superpixel_baseline"}
+    modules = {"ingest", "train", "segment", "vectorize", "evaluate"}  # named as their functions
+    functions = {"kmeans_baseline", "random_net_baseline", "superpixel_baseline"}
     for name in set(geoseg.__all__) - {"__version__"}:
         value = getattr(geoseg, name)
-        assert inspect.isfunction(value) if name in stages else inspect.isclass(value), name
-    assert stages <= set(geoseg.__all__)
+        if name in modules:  # the stage's module, callable as the stage
+            assert value is importlib.import_module(f"geoseg.{name}") and callable(value), name
+            assert inspect.isfunction(getattr(value, name)), name
+        else:
+            assert inspect.isfunction(value) if name in functions else inspect.isclass(value), name
+    assert modules | functions <= set(geoseg.__all__)
     assert issubclass(geoseg.InputError, geoseg.GeosegError)
 
 
-def test_a_stage_name_stays_the_function_after_its_module_is_imported() -> None:
-    module = importlib.import_module("geoseg.segment")
-    assert geoseg.segment is module.segment
-    from geoseg.segment import SegmentResult  # the module is still reached by from-imports
+def test_a_stage_is_called_through_the_package_and_through_its_old_path(tmp_path) -> None:
+    """``geoseg.vectorize(...)`` and ``geoseg.vectorize.vectorize(...)`` are one call, also
+    after the module was imported by name; the module is still reached by from-imports."""
+    module = importlib.import_module("geoseg.vectorize")
+    assert geoseg.vectorize is module and geoseg.vectorize.vectorize is module.vectorize
+    missing = tmp_path / "gone_clusters.tif"
+    for call in (geoseg.vectorize, geoseg.vectorize.vectorize):
+        with pytest.raises(geoseg.InputError, match="cluster raster not found"):
+            call(missing)
+    assert geoseg.segment.segment is importlib.import_module("geoseg.segment").segment
+    assert geoseg.ingest.ingest.__module__ == "geoseg.ingest"
+    from geoseg.segment import SegmentResult
 
     assert SegmentResult.__module__ == "geoseg.segment"
 
@@ -62,7 +76,7 @@ def test_evaluate_the_package_is_reached_as_the_stage_was() -> None:
         "import json, geoseg, geoseg.evaluate.report\n"
         "from geoseg.evaluate import evaluate\n"
         "from geoseg.evaluate.stage import evaluate as stage_evaluate\n"
-        "print(json.dumps([geoseg.evaluate is evaluate is stage_evaluate, evaluate.__module__]))\n"
+        "print(json.dumps([geoseg.evaluate.evaluate is evaluate is stage_evaluate, evaluate.__module__]))\n"
     )
     same, module = json.loads(subprocess.check_output([sys.executable, "-c", code], text=True))
     assert same and module == "geoseg.evaluate.stage"
