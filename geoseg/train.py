@@ -271,6 +271,7 @@ def _run(
             }
             if ctx.is_main:
                 metrics.write(json.dumps(record) + "\n")
+                metrics.flush()  # one line per step as it happens: users watch this file
             bar.set_postfix({f"loss_{h}": f"{v:.4f}" for h, v in values.items()}, refresh=False)
             bar.update(1)  # after the postfix: a line shows this step's losses
             if ctx.is_main and (state.step % config.checkpoint_every == 0 or state.step == steps):
