@@ -20,16 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from rasterio.io import DatasetReader
 
 from geoseg.config import SegmentConfig
 from geoseg.iic.model import NormalisedNet
-from geoseg.inference import predict_probabilities
-from geoseg.io.sources import open_raster
-from geoseg.io.windows import WindowGrid, blend_weights
+from geoseg.io.windows import WindowGrid
 from geoseg.models.bundle import ModelMeta
-from geoseg.strips import StripBlender, read_strip, receptive_radius, refiner
+from geoseg.strips import blended_rows
 
 __all__ = ["Band", "BandRows", "band_rows", "plan_bands"]
 
@@ -96,37 +93,9 @@ def band_rows(
     band: Band,
     config: SegmentConfig,
 ) -> Iterator[BandRows]:
-    """The finished rows of ``band``, chunk after chunk, exactly as a single pass finishes them.
-
-    The loop is :func:`geoseg.strips.segment_into`'s, over the band's window rows.
-    """
-    device = next(model.parameters()).device
-    k = model.arch.k_b if config.head == "b" else model.arch.k_a
-    info = open_raster(path, bands)
-    margin = round(receptive_radius(model) / meta.scale)
-    weights = {
-        edges: blend_weights(grid.win_height, grid.win_width, grid.overlap, margin, borders=edges)
-        for edges in {grid.borders(r, c) for r, c in grid}
-    }
-    fill = model.input_mean.detach().cpu().numpy().astype(np.float32)[:, None, None]
-    blender = StripBlender(k, grid.win_height, grid.width)
-    refine = refiner(model, src, bands, config)
-    offsets = grid.row_offsets
-    blender.base = offsets[band.first_window_row]
-    for index in range(band.first_window_row, band.end_chunk):
-        row = offsets[index]
-        strip, valid = read_strip(src, info, row, grid, fill)
-        blender.valid[row - blender.base : row - blender.base + grid.win_height] = valid
-        cols = grid.col_offsets
-        for start in range(0, len(cols), config.batch_size):
-            chunk = cols[start : start + config.batch_size]
-            batch = np.stack([strip[:, :, c : c + grid.win_width] for c in chunk])
-            probs = predict_probabilities(model, torch.from_numpy(batch).to(device), meta.scale, config.head)
-            for c, p in zip(chunk, probs.float().cpu().numpy(), strict=True):
-                blender.add(p, weights[grid.borders(row, c)], row, c)
-        upto = min(grid.rows_final_after(index), src.height)
-        if upto > blender.base:
-            base = blender.base
-            ids, confidence, _ = blender.pop(upto, refine)
-            if index >= band.first_chunk:  # rows of the halo are incomplete: dropped
-                yield BandRows(base, ids[:, : src.width], confidence[:, : src.width])
+    """The finished rows of ``band``, chunk after chunk, exactly as a single pass finishes them
+    (:func:`geoseg.strips.blended_rows` over the band's window rows, halo first)."""
+    rows = blended_rows(model, meta, src, path, bands, grid, config, band.first_window_row, band.end_chunk)
+    for index, base, ids, confidence in rows:
+        if index >= band.first_chunk:  # rows of the halo are incomplete: dropped
+            yield BandRows(base, ids, confidence)

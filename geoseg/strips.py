@@ -8,7 +8,7 @@ windows in the same order and give bit-identical results.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from geoseg.progress import Progress, progress_bar
 __all__ = [
     "CONFIDENCE_MAX",
     "StripBlender",
+    "blended_rows",
     "plan_grid",
     "pooling",
     "read_strip",
@@ -175,6 +176,57 @@ def read_strip(
     return strip, valid
 
 
+def blended_rows(
+    model: NormalisedNet,
+    meta: ModelMeta,
+    src: DatasetReader,
+    path: Path,
+    bands: list[int],
+    grid: WindowGrid,
+    config: SegmentConfig,
+    first: int = 0,
+    end: int | None = None,
+    on_windows: Callable[[int], object] | None = None,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """The rows a pass over window rows ``[first, end)`` of ``grid`` finishes, as they finish:
+    (window row index, first raster row, ids, confidence), cropped to the raster's width.
+
+    One loop for the whole raster (:func:`segment_into`) and for a Dask band
+    (:func:`geoseg.bands.band_rows`), so both blend the same windows in the same order.
+    ``on_windows`` is told how many windows each batch predicted (progress).
+    """
+    k = model.arch.k_b if config.head == "b" else model.arch.k_a
+    info = open_raster(path, bands)
+    margin = round(receptive_radius(model) / meta.scale)
+    weights = {  # one weight array per kind of window (interior, at a border, at a corner)
+        edges: blend_weights(grid.win_height, grid.win_width, grid.overlap, margin, borders=edges)
+        for edges in {grid.borders(r, c) for r, c in grid}
+    }
+    fill = model.input_mean.detach().cpu().numpy().astype(np.float32)[:, None, None]
+    blender = StripBlender(k, grid.win_height, grid.width)
+    refine = refiner(model, src, bands, config)
+    offsets = grid.row_offsets
+    blender.base = offsets[first]
+    for index in range(first, len(offsets) if end is None else end):
+        row = offsets[index]
+        strip, valid = read_strip(src, info, row, grid, fill)
+        blender.valid[row - blender.base : row - blender.base + grid.win_height] = valid
+        cols = grid.col_offsets
+        for start in range(0, len(cols), config.batch_size):
+            chunk = cols[start : start + config.batch_size]
+            batch = np.stack([strip[:, :, c : c + grid.win_width] for c in chunk])
+            probs = window_probabilities(model, batch, meta.scale, config.head)
+            for c, p in zip(chunk, probs, strict=True):
+                blender.add(p, weights[grid.borders(row, c)], row, c)
+            if on_windows is not None:
+                on_windows(len(chunk))
+        upto = min(grid.rows_final_after(index), src.height)
+        if upto > blender.base:
+            base = blender.base
+            ids, confidence, _ = blender.pop(upto, refine)
+            yield index, base, ids[:, : src.width], confidence[:, : src.width]
+
+
 def segment_into(
     model: NormalisedNet,
     meta: ModelMeta,
@@ -187,17 +239,7 @@ def segment_into(
     progress: Progress,
 ) -> None:
     """Stream the blended prediction of ``src`` into two intermediate tiled GeoTIFFs."""
-    k = model.arch.k_b if config.head == "b" else model.arch.k_a
     grid = plan_grid(model, meta, config, src.height, src.width)
-    info = open_raster(path, bands)
-    margin = round(receptive_radius(model) / meta.scale)
-    weights = {  # one weight array per kind of window (interior, at a border, at a corner)
-        edges: blend_weights(grid.win_height, grid.win_width, grid.overlap, margin, borders=edges)
-        for edges in {grid.borders(r, c) for r, c in grid}
-    }
-    fill = model.input_mean.detach().cpu().numpy().astype(np.float32)[:, None, None]
-    blender = StripBlender(k, grid.win_height, grid.width)
-    refine = refiner(model, src, bands, config)
     profile = tiled_profile(src.crs, src.transform, src.height, src.width, "uint8", NODATA)
     bar = progress_bar(progress, total=len(grid), desc=f"segment {path.name}", unit="win")
     with (
@@ -205,24 +247,11 @@ def segment_into(
         rasterio.open(clusters_tmp, "w", **profile) as ids_dst,
         rasterio.open(confidence_tmp, "w", **profile) as conf_dst,
     ):
-        for index, row in enumerate(grid.row_offsets):
-            strip, valid = read_strip(src, info, row, grid, fill)
-            blender.valid[row - blender.base : row - blender.base + grid.win_height] = valid
-            cols = grid.col_offsets
-            for start in range(0, len(cols), config.batch_size):
-                chunk = cols[start : start + config.batch_size]
-                batch = np.stack([strip[:, :, c : c + grid.win_width] for c in chunk])
-                probs = window_probabilities(model, batch, meta.scale, config.head)
-                for c, p in zip(chunk, probs, strict=True):
-                    blender.add(p, weights[grid.borders(row, c)], row, c)
-                bar.update(len(chunk))
-            upto = min(grid.rows_final_after(index), src.height)
-            if upto > blender.base:
-                base = blender.base
-                ids, confidence, _ = blender.pop(upto, refine)
-                out = Window(0, base, src.width, upto - base)
-                ids_dst.write(ids[:, : src.width], 1, window=out)
-                conf_dst.write(confidence[:, : src.width], 1, window=out)
+        rows = blended_rows(model, meta, src, path, bands, grid, config, on_windows=bar.update)
+        for _, base, ids, confidence in rows:
+            out = Window(0, base, src.width, ids.shape[0])
+            ids_dst.write(ids, 1, window=out)
+            conf_dst.write(confidence, 1, window=out)
     bar.close()
 
 
