@@ -22,9 +22,20 @@ from geoseg.io.sources import band_names, usable_bands
 if TYPE_CHECKING:  # only its shape: inference sits below the model files (docs/architecture.md)
     from geoseg.models.bundle import ModelMeta
 
-__all__ = ["MIN_SIDE", "check_bands", "predict_probabilities", "resolve_device", "window_probabilities"]
+__all__ = [
+    "CPU_FORWARD_PIXELS",
+    "MIN_SIDE",
+    "check_bands",
+    "predict_probabilities",
+    "resolve_device",
+    "window_probabilities",
+]
 
 MIN_SIDE = 8  # the trunk pools once: a window needs a few pixels on each side
+# Pixels per forward pass on a CPU. Beyond about one 512 px window the activations leave the
+# caches: five 512 px windows in one pass run at 1.5 Mpx/s, one at a time at 2.3 (small
+# preset, 2 cores, bench/RESULTS.md "Default window"). GPUs take the whole batch at once.
+CPU_FORWARD_PIXELS = 512 * 512
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,8 +84,10 @@ def predict_probabilities(
     if scale != 1.0:  # an even size at the model's scale keeps the pooling geometry exact
         size = (max(MIN_SIDE, 2 * round(h * scale / 2)), max(MIN_SIDE, 2 * round(w * scale / 2)))
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    x = x.contiguous(memory_format=torch.channels_last)
+    per_pass = len(x) if x.device.type != "cpu" else max(1, CPU_FORWARD_PIXELS // (x.shape[-2] * x.shape[-1]))
     with torch.inference_mode():
-        probs = model(x.contiguous(memory_format=torch.channels_last), heads=head)[head][0]
+        probs = torch.cat([model(part, heads=head)[head][0] for part in x.split(per_pass)])
     if probs.shape[-2:] != (h, w):
         probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
     return probs.contiguous()

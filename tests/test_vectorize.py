@@ -20,7 +20,7 @@ from rasterio.crs import CRS
 from geoseg.cli import main
 from geoseg.config import SegmentConfig, VectorizeConfig
 from geoseg.errors import ConfigError, InputError
-from geoseg.vectorize import vector_style_path, vectorize
+from geoseg.vectorize import polygons_from_geojson, vector_style_path, vectorize
 
 NODATA = 255
 # every GeoPackage holds its polygons and QGIS's layer_styles table; readers default to the first
@@ -242,3 +242,17 @@ def test_one_block_size_bound_for_the_library_the_cli_and_segment(
     assert message in capsys.readouterr().err and not list(tmp_path.iterdir())
     assert SegmentConfig(vectorize_block=64).vectorize_config() == VectorizeConfig(block_size=64)
     assert VectorizeConfig().block_size == SegmentConfig().vectorize_block  # the same default
+
+
+def test_polygons_built_in_one_call_are_shapelys_polygons() -> None:
+    from rasterio.features import shapes
+
+    rng = np.random.default_rng(0)
+    data = np.repeat(np.repeat(rng.integers(0, 4, (24, 24)).astype(np.uint8), 5, 0), 5, 1)
+    data[rng.random(data.shape) < 0.03] = 9  # single pixels: holes in their neighbours
+    found = [geojson for geojson, _ in shapes(data, connectivity=8)]
+    built = polygons_from_geojson(found)
+    expected = np.asarray([shapely.geometry.shape(g) for g in found], dtype=object)
+    assert any(len(g["coordinates"]) > 1 for g in found)  # polygons with holes are covered
+    assert shapely.to_wkb(built).tolist() == shapely.to_wkb(expected).tolist()
+    assert len(polygons_from_geojson([])) == 0
