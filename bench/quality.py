@@ -489,6 +489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--iic-scale", type=float, default=1.0, help="IIC ingest scale (segment follows it)")
     parser.add_argument("--iic-batch-size", type=int, default=16)
     parser.add_argument("--iic-lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--iic-subheads", type=int, default=1, help="IIC sub-heads (the lowest-loss one predicts)"
+    )
     parser.add_argument("--picie-steps", type=int, default=500, help="PiCIE training steps per run")
     parser.add_argument("--picie-lr", type=float, default=1e-3)
     parser.add_argument("--picie-batch-size", type=int, default=8)
@@ -539,7 +542,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         s_steps=args.cirs_s_steps,
     )
     IIC_TRAINING.update(
-        steps=args.iic_steps, preset=args.iic_preset, batch_size=args.iic_batch_size, lr=args.iic_lr
+        steps=args.iic_steps,
+        preset=args.iic_preset,
+        batch_size=args.iic_batch_size,
+        lr=args.iic_lr,
+        subheads=args.iic_subheads,
     )
     IIC_INGEST.update(patch_size=args.iic_patch, scale=args.iic_scale)
     PICIE_TRAINING.update(
@@ -611,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             f"IIC: IngestConfig(patch_size={args.iic_patch}, scale={args.iic_scale}); TrainConfig(k = classes, "
             f"k_a = 4k, steps={args.iic_steps}, preset={args.iic_preset!r}, batch_size={args.iic_batch_size}, "
-            f"lr={args.iic_lr}, other settings default); SegmentConfig defaults (inference at the training "
+            f"lr={args.iic_lr}, subheads={args.iic_subheads}, other settings default); SegmentConfig defaults (inference at the training "
             "scale, output at the source resolution).",
         ]
     else:

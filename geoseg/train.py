@@ -31,6 +31,9 @@ the last good one stays.
 Checkpoint selection without labels: at every checkpoint the exponential moving average
 of the head-B training loss is compared with the best so far; the bundle keeps the
 weights with the lowest one, and model.json records the rule, the step and the value.
+A method that trains several sub-heads (IIC's ``subheads``) also keeps each sub-head's
+average; the bundle predicts with the sub-head whose average was lowest at the kept step
+(IIC's own rule for its sub-heads), moved to the front.
 """
 
 from __future__ import annotations
@@ -71,7 +74,15 @@ from geoseg.methods.iic import pair_losses
 from geoseg.models.bundle import META, ModelMeta, default_clusters, load_bundle, save_bundle
 from geoseg.progress import Progress, progress_bar
 
-__all__ = ["build_network", "pair_losses", "read_metrics", "resolve_device", "train", "work_dir"]
+__all__ = [
+    "build_network",
+    "chosen_subhead",
+    "pair_losses",
+    "read_metrics",
+    "resolve_device",
+    "train",
+    "work_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +108,8 @@ class TrainState:
     ema_b: float | None = None
     best_step: int | None = None
     best_ema_b: float | None = None
+    ema_subheads: list[float] | None = None  # head B's smoothed loss per sub-head
+    best_subheads: list[float] | None = None  # ... at the kept step
     history: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
@@ -195,6 +208,8 @@ def _train(
         return out
     if state.best_step is not None and (work / BEST_WEIGHTS).is_file():
         model.load_state_dict(load_file(str(work / BEST_WEIGHTS), device=str(device)))
+    if (subhead := chosen_subhead(state)) is not None:
+        model.lead_with_subhead(subhead)  # type: ignore[operator]
     meta = _model_meta(model, config, dataset, state, rgb, device)
     save_bundle(model, meta, out, overwrite=overwrite)
     write_text_atomic(out / METRICS, (work / METRICS).read_text() if (work / METRICS).is_file() else "")
@@ -263,10 +278,14 @@ def _run(
             if "b" in values:
                 b = values["b"]
                 state.ema_b = b if state.ema_b is None else EMA_DECAY * state.ema_b + (1 - EMA_DECAY) * b
+            subheads = out.subhead_losses.tolist() if out.subhead_losses is not None else None
+            if subheads is not None:
+                state.ema_subheads = _smoothed(state.ema_subheads, subheads)
             record = {
                 "step": state.step,
                 **{f"loss_{h}": v for h, v in values.items()},
                 "ema_b": state.ema_b,
+                **({"loss_b_subheads": subheads} if subheads is not None else {}),
                 "seconds": round(time.perf_counter() - started, 3),
             }
             if ctx.is_main:
@@ -280,6 +299,18 @@ def _run(
                 top_share.zero_()
                 _checkpoint(model, optimizer, state, record, work)
     bar.close()
+
+
+def _smoothed(ema: list[float] | None, values: list[float]) -> list[float]:
+    if ema is None:
+        return values
+    return [EMA_DECAY * e + (1 - EMA_DECAY) * v for e, v in zip(ema, values, strict=True)]
+
+
+def chosen_subhead(state: TrainState) -> int | None:
+    """The sub-head with the lowest smoothed head-B loss at the kept step (None: one sub-head)."""
+    emas = state.best_subheads
+    return None if not emas else min(range(len(emas)), key=emas.__getitem__)
 
 
 def _check_collapse(top_share: torch.Tensor, config: TrainConfig, step: int, work: Path, bar: Any) -> None:
@@ -315,6 +346,7 @@ def _checkpoint(
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if state.ema_b is not None and (state.best_ema_b is None or state.ema_b < state.best_ema_b):
         state.best_ema_b, state.best_step = state.ema_b, state.step
+        state.best_subheads = state.ema_subheads
         with atomic_path(work / BEST_WEIGHTS) as tmp:
             save_file(weights, str(tmp))
     tensors, groups = optimizer_to_tensors(optimizer)
@@ -472,6 +504,8 @@ def _model_meta(
             "labels_used": False,
             "step": state.best_step if state.best_step is not None else state.step,
             "ema_loss_b": state.best_ema_b,
+            "subhead": chosen_subhead(state),
+            "subhead_ema_loss_b": state.best_subheads,
             "final_step": state.step,
         },
     )

@@ -143,6 +143,16 @@ class IICNet(NormalisedNet):
             raise ConfigError(f"model expects {self.arch.in_channels} bands, got {x.shape[1]}")
         return self.trunk(self.normalise(x))
 
+    def lead_with_subhead(self, index: int) -> None:
+        """Make sub-head ``index`` the first of both heads: the one inference predicts with."""
+        if not 0 <= index < self.arch.subheads:
+            raise ConfigError(f"sub-head {index} not in [0, {self.arch.subheads})")
+        for head in (self.head_a, self.head_b):
+            order = [index, *(i for i in range(len(head)) if i != index)]
+            modules = [head[i] for i in order]
+            for i, module in enumerate(modules):
+                head[i] = module
+
     def forward(self, x: torch.Tensor, heads: str = "ab") -> dict[str, list[torch.Tensor]]:
         """Softmax maps (N, k, H, W) at input resolution, per head ("a", "b") and sub-head."""
         size = x.shape[-2:]

@@ -42,6 +42,9 @@ class StepOutput:
     losses: dict[str, torch.Tensor]
     labels: torch.Tensor | None = None  # (N, h, w) long
     mask: torch.Tensor | None = None  # (N, h, w) bool
+    # head B's loss per sub-head (S,), detached, where a method trains S > 1 of them: the
+    # label-free choice of the sub-head the bundle predicts with (geoseg.train)
+    subhead_losses: torch.Tensor | None = None
 
 
 class Method(Protocol):

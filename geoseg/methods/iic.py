@@ -37,6 +37,26 @@ def _pair_maps(
     return maps, warp, mask
 
 
+def _subhead_losses(
+    maps: dict[str, list[torch.Tensor]],
+    warp: Warp,
+    mask: torch.Tensor,
+    n: int,
+    config: TrainConfig,
+    reduce: Reduce | None,
+) -> dict[str, torch.Tensor]:
+    """IIC loss of every sub-head, (S,) per head."""
+    losses = {}
+    for head, outs in maps.items():
+        lamb = config.lamb_a if head == "a" else config.lamb_b
+        per_sub = [
+            iic_segmentation_loss(p[:n], warp.invert(p[n:].float()), config.half_t, lamb, mask, reduce)
+            for p in outs
+        ]
+        losses[head] = torch.stack(per_sub)
+    return losses
+
+
 def _losses(
     maps: dict[str, list[torch.Tensor]],
     warp: Warp,
@@ -45,15 +65,9 @@ def _losses(
     config: TrainConfig,
     reduce: Reduce | None,
 ) -> dict[str, torch.Tensor]:
-    losses = {}
-    for head, outs in maps.items():
-        lamb = config.lamb_a if head == "a" else config.lamb_b
-        per_sub = [
-            iic_segmentation_loss(p[:n], warp.invert(p[n:].float()), config.half_t, lamb, mask, reduce)
-            for p in outs
-        ]
-        losses[head] = torch.stack(per_sub).mean()
-    return losses
+    return {
+        head: per_sub.mean() for head, per_sub in _subhead_losses(maps, warp, mask, n, config, reduce).items()
+    }
 
 
 def pair_losses(
@@ -101,9 +115,11 @@ class IICMethod:
         # The paper alternates heads; "sum" trains both every step on one trunk pass.
         heads = ("a" if step % 2 == 0 else "b") if config.head_schedule == "alternate" else "ab"
         maps, warp, mask = _pair_maps(model, x, valid, transform, generator, heads)
-        losses = _losses(maps, warp, mask, x.shape[0], config, reduce)
+        per_sub = _subhead_losses(maps, warp, mask, x.shape[0], config, reduce)
+        losses = {head: values.mean() for head, values in per_sub.items()}
         labels = maps["b"][0][: x.shape[0]].detach().argmax(1) if "b" in maps else None
-        return StepOutput(sum(losses.values()), losses, labels, mask)  # type: ignore[arg-type]
+        subheads = per_sub["b"].detach() if "b" in per_sub and len(per_sub["b"]) > 1 else None
+        return StepOutput(sum(losses.values()), losses, labels, mask, subheads)  # type: ignore[arg-type]
 
     def loss_settings(self, config: TrainConfig) -> dict[str, Any]:
         return {

@@ -81,6 +81,29 @@ def test_bundle_metadata_and_label_free_selection(trained, dubai_store: Path) ->
     assert all(torch.equal(best[k], weights[k]) for k in weights)
 
 
+def test_the_bundle_predicts_with_the_sub_head_of_lowest_smoothed_loss(
+    dubai_store: Path, tmp_path: Path
+) -> None:
+    config = TrainConfig(steps=8, checkpoint_every=4, subheads=3, **FAST)
+    out = train(dubai_store, tmp_path / "model", config, progress=False)
+    selection = json.loads((out / "model.json").read_text())["selection"]
+    rows = read_metrics(out / "metrics.jsonl")
+    assert all(np.mean(r["loss_b_subheads"]) == pytest.approx(r["loss_b"], rel=1e-5) for r in rows)
+    ema = np.asarray(rows[0]["loss_b_subheads"])  # recomputed from the logged per-step losses
+    for row in rows[1 : selection["step"]]:
+        ema = 0.95 * ema + 0.05 * np.asarray(row["loss_b_subheads"])
+    assert selection["subhead_ema_loss_b"] == pytest.approx(ema.tolist(), rel=1e-6)
+    chosen = int(np.argmin(ema))
+    assert selection["subhead"] == chosen
+    best = load_file(str(work_dir(out) / "best.safetensors"))  # sub-heads in training order
+    weights = load_file(str(out / "weights.safetensors"))
+    order = [chosen, *(i for i in range(3) if i != chosen)]
+    for head in ("head_a", "head_b"):
+        for slot, trained_as in enumerate(order):
+            assert torch.equal(weights[f"{head}.{slot}.weight"], best[f"{head}.{trained_as}.weight"])
+    assert not torch.equal(best["head_b.0.weight"], best["head_b.1.weight"])
+
+
 def test_saved_and_reloaded_bundle_predicts_identically(trained, dubai_store: Path, tmp_path: Path) -> None:
     out, _ = trained
     model, meta = load_bundle(out)
