@@ -302,8 +302,18 @@ CIRS_TRAINING: dict = {"steps": 500, "preset": "small"}  # set from the command 
 _TRAINING = {"lgmi": LGMI_TRAINING, "cirs": CIRS_TRAINING}
 
 
-def _learned(method: str) -> Callable[[Split, list[Path], list[Path], int, Path], list[Path]]:
-    """Ingest the fit images, train ``method`` (seeded), segment the sources (lazy imports)."""
+REFINED = "+sp"  # a learned method's variant segmented with --refine superpixels
+
+
+def _learned(
+    method: str, refine: str | None = None
+) -> Callable[[Split, list[Path], list[Path], int, Path], list[Path]]:
+    """Ingest the fit images, train ``method`` (seeded), segment the sources (lazy imports).
+
+    With ``refine``, the bundle the plain method trained for the same split, protocol and
+    seed (in its folder under --work) is reused when it exists: the two rows then differ
+    only by the segment stage's refinement.
+    """
 
     def run(split: Split, fit_images: list[Path], sources: list[Path], seed: int, out: Path) -> list[Path]:
         from geoseg.config import IngestConfig, SegmentConfig, TrainConfig
@@ -311,17 +321,25 @@ def _learned(method: str) -> Callable[[Split, list[Path], list[Path], int, Path]
         from geoseg.segment import segment
         from geoseg.train import train
 
-        store = ingest(
-            [str(p) for p in fit_images], out / "patches.zarr", IngestConfig(**IIC_INGEST), progress=False
-        )
-        if method == "iic":
-            config = TrainConfig(k=split.k, k_a=split.k * 4, seed=seed, **IIC_TRAINING)
-        else:
-            config = TrainConfig(method=method, k=split.k, seed=seed, **_TRAINING.get(method, PICIE_TRAINING))
-        bundle = train(store, out / "model", config, progress=False)
+        plain = out.parents[1].name.removesuffix(REFINED) if refine else out.parents[1].name
+        bundle = out.parents[2] / plain / out.parent.name / out.name / "model"
+        if not (refine and (bundle / "model.json").is_file()):
+            store = ingest(
+                [str(p) for p in fit_images],
+                bundle.parent / "patches.zarr",
+                IngestConfig(**IIC_INGEST),
+                progress=False,
+            )
+            if method == "iic":
+                config = TrainConfig(k=split.k, k_a=split.k * 4, seed=seed, **IIC_TRAINING)
+            else:
+                config = TrainConfig(
+                    method=method, k=split.k, seed=seed, **_TRAINING.get(method, PICIE_TRAINING)
+                )
+            train(store, bundle, config, progress=False)
         written = {}
         for files, folder in _by_folder(sources, out / "pred"):
-            segment(bundle, files, folder, SegmentConfig(vectorize=False), progress=False)
+            segment(bundle, files, folder, SegmentConfig(vectorize=False, refine=refine), progress=False)
             written.update({f: folder / f"{f.stem}_clusters.tif" for f in files})
         return _ordered(sources, written)
 
@@ -338,6 +356,9 @@ METHODS: dict[str, Callable[[Split, list[Path], list[Path], int, Path], list[Pat
     "PiCIE": _learned("picie"),
     "LGMI": _learned("lgmi"),
     "CIRS": _learned("cirs"),
+    **{
+        f"{name}{REFINED}": _learned(name.lower(), "superpixels") for name in ("IIC", "PiCIE", "LGMI", "CIRS")
+    },
 }
 LEARNED = ("IIC", "PiCIE", "LGMI", "CIRS")  # the methods that train a network (geoseg.methods)
 # command-line spellings: --methods iic,picie,k-means,random-net
@@ -583,6 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{k[0]}|{k[1]}|{k[2]}|{k[3]}": {"accuracy": r["accuracy"], "miou": r["miou"]}
         for k, r in results.items()
     }
+    if (work / "quality.json").is_file():  # a later run in the same --work adds its rows
+        summary = json.loads((work / "quality.json").read_text()) | summary
     (work / "quality.json").write_text(json.dumps(summary, indent=2))
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, Python {platform.python_version()}, "
