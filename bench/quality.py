@@ -513,6 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--iic-subheads", type=int, default=1, help="IIC sub-heads (the lowest-loss one predicts)"
     )
+    parser.add_argument(
+        "--iic-lamb", type=float, default=1.0, help="IIC's lambda (both heads): < 1 allows uneven clusters"
+    )
     parser.add_argument("--picie-steps", type=int, default=500, help="PiCIE training steps per run")
     parser.add_argument("--picie-lr", type=float, default=1e-3)
     parser.add_argument("--picie-batch-size", type=int, default=8)
@@ -568,6 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.iic_batch_size,
         lr=args.iic_lr,
         subheads=args.iic_subheads,
+        lamb_a=args.iic_lamb,
+        lamb_b=args.iic_lamb,
     )
     IIC_INGEST.update(patch_size=args.iic_patch, scale=args.iic_scale)
     PICIE_TRAINING.update(
@@ -641,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             f"IIC: IngestConfig(patch_size={args.iic_patch}, scale={args.iic_scale}); TrainConfig(k = classes, "
             f"k_a = 4k, steps={args.iic_steps}, preset={args.iic_preset!r}, batch_size={args.iic_batch_size}, "
-            f"lr={args.iic_lr}, subheads={args.iic_subheads}, other settings default); SegmentConfig defaults (inference at the training "
+            f"lr={args.iic_lr}, subheads={args.iic_subheads}, lambda={args.iic_lamb}, other settings default); SegmentConfig defaults (inference at the training "
             "scale, output at the source resolution).",
         ]
     else:
