@@ -70,9 +70,10 @@ class Block:
 
 @dataclass
 class BlockPolygons:
-    """Polygons of one block: WKB in global pixel coordinates, cluster ids, seam flags."""
+    """Polygons of one block in global pixel coordinates, cluster ids, seam flags. Shapely
+    geometries pickle as WKB where a block crosses processes; in-process they stay objects."""
 
-    wkb: np.ndarray
+    geometry: np.ndarray
     values: np.ndarray
     on_seam: np.ndarray
 
@@ -168,7 +169,7 @@ def polygonize_block(
         seams |= bounds[:, 1] <= block.row
     if block.row + block.height < height:
         seams |= bounds[:, 3] >= block.row + block.height
-    return BlockPolygons(shapely.to_wkb(geometry), np.asarray(values, np.int32), seams)
+    return BlockPolygons(geometry, np.asarray(values, np.int32), seams)
 
 
 def make_valid(geometry: np.ndarray) -> np.ndarray:
@@ -361,7 +362,7 @@ def vectorize(
         for b in blocks(shape[0], shape[1], block_size)
     ]
     parts = _compute(tasks, dask_address)
-    geometry = shapely.from_wkb(np.concatenate([p.wkb for p in parts]))
+    geometry = np.concatenate([p.geometry for p in parts])
     values = np.concatenate([p.values for p in parts])
     on_seam = np.concatenate([p.on_seam for p in parts])
     geometry, values = merge_seams(geometry, values, on_seam)
