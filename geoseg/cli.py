@@ -20,6 +20,8 @@ from pathlib import Path
 from geoseg import __version__
 from geoseg.errors import GeosegError
 
+__all__ = ["build_parser", "main"]
+
 NEARLY_FULL_BYTES = 1 << 20  # a failure with less free space than this is reported as disk full
 
 Command = Callable[[argparse.Namespace], int]

@@ -64,6 +64,8 @@ from geoseg.io.sources import (
 from geoseg.io.store import IMAGES, LABELS, ORIGIN, VALID, SourceInfo, StoreMeta, open_store
 from geoseg.progress import Progress, progress_bar
 
+__all__ = ["PROGRESS_DIR", "ingest"]
+
 log = logging.getLogger(__name__)
 
 PROGRESS_DIR = ".progress"
