@@ -28,6 +28,7 @@ from geoseg.io.outputs import OUTPUT_ASSETS, WEIGHTS_MEDIA_TYPE, ZARR_MEDIA_TYPE
 from geoseg.stac.items import raster_item, save_catalog
 
 __all__ = [
+    "RUN_CATALOG_ID",
     "export_catalog",
     "model_item",
     "run_prediction_item",
