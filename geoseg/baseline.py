@@ -31,6 +31,16 @@ from geoseg.io.preview import write_preview
 from geoseg.io.sources import finite_mask, open_dataset, usable_bands
 from geoseg.io.style import StyleClass, paletted_raster_qml
 
+__all__ = [
+    "PixelKMeans",
+    "fit_kmeans",
+    "kmeans_baseline",
+    "predict_kmeans",
+    "random_net_baseline",
+    "sample_pixels",
+    "source_bands",
+]
+
 log = logging.getLogger(__name__)
 
 STAGE = "baseline"  # names the outputs' manifest: .<stem>.geoseg-baseline.json

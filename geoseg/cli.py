@@ -20,6 +20,8 @@ from pathlib import Path
 from geoseg import __version__
 from geoseg.errors import GeosegError
 
+__all__ = ["build_parser", "main"]
+
 NEARLY_FULL_BYTES = 1 << 20  # a failure with less free space than this is reported as disk full
 
 Command = Callable[[argparse.Namespace], int]
@@ -68,6 +70,12 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workers", type=int, default=d.workers, help="threads of the local Dask scheduler")
     p.add_argument("--dask-address", default=None, help="join an existing Dask scheduler")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a patch store of other inputs or settings at --out: the new one is built "
+        "beside it and swapped in when complete (a folder that is not a geoseg store is never replaced)",
+    )
     p.set_defaults(run=_run_ingest)
 
 
@@ -84,7 +92,14 @@ def _run_ingest(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         workers=args.workers,
     )
-    store = ingest(args.src, args.out, config, labels=args.labels, dask_address=args.dask_address)
+    store = ingest(
+        args.src,
+        args.out,
+        config,
+        labels=args.labels,
+        dask_address=args.dask_address,
+        overwrite=args.overwrite,
+    )
     print(store)
     return 0
 

@@ -12,6 +12,22 @@ from typing import Any, Literal
 
 from geoseg.errors import ConfigError
 
+__all__ = [
+    "METHODS",
+    "METHOD_SETTINGS",
+    "AlignConfig",
+    "BaselineConfig",
+    "EvaluateConfig",
+    "IngestConfig",
+    "PromotionConfig",
+    "RunConfig",
+    "SegmentConfig",
+    "SuperpixelConfig",
+    "TrainConfig",
+    "VectorizeConfig",
+    "path_fields",
+]
+
 # Field metadata of settings that name a file or folder: callers that must keep every path
 # inside allowed roots (the flows) find them with path_fields().
 PATH = {"path": True}

@@ -40,6 +40,25 @@ from rasterio.windows import Window
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.sources import open_dataset
 
+__all__ = [
+    "COLOUR_OBJECT",
+    "DATASETS",
+    "DUBAI",
+    "IGNORE",
+    "ISPRS_IDS",
+    "ISPRS_RGB",
+    "LOVEDA",
+    "POTSDAM3",
+    "SYNTHETIC",
+    "TORCHGEO_ISPRS_ORDER",
+    "LabelDataset",
+    "decode_palette",
+    "expand_colormap",
+    "get_dataset",
+    "load_palette",
+    "read_label",
+]
+
 IGNORE = 255
 
 

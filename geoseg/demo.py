@@ -17,6 +17,17 @@ from typing import Any
 
 from geoseg.errors import InputError
 
+__all__ = [
+    "DEMO_K",
+    "DEMO_PATCH",
+    "DEMO_SEED",
+    "DEMO_SIZE",
+    "DEMO_STEPS",
+    "demo_parameters",
+    "describe",
+    "summary",
+]
+
 DEMO_SIZE = 768
 DEMO_SEED = 0
 DEMO_PATCH = 64

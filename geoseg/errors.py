@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["BusyError", "ConfigError", "GeosegError", "InputError", "OutputError", "TrainingError"]
+
 
 class GeosegError(Exception):
     """Base class: a problem the user can fix (bad input, bad parameters)."""

@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +50,7 @@ from geoseg.config import IngestConfig
 from geoseg.datasets import IGNORE, LabelDataset, expand_colormap, get_dataset
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.cog import GDAL_CACHE_BYTES
-from geoseg.io.fileio import check_writable, locked, sha256_file, write_json_atomic
+from geoseg.io.fileio import atomic_path, check_writable, locked, sha256_file, write_json_atomic
 from geoseg.io.shards import write_shard
 from geoseg.io.sources import (
     RasterInfo,
@@ -63,6 +64,8 @@ from geoseg.io.sources import (
 )
 from geoseg.io.store import IMAGES, LABELS, ORIGIN, VALID, SourceInfo, StoreMeta, open_store
 from geoseg.progress import Progress, progress_bar
+
+__all__ = ["PROGRESS_DIR", "ingest"]
 
 log = logging.getLogger(__name__)
 
@@ -209,34 +212,89 @@ def ingest(
     labels: Sequence[str | Path] | None = None,
     dask_address: str | None = None,
     progress: Progress = True,
+    overwrite: bool = False,
 ) -> Path:
     """Tile sources (and optional labels) into the patch store ``out``; return its path.
 
     Idempotent: a complete store of the same inputs and settings is returned as it is; an
-    incomplete one resumes. A store of other inputs is never overwritten (ConfigError).
+    interrupted one resumes. A store of other inputs or settings is refused (ConfigError)
+    unless ``overwrite``: then a new store is built beside it and swapped in once complete,
+    so a failed run leaves the old store as it was. ``overwrite`` replaces only a patch
+    store geoseg wrote (its ``geoseg`` attributes); any other file or folder is refused.
     """
     config.validate()
     out = Path(out)
     check_writable(out if out.is_dir() else out.parent)
     plan = plan_ingest(sources, config, labels)
     with locked(out, "patch store", beside=True):  # zarr recreates the store folder itself
-        return _ingest(out, plan, config, labels, dask_address, progress)
+        _remove_dead_builds(out)
+        action = _action(out, plan.fingerprint, overwrite)
+        if action == "done":
+            log.info("%s is complete for these inputs: nothing to do", out)
+            return out
+        if action == "replace":
+            log.info("building a new %s beside the old one (--overwrite)", out)
+            with atomic_path(out, replace_folder=True) as fresh:  # _action checked it is a store
+                plan = _write(fresh, plan, config, labels, dask_address, progress, out.name, resume=False)
+        else:
+            plan = _write(out, plan, config, labels, dask_address, progress, out.name, action == "resume")
+        _write_catalog(out, plan, fresh=action == "replace")
+        return out
 
 
-def _ingest(
+def _action(out: Path, fingerprint: str, overwrite: bool) -> str:
+    """What to do with ``out``, decided before any work: "create" (nothing there), "resume"
+    (an interrupted store of these inputs), "done" (a complete one), "replace" (a store,
+    with ``overwrite``). A foreign file or folder, or without ``overwrite`` a store of other
+    inputs or settings, is refused with one line naming it."""
+    if not out.exists() or _empty_folder(out):
+        return "create"
+    try:
+        meta = open_store(out, require_complete=False).meta
+    except InputError as exc:
+        raise ConfigError(
+            f"{out} exists and is not a geoseg patch store: choose another --out "
+            "(--overwrite replaces only a patch store geoseg wrote)"
+        ) from exc
+    if overwrite:
+        return "replace"
+    if meta.extra.get("fingerprint") == fingerprint:
+        return "done" if meta.complete else "resume"
+    state = "complete" if meta.complete else "interrupted"
+    raise ConfigError(
+        f"{out} is a {state} patch store of other inputs or settings: pass --overwrite to replace it "
+        "or choose another --out"
+    )
+
+
+def _empty_folder(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def _remove_dead_builds(out: Path) -> None:
+    """Remove stores that killed ``overwrite`` runs left half built beside ``out``
+    (``.NAME.tmp-PID.SUFFIX``, atomic_path's name). Called under the store's lock: no live
+    process is building one."""
+    build = re.compile(rf"^\.{re.escape(out.name)}\.tmp-\d+{re.escape(out.suffix)}$")
+    for entry in out.parent.iterdir() if out.parent.is_dir() else ():
+        if build.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+
+
+def _write(
     out: Path,
     plan: Plan,
     config: IngestConfig,
     labels: Sequence[str | Path] | None,
     dask_address: str | None,
     progress: Progress,
-) -> Path:
-    if _existing_matches(out, plan.fingerprint):
-        log.info("%s is complete for these inputs: nothing to do", out)
-        return out
-    n_bands = len(plan.sources[0].info.bands)
-    if not _resumable(out, plan.fingerprint):
-        _create(out, plan, config, n_bands, with_labels=labels is not None)
+    name: str,
+    resume: bool,
+) -> Plan:
+    """Write (or finish) the store at ``out`` and mark it complete; returns the plan with
+    the inputs' digests. ``name``: the store's name for the progress bar."""
+    if not resume:
+        _create(out, plan, config, len(plan.sources[0].info.bands), with_labels=labels is not None)
     progress_dir = out / PROGRESS_DIR
     progress_dir.mkdir(exist_ok=True)
     n = len(plan.origins)
@@ -248,9 +306,7 @@ def _ingest(
     groups = _task_groups(todo, plan.origins, per_shard)
     tasks = [dask.delayed(_write_shards)(str(out), group, plan, config) for group in groups]
     files = [f for s in plan.sources for f in s.files]
-    digests = iter(
-        _run(tasks, files, len(todo), config.workers, dask_address, progress, f"ingest {out.name}")
-    )
+    digests = iter(_run(tasks, files, len(todo), config.workers, dask_address, progress, f"ingest {name}"))
     plan = replace(
         plan,
         sources=[
@@ -261,34 +317,7 @@ def _ingest(
     stats = [json.loads((progress_dir / f"{s}.json").read_text()) for s in shards]
     _finish(out, plan, stats)
     shutil.rmtree(progress_dir, ignore_errors=True)
-    _write_catalog(out, plan)
-    return out
-
-
-def _existing_matches(out: Path, fingerprint: str) -> bool:
-    if not out.exists() or _empty_folder(out):
-        return False
-    try:
-        store = open_store(out, require_complete=False)
-    except InputError as exc:
-        raise ConfigError(f"{out} exists and is not a geoseg patch store; choose another --out") from exc
-    same = store.meta.extra.get("fingerprint") == fingerprint
-    if store.meta.complete and not same:
-        raise ConfigError(
-            f"{out} is a complete patch store of other inputs or settings; remove it or choose another --out"
-        )
-    return store.meta.complete and same
-
-
-def _empty_folder(path: Path) -> bool:
-    return path.is_dir() and not any(path.iterdir())
-
-
-def _resumable(out: Path, fingerprint: str) -> bool:
-    if not out.exists() or _empty_folder(out):
-        return False
-    store = open_store(out, require_complete=False)
-    return store.meta.extra.get("fingerprint") == fingerprint
+    return plan
 
 
 def _create(out: Path, plan: Plan, config: IngestConfig, n_bands: int, with_labels: bool) -> None:
@@ -546,12 +575,30 @@ def _finish(out: Path, plan: Plan, stats: list[dict[str, Any]]) -> None:
     group.attrs["geoseg"] = meta.to_attrs()
 
 
-def _write_catalog(out: Path, plan: Plan) -> Path:
-    """A STAC catalog of the ingested inputs next to the store: ``<store>.stac/``."""
-    from geoseg.stac.catalog import survey_item, update_run_catalog
+def _write_catalog(out: Path, plan: Plan, fresh: bool = False) -> Path:
+    """A STAC catalog of the ingested inputs next to the store: ``<store>.stac/``.
+
+    ``fresh`` (the store was replaced): a new catalog swapped in for the old one, whose
+    survey items described the old store's inputs. Only a geoseg run catalog is replaced;
+    anything else there is added to, as without ``fresh``.
+    """
+    from geoseg.stac.catalog import RUN_CATALOG_ID, survey_item, update_run_catalog
 
     items = [survey_item(s.info.path, out, sha256=s.sha256) for s in plan.sources if s.info.crs is not None]
-    return update_run_catalog(out.with_name(out.name + ".stac"), items)
+    catalog_dir = out.with_name(out.name + ".stac")
+    if not (fresh and _catalog_id(catalog_dir) == RUN_CATALOG_ID):
+        return update_run_catalog(catalog_dir, items)
+    with atomic_path(catalog_dir, replace_folder=True) as new:
+        update_run_catalog(new, items)
+    return catalog_dir / "catalog.json"
+
+
+def _catalog_id(catalog_dir: Path) -> str | None:
+    """The id in ``catalog_dir/catalog.json``; None without a readable one."""
+    try:
+        return json.loads((catalog_dir / "catalog.json").read_text()).get("id")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # --- running ------------------------------------------------------------------------------

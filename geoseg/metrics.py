@@ -25,6 +25,22 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+__all__ = [
+    "NO_ID",
+    "UNMAPPED",
+    "Scores",
+    "ari",
+    "confusion_matrix",
+    "hungarian_mapping",
+    "majority_mapping",
+    "mapped_confusion",
+    "mean_iou",
+    "nmi",
+    "per_class_iou",
+    "pixel_accuracy",
+    "score",
+]
+
 NO_ID = 255  # "no prediction" in cluster rasters, "ignore" in label rasters
 UNMAPPED = -1
 

@@ -47,7 +47,6 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from geoseg.baseline import (
-    NODATA,
     _colours,
     _companions,
     _prepare,
@@ -60,6 +59,7 @@ from geoseg.errors import InputError
 from geoseg.io import outputs
 from geoseg.io.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
 from geoseg.io.fileio import write_json_atomic
+from geoseg.io.outputs import NODATA
 from geoseg.io.sources import open_dataset
 from geoseg.models.bundle import CLUSTERS_TAG, Cluster, clusters_to_tag
 

@@ -45,6 +45,26 @@ from geoseg.errors import ConfigError
 from geoseg.io.fileio import atomic_path, write_json_atomic
 from geoseg.io.preview import colourize, save_png
 
+__all__ = [
+    "APPLE",
+    "BANDS",
+    "BLUEBERRY",
+    "BUILDING",
+    "CAR",
+    "GRASS",
+    "LEMON",
+    "ROAD",
+    "SKY",
+    "TREE",
+    "WATER",
+    "ColourObjectFiles",
+    "SceneFiles",
+    "class_shares",
+    "colour_object_image",
+    "generate_colour_object",
+    "generate_scene",
+]
+
 ROAD, BUILDING, TREE, GRASS, CAR, WATER = range(6)
 BANDS = {"rgb": ("red", "green", "blue"), "rgbn": ("red", "green", "blue", "nir")}
 

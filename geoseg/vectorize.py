@@ -51,6 +51,8 @@ from geoseg.io.outputs import NODATA, polygons_path, style_path
 from geoseg.io.style import LAYER_STYLES, StyleClass, categorized_vector_style, embed_layer_style
 from geoseg.models.bundle import CLUSTERS_TAG, clusters_from_tag, default_clusters
 
+__all__ = ["is_own_gpkg", "polygons_from_geojson", "vector_style_path", "vectorize"]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_NODATA = NODATA  # a cluster raster without a nodata tag: geoseg's own

@@ -14,6 +14,7 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
+import zarr
 from affine import Affine
 from PIL import Image
 from rasterio.enums import ColorInterp, Resampling
@@ -394,3 +395,118 @@ def test_cli_exit_status_and_message(
     assert store.meta.complete and store.num_patches == 3 and store.labels is None  # (0,0), (0,64), (64,0)
     meta = json.loads((Path(out) / "zarr.json").read_text())["attributes"]["geoseg"]
     assert meta["patch_size"] == 64 and meta["sources"][0]["sha256"]
+
+
+# --- replacing a store ----------------------------------------------------------------------
+
+
+def _cli_error(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str]:
+    """Run ``geoseg`` in-process: (exit status, its one error line or '')."""
+    rc = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert len(lines) <= 1, err
+    return rc, lines[0] if lines else ""
+
+
+def _survey_ids(store: Path) -> set[str]:
+    catalog = pystac.Catalog.from_file(str(store.with_name(store.name + ".stac") / "catalog.json"))
+    return {item.id for item in catalog.get_items(recursive=True)}
+
+
+def test_a_store_of_other_inputs_is_replaced_only_with_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rng = np.random.default_rng(3)
+    first = write_tif(tmp_path / "first.tif", rng.integers(0, 255, (3, 96, 96), dtype=np.uint8))
+    second = write_tif(tmp_path / "second.tif", rng.integers(0, 255, (3, 64, 128), dtype=np.uint8))
+    out = tmp_path / "survey.zarr"
+    common = ["--out", out, "--patch-size", "32", "--workers", "1"]
+    assert _cli_error(capsys, "ingest", first, *common) == (0, "")
+    before = open_store(out).images[:]
+    first_ids = _survey_ids(out)
+
+    rc, line = _cli_error(capsys, "ingest", second, *common)
+    assert rc == 2 and str(out) in line and "--overwrite" in line and "other inputs" in line
+    kept = open_store(out)
+    assert kept.meta.sources[0].path == str(first.resolve()) and np.array_equal(kept.images[:], before)
+
+    assert _cli_error(capsys, "ingest", second, *common, "--overwrite") == (0, "")
+    replaced = open_store(out)
+    assert [s.path for s in replaced.meta.sources] == [str(second.resolve())]
+    canvas, valid = reassemble(out)
+    with rasterio.open(second) as src:
+        assert valid.all() and np.array_equal(canvas, src.read())
+    ids = _survey_ids(out)
+    assert len(ids) == 1 and not ids & first_ids  # the catalog describes the new store only
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".survey.zarr.")] == []
+
+
+def test_an_interrupted_store_of_other_inputs_is_refused_without_overwrite(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    first = write_tif(tmp_path / "first.tif", rng.integers(0, 255, (3, 64, 64), dtype=np.uint8))
+    out = tmp_path / "s.zarr"
+    config = IngestConfig(patch_size=32, workers=1)
+    ingest([first], out, config, progress=False)
+    group = zarr.open_group(str(out), mode="r+")  # as a run killed before its last write leaves it
+    group.attrs["geoseg"] = {**dict(group.attrs)["geoseg"], "complete": False}  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match=r"interrupted patch store of other inputs.*--overwrite"):
+        ingest([first], out, IngestConfig(patch_size=16, workers=1), progress=False)
+    assert open_store(out, require_complete=False).meta.patch_size == 32  # left as it was
+
+
+def test_a_failed_overwrite_leaves_the_old_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    first = write_tif(tmp_path / "first.tif", rng.integers(0, 255, (3, 64, 64), dtype=np.uint8))
+    second = write_tif(tmp_path / "second.tif", rng.integers(0, 255, (3, 64, 64), dtype=np.uint8))
+    out = tmp_path / "s.zarr"
+    config = IngestConfig(patch_size=16, patches_per_shard=4, workers=1)  # 16 patches, 4 shards
+    ingest([first], out, config, progress=False)
+    before = open_store(out).images[:]
+    real = ingest_module._write_shard
+
+    def fail_on_shard_2(out: str, shard: int, *args: object) -> None:
+        if shard == 2:
+            raise OSError(28, "No space left on device")
+        real(out, shard, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ingest_module, "_write_shard", fail_on_shard_2)
+    with pytest.raises(OSError, match="No space"):
+        ingest([second], out, config, progress=False, overwrite=True)
+    kept = open_store(out)  # still complete, still the first raster's
+    assert kept.meta.sources[0].path == str(first.resolve()) and np.array_equal(kept.images[:], before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.tif", "s.zarr", "s.zarr.stac", "second.tif"]
+
+
+def test_a_build_left_by_a_killed_overwrite_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    source = write_tif(tmp_path / "a.tif", rng.integers(0, 255, (3, 64, 64), dtype=np.uint8))
+    out = tmp_path / "s.zarr"
+    dead = tmp_path / ".s.zarr.tmp-999999999.zarr"  # atomic_path's name, a PID that cannot run
+    (dead / "images").mkdir(parents=True)
+    user_file = tmp_path / ".s.zarr.tmp-notes"  # not a build's name: kept
+    user_file.write_text("mine\n")
+    ingest([source], out, IngestConfig(patch_size=32, workers=1), progress=False)
+    assert not dead.exists() and user_file.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("foreign", ["folder of files", "zarr store of another tool", "file"])
+def test_a_foreign_out_is_refused_even_with_overwrite(
+    foreign: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = write_tif(tmp_path / "a.tif", np.random.default_rng(7).integers(0, 255, (3, 64, 64), np.uint8))
+    out = tmp_path / "data.zarr"
+    if foreign == "folder of files":
+        out.mkdir()
+        (out / "notes.txt").write_text("keep\n")
+    elif foreign == "zarr store of another tool":
+        zarr.open_group(str(out), mode="w", zarr_format=3).create_array("x", shape=(4,), dtype="uint8")
+    else:
+        out.write_text("keep\n")
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in [out, *out.rglob("*")] if p.is_file()}
+    for flags in ([], ["--overwrite"]):
+        rc, line = _cli_error(capsys, "ingest", source, "--out", out, "--patch-size", "32", *flags)
+        assert rc == 2 and str(out) in line and "not a geoseg patch store" in line, line
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in [out, *out.rglob("*")] if p.is_file()}
+    assert after == before and not out.with_name(out.name + ".stac").exists()

@@ -1,13 +1,16 @@
 """The package's face: ``import geoseg`` exposes the stage functions, configs and errors
-without loading torch or GDAL, and the import paths of moved modules still work."""
+without loading torch or GDAL, the import paths of moved modules still work, and every
+module says what its public names are (``__all__``)."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
 import json
+import pkgutil
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -83,3 +86,47 @@ def test_evaluate_the_package_is_reached_as_the_stage_was() -> None:
     parts = importlib.import_module("geoseg.evaluate")
     assert set(parts.__all__) == {"counts", "evaluate", "figures", "report", "stage"}
     assert [name for name in parts.__all__ if not hasattr(parts, name)] == []
+
+
+def all_problems(module: types.ModuleType) -> list[str]:
+    """What is wrong with ``module.__all__``: missing, not a list of strings, a name twice, or
+    a name the module does not define (for a package, a submodule counts once imported)."""
+    names = getattr(module, "__all__", None)
+    if names is None:
+        return [f"{module.__name__}: no __all__"]
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        return [f"{module.__name__}: __all__ is not a list of names"]
+    problems = [f"{module.__name__}: {n!r} listed twice" for n in sorted(set(names)) if names.count(n) > 1]
+    return problems + [f"{module.__name__}: {n!r} is not defined" for n in names if not hasattr(module, n)]
+
+
+def package_modules() -> list[types.ModuleType]:
+    """Every module of geoseg, imported; a module that fails to import fails the test."""
+
+    def fail(name: str) -> None:
+        raise AssertionError(f"{name} does not import")
+
+    found = [geoseg]
+    for info in pkgutil.walk_packages(geoseg.__path__, "geoseg.", onerror=fail):
+        found.append(importlib.import_module(info.name))
+    return found
+
+
+def test_every_module_lists_its_public_names_in_all() -> None:
+    modules = package_modules()
+    assert {"geoseg.cli", "geoseg.io.store", "geoseg.models.registry", "geoseg.iic.loss"} <= {
+        m.__name__ for m in modules
+    }
+    assert [p for module in modules for p in all_problems(module)] == []
+
+
+def test_the_all_check_sees_a_missing_all_and_a_name_not_defined() -> None:
+    bare = types.ModuleType("geoseg.bare")
+    listed = types.ModuleType("geoseg.listed")
+    listed.__all__ = ["here", "gone", "here"]  # type: ignore[attr-defined]
+    listed.here = 1  # type: ignore[attr-defined]
+    assert all_problems(bare) == ["geoseg.bare: no __all__"]
+    assert all_problems(listed) == [
+        "geoseg.listed: 'here' listed twice",
+        "geoseg.listed: 'gone' is not defined",
+    ]

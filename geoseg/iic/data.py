@@ -23,6 +23,8 @@ from torch.utils.data import Dataset, Sampler
 from geoseg.errors import ConfigError
 from geoseg.io.store import PatchStore, StoreMeta, open_store
 
+__all__ = ["PatchDataset", "StepBatchSampler", "combined_statistics"]
+
 _TORCH_NATIVE = {np.dtype(np.uint8), np.dtype(np.float32)}
 
 

@@ -38,6 +38,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from geoseg.errors import ConfigError
 
+__all__ = ["DistContext", "RankShard", "cleanup", "init_from_env", "reduce_joint", "unwrap", "wrap_model"]
+
 log = logging.getLogger(__name__)
 
 

@@ -35,6 +35,16 @@ import torch
 import torch.nn.functional as F
 from scipy.fft import next_fast_len
 
+__all__ = [
+    "Reduce",
+    "displaced_joints",
+    "displacements",
+    "iic_clustering_loss",
+    "iic_segmentation_loss",
+    "mutual_information_loss",
+    "reference_loss_original_style",
+]
+
 # Floor for probabilities before the logarithm. Entries this small contribute at most
 # EPS * |ln EPS| ~ 3e-11 each to the loss, so clamping (rather than masking) is exact
 # enough, and the gradient of P ln P stays finite at P = 0.

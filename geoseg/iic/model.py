@@ -30,6 +30,17 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from geoseg.errors import ConfigError
 
+__all__ = [
+    "PRESET_WIDTH",
+    "Architecture",
+    "IICNet",
+    "NormalisedNet",
+    "build_model",
+    "for_inference",
+    "init_weights",
+    "vgg_trunk",
+]
+
 # (out_channels, dilation) per conv; "M" is a 2x2 max-pool.
 _TRUNK_IIC: tuple[tuple[int, int] | str, ...] = (
     (64, 1),

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 from geoseg.errors import ConfigError
 
+__all__ = ["PairedTransform", "Warp", "colour_jitter", "rgb_band_indices"]
+
 _RED = ("red", "r")
 _GREEN = ("green", "g")
 _BLUE = ("blue", "b")

@@ -23,6 +23,8 @@ from rasterio.crs import CRS
 from geoseg.errors import InputError
 from geoseg.io.fileio import atomic_path
 
+__all__ = ["GDAL_CACHE_BYTES", "tiled_profile", "to_cog", "validate_cog"]
+
 BLOCKSIZE = 512
 # GDAL's block cache defaults to 5% of RAM; writing and COG-copying stream tile rows, so a
 # fixed cache keeps the memory of a 20000 x 20000 output as small as that of a small one.

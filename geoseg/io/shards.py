@@ -27,6 +27,8 @@ from zarr.storage import LocalStore
 
 from geoseg.io.fileio import atomic_path
 
+__all__ = ["write_shard"]
+
 EMPTY = 2**64 - 1  # index entry of a chunk that is not stored
 
 

@@ -30,6 +30,22 @@ from rasterio.windows import Window
 
 from geoseg.errors import InputError
 
+__all__ = [
+    "RASTER_SUFFIXES",
+    "RasterInfo",
+    "all_valid",
+    "band_names",
+    "discover_sources",
+    "finite_mask",
+    "grid_size",
+    "open_dataset",
+    "open_raster",
+    "patch_offsets",
+    "read_scaled",
+    "read_valid",
+    "usable_bands",
+]
+
 log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt")

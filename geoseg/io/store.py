@@ -25,6 +25,18 @@ from affine import Affine
 
 from geoseg.errors import InputError
 
+__all__ = [
+    "IMAGES",
+    "LABELS",
+    "ORIGIN",
+    "STORE_FORMAT",
+    "VALID",
+    "PatchStore",
+    "SourceInfo",
+    "StoreMeta",
+    "open_store",
+]
+
 STORE_FORMAT = "geoseg.patches/1"
 IMAGES, VALID, ORIGIN, LABELS = "images", "valid", "origin", "labels"
 

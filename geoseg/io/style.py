@@ -23,6 +23,18 @@ from pathlib import Path
 
 from geoseg.io.fileio import write_text_atomic
 
+__all__ = [
+    "LAYER_STYLES",
+    "StyleClass",
+    "categorized_vector_qml",
+    "categorized_vector_style",
+    "cluster_label",
+    "embed_layer_style",
+    "hex_colour",
+    "paletted_raster_qml",
+    "pseudocolour_raster_qml",
+]
+
 QGIS_VERSION = "3.34.0"
 LAYER_STYLES = "layer_styles"  # QGIS's table of styles inside a GeoPackage
 # viridis at 5 stops: perceptually uniform and readable by colour-blind users

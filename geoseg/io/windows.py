@@ -22,6 +22,8 @@ import numpy as np
 
 from geoseg.errors import ConfigError
 
+__all__ = ["WindowGrid", "blend_weights", "offsets", "ramp"]
+
 
 def offsets(length: int, window: int, stride: int) -> list[int]:
     """Start offsets of windows of ``window`` pixels along an axis of ``length`` pixels.

@@ -48,6 +48,19 @@ from geoseg.io.sources import discover_sources, open_dataset, open_raster, read_
 from geoseg.io.store import open_store
 from geoseg.models.bundle import META, WEIGHTS, Cluster, ModelMeta, default_clusters, load_bundle, save_bundle
 
+__all__ = [
+    "REPORT_JSON",
+    "REPORT_MD",
+    "Alignment",
+    "ReferenceFigures",
+    "agreement_matrix",
+    "align_clusters",
+    "expand_reference",
+    "match_clusters",
+    "permute_head_b",
+    "reference_figures",
+]
+
 log = logging.getLogger(__name__)
 
 REPORT_JSON = "alignment.json"

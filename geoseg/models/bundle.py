@@ -25,6 +25,21 @@ from geoseg.iic.model import PRESET_WIDTH, Architecture, NormalisedNet
 from geoseg.io.fileio import atomic_path
 from geoseg.io.style import cluster_label
 
+__all__ = [
+    "BUNDLE_FORMAT",
+    "CLUSTERS_TAG",
+    "META",
+    "WEIGHTS",
+    "Cluster",
+    "ModelMeta",
+    "clusters_from_tag",
+    "clusters_to_tag",
+    "default_clusters",
+    "load_bundle",
+    "load_meta",
+    "save_bundle",
+]
+
 WEIGHTS = "weights.safetensors"
 META = "model.json"
 BUNDLE_FORMAT = "geoseg.model/1"

@@ -48,6 +48,30 @@ from geoseg.io.outputs import WEIGHTS_MEDIA_TYPE
 from geoseg.models.bundle import META, WEIGHTS, Cluster, load_bundle, load_meta
 from geoseg.stac.items import save_catalog_files
 
+__all__ = [
+    "CURRENT",
+    "REGISTRY_FORMAT",
+    "STATE",
+    "ModelFigures",
+    "ModelVersion",
+    "PromotionDecision",
+    "RegistryState",
+    "Survey",
+    "check_bundle",
+    "cluster_names",
+    "current_model",
+    "list_versions",
+    "load_state",
+    "new_surveys",
+    "promote",
+    "record_naming",
+    "register",
+    "resolve_model",
+    "rollback",
+    "should_promote",
+    "version_dir",
+]
+
 STATE = "registry.json"
 CURRENT = "current"  # symlink to the promoted version
 CATALOG_ID = "geoseg-models"

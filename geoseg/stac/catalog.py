@@ -27,6 +27,16 @@ from geoseg.io.fileio import sha256_file
 from geoseg.io.outputs import OUTPUT_ASSETS, WEIGHTS_MEDIA_TYPE, ZARR_MEDIA_TYPE
 from geoseg.stac.items import raster_item, save_catalog
 
+__all__ = [
+    "RUN_CATALOG_ID",
+    "export_catalog",
+    "model_item",
+    "run_prediction_item",
+    "survey_item",
+    "update_run_catalog",
+    "validate_run_catalog",
+]
+
 RUN_CATALOG_ID = "geoseg-run"
 KIND = "geoseg:kind"
 _SUBCATALOGS = {"survey": "surveys", "model": "models", "prediction": "predictions"}

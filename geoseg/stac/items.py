@@ -34,6 +34,8 @@ from geoseg.io.sources import open_dataset
 if TYPE_CHECKING:
     from geoseg.models.bundle import Cluster
 
+__all__ = ["classify", "prediction_item", "raster_item", "save_catalog", "save_catalog_files"]
+
 _MEDIA = {
     ".tif": pystac.MediaType.GEOTIFF,
     ".tiff": pystac.MediaType.GEOTIFF,
