@@ -153,8 +153,17 @@ def flops_per_pair(model: nn.Module, s: Setting) -> tuple[float, float, float]:
 
 
 def method_config(s: Setting, method: str, trunk: str = "iic") -> TrainConfig:
+    """``method``'s config on setting ``s``; ``iic/5`` is IIC with 5 sub-heads."""
+    method, _, subheads = method.partition("/")
     if method == "iic":
-        return TrainConfig(k=s.k, k_a=s.k_a, half_t=s.half_t, preset=s.preset, batch_size=s.batch)  # type: ignore[arg-type]
+        return TrainConfig(
+            k=s.k,
+            k_a=s.k_a,
+            half_t=s.half_t,
+            preset=s.preset,  # type: ignore[arg-type]
+            batch_size=s.batch,
+            subheads=int(subheads or 1),
+        )
     return TrainConfig(method=method, k=s.k, preset=s.preset, batch_size=s.batch, trunk=trunk)  # type: ignore[arg-type]
 
 
@@ -219,9 +228,18 @@ def time_method(s: Setting, device: torch.device, steps: int, config: TrainConfi
     model = build_network(config, s.bands)
     sec = time_training(s, device, steps, config)
     pairs = s.batch / sec
-    row: dict = {"method": config.method, "setting": s.name, "preset": s.preset, "bands": s.bands}
+    row: dict = {
+        "method": config.method,
+        "subheads": config.subheads,
+        "setting": s.name,
+        "preset": s.preset,
+        "bands": s.bands,
+    }
     row.update({"patch": s.size, "batch": s.batch, "k": s.k, "pairs_per_s": pairs})
-    head = f"{config.method:5s} {s.name:8s} {s.preset:5s} {s.bands}b {s.size}px batch {s.batch:3d}: {pairs:8.2f} pairs/s"
+    name = config.method if config.subheads == 1 else f"{config.method}/{config.subheads}"
+    head = (
+        f"{name:5s} {s.name:8s} {s.preset:5s} {s.bands}b {s.size}px batch {s.batch:3d}: {pairs:8.2f} pairs/s"
+    )
     if config.method != "iic":
         net = 3 * 2 * network_forward_flops(model, s.bands, s.size)
         if config.method != "picie":  # LGMI, CIRS: no K2 or trunk setting to report
@@ -262,13 +280,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--potsdam-batch", type=int, default=None, help="default: 75 on CUDA, 2 on CPU")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--methods", default="iic", help="comma-separated methods, e.g. iic,picie")
+    parser.add_argument(
+        "--methods",
+        default="iic",
+        help="comma-separated methods, e.g. iic,picie; iic/5: IIC with 5 sub-heads",
+    )
     parser.add_argument("--settings", default="small,potsdam", help="comma-separated: small, potsdam")
     parser.add_argument("--picie-trunk", choices=("iic", "resnet18-fpn"), default="iic")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
-        get_method(m)  # an unknown name is refused before any timing
+        get_method(m.partition("/")[0])  # an unknown name is refused before any timing
     device = torch.device(args.device)
     pb = args.potsdam_batch or (75 if device.type == "cuda" else 2)
     settings = [
