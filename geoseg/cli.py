@@ -641,8 +641,12 @@ def _add_vectorize(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_vectorize(args: argparse.Namespace) -> int:
+    from geoseg.io.sources import open_dataset, report_georeferencing
     from geoseg.vectorize import vectorize
 
+    if Path(args.clusters).is_file():  # segment said it of the source; a lone vectorize says it here
+        with open_dataset(args.clusters) as src:
+            report_georeferencing(Path(args.clusters), src.crs, src.transform)
     out = vectorize(
         args.clusters,
         args.out,
@@ -745,19 +749,28 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
                 _show_defaults(child)
 
 
-def configure_logging(verbose: bool) -> None:
-    """INFO of geoseg and Prefect on the console; Dask's INFO lines only with --verbose.
+OWN_LOGGERS = ("geoseg", "flows")  # the library and the Prefect flows (geoseg demo runs them)
 
+
+def configure_logging(verbose: bool) -> None:
+    """geoseg's INFO lines on the console; other libraries' only from WARNING, unless --verbose.
+
+    The root logger stays at WARNING, so third-party INFO lines (pyogrio's "Created N
+    records", Dask's) stay out of the console while their warnings still show; Prefect
+    logs through its own handlers in the flows. --verbose shows everything at DEBUG.
     Dask reads DASK_LOGGING__DISTRIBUTED when it is imported, in this process and in the
     worker processes it starts (which inherit the environment); a value the user set
     stays unless --verbose asks for everything.
     """
-    level = logging.DEBUG if verbose else logging.INFO
     if verbose:
         os.environ["DASK_LOGGING__DISTRIBUTED"] = "debug"
     else:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    for ours in OWN_LOGGERS:
+        logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("distributed").setLevel(os.environ["DASK_LOGGING__DISTRIBUTED"].upper())
 
 

@@ -381,6 +381,8 @@ def vectorize(
     with atomic_path(out_gpkg) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")  # temporary name
         warnings.filterwarnings("ignore", ".*GPKG application_id, but non conformant file extension")
+        # a raster without a CRS was reported once by name (report_georeferencing)
+        warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
         pyogrio.raw.write(
             tmp,
             geometry=shapely.to_wkb(geometry),

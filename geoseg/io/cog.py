@@ -11,6 +11,7 @@ copy. Every write goes to a temporary name renamed into place.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import DatasetWriter
 
 from geoseg.errors import InputError
 from geoseg.io.fileio import atomic_path
 
-__all__ = ["GDAL_CACHE_BYTES", "tiled_profile", "to_cog", "validate_cog"]
+__all__ = ["GDAL_CACHE_BYTES", "create_raster", "tiled_profile", "to_cog", "validate_cog"]
 
 BLOCKSIZE = 512
 # GDAL's block cache defaults to 5% of RAM; writing and COG-copying stream tile rows, so a
@@ -59,6 +62,19 @@ def tiled_profile(
         "zlevel": 1,
         "BIGTIFF": "IF_SAFER",
     }
+
+
+def create_raster(path: str | Path, profile: Mapping[str, Any]) -> DatasetWriter:
+    """``rasterio.open(path, "w", **profile)`` for every output raster geoseg writes.
+
+    A pixel grid without a CRS (outputs of a PNG/JPEG) makes rasterio warn on each open that
+    GDAL may drop the identity transform; GDAL keeps it (the output reads back on the same
+    grid), and the stage has already said once, naming the source, that its outputs have no
+    CRS (geoseg.io.sources.report_georeferencing), so that warning is silenced here.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path, "w", **profile)
 
 
 def to_cog(

@@ -1,8 +1,11 @@
 """Input rasters: finding them, opening them safely, and reading windows of them.
 
-Sources are GeoTIFFs of any band count and dtype, plain PNG/JPEG images (no CRS: a
-warning, and an identity transform is recorded), folders of those, or STAC item /
-collection / catalog JSON whose data assets point at rasters.
+Sources are GeoTIFFs of any band count and dtype, plain PNG/JPEG images (no CRS: one
+warning of ours naming the file, and its world-file or identity transform is recorded),
+folders of those, or STAC item / collection / catalog JSON whose data assets point at
+rasters. rasterio's own ``NotGeoreferencedWarning`` (GDAL's pixel-grid remarks, repeated
+at every open and write) never reaches the user: :func:`open_dataset` and
+:func:`geoseg.io.cog.create_raster` silence it, :func:`report_georeferencing` says it once.
 
 Reads work on the *scaled grid*: the source resampled by ``scale`` (0.5 halves the
 resolution). A window of the scaled grid maps to a fractional window of the source, read
@@ -43,6 +46,7 @@ __all__ = [
     "patch_offsets",
     "read_scaled",
     "read_valid",
+    "report_georeferencing",
     "usable_bands",
 ]
 
@@ -116,7 +120,8 @@ def stac_rasters(path: Path) -> list[Path]:
 
 
 def open_dataset(path: str | Path) -> DatasetReader:
-    """rasterio.open with a clear InputError for missing or corrupt files; no georef warning."""
+    """rasterio.open with a clear InputError for missing or corrupt files, without rasterio's
+    NotGeoreferencedWarning (a stage reports a CRS-less source once: report_georeferencing)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"raster not found: {path}")
@@ -148,19 +153,40 @@ def band_names(src: DatasetReader, bands: Sequence[int]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def report_georeferencing(path: Path, crs: CRS | None, transform: Affine) -> None:
+    """A warning naming a source without a CRS and saying what its outputs will be: each
+    stage calls it once per source, in its checks before the work starts.
+
+    GDAL still reads a world file (.tfw/.jgw/.pgw: ISPRS as distributed), so such a source
+    keeps its transform; a plain image without one is on the identity transform: pixel
+    coordinates. Either way the outputs carry no CRS, and QGIS opens them with an unknown
+    CRS until one is set (checked with QGIS 3.22).
+    """
+    if crs is not None:
+        return
+    if transform.is_identity:
+        log.warning(
+            "%s has no georeferencing: its outputs are in pixel coordinates without a CRS "
+            "(QGIS shows them with an unknown CRS until one is set)",
+            path,
+        )
+    else:
+        log.warning(
+            "%s has no CRS: its outputs keep its world-file transform but have no CRS "
+            "(QGIS shows them with an unknown CRS until one is set)",
+            path,
+        )
+
+
 def open_raster(path: str | Path, bands: Sequence[int] | None = None) -> RasterInfo:
-    """Describe a source; images without a CRS get a warning (and, without a world file, the
-    identity transform). Missing or corrupt files raise InputError naming the file."""
+    """Describe a source (images without a CRS or world file get the identity transform;
+    the stage says so once: report_georeferencing). Missing or corrupt files raise InputError naming the file."""
     path = Path(path)
     with open_dataset(path) as src:
         use = usable_bands(src, bands, path)
         dtypes = {src.dtypes[b - 1] for b in use}
         if len(dtypes) > 1:
             raise InputError(f"{path} mixes band dtypes {sorted(dtypes)}")
-        if src.crs is None:
-            # GDAL still reads a world file (.tfw/.jgw/.pgw: ISPRS as distributed); a plain
-            # image without one gets the identity transform: pixel coordinates.
-            log.warning("%s has no CRS: recording its world-file or identity transform", path)
         transform = src.transform
         return RasterInfo(
             path=path,
