@@ -766,9 +766,8 @@ def configure_logging(verbose: bool) -> None:
         os.environ["DASK_LOGGING__DISTRIBUTED"] = "debug"
     else:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
+    logging.basicConfig(format="%(levelname)s %(message)s")  # a no-op where a handler exists
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
     for ours in OWN_LOGGERS:
         logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("distributed").setLevel(os.environ["DASK_LOGGING__DISTRIBUTED"].upper())

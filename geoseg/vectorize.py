@@ -48,6 +48,7 @@ from geoseg.config import VectorizeConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.fileio import atomic_path, claim_file, require_published, write_text_atomic
 from geoseg.io.outputs import NODATA, polygons_path, style_path
+from geoseg.io.sources import open_dataset
 from geoseg.io.style import LAYER_STYLES, StyleClass, categorized_vector_style, embed_layer_style
 from geoseg.models.bundle import CLUSTERS_TAG, clusters_from_tag, default_clusters
 
@@ -150,7 +151,7 @@ def polygonize_block(
     r0, c0 = max(0, block.row - halo), max(0, block.col - halo)
     r1 = min(height, block.row + block.height + halo)
     c1 = min(width, block.col + block.width + halo)
-    with rasterio.open(path) as src:
+    with open_dataset(path) as src:
         data = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
     valid = data != nodata if nodata is not None else np.ones(data.shape, bool)
     if sieve_pixels > 1:
@@ -342,11 +343,7 @@ def vectorize(
         raise InputError(f"cluster raster not found: {clusters_tif}")
     require_published(clusters_tif)
     claim_file(out_gpkg, "vectorize", owned=is_own_gpkg(out_gpkg), overwrite=overwrite)
-    try:
-        src = rasterio.open(clusters_tif)
-    except rasterio.errors.RasterioError as exc:
-        raise InputError(f"unreadable cluster raster {clusters_tif}: {exc}") from exc
-    with src:
+    with open_dataset(clusters_tif) as src:
         if src.count != 1 or src.dtypes[0] not in ("uint8", "int8", "uint16", "int16", "int32", "uint32"):
             raise InputError(f"{clusters_tif} is not a single-band integer cluster raster")
         crs, transform, shape = src.crs, src.transform, src.shape
