@@ -11,7 +11,6 @@ copy. Every write goes to a temporary name renamed into place.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,11 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetWriter
 
 from geoseg.errors import InputError
 from geoseg.io.fileio import atomic_path
+from geoseg.io.sources import without_georeferencing_warning
 
 __all__ = ["GDAL_CACHE_BYTES", "create_raster", "tiled_profile", "to_cog", "validate_cog"]
 
@@ -72,8 +71,7 @@ def create_raster(path: str | Path, profile: Mapping[str, Any]) -> DatasetWriter
     grid), and the stage has already said once, naming the source, that its outputs have no
     CRS (geoseg.io.sources.report_georeferencing), so that warning is silenced here.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    with without_georeferencing_warning():
         return rasterio.open(path, "w", **profile)
 
 

@@ -14,9 +14,11 @@ with ``out_shape`` so GDAL resamples on read: bilinear for images, nearest for l
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,7 @@ __all__ = [
     "read_valid",
     "report_georeferencing",
     "usable_bands",
+    "without_georeferencing_warning",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,6 +122,21 @@ def stac_rasters(path: Path) -> list[Path]:
     return rasters
 
 
+# warnings.catch_warnings swaps the process-wide filter list: two threads (Dask's, in
+# ingest) inside it at once restore each other's lists out of order and the warning
+# escapes, so geoseg's opens take turns (an open is milliseconds; reads stay parallel).
+_WARNING_FILTERS = threading.Lock()
+
+
+@contextlib.contextmanager
+def without_georeferencing_warning() -> Iterator[None]:
+    """rasterio's NotGeoreferencedWarning silenced for the block (thread-safe among
+    geoseg's opens): geoseg reports a CRS-less source once itself (report_georeferencing)."""
+    with _WARNING_FILTERS, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
 def open_dataset(path: str | Path) -> DatasetReader:
     """rasterio.open with a clear InputError for missing or corrupt files, without rasterio's
     NotGeoreferencedWarning (a stage reports a CRS-less source once: report_georeferencing)."""
@@ -126,8 +144,7 @@ def open_dataset(path: str | Path) -> DatasetReader:
     if not path.is_file():
         raise InputError(f"raster not found: {path}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with without_georeferencing_warning():
             return rasterio.open(path)
     except rasterio.errors.RasterioError as exc:
         raise InputError(f"unreadable or corrupt raster {path}: {exc}") from exc
