@@ -23,7 +23,7 @@ from tqdm import tqdm
 from geoseg.config import BaselineConfig
 from geoseg.errors import InputError
 from geoseg.io import outputs
-from geoseg.io.cog import create_raster
+from geoseg.io.cog import create_raster, stored_transform
 from geoseg.io.fileio import atomic_path, check_free_space, check_set, locked, output_set
 from geoseg.io.outputs import NODATA, check_unique_stems
 from geoseg.io.preview import write_preview
@@ -143,7 +143,7 @@ def write_cluster_raster(
             "dtype": "uint8",
             "nodata": NODATA,
             "crs": src.crs,
-            "transform": src.transform,
+            "transform": stored_transform(src.crs, src.transform),
             "compress": "deflate",
         }
         if src.width >= 256 and src.height >= 256:

@@ -528,7 +528,7 @@ def _paint(
     lut = np.concatenate([[NODATA], ids]).astype(np.uint8)  # label 0 (no segment) -> nodata
     tmp = out_path.with_name(f".{out_path.stem}.tiled-{os.getpid()}.tif")
     try:
-        with bounded_gdal_cache(), rasterio.open(segmented.labels_path) as labels:
+        with bounded_gdal_cache(), open_dataset(segmented.labels_path) as labels:
             profile = tiled_profile(
                 labels.crs, labels.transform, labels.height, labels.width, "uint8", NODATA
             )

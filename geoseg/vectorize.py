@@ -48,7 +48,7 @@ from geoseg.config import VectorizeConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.fileio import atomic_path, claim_file, require_published, write_text_atomic
 from geoseg.io.outputs import NODATA, polygons_path, style_path
-from geoseg.io.sources import open_dataset
+from geoseg.io.sources import PIXEL_GRID, is_pixel_grid, open_dataset
 from geoseg.io.style import LAYER_STYLES, StyleClass, categorized_vector_style, embed_layer_style
 from geoseg.models.bundle import CLUSTERS_TAG, clusters_from_tag, default_clusters
 
@@ -365,7 +365,7 @@ def vectorize(
     values = np.concatenate([p.values for p in parts])
     on_seam = np.concatenate([p.on_seam for p in parts])
     geometry, values = merge_seams(geometry, values, on_seam)
-    geometry = _to_crs(geometry, transform)
+    geometry = _to_crs(geometry, PIXEL_GRID if is_pixel_grid(crs, transform) else transform)
     if simplify > 0:
         geometry = shapely.simplify(geometry, simplify, preserve_topology=True)
     order = np.lexsort((shapely.bounds(geometry)[:, 0], values)) if len(values) else np.zeros(0, int)

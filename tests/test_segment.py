@@ -272,8 +272,9 @@ def test_crs_less_sources_are_reported_once_each_in_our_words(
 ) -> None:
     """A real Dubai JPEG and a crop of the LoveDA PNG (no CRS, no geotransform): one warning
     of ours per source, naming it; no rasterio NotGeoreferencedWarning (reading, writing the
-    COGs) nor pyogrio's "'crs' was not provided" (the GeoPackage) reaches the user; the
-    outputs stay on the source's pixel grid without a CRS."""
+    COGs) nor pyogrio's "'crs' was not provided" (the GeoPackage) reaches the user. The
+    outputs are on the source's pixel grid as QGIS places it (no CRS, no geotransform:
+    extent 0, -H : W, 0), the polygons too, so all overlay the source in QGIS."""
     jpeg = shared_data / "dubai" / "tile1" / "images" / "image_part_001.jpg"
     with rasterio.open(shared_data / "loveda" / "0_rgb.png") as src:
         data = src.read(window=Window(0, 0, 160, 96))
@@ -297,7 +298,10 @@ def test_crs_less_sources_are_reported_once_each_in_our_words(
         if issubclass(w.category, NotGeoreferencedWarning) or "'crs' was not" in str(w.message)
     ]
     assert not noise, [str(w.message) for w in noise]
-    for result in results:
-        with rasterio.open(result.clusters) as out:
-            assert out.crs is None and out.transform.is_identity
-        assert pyogrio.read_info(result.gpkg)["crs"] is None
+    for result, (height, width) in zip(results, [(644, 797), (96, 160)], strict=True):
+        for cog in (result.clusters, result.confidence):
+            with pytest.warns(NotGeoreferencedWarning, match="no geotransform"), rasterio.open(cog) as out:
+                assert out.crs is None and out.shape == (height, width)
+            assert validate_cog(cog)[0]
+        info = pyogrio.read_info(result.gpkg)
+        assert info["crs"] is None and np.allclose(info["total_bounds"], [0, -height, width, 0])

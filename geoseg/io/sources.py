@@ -36,6 +36,7 @@ from rasterio.windows import Window
 from geoseg.errors import InputError
 
 __all__ = [
+    "PIXEL_GRID",
     "RASTER_SUFFIXES",
     "RasterInfo",
     "all_valid",
@@ -43,6 +44,7 @@ __all__ = [
     "discover_sources",
     "finite_mask",
     "grid_size",
+    "is_pixel_grid",
     "open_dataset",
     "open_raster",
     "patch_offsets",
@@ -56,6 +58,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt")
+
+# Where QGIS (GDAL's convention for a raster without geotransform) places pixel (col, row):
+# x = col, y = -row, so the image is upright at extent (0, -H) : (W, 0). Rasters of such a
+# source are written without a geotransform too (rasterio reads them as the identity), and
+# their polygons get these coordinates, so all of them overlay the source in QGIS.
+PIXEL_GRID = Affine(1, 0, 0, 0, -1, 0)
+
+
+def is_pixel_grid(crs: CRS | None, transform: Affine) -> bool:
+    """A raster without any georeferencing: no CRS and rasterio's identity transform."""
+    return crs is None and transform.is_identity
 
 
 @dataclass(frozen=True)
@@ -181,7 +194,7 @@ def report_georeferencing(path: Path, crs: CRS | None, transform: Affine) -> Non
     """
     if crs is not None:
         return
-    if transform.is_identity:
+    if is_pixel_grid(crs, transform):
         log.warning(
             "%s has no georeferencing: its outputs are in pixel coordinates without a CRS "
             "(QGIS shows them with an unknown CRS until one is set)",
