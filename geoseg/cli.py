@@ -641,12 +641,8 @@ def _add_vectorize(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_vectorize(args: argparse.Namespace) -> int:
-    from geoseg.io.sources import open_dataset, report_georeferencing
     from geoseg.vectorize import vectorize
 
-    if Path(args.clusters).is_file():  # segment said it of the source; a lone vectorize says it here
-        with open_dataset(args.clusters) as src:
-            report_georeferencing(Path(args.clusters), src.crs, src.transform)
     out = vectorize(
         args.clusters,
         args.out,
@@ -655,6 +651,7 @@ def _run_vectorize(args: argparse.Namespace) -> int:
         dask_address=args.dask_address,
         block_size=args.block_size,
         overwrite=args.overwrite,
+        report_georeferencing=True,  # segment says it of the source; a lone vectorize here
     )
     print(out)
     return 0

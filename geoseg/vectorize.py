@@ -46,6 +46,7 @@ from rasterio.windows import Window
 
 from geoseg.config import VectorizeConfig
 from geoseg.errors import ConfigError, InputError
+from geoseg.io import sources
 from geoseg.io.fileio import atomic_path, claim_file, require_published, write_text_atomic
 from geoseg.io.outputs import NODATA, polygons_path, style_path
 from geoseg.io.sources import PIXEL_GRID, is_pixel_grid, open_dataset
@@ -307,6 +308,7 @@ def vectorize(
     block_size: int = VectorizeConfig.block_size,
     overwrite: bool = False,
     config: VectorizeConfig | None = None,
+    report_georeferencing: bool = False,
 ) -> Path:
     """Polygons of a cluster raster in a GeoPackage, styled for QGIS, in the raster's CRS.
 
@@ -329,6 +331,8 @@ def vectorize(
         overwrite: replace a file at ``out_gpkg`` that is not an earlier vectorize output.
         config: every polygonising setting at once (``min_area``, ``simplify``,
             ``block_size`` are then taken from it): what ``segment`` and the flows pass.
+        report_georeferencing: warn once if the raster has no CRS (``geoseg vectorize``;
+            ``segment`` has said it of the source already).
 
     Returns:
         ``out_gpkg``.
@@ -349,6 +353,8 @@ def vectorize(
         crs, transform, shape = src.crs, src.transform, src.shape
         nodata = int(src.nodata) if src.nodata is not None else DEFAULT_NODATA
         classes = _raster_classes(src)
+    if report_georeferencing:
+        sources.report_georeferencing(clusters_tif, crs, transform)
     names = dict(class_names) if class_names is not None else {c.id: c.name for c in classes if c.name}
     pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
     sieve_pixels = math.ceil(min_area / pixel_area) if min_area > 0 else 0
