@@ -164,7 +164,11 @@ def _api_server() -> Iterator[None]:
     if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
         timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
     server = SubprocessASGIServer()
-    server.start(timeout=timeout)
+    with _prefect_info_off():  # its two-line banner ("See https://...") and the stop line
+        server.start(timeout=timeout)
+    log.info(
+        "a temporary Prefect server for this run on %s (set PREFECT_API_URL to use yours)", server.address
+    )
     before = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url  # inherited by the Dask worker processes
     try:
@@ -178,4 +182,17 @@ def _api_server() -> Iterator[None]:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = before
-        server.stop()
+        with _prefect_info_off():
+            server.stop()
+
+
+@contextlib.contextmanager
+def _prefect_info_off() -> Iterator[None]:
+    """Prefect's own INFO lines (its ``prefect`` logger) off for the block, its warnings kept."""
+    logger = logging.getLogger("prefect")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

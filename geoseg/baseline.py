@@ -11,24 +11,23 @@ from __future__ import annotations
 
 import functools
 import logging
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from tqdm import tqdm
 
 from geoseg.config import BaselineConfig
 from geoseg.errors import InputError
 from geoseg.io import outputs
+from geoseg.io.cog import create_raster, stored_transform
 from geoseg.io.fileio import atomic_path, check_free_space, check_set, locked, output_set
 from geoseg.io.outputs import NODATA, check_unique_stems
 from geoseg.io.preview import write_preview
-from geoseg.io.sources import finite_mask, open_dataset, usable_bands
+from geoseg.io.sources import finite_mask, open_dataset, report_georeferencing, usable_bands
 from geoseg.io.style import StyleClass, paletted_raster_qml
 
 __all__ = [
@@ -144,22 +143,20 @@ def write_cluster_raster(
             "dtype": "uint8",
             "nodata": NODATA,
             "crs": src.crs,
-            "transform": src.transform,
+            "transform": stored_transform(src.crs, src.transform),
             "compress": "deflate",
         }
         if src.width >= 256 and src.height >= 256:
             profile.update(tiled=True, blockxsize=256, blockysize=256)
-        with atomic_path(out_path) as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(colours)})  # before any data
-                for core in _tiles(src.height, src.width, *tile):
-                    outer = _grow(core, margin, src.height, src.width)
-                    data, valid = _read(src, use, outer)
-                    ids = predict(data, valid).astype(np.uint8)
-                    ids[~valid] = NODATA
-                    r0, c0 = core.row_off - outer.row_off, core.col_off - outer.col_off
-                    dst.write(ids[r0 : r0 + core.height, c0 : c0 + core.width], 1, window=core)
+        with atomic_path(out_path) as tmp, create_raster(tmp, profile) as dst:
+            dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(colours)})  # before any data
+            for core in _tiles(src.height, src.width, *tile):
+                outer = _grow(core, margin, src.height, src.width)
+                data, valid = _read(src, use, outer)
+                ids = predict(data, valid).astype(np.uint8)
+                ids[~valid] = NODATA
+                r0, c0 = core.row_off - outer.row_off, core.col_off - outer.col_off
+                dst.write(ids[r0 : r0 + core.height, c0 : c0 + core.width], 1, window=core)
     _companions(out_path, colours)
     return out_path
 
@@ -207,6 +204,7 @@ def _prepare(
     for path in paths:
         check_set(out, path.stem, STAGE, _output_names(path, out), overwrite)
         with open_dataset(path) as src:
+            report_georeferencing(path, src.crs, src.transform)
             needed += src.height * src.width
     check_free_space(out, needed)
     out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +269,7 @@ def kmeans_baseline(
     config = (config or BaselineConfig()).validate()
     paths, out = _prepare(sources, out_dir, overwrite)
     model = fit_kmeans(fit_on or paths, config)
-    return predict_kmeans(model, paths, out, config, overwrite)
+    return _write_kmeans(model, paths, out, config)
 
 
 def predict_kmeans(
@@ -283,6 +281,11 @@ def predict_kmeans(
 ) -> list[Path]:
     """Write ``<stem>_clusters.tif`` for each source with a fitted model."""
     paths, out = _prepare(sources, out_dir, overwrite)
+    return _write_kmeans(model, paths, out, config)
+
+
+def _write_kmeans(model: PixelKMeans, paths: Sequence[Path], out: Path, config: BaselineConfig) -> list[Path]:
+    """predict_kmeans after its checks (_prepare), which kmeans_baseline ran before the fit."""
     colours = _colours(len(model.centroids))
     written = []
     for path in tqdm(paths, desc="k-means", unit="raster", leave=False):

@@ -651,6 +651,7 @@ def _run_vectorize(args: argparse.Namespace) -> int:
         dask_address=args.dask_address,
         block_size=args.block_size,
         overwrite=args.overwrite,
+        report_georeferencing=True,  # segment says it of the source; a lone vectorize here
     )
     print(out)
     return 0
@@ -745,19 +746,27 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
                 _show_defaults(child)
 
 
-def configure_logging(verbose: bool) -> None:
-    """INFO of geoseg and Prefect on the console; Dask's INFO lines only with --verbose.
+OWN_LOGGERS = ("geoseg", "flows")  # the library and the Prefect flows (geoseg demo runs them)
 
+
+def configure_logging(verbose: bool) -> None:
+    """geoseg's INFO lines on the console; other libraries' only from WARNING, unless --verbose.
+
+    The root logger stays at WARNING, so third-party INFO lines (pyogrio's "Created N
+    records", Dask's) stay out of the console while their warnings still show; Prefect
+    logs through its own handlers in the flows. --verbose shows everything at DEBUG.
     Dask reads DASK_LOGGING__DISTRIBUTED when it is imported, in this process and in the
     worker processes it starts (which inherit the environment); a value the user set
     stays unless --verbose asks for everything.
     """
-    level = logging.DEBUG if verbose else logging.INFO
     if verbose:
         os.environ["DASK_LOGGING__DISTRIBUTED"] = "debug"
     else:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    logging.basicConfig(format="%(levelname)s %(message)s")  # a no-op where a handler exists
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for ours in OWN_LOGGERS:
+        logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("distributed").setLevel(os.environ["DASK_LOGGING__DISTRIBUTED"].upper())
 
 

@@ -42,7 +42,7 @@ from geoseg.bands import Band, band_rows, plan_bands
 from geoseg.config import SegmentConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.iic.model import NormalisedNet
-from geoseg.io.cog import GDAL_CACHE_BYTES, tiled_profile
+from geoseg.io.cog import GDAL_CACHE_BYTES, create_raster, tiled_profile
 from geoseg.io.outputs import NODATA
 from geoseg.io.sources import open_dataset
 from geoseg.io.windows import WindowGrid
@@ -252,8 +252,8 @@ def _assemble(
     profile = tiled_profile(src.crs, src.transform, src.height, src.width, "uint8", NODATA)
     with (
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
-        rasterio.open(clusters_tmp, "w", **profile) as ids_dst,
-        rasterio.open(confidence_tmp, "w", **profile) as conf_dst,
+        create_raster(clusters_tmp, profile) as ids_dst,
+        create_raster(confidence_tmp, profile) as conf_dst,
     ):
         for band in plan:
             array = zarr.open_array(str(band_path(intermediate, band.index)), mode="r")

@@ -61,6 +61,7 @@ from geoseg.io.sources import (
     patch_offsets,
     read_scaled,
     read_valid,
+    report_georeferencing,
 )
 from geoseg.io.store import IMAGES, LABELS, ORIGIN, VALID, SourceInfo, StoreMeta, open_store
 from geoseg.progress import Progress, progress_bar
@@ -126,6 +127,7 @@ def plan_ingest(
     origins: list[np.ndarray] = []
     for index, (path, label_path) in enumerate(zip(paths, label_paths, strict=True)):
         info = open_raster(path, config.bands)
+        report_georeferencing(path, info.crs, info.transform)
         if planned and len(info.bands) != len(planned[0].info.bands):
             first = planned[0].info
             raise InputError(

@@ -43,7 +43,7 @@ from geoseg.io.cog import to_cog
 from geoseg.io.fileio import atomic_path, check_free_space, check_set, locked, output_set
 from geoseg.io.outputs import NODATA, OUTPUT_ASSETS, check_unique_stems
 from geoseg.io.preview import write_preview
-from geoseg.io.sources import open_dataset
+from geoseg.io.sources import open_dataset, report_georeferencing
 from geoseg.io.style import StyleClass, paletted_raster_qml, pseudocolour_raster_qml
 from geoseg.models.bundle import (
     CLUSTERS_TAG,
@@ -323,5 +323,6 @@ def check_outputs(
             targets.update(gpkg=gpkg, gpkg_qml=vector_style_path(gpkg))
         check_set(out_dir, source.stem, STAGE, targets.values(), overwrite)
         with open_dataset(source) as src:
+            report_georeferencing(source, src.crs, src.transform)
             needed += 2 * src.height * src.width
     check_free_space(out_dir, needed)

@@ -22,7 +22,7 @@ from geoseg.config import SegmentConfig
 from geoseg.errors import InputError
 from geoseg.iic.model import NormalisedNet
 from geoseg.inference import MIN_SIDE, window_probabilities
-from geoseg.io.cog import GDAL_CACHE_BYTES, tiled_profile
+from geoseg.io.cog import GDAL_CACHE_BYTES, create_raster, tiled_profile
 from geoseg.io.outputs import NODATA
 from geoseg.io.sources import RasterInfo, open_raster, read_scaled
 from geoseg.io.windows import WindowGrid, blend_weights
@@ -244,8 +244,8 @@ def segment_into(
     bar = progress_bar(progress, total=len(grid), desc=f"segment {path.name}", unit="win")
     with (
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
-        rasterio.open(clusters_tmp, "w", **profile) as ids_dst,
-        rasterio.open(confidence_tmp, "w", **profile) as conf_dst,
+        create_raster(clusters_tmp, profile) as ids_dst,
+        create_raster(confidence_tmp, profile) as conf_dst,
     ):
         rows = blended_rows(model, meta, src, path, bands, grid, config, on_windows=bar.update)
         for _, base, ids, confidence in rows:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 from tqdm import tqdm
@@ -57,7 +55,7 @@ from geoseg.baseline import (
 from geoseg.config import BaselineConfig, SuperpixelConfig
 from geoseg.errors import InputError
 from geoseg.io import outputs
-from geoseg.io.cog import GDAL_CACHE_BYTES, tiled_profile, to_cog
+from geoseg.io.cog import GDAL_CACHE_BYTES, create_raster, tiled_profile, to_cog
 from geoseg.io.fileio import write_json_atomic
 from geoseg.io.outputs import NODATA
 from geoseg.io.sources import open_dataset
@@ -342,9 +340,7 @@ def superpixel_raster(
         dst = None
         if labels_path is not None:
             profile = tiled_profile(src.crs, src.transform, src.height, src.width, "int32", 0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                dst = rasterio.open(labels_path, "w", **profile)
+            dst = create_raster(labels_path, profile)
         try:
             windows = list(_blocks(src.height, src.width, block))
             for core in tqdm(windows, desc=f"superpixels {path.name}", unit="block", disable=not progress):
@@ -532,15 +528,13 @@ def _paint(
     lut = np.concatenate([[NODATA], ids]).astype(np.uint8)  # label 0 (no segment) -> nodata
     tmp = out_path.with_name(f".{out_path.stem}.tiled-{os.getpid()}.tif")
     try:
-        with bounded_gdal_cache(), rasterio.open(segmented.labels_path) as labels:
+        with bounded_gdal_cache(), open_dataset(segmented.labels_path) as labels:
             profile = tiled_profile(
                 labels.crs, labels.transform, labels.height, labels.width, "uint8", NODATA
             )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(tmp, "w", **profile) as dst:
-                    for _, window in labels.block_windows(1):
-                        dst.write(lut[labels.read(1, window=window)], 1, window=window)
+            with create_raster(tmp, profile) as dst:
+                for _, window in labels.block_windows(1):
+                    dst.write(lut[labels.read(1, window=window)], 1, window=window)
         table = clusters_to_tag([Cluster(id=i, colour=c) for i, c in enumerate(colours)])
         to_cog(
             tmp,

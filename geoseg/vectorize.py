@@ -46,8 +46,10 @@ from rasterio.windows import Window
 
 from geoseg.config import VectorizeConfig
 from geoseg.errors import ConfigError, InputError
+from geoseg.io import sources
 from geoseg.io.fileio import atomic_path, claim_file, require_published, write_text_atomic
 from geoseg.io.outputs import NODATA, polygons_path, style_path
+from geoseg.io.sources import PIXEL_GRID, is_pixel_grid, open_dataset
 from geoseg.io.style import LAYER_STYLES, StyleClass, categorized_vector_style, embed_layer_style
 from geoseg.models.bundle import CLUSTERS_TAG, clusters_from_tag, default_clusters
 
@@ -150,7 +152,7 @@ def polygonize_block(
     r0, c0 = max(0, block.row - halo), max(0, block.col - halo)
     r1 = min(height, block.row + block.height + halo)
     c1 = min(width, block.col + block.width + halo)
-    with rasterio.open(path) as src:
+    with open_dataset(path) as src:
         data = src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
     valid = data != nodata if nodata is not None else np.ones(data.shape, bool)
     if sieve_pixels > 1:
@@ -306,6 +308,7 @@ def vectorize(
     block_size: int = VectorizeConfig.block_size,
     overwrite: bool = False,
     config: VectorizeConfig | None = None,
+    report_georeferencing: bool = False,
 ) -> Path:
     """Polygons of a cluster raster in a GeoPackage, styled for QGIS, in the raster's CRS.
 
@@ -328,6 +331,8 @@ def vectorize(
         overwrite: replace a file at ``out_gpkg`` that is not an earlier vectorize output.
         config: every polygonising setting at once (``min_area``, ``simplify``,
             ``block_size`` are then taken from it): what ``segment`` and the flows pass.
+        report_georeferencing: warn once if the raster has no CRS (``geoseg vectorize``;
+            ``segment`` has said it of the source already).
 
     Returns:
         ``out_gpkg``.
@@ -342,16 +347,14 @@ def vectorize(
         raise InputError(f"cluster raster not found: {clusters_tif}")
     require_published(clusters_tif)
     claim_file(out_gpkg, "vectorize", owned=is_own_gpkg(out_gpkg), overwrite=overwrite)
-    try:
-        src = rasterio.open(clusters_tif)
-    except rasterio.errors.RasterioError as exc:
-        raise InputError(f"unreadable cluster raster {clusters_tif}: {exc}") from exc
-    with src:
+    with open_dataset(clusters_tif) as src:
         if src.count != 1 or src.dtypes[0] not in ("uint8", "int8", "uint16", "int16", "int32", "uint32"):
             raise InputError(f"{clusters_tif} is not a single-band integer cluster raster")
         crs, transform, shape = src.crs, src.transform, src.shape
         nodata = int(src.nodata) if src.nodata is not None else DEFAULT_NODATA
         classes = _raster_classes(src)
+    if report_georeferencing:
+        sources.report_georeferencing(clusters_tif, crs, transform)
     names = dict(class_names) if class_names is not None else {c.id: c.name for c in classes if c.name}
     pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
     sieve_pixels = math.ceil(min_area / pixel_area) if min_area > 0 else 0
@@ -368,7 +371,7 @@ def vectorize(
     values = np.concatenate([p.values for p in parts])
     on_seam = np.concatenate([p.on_seam for p in parts])
     geometry, values = merge_seams(geometry, values, on_seam)
-    geometry = _to_crs(geometry, transform)
+    geometry = _to_crs(geometry, PIXEL_GRID if is_pixel_grid(crs, transform) else transform)
     if simplify > 0:
         geometry = shapely.simplify(geometry, simplify, preserve_topology=True)
     order = np.lexsort((shapely.bounds(geometry)[:, 0], values)) if len(values) else np.zeros(0, int)
@@ -381,6 +384,8 @@ def vectorize(
     with atomic_path(out_gpkg) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")  # temporary name
         warnings.filterwarnings("ignore", ".*GPKG application_id, but non conformant file extension")
+        # a raster without a CRS was reported once by name (report_georeferencing)
+        warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
         pyogrio.raw.write(
             tmp,
             geometry=shapely.to_wkb(geometry),

@@ -17,6 +17,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from geoseg.iic.model import Architecture, build_model, for_inference
+from geoseg.io.cog import create_raster
 from geoseg.models.align import permute_head_b
 from geoseg.models.bundle import Cluster, ModelMeta, default_clusters, load_bundle, save_bundle
 
@@ -59,9 +60,9 @@ def write_raster(
     georeferencing at all with ``crs=None``."""
     count, height, width = data.shape
     transform = Affine(0.5, 0, origin[0], 0, -0.5, origin[1]) if crs else None
-    with rasterio.open(
-        path, "w", driver="GTiff", height=height, width=width, count=count, dtype=data.dtype,
-        crs=CRS.from_string(crs) if crs else None, transform=transform, nodata=nodata,
+    with create_raster(
+        path, {"driver": "GTiff", "height": height, "width": width, "count": count, "dtype": data.dtype,
+        "crs": CRS.from_string(crs) if crs else None, "transform": transform, "nodata": nodata},
     ) as dst:  # fmt: skip
         dst.write(data)
     return path

@@ -9,6 +9,7 @@ import pytest
 import rasterio
 from PIL import Image
 from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
 from geoseg import metrics
@@ -149,3 +150,22 @@ def test_random_net_on_real_crop(shared_data: Path, tmp_path: Path) -> None:
         )
         == 2
     )
+
+
+def test_crs_less_sources_are_reported_once_each_without_rasterio_warnings(
+    shared_data: Path, tmp_path: Path, recwarn: pytest.WarningsRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """k-means on two real Dubai JPEGs: its checks run before the fit and again per raster
+    written, yet each source is reported once, and rasterio's NotGeoreferencedWarning never
+    reaches the user."""
+    images = shared_data / "dubai" / "tile1" / "images"
+    jpegs = [images / "image_part_001.jpg", images / "image_part_002.jpg"]
+    caplog.set_level("WARNING", logger="geoseg")
+    kmeans_baseline(jpegs, tmp_path / "o", BaselineConfig(k=4, fit_pixels=5000))
+    ours = [r.getMessage() for r in caplog.records if "has no georeferencing" in r.getMessage()]
+    assert sorted(ours) == sorted(
+        f"{p} has no georeferencing: its outputs are in pixel coordinates without a CRS "
+        "(QGIS shows them with an unknown CRS until one is set)"
+        for p in jpegs
+    )
+    assert not [w for w in recwarn if issubclass(w.category, NotGeoreferencedWarning)]

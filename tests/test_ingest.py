@@ -18,6 +18,7 @@ import zarr
 from affine import Affine
 from PIL import Image
 from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window, from_bounds
 
 from geoseg.cli import main
@@ -27,6 +28,8 @@ from geoseg.errors import ConfigError, InputError
 from geoseg.ingest import PROGRESS_DIR, ingest
 from geoseg.io.store import open_store
 from tests.helpers import write_raster
+
+NO_GEOREFERENCING = "its outputs are in pixel coordinates without a CRS (QGIS shows them with an unknown CRS until one is set)"
 
 # the module itself (geoseg.ingest is the stage function: geoseg/__init__.py)
 ingest_module = importlib.import_module("geoseg.ingest")
@@ -510,3 +513,19 @@ def test_a_foreign_out_is_refused_even_with_overwrite(
         assert rc == 2 and str(out) in line and "not a geoseg patch store" in line, line
     after = {p.relative_to(tmp_path): p.read_bytes() for p in [out, *out.rglob("*")] if p.is_file()}
     assert after == before and not out.with_name(out.name + ".stac").exists()
+
+
+def test_crs_less_sources_reported_once_each_and_no_rasterio_warning_from_the_threads(
+    tmp_path: Path, shared_data: Path, recwarn: pytest.WarningsRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Six real Dubai JPEGs (no CRS, no geotransform) with their masks, in many small shards
+    that Dask's threads write at once: one warning of ours per source, naming it, and no
+    NotGeoreferencedWarning (concurrent catch_warnings blocks used to let it through)."""
+    images = [shared_data / "dubai" / f"tile{t}" / "images" / "image_part_001.jpg" for t in range(1, 7)]
+    masks = [p.parent.parent / "masks" / "image_part_001.png" for p in images]
+    config = IngestConfig(patch_size=128, min_valid=0.0, dataset="dubai", patches_per_shard=8)
+    caplog.set_level("WARNING", logger="geoseg")
+    ingest(images, tmp_path / "dubai.zarr", config, labels=masks, progress=False)
+    ours = [r.getMessage() for r in caplog.records if "has no georeferencing" in r.getMessage()]
+    assert sorted(ours) == sorted(f"{p} has no georeferencing: {NO_GEOREFERENCING}" for p in images)
+    assert not [str(w.message) for w in recwarn if issubclass(w.category, NotGeoreferencedWarning)]

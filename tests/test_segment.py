@@ -18,12 +18,13 @@ import pytest
 import rasterio
 import torch
 from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geoseg.cli import main
 from geoseg.config import SegmentConfig
 from geoseg.errors import ConfigError, InputError
-from geoseg.io.cog import validate_cog
+from geoseg.io.cog import create_raster, validate_cog
 from geoseg.models.bundle import default_clusters, load_bundle
 from geoseg.segment import CONFIDENCE_MAX, NODATA, predict_probabilities, segment
 from tests.helpers import K, crop, make_bundle, write_raster
@@ -260,3 +261,47 @@ def test_cli_segment_and_its_errors(tmp_path: Path, rgb_model: Path, capsys: pyt
     assert json.loads((out / "tiny_prediction.json").read_text())["type"] == "Feature"
     rc = main(["segment", str(tmp_path / "nowhere"), str(source), "--out", str(out), "--quiet"])
     assert rc == 2 and "model.json" in capsys.readouterr().err
+
+
+def test_crs_less_sources_are_reported_once_each_in_our_words(
+    rgb_model: Path,
+    shared_data: Path,
+    tmp_path: Path,
+    recwarn: pytest.WarningsRecorder,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A real Dubai JPEG and a crop of the LoveDA PNG (no CRS, no geotransform): one warning
+    of ours per source, naming it; no rasterio NotGeoreferencedWarning (reading, writing the
+    COGs) nor pyogrio's "'crs' was not provided" (the GeoPackage) reaches the user. The
+    outputs are on the source's pixel grid as QGIS places it (no CRS, no geotransform:
+    extent 0, -H : W, 0), the polygons too, so all overlay the source in QGIS."""
+    jpeg = shared_data / "dubai" / "tile1" / "images" / "image_part_001.jpg"
+    with rasterio.open(shared_data / "loveda" / "0_rgb.png") as src:
+        data = src.read(window=Window(0, 0, 160, 96))
+    png = tmp_path / "loveda_crop.png"
+    with create_raster(
+        png, {"driver": "PNG", "width": 160, "height": 96, "count": 3, "dtype": "uint8"}
+    ) as dst:
+        dst.write(data)
+    recwarn.clear()
+    caplog.set_level("WARNING", logger="geoseg")
+    results = segment(rgb_model, [jpeg, png], tmp_path / "out", SegmentConfig(batch_size=16), progress=False)
+    ours = [r.getMessage() for r in caplog.records if "has no georeferencing" in r.getMessage()]
+    assert sorted(ours) == sorted(
+        f"{p} has no georeferencing: its outputs are in pixel coordinates without a CRS "
+        "(QGIS shows them with an unknown CRS until one is set)"
+        for p in (jpeg, png)
+    )
+    noise = [
+        w
+        for w in recwarn
+        if issubclass(w.category, NotGeoreferencedWarning) or "'crs' was not" in str(w.message)
+    ]
+    assert not noise, [str(w.message) for w in noise]
+    for result, (height, width) in zip(results, [(644, 797), (96, 160)], strict=True):
+        for cog in (result.clusters, result.confidence):
+            with pytest.warns(NotGeoreferencedWarning, match="no geotransform"), rasterio.open(cog) as out:
+                assert out.crs is None and out.shape == (height, width)
+            assert validate_cog(cog)[0]
+        info = pyogrio.read_info(result.gpkg)
+        assert info["crs"] is None and np.allclose(info["total_bounds"], [0, -height, width, 0])

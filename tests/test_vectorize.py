@@ -20,6 +20,7 @@ from rasterio.crs import CRS
 from geoseg.cli import main
 from geoseg.config import SegmentConfig, VectorizeConfig
 from geoseg.errors import ConfigError, InputError
+from geoseg.io.cog import create_raster
 from geoseg.vectorize import polygons_from_geojson, vector_style_path, vectorize
 
 NODATA = 255
@@ -256,3 +257,29 @@ def test_polygons_built_in_one_call_are_shapelys_polygons() -> None:
     assert any(len(g["coordinates"]) > 1 for g in found)  # polygons with holes are covered
     assert shapely.to_wkb(built).tolist() == shapely.to_wkb(expected).tolist()
     assert len(polygons_from_geojson([])) == 0
+
+
+def test_cli_vectorize_of_a_crs_less_raster_prints_our_lines_not_the_libraries(tmp_path: Path) -> None:
+    """The console of a real ``geoseg vectorize`` run: geoseg's INFO line and one warning of
+    ours naming the CRS-less raster; no pyogrio INFO line ("Created N records"), no
+    rasterio NotGeoreferencedWarning, no pyogrio "'crs' was not provided"."""
+    ids = np.zeros((1, 64, 64), np.uint8)
+    ids[0, 16:48, 8:40] = 1
+    ids[0, 40:, 44:] = 2
+    profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 1, "dtype": "uint8", "nodata": NODATA}
+    with create_raster(tmp_path / "pixels_clusters.tif", profile) as dst:  # no geotransform at all
+        dst.write(ids)
+    raster = tmp_path / "pixels_clusters.tif"
+    run = subprocess.run(
+        [sys.executable, "-m", "geoseg.cli", "vectorize", str(raster)],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert f"INFO 3 polygons from {raster}" in run.stderr
+    assert (
+        run.stderr.count(f"WARNING {raster} has no georeferencing: its outputs are in pixel coordinates") == 1
+    )
+    for noise in ("Created", "NotGeoreferencedWarning", "'crs' was not provided"):
+        assert noise not in run.stderr, run.stderr
+    info = pyogrio.read_info(tmp_path / "pixels_polygons.gpkg")  # on QGIS's pixel grid: y = -row
+    assert info["crs"] is None and np.allclose(info["total_bounds"], [0, -64, 64, 0])

@@ -19,11 +19,13 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.io import DatasetWriter
 
 from geoseg.errors import InputError
 from geoseg.io.fileio import atomic_path
+from geoseg.io.sources import is_pixel_grid, without_georeferencing_warning
 
-__all__ = ["GDAL_CACHE_BYTES", "tiled_profile", "to_cog", "validate_cog"]
+__all__ = ["GDAL_CACHE_BYTES", "create_raster", "stored_transform", "tiled_profile", "to_cog", "validate_cog"]
 
 BLOCKSIZE = 512
 # GDAL's block cache defaults to 5% of RAM; writing and COG-copying stream tile rows, so a
@@ -31,6 +33,13 @@ BLOCKSIZE = 512
 # In bytes: rasterio hands an integer GDAL_CACHEMAX to GDAL as bytes, so "256" meant a
 # 256-byte cache that made GDAL decompress every tile again for each window (3x slower reads).
 GDAL_CACHE_BYTES = 128 * 1024 * 1024
+
+
+def stored_transform(crs: CRS | None, transform: Affine) -> Affine | None:
+    """The transform to write: none for a pixel grid (a PNG/JPEG's outputs), as its source
+    has none. GDAL would store rasterio's identity as a south-up geotransform (y = +row),
+    which QGIS warps and shows upside down beside the source (checked with QGIS 3.22)."""
+    return None if is_pixel_grid(crs, transform) else transform
 
 
 def tiled_profile(
@@ -50,7 +59,7 @@ def tiled_profile(
         "count": count,
         "dtype": dtype,
         "crs": crs,
-        "transform": transform,
+        "transform": stored_transform(crs, transform),
         "nodata": nodata,
         "tiled": True,
         "blockxsize": BLOCKSIZE,
@@ -59,6 +68,18 @@ def tiled_profile(
         "zlevel": 1,
         "BIGTIFF": "IF_SAFER",
     }
+
+
+def create_raster(path: str | Path, profile: Mapping[str, Any]) -> DatasetWriter:
+    """``rasterio.open(path, "w", **profile)`` for every output raster geoseg writes.
+
+    A pixel grid without a CRS (outputs of a PNG/JPEG, written without a geotransform:
+    stored_transform) makes rasterio warn on each open; the stage has already said once,
+    naming the source, that its outputs have no CRS (geoseg.io.sources.report_georeferencing),
+    so that warning is silenced here.
+    """
+    with without_georeferencing_warning():
+        return rasterio.open(path, "w", **profile)
 
 
 def to_cog(
@@ -77,7 +98,7 @@ def to_cog(
     """
     src, dst = Path(src), Path(dst)
     if colormap is not None or tags or description:
-        with rasterio.open(src, "r+") as ds:
+        with without_georeferencing_warning(), rasterio.open(src, "r+") as ds:
             if colormap is not None:
                 ds.write_colormap(1, {int(k): tuple(v) for k, v in colormap.items()})
             if tags:

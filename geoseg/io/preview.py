@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import rasterio
 from PIL import Image
 from rasterio.enums import Resampling
 
 from geoseg.io.fileio import atomic_path
 from geoseg.io.outputs import NODATA
+from geoseg.io.sources import open_dataset
 
 NODATA_COLOUR = (0, 0, 0)
 LEGEND_ROW = 18  # pixels per legend entry
@@ -83,7 +83,7 @@ def with_legend(rgb: np.ndarray, entries: Sequence[tuple[tuple[int, int, int], s
 def write_preview(clusters_tif: Path, clusters: Sequence[LegendClass], out: Path, size: int) -> Path:
     """PNG of the cluster COG with a legend of the clusters it shows, read decimated (from
     its overviews): never the full raster."""
-    with rasterio.open(clusters_tif) as src:
+    with open_dataset(clusters_tif) as src:
         factor = max(1.0, max(src.height, src.width) / size)
         shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
         ids = src.read(1, out_shape=shape, resampling=Resampling.nearest)

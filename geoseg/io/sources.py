@@ -1,8 +1,11 @@
 """Input rasters: finding them, opening them safely, and reading windows of them.
 
-Sources are GeoTIFFs of any band count and dtype, plain PNG/JPEG images (no CRS: a
-warning, and an identity transform is recorded), folders of those, or STAC item /
-collection / catalog JSON whose data assets point at rasters.
+Sources are GeoTIFFs of any band count and dtype, plain PNG/JPEG images (no CRS: one
+warning of ours naming the file, and its world-file or identity transform is recorded),
+folders of those, or STAC item / collection / catalog JSON whose data assets point at
+rasters. rasterio's own ``NotGeoreferencedWarning`` (GDAL's pixel-grid remarks, repeated
+at every open and write) never reaches the user: :func:`open_dataset` and
+:func:`geoseg.io.cog.create_raster` silence it, :func:`report_georeferencing` says it once.
 
 Reads work on the *scaled grid*: the source resampled by ``scale`` (0.5 halves the
 resolution). A window of the scaled grid maps to a fractional window of the source, read
@@ -11,9 +14,11 @@ with ``out_shape`` so GDAL resamples on read: bilinear for images, nearest for l
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +36,7 @@ from rasterio.windows import Window
 from geoseg.errors import InputError
 
 __all__ = [
+    "PIXEL_GRID",
     "RASTER_SUFFIXES",
     "RasterInfo",
     "all_valid",
@@ -38,17 +44,31 @@ __all__ = [
     "discover_sources",
     "finite_mask",
     "grid_size",
+    "is_pixel_grid",
     "open_dataset",
     "open_raster",
     "patch_offsets",
     "read_scaled",
     "read_valid",
+    "report_georeferencing",
     "usable_bands",
+    "without_georeferencing_warning",
 ]
 
 log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt")
+
+# Where QGIS (GDAL's convention for a raster without geotransform) places pixel (col, row):
+# x = col, y = -row, so the image is upright at extent (0, -H) : (W, 0). Rasters of such a
+# source are written without a geotransform too (rasterio reads them as the identity), and
+# their polygons get these coordinates, so all of them overlay the source in QGIS.
+PIXEL_GRID = Affine(1, 0, 0, 0, -1, 0)
+
+
+def is_pixel_grid(crs: CRS | None, transform: Affine) -> bool:
+    """A raster without any georeferencing: no CRS and rasterio's identity transform."""
+    return crs is None and transform.is_identity
 
 
 @dataclass(frozen=True)
@@ -115,14 +135,29 @@ def stac_rasters(path: Path) -> list[Path]:
     return rasters
 
 
+# warnings.catch_warnings swaps the process-wide filter list: two threads (Dask's, in
+# ingest) inside it at once restore each other's lists out of order and the warning
+# escapes, so geoseg's opens take turns (an open is milliseconds; reads stay parallel).
+_WARNING_FILTERS = threading.Lock()
+
+
+@contextlib.contextmanager
+def without_georeferencing_warning() -> Iterator[None]:
+    """rasterio's NotGeoreferencedWarning silenced for the block (thread-safe among
+    geoseg's opens): geoseg reports a CRS-less source once itself (report_georeferencing)."""
+    with _WARNING_FILTERS, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
 def open_dataset(path: str | Path) -> DatasetReader:
-    """rasterio.open with a clear InputError for missing or corrupt files; no georef warning."""
+    """rasterio.open with a clear InputError for missing or corrupt files, without rasterio's
+    NotGeoreferencedWarning (a stage reports a CRS-less source once: report_georeferencing)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"raster not found: {path}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with without_georeferencing_warning():
             return rasterio.open(path)
     except rasterio.errors.RasterioError as exc:
         raise InputError(f"unreadable or corrupt raster {path}: {exc}") from exc
@@ -148,19 +183,40 @@ def band_names(src: DatasetReader, bands: Sequence[int]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def report_georeferencing(path: Path, crs: CRS | None, transform: Affine) -> None:
+    """A warning naming a source without a CRS and saying what its outputs will be: each
+    stage calls it once per source, in its checks before the work starts.
+
+    GDAL still reads a world file (.tfw/.jgw/.pgw: ISPRS as distributed), so such a source
+    keeps its transform; a plain image without one is on the identity transform: pixel
+    coordinates. Either way the outputs carry no CRS, and QGIS opens them with an unknown
+    CRS until one is set (checked with QGIS 3.22).
+    """
+    if crs is not None:
+        return
+    if is_pixel_grid(crs, transform):
+        log.warning(
+            "%s has no georeferencing: its outputs are in pixel coordinates without a CRS "
+            "(QGIS shows them with an unknown CRS until one is set)",
+            path,
+        )
+    else:
+        log.warning(
+            "%s has no CRS: its outputs keep its world-file transform but have no CRS "
+            "(QGIS shows them with an unknown CRS until one is set)",
+            path,
+        )
+
+
 def open_raster(path: str | Path, bands: Sequence[int] | None = None) -> RasterInfo:
-    """Describe a source; images without a CRS get a warning (and, without a world file, the
-    identity transform). Missing or corrupt files raise InputError naming the file."""
+    """Describe a source (images without a CRS or world file get the identity transform;
+    the stage says so once: report_georeferencing). Missing or corrupt files raise InputError naming the file."""
     path = Path(path)
     with open_dataset(path) as src:
         use = usable_bands(src, bands, path)
         dtypes = {src.dtypes[b - 1] for b in use}
         if len(dtypes) > 1:
             raise InputError(f"{path} mixes band dtypes {sorted(dtypes)}")
-        if src.crs is None:
-            # GDAL still reads a world file (.tfw/.jgw/.pgw: ISPRS as distributed); a plain
-            # image without one gets the identity transform: pixel coordinates.
-            log.warning("%s has no CRS: recording its world-file or identity transform", path)
         transform = src.transform
         return RasterInfo(
             path=path,
