@@ -525,6 +525,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lgmi-steps", type=int, default=500, help="LGMI training steps per run")
     parser.add_argument("--lgmi-lr", type=float, default=1e-4)
     parser.add_argument("--lgmi-batch-size", type=int, default=16)
+    parser.add_argument(
+        "--lgmi-tau", type=float, default=None, help="LGMI's assignment sharpness (default 1/sqrt(P))"
+    )
     parser.add_argument("--cirs-steps", type=int, default=500, help="CIRS training steps per run")
     parser.add_argument("--cirs-lr", type=float, default=1e-3, help="CIRS learning rate (its source: 1e-3)")
     parser.add_argument("--cirs-batch-size", type=int, default=16)
@@ -555,7 +558,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits += [s for s in cvo if s.name in args.datasets]
     methods = list(dict.fromkeys([*parse_methods(args.methods), *(["IIC"] if args.with_iic else [])]))
     LGMI_TRAINING.update(
-        steps=args.lgmi_steps, preset=args.iic_preset, batch_size=args.lgmi_batch_size, lr=args.lgmi_lr
+        steps=args.lgmi_steps,
+        preset=args.iic_preset,
+        batch_size=args.lgmi_batch_size,
+        lr=args.lgmi_lr,
+        tau=args.lgmi_tau,
     )
     CIRS_TRAINING.update(
         steps=args.cirs_steps,
