@@ -19,6 +19,8 @@ the reports of every run under --work.
     python bench/quality.py --methods lgmi --datasets isprs-val loveda-val colour-object-val
     python bench/quality.py --datasets isprs --seeds 0
     python bench/quality.py --methods k-means,iic,picie,lgmi,cirs --datasets colour-object --iic-patch 64
+    python bench/quality.py --methods lgmi,lgmi+sp --datasets loveda-val   # +sp: the same bundle, --refine superpixels
+    python bench/quality.py --methods iic --datasets loveda-val --iic-lamb 0.7 --iic-subheads 5
 
 Learned methods (``iic``, ``picie``: geoseg.methods) run the user's pipeline per seed:
 ingest the fit images (``--iic-patch``, ``--iic-scale``, shared by every learned method),
