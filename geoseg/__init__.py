@@ -18,6 +18,7 @@ import types
 from typing import TYPE_CHECKING, Any
 
 from geoseg import _moved
+from geoseg import config as _config
 
 __version__ = "0.1.0"
 
@@ -31,18 +32,7 @@ _STAGES = {
     "random_net_baseline": "geoseg.baseline",
     "superpixel_baseline": "geoseg.superpixels",
 }
-_CONFIGS = (
-    "AlignConfig",
-    "BaselineConfig",
-    "EvaluateConfig",
-    "IngestConfig",
-    "PromotionConfig",
-    "RunConfig",
-    "SegmentConfig",
-    "SuperpixelConfig",
-    "TrainConfig",
-    "VectorizeConfig",
-)
+_CONFIGS = tuple(name for name in _config.__all__ if name.endswith("Config"))  # light: dataclasses only
 _ERRORS = ("BusyError", "ConfigError", "GeosegError", "InputError", "OutputError", "TrainingError")
 _EXPORTS = {
     **_STAGES,

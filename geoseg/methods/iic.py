@@ -57,19 +57,6 @@ def _subhead_losses(
     return losses
 
 
-def _losses(
-    maps: dict[str, list[torch.Tensor]],
-    warp: Warp,
-    mask: torch.Tensor,
-    n: int,
-    config: TrainConfig,
-    reduce: Reduce | None,
-) -> dict[str, torch.Tensor]:
-    return {
-        head: per_sub.mean() for head, per_sub in _subhead_losses(maps, warp, mask, n, config, reduce).items()
-    }
-
-
 def pair_losses(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -82,7 +69,8 @@ def pair_losses(
 ) -> dict[str, torch.Tensor]:
     """IIC loss per head (mean over sub-heads) for one batch of raw patches x (N, C, H, W)."""
     maps, warp, mask = _pair_maps(model, x, valid, transform, generator, heads)
-    return _losses(maps, warp, mask, x.shape[0], config, reduce)
+    per_sub = _subhead_losses(maps, warp, mask, x.shape[0], config, reduce)
+    return {head: values.mean() for head, values in per_sub.items()}
 
 
 class IICMethod:
