@@ -221,6 +221,7 @@ def _write_outputs(
             paths["gpkg"],
             class_names=names or None,
             config=config.vectorize_config(),
+            published_in=out_dir.parent,  # out_dir is output_set's staging folder, inside it
         )
         result.gpkg_qml = vector_style_path(result.gpkg)
     write_prediction_item(result, model_dir, meta, clusters)

@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 DEFAULT_NODATA = NODATA  # a cluster raster without a nodata tag: geoseg's own
 LAYER_FIELDS = ["cluster_id", "class_name", "area"]
 GEOMETRY_COLUMN = "geom"  # GDAL's default for GeoPackage; the layer_styles row names it
+# GeoPackage 1.3, not GDAL 3.10+'s default 1.4: the GDAL of Debian 12's QGIS (3.6) logs "This
+# version of GeoPackage ... may only be partially supported" at every open of a 1.4 file.
+GPKG_VERSION = "1.3"
 
 
 @dataclass(frozen=True)
@@ -309,6 +312,7 @@ def vectorize(
     overwrite: bool = False,
     config: VectorizeConfig | None = None,
     report_georeferencing: bool = False,
+    published_in: str | Path | None = None,
 ) -> Path:
     """Polygons of a cluster raster in a GeoPackage, styled for QGIS, in the raster's CRS.
 
@@ -333,6 +337,9 @@ def vectorize(
             ``block_size`` are then taken from it): what ``segment`` and the flows pass.
         report_georeferencing: warn once if the raster has no CRS (``geoseg vectorize``;
             ``segment`` has said it of the source already).
+        published_in: the folder the files are published into when they are written into a
+            staging folder (``segment``): the log line names the published files, not the
+            staging ones that are gone when the user reads it.
 
     Returns:
         ``out_gpkg``.
@@ -397,8 +404,14 @@ def vectorize(
             promote_to_multi=True,
             crs=crs.to_wkt() if crs is not None else None,
             layer_options={"GEOMETRY_NAME": GEOMETRY_COLUMN},
+            dataset_options={"VERSION": GPKG_VERSION},
         )
         embed_layer_style(tmp, out_gpkg.stem, qml, GEOMETRY_COLUMN)
     write_text_atomic(vector_style_path(out_gpkg), qml)
-    log.info("%d polygons from %s -> %s", len(values), clusters_tif, out_gpkg)
+    shown_tif, shown_gpkg = (
+        (clusters_tif, out_gpkg)
+        if published_in is None
+        else (Path(published_in) / clusters_tif.name, Path(published_in) / out_gpkg.name)
+    )
+    log.info("%d polygons from %s -> %s", len(values), shown_tif, shown_gpkg)
     return out_gpkg

@@ -159,6 +159,19 @@ def test_neon_nodata_becomes_nodata_everywhere(tmp_path: Path, shared_data: Path
     assert result.gpkg is None
 
 
+def test_polygon_log_line_names_the_published_files(
+    tmp_path: Path, shared_data: Path, rgb_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """segment vectorizes inside a hidden staging folder that is gone when it returns: the
+    INFO line a user reads names the published cluster COG and GeoPackage, which exist."""
+    source = shared_data / "neon" / "OSBS_029.tif"
+    caplog.set_level("INFO", logger="geoseg")
+    (result,) = segment(rgb_model, [source], tmp_path / "pred", SegmentConfig(batch_size=16), progress=False)
+    (line,) = [r.getMessage() for r in caplog.records if " polygons from " in r.getMessage()]
+    assert line.endswith(f" polygons from {result.clusters} -> {result.gpkg}"), line
+    assert result.clusters.is_file() and result.gpkg is not None and result.gpkg.is_file()
+
+
 def test_spacenet_one_band_uint16(tmp_path: Path, shared_data: Path) -> None:
     source = crop(
         shared_data / "spacenet" / "sample_geotiff.tif", tmp_path / "atlanta.tif", Window(300, 200, 250, 190)
