@@ -116,5 +116,6 @@ def segment_flow(
     run_dir = check_output(out or default_out(settings, "segment", sources[0]), "out", settings)
     config = build_config(SegmentConfig, options, vectorize=vectorize, min_area=min_area, simplify=simplify)
     results, states = segment_step(bundle, sources, run_dir, config)
-    get_run_logger().info("%d rasters segmented into %s (%s)", len(results), run_dir / PREDICTIONS, states)
+    count = f"{len(results)} raster{'' if len(results) == 1 else 's'}"
+    get_run_logger().info("%s segmented into %s (tasks: %s)", count, run_dir / PREDICTIONS, ", ".join(states))
     return results
