@@ -44,7 +44,7 @@ from geoseg.io.fileio import atomic_path, check_free_space, check_set, locked, o
 from geoseg.io.outputs import NODATA, OUTPUT_ASSETS, check_unique_stems
 from geoseg.io.preview import write_preview
 from geoseg.io.sources import open_dataset, report_georeferencing
-from geoseg.io.style import StyleClass, paletted_raster_qml, pseudocolour_raster_qml
+from geoseg.io.style import paletted_raster_qml, pseudocolour_raster_qml
 from geoseg.models.bundle import (
     CLUSTERS_TAG,
     Cluster,
@@ -115,10 +115,6 @@ def cluster_table(meta: ModelMeta, config: SegmentConfig, model: NormalisedNet) 
     if config.head == "b" and meta.clusters:
         return sorted(meta.clusters, key=lambda c: c.id)
     return default_clusters(model.arch.k_a if config.head == "a" else model.arch.k_b)
-
-
-def style_classes(clusters: Sequence[Cluster]) -> list[StyleClass]:
-    return [StyleClass(c.id, c.colour, c.name) for c in clusters]
 
 
 def segment_raster(
@@ -200,7 +196,7 @@ def _write_outputs(
         finally:  # the intermediates never outlive the run, whatever happened
             ids_tmp.unlink(missing_ok=True)
             conf_tmp.unlink(missing_ok=True)
-    paletted_raster_qml(style_classes(clusters), paths["clusters_qml"])
+    paletted_raster_qml(clusters, paths["clusters_qml"])
     pseudocolour_raster_qml(paths["confidence_qml"], 0, CONFIDENCE_MAX, label=" %")
     write_preview(paths["clusters"], clusters, paths["preview_png"], config.preview_size)
     result = SegmentResult(

@@ -287,7 +287,7 @@ def _raster_classes(src: rasterio.io.DatasetReader) -> list[StyleClass]:
     """Cluster colours and names the segment stage stored in the COG (tags, colour table)."""
     table = clusters_from_tag(src.tags().get(CLUSTERS_TAG))
     if table:
-        return [StyleClass(c.id, c.colour, c.name) for c in table]
+        return list[StyleClass](table)
     try:
         cmap = src.colormap(1)
     except ValueError:
@@ -298,7 +298,7 @@ def _raster_classes(src: rasterio.io.DatasetReader) -> list[StyleClass]:
             for i, rgba in cmap.items()
             if i != DEFAULT_NODATA and any(rgba[:3])
         ]
-    return [StyleClass(c.id, c.colour) for c in default_clusters(10)]
+    return list[StyleClass](default_clusters(10))
 
 
 def vectorize(

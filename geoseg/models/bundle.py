@@ -23,7 +23,7 @@ from geoseg import __version__
 from geoseg.errors import InputError
 from geoseg.iic.model import PRESET_WIDTH, Architecture, NormalisedNet
 from geoseg.io.fileio import atomic_path
-from geoseg.io.style import cluster_label
+from geoseg.io.style import StyleClass
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -46,18 +46,13 @@ BUNDLE_FORMAT = "geoseg.model/1"
 CLUSTERS_TAG = "GEOSEG_CLUSTERS"  # the cluster table, as JSON, in a cluster raster's GDAL metadata
 
 
-@dataclass
-class Cluster:
-    """One cluster of head B: its stable id, its colour and the name a user gave it."""
+@dataclass(frozen=True)
+class Cluster(StyleClass):
+    """One cluster of head B: its stable id, its colour and the name a user gave it; a
+    StyleClass, so styles and legends take it as it is.
 
-    id: int
-    colour: tuple[int, int, int]
-    name: str | None = None
-
-    @property
-    def label(self) -> str:
-        """What maps, legends and reports call it: the name, else ``cluster N``."""
-        return cluster_label(self.id, self.name)
+    ``label`` (the name, else ``cluster N``) and ``hex`` come from StyleClass.
+    """
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "colour": list(self.colour), "name": self.name}
