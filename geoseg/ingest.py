@@ -25,7 +25,6 @@ import hashlib
 import itertools
 import json
 import logging
-import re
 import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +49,14 @@ from geoseg.config import IngestConfig
 from geoseg.datasets import IGNORE, LabelDataset, expand_colormap, get_dataset
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.cog import GDAL_CACHE_BYTES
-from geoseg.io.fileio import atomic_path, check_writable, locked, sha256_file, write_json_atomic
+from geoseg.io.fileio import (
+    atomic_path,
+    check_writable,
+    clean_leftovers,
+    locked,
+    sha256_file,
+    write_json_atomic,
+)
 from geoseg.io.shards import write_shard
 from geoseg.io.sources import (
     RasterInfo,
@@ -229,7 +235,7 @@ def ingest(
     check_writable(out if out.is_dir() else out.parent)
     plan = plan_ingest(sources, config, labels)
     with locked(out, "patch store", beside=True):  # zarr recreates the store folder itself
-        _remove_dead_builds(out)
+        clean_leftovers(out.parent, prefix=f".{out.name}.")  # builds killed --overwrite runs left
         action = _action(out, plan.fingerprint, overwrite)
         if action == "done":
             log.info("%s is complete for these inputs: nothing to do", out)
@@ -271,16 +277,6 @@ def _action(out: Path, fingerprint: str, overwrite: bool) -> str:
 
 def _empty_folder(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
-
-
-def _remove_dead_builds(out: Path) -> None:
-    """Remove stores that killed ``overwrite`` runs left half built beside ``out``
-    (``.NAME.tmp-PID.SUFFIX``, atomic_path's name). Called under the store's lock: no live
-    process is building one."""
-    build = re.compile(rf"^\.{re.escape(out.name)}\.tmp-\d+{re.escape(out.suffix)}$")
-    for entry in out.parent.iterdir() if out.parent.is_dir() else ():
-        if build.match(entry.name) and entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
 
 
 def _write(

@@ -490,8 +490,10 @@ def test_a_build_left_by_a_killed_overwrite_is_removed_by_the_next_run(tmp_path:
     (dead / "images").mkdir(parents=True)
     user_file = tmp_path / ".s.zarr.tmp-notes"  # not a build's name: kept
     user_file.write_text("mine\n")
+    other_store = tmp_path / ".t.zarr.tmp-999999999.zarr"  # another store's: not this run's to sweep
+    other_store.mkdir()
     ingest([source], out, IngestConfig(patch_size=32, workers=1), progress=False)
-    assert not dead.exists() and user_file.read_text() == "mine\n"
+    assert not dead.exists() and user_file.read_text() == "mine\n" and other_store.is_dir()
 
 
 @pytest.mark.parametrize("foreign", ["folder of files", "zarr store of another tool", "file"])

@@ -330,14 +330,15 @@ def require_published(path: str | Path) -> None:
         )
 
 
-def clean_leftovers(folder: str | Path) -> list[Path]:
-    """Remove temporary files of killed runs (dead PIDs on this host) from ``folder``."""
+def clean_leftovers(folder: str | Path, prefix: str = "") -> list[Path]:
+    """Remove temporary files of killed runs (dead PIDs on this host) from ``folder``; with
+    ``prefix``, only those whose names start with it (the temporaries of one output)."""
     removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():
-        match = _LEFTOVER.match(entry.name)
+        match = _LEFTOVER.match(entry.name) if entry.name.startswith(prefix) else None
         if match and not _alive(int(match.group(1) or match.group(3))):
             _remove(entry)
             removed.append(entry)
