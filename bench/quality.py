@@ -16,6 +16,7 @@ the reports of every run under --work.
     python bench/quality.py --with-iic         # plus IIC rows (train + segment, 3 seeds)
     python bench/quality.py --methods k-means,iic,picie --datasets dubai --protocols honest
     python bench/quality.py --methods picie --datasets dubai-val   # choose settings: tiles 1-3 -> 4
+    python bench/quality.py --methods iic --datasets dubai-val dubai-cv   # 4 folds: each of tiles 1-4 held out
     python bench/quality.py --methods lgmi --datasets isprs-val loveda-val colour-object-val
     python bench/quality.py --datasets isprs --seeds 0
     python bench/quality.py --methods k-means,iic,picie,lgmi,cirs --datasets colour-object --iic-patch 64
@@ -107,18 +108,22 @@ def dubai_split(data: Path) -> Split:
     )
 
 
-def dubai_validation_split(data: Path) -> Split:
-    """Tiles 1-3 -> tile 4: a split of the honest protocol's fitting set, for choosing settings."""
+def dubai_validation_split(data: Path, held_out: int = 4) -> Split:
+    """Tiles 1-4 but one -> that one: a split of the honest protocol's fitting set, for
+    choosing settings (``dubai-val``: tile 4 held out; ``dubai-cv``: tiles 1, 2 and 3 held
+    out in turn, ``dubai-cv1`` ... ``dubai-cv3``, the other three folds of a leave-one-tile-out
+    validation with ``dubai-val``; tiles 5-6 never read)."""
     full = dubai_split(data)
-    fit = [p for p in full.fit if p[0].parent.parent.name != "tile4"]
-    val = [p for p in full.fit if p[0].parent.parent.name == "tile4"]
+    fit = [p for p in full.fit if p[0].parent.parent.name != f"tile{held_out}"]
+    val = [p for p in full.fit if p[0].parent.parent.name == f"tile{held_out}"]
+    kept = ",".join(str(t) for t in range(1, 5) if t != held_out)
     return Split(
-        "dubai-val",
+        "dubai-val" if held_out == 4 else f"dubai-cv{held_out}",
         "dubai",
         5,
         fit,
         val,
-        f"validation: fit tiles 1-3 ({len(fit)} images), score tile 4 ({len(val)})",
+        f"validation: fit tiles {kept} ({len(fit)} images), score tile {held_out} ({len(val)})",
     )
 
 
@@ -547,6 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits.append(dubai_split(args.data))
     if "dubai-val" in args.datasets:
         splits.append(dubai_validation_split(args.data))
+    if "dubai-cv" in args.datasets:  # leave one tile out: tiles 1-3 (4 is dubai-val)
+        splits += [dubai_validation_split(args.data, held_out=t) for t in (1, 2, 3)]
     if "isprs" in args.datasets:
         splits += isprs_splits(args.data, work / "crops")
     if "isprs-val" in args.datasets:  # isprs-val and isprs-3-val
