@@ -27,7 +27,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from geoseg.config import SegmentConfig
 from geoseg.errors import InputError
@@ -90,6 +90,7 @@ class SegmentResult:
     stac_item: Path
     gpkg: Path | None = None
     gpkg_qml: Path | None = None
+    polygons: int | None = None  # in the GeoPackage
 
 
 def output_paths(source: Path, out_dir: Path) -> dict[str, Path]:
@@ -135,11 +136,17 @@ def segment_raster(
     """
     with output_set(out_dir, source.stem, STAGE) as staging:
         staged = _write_outputs(model, meta, model_dir, source, staging, config, progress, client)
-    return _published(staged, out_dir)
+    result = _published(staged, out_dir)
+    if result.gpkg is not None and result.polygons is not None:
+        from geoseg.vectorize import log_polygons
+
+        log_polygons(result.polygons, result.clusters, result.gpkg)
+    return result
 
 
 def _published(result: SegmentResult, out_dir: Path) -> SegmentResult:
-    moved = {
+    """The result with its paths in ``out_dir``, where :func:`output_set` published them."""
+    moved: dict[str, Any] = {
         f.name: out_dir / value.name
         for f in dataclasses.fields(result)
         if f.name != "source" and isinstance(value := getattr(result, f.name), Path)
@@ -209,16 +216,13 @@ def _write_outputs(
         stac_item=paths["stac_item"],
     )
     if config.vectorize:
-        from geoseg.vectorize import vector_style_path, vectorize
+        from geoseg.vectorize import vector_style_path, write_polygons
 
         names = {c.id: c.name for c in clusters if c.name}
-        result.gpkg = vectorize(
-            result.clusters,
-            paths["gpkg"],
-            class_names=names or None,
-            config=config.vectorize_config(),
-            published_in=out_dir.parent,  # out_dir is output_set's staging folder, inside it
+        result.polygons = write_polygons(
+            result.clusters, paths["gpkg"], class_names=names or None, config=config.vectorize_config()
         )
+        result.gpkg = paths["gpkg"]
         result.gpkg_qml = vector_style_path(result.gpkg)
     write_prediction_item(result, model_dir, meta, clusters)
     return result

@@ -53,7 +53,14 @@ from geoseg.io.sources import PIXEL_GRID, is_pixel_grid, open_dataset
 from geoseg.io.style import LAYER_STYLES, StyleClass, categorized_vector_style, embed_layer_style
 from geoseg.models.bundle import CLUSTERS_TAG, clusters_from_tag, default_clusters
 
-__all__ = ["is_own_gpkg", "polygons_from_geojson", "vector_style_path", "vectorize"]
+__all__ = [
+    "is_own_gpkg",
+    "log_polygons",
+    "polygons_from_geojson",
+    "vector_style_path",
+    "vectorize",
+    "write_polygons",
+]
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +319,6 @@ def vectorize(
     overwrite: bool = False,
     config: VectorizeConfig | None = None,
     report_georeferencing: bool = False,
-    published_in: str | Path | None = None,
 ) -> Path:
     """Polygons of a cluster raster in a GeoPackage, styled for QGIS, in the raster's CRS.
 
@@ -337,15 +343,47 @@ def vectorize(
             ``block_size`` are then taken from it): what ``segment`` and the flows pass.
         report_georeferencing: warn once if the raster has no CRS (``geoseg vectorize``;
             ``segment`` has said it of the source already).
-        published_in: the folder the files are published into when they are written into a
-            staging folder (``segment``): the log line names the published files, not the
-            staging ones that are gone when the user reads it.
 
     Returns:
         ``out_gpkg``.
     """
     clusters_tif = Path(clusters_tif)
     out_gpkg = Path(out_gpkg) if out_gpkg is not None else polygons_path(clusters_tif)
+    count = write_polygons(
+        clusters_tif,
+        out_gpkg,
+        min_area,
+        simplify,
+        class_names,
+        dask_address,
+        block_size,
+        overwrite,
+        config,
+        report_georeferencing,
+    )
+    log_polygons(count, clusters_tif, out_gpkg)
+    return out_gpkg
+
+
+def log_polygons(count: int, clusters_tif: Path, gpkg: Path) -> None:
+    """The one log line of a GeoPackage written, naming files as the user finds them (segment
+    logs it once its outputs are published, not from its staging folder)."""
+    log.info("%d polygons from %s -> %s", count, clusters_tif, gpkg)
+
+
+def write_polygons(
+    clusters_tif: Path,
+    out_gpkg: Path,
+    min_area: float = VectorizeConfig.min_area,
+    simplify: float = VectorizeConfig.simplify,
+    class_names: Mapping[int, str] | None = None,
+    dask_address: str | None = None,
+    block_size: int = VectorizeConfig.block_size,
+    overwrite: bool = False,
+    config: VectorizeConfig | None = None,
+    report_georeferencing: bool = False,
+) -> int:
+    """:func:`vectorize`'s work without its log line: the number of polygons written."""
     _check_names(clusters_tif, out_gpkg)
     if config is not None:
         min_area, simplify, block_size = config.min_area, config.simplify, config.block_size
@@ -408,10 +446,4 @@ def vectorize(
         )
         embed_layer_style(tmp, out_gpkg.stem, qml, GEOMETRY_COLUMN)
     write_text_atomic(vector_style_path(out_gpkg), qml)
-    shown_tif, shown_gpkg = (
-        (clusters_tif, out_gpkg)
-        if published_in is None
-        else (Path(published_in) / clusters_tif.name, Path(published_in) / out_gpkg.name)
-    )
-    log.info("%d polygons from %s -> %s", len(values), shown_tif, shown_gpkg)
-    return out_gpkg
+    return len(values)
