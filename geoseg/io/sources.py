@@ -194,18 +194,12 @@ def report_georeferencing(path: Path, crs: CRS | None, transform: Affine) -> Non
     """
     if crs is not None:
         return
-    if is_pixel_grid(crs, transform):
-        log.warning(
-            "%s has no georeferencing: its outputs are in pixel coordinates without a CRS "
-            "(QGIS shows them with an unknown CRS until one is set)",
-            path,
-        )
-    else:
-        log.warning(
-            "%s has no CRS: its outputs keep its world-file transform but have no CRS "
-            "(QGIS shows them with an unknown CRS until one is set)",
-            path,
-        )
+    what = (
+        "no georeferencing: its outputs are in pixel coordinates"
+        if is_pixel_grid(crs, transform)
+        else "no CRS: its outputs keep its world-file transform"
+    )
+    log.warning("%s has %s without a CRS (QGIS shows them with an unknown CRS until one is set)", path, what)
 
 
 def open_raster(path: str | Path, bands: Sequence[int] | None = None) -> RasterInfo:

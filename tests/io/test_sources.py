@@ -124,6 +124,6 @@ def test_report_georeferencing_says_what_the_outputs_will_be(caplog: pytest.LogC
     assert [r.getMessage() for r in caplog.records] == [
         "photo.jpg has no georeferencing: its outputs are in pixel coordinates without a CRS "
         "(QGIS shows them with an unknown CRS until one is set)",
-        "top.png has no CRS: its outputs keep its world-file transform but have no CRS "
+        "top.png has no CRS: its outputs keep its world-file transform without a CRS "
         "(QGIS shows them with an unknown CRS until one is set)",
     ]
