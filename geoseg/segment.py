@@ -220,7 +220,7 @@ def _write_outputs(
 
         names = {c.id: c.name for c in clusters if c.name}
         result.polygons = write_polygons(
-            result.clusters, paths["gpkg"], class_names=names or None, config=config.vectorize_config()
+            result.clusters, paths["gpkg"], config.vectorize_config(), class_names=names or None
         )
         result.gpkg = paths["gpkg"]
         result.gpkg_qml = vector_style_path(result.gpkg)

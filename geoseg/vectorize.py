@@ -349,17 +349,10 @@ def vectorize(
     """
     clusters_tif = Path(clusters_tif)
     out_gpkg = Path(out_gpkg) if out_gpkg is not None else polygons_path(clusters_tif)
+    if config is None:
+        config = VectorizeConfig(min_area, simplify, block_size)
     count = write_polygons(
-        clusters_tif,
-        out_gpkg,
-        min_area,
-        simplify,
-        class_names,
-        dask_address,
-        block_size,
-        overwrite,
-        config,
-        report_georeferencing,
+        clusters_tif, out_gpkg, config, class_names, dask_address, overwrite, report_georeferencing
     )
     log_polygons(count, clusters_tif, out_gpkg)
     return out_gpkg
@@ -374,20 +367,17 @@ def log_polygons(count: int, clusters_tif: Path, gpkg: Path) -> None:
 def write_polygons(
     clusters_tif: Path,
     out_gpkg: Path,
-    min_area: float = VectorizeConfig.min_area,
-    simplify: float = VectorizeConfig.simplify,
+    config: VectorizeConfig,
     class_names: Mapping[int, str] | None = None,
     dask_address: str | None = None,
-    block_size: int = VectorizeConfig.block_size,
     overwrite: bool = False,
-    config: VectorizeConfig | None = None,
     report_georeferencing: bool = False,
 ) -> int:
-    """:func:`vectorize`'s work without its log line: the number of polygons written."""
+    """:func:`vectorize`'s work, every polygonising setting in ``config``, without its log
+    line: the number of polygons written."""
     _check_names(clusters_tif, out_gpkg)
-    if config is not None:
-        min_area, simplify, block_size = config.min_area, config.simplify, config.block_size
-    VectorizeConfig(min_area, simplify, block_size).validate()
+    config.validate()
+    min_area, simplify, block_size = config.min_area, config.simplify, config.block_size
     if not clusters_tif.is_file():
         raise InputError(f"cluster raster not found: {clusters_tif}")
     require_published(clusters_tif)
