@@ -24,6 +24,9 @@ What it measures, all in one run on one machine:
 5. ``--parts scale``: one raster's row bands on 1, 2 and 4 Dask worker processes of a
    LocalCluster (one thread each): Mpx/s, speed-up, efficiency per core, and a stated
    projection for N machines.
+6. ``--parts serial``: what the driver does alone after the bands (copy them into two
+   tiled GeoTIFFs, then the two COGs), against COGs copied from a VRT over per-band
+   GeoTIFFs, on ``--serial-size``^2 generated ids (no network).
 
     python bench/segment.py --parts windows,scale --json /tmp/segment-bench.json
 """
@@ -276,6 +279,119 @@ def windows(model: Path, side: int, device: str, tmp: Path, repeats: int = 2) ->
     }
 
 
+def _band_vrt(
+    path: Path, parts: list[tuple[Path, int, int]], band: int, crs: object, transform: Affine, width: int
+) -> Path:
+    """A VRT of band ``band`` of per-band GeoTIFFs ((file, top row, rows) each), stacked by rows."""
+    sources = "".join(
+        f'<SimpleSource><SourceFilename relativeToVRT="1">{file.name}</SourceFilename>'
+        f"<SourceBand>{band}</SourceBand>"
+        f'<SrcRect xOff="0" yOff="0" xSize="{width}" ySize="{rows}"/>'
+        f'<DstRect xOff="0" yOff="{top}" xSize="{width}" ySize="{rows}"/></SimpleSource>'
+        for file, top, rows in parts
+    )
+    height = sum(rows for _, _, rows in parts)
+    geotransform = ", ".join(str(v) for v in transform.to_gdal())
+    path.write_text(
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{crs}</SRS>'
+        f"<GeoTransform>{geotransform}</GeoTransform>"
+        f'<VRTRasterBand dataType="Byte" band="1"><NoDataValue>255</NoDataValue>{sources}'
+        "</VRTRasterBand></VRTDataset>"
+    )
+    return path
+
+
+def serial(side: int, band_rows: int, tmp: Path, repeats: int = 2) -> dict[str, object]:
+    """The driver's serial phase of a raster segmented in bands on a cluster, without the network.
+
+    Today (:mod:`geoseg.distributed`): the workers' band zarrs are copied into two tiled
+    GeoTIFFs, which are copied into the two COGs. The alternative the issue names: workers
+    write per-band GeoTIFFs and the COGs are copied from a VRT over them (one copy less).
+    Same generated ids and confidence for both, alternated, best of ``repeats``; the COGs'
+    pixels are compared.
+    """
+    import zarr
+
+    from geoseg.bands import Band
+    from geoseg.distributed import _assemble, band_path
+    from geoseg.io.cog import create_raster, tiled_profile, to_cog
+    from geoseg.io.outputs import NODATA
+
+    rng = np.random.default_rng(0)
+    regions = rng.integers(0, 6, (side // 16 + 1, side // 16 + 1), dtype=np.uint8)
+    ids = np.kron(regions, np.ones((16, 16), np.uint8))[:side, :side]
+    confidence = rng.integers(40, 100, (side, side), dtype=np.uint8)
+    crs = rasterio.crs.CRS.from_string(CRS)
+    plan = [
+        Band(i, 0, 0, 0, top, min(side, top + band_rows)) for i, top in enumerate(range(0, side, band_rows))
+    ]
+    work = tmp / "serial"
+    work.mkdir()
+    tifs = []
+    for band in plan:
+        both = np.stack([ids[band.top : band.bottom], confidence[band.top : band.bottom]])
+        array = zarr.create_array(
+            store=str(band_path(work, band.index)),
+            shape=both.shape,
+            chunks=(2, min(band.rows, 512), min(side, 4096)),
+            dtype="uint8",
+            fill_value=NODATA,
+        )
+        array[:] = both
+        tif = work / f"band-{band.index:05d}.tif"
+        profile = tiled_profile(
+            crs, TRANSFORM * Affine.translation(0, band.top), band.rows, side, "uint8", NODATA
+        )
+        with create_raster(tif, profile | {"count": 2}) as dst:
+            dst.write(both)
+        tifs.append((tif, band.top, band.rows))
+
+    class Source:  # what _assemble reads of the source raster
+        height = width = side
+
+    Source.crs, Source.transform = crs, TRANSFORM  # type: ignore[attr-defined]
+    colormap = {i: (40 * i, 100, 200, 255) for i in range(6)}
+
+    def cogs(ids_src: Path, conf_src: Path, tag: str) -> None:
+        to_cog(ids_src, work / f"clusters-{tag}.tif", "mode", colormap=colormap, description="cluster id")
+        to_cog(conf_src, work / f"confidence-{tag}.tif", "average", description="confidence")
+
+    def today() -> None:
+        ids_tmp, conf_tmp = work / "ids.tif", work / "conf.tif"
+        _assemble(Source, plan, work, ids_tmp, conf_tmp)
+        cogs(ids_tmp, conf_tmp, "today")
+        ids_tmp.unlink()
+        conf_tmp.unlink()
+
+    def via_vrt() -> None:
+        wkt = crs.to_wkt()
+        cogs(
+            _band_vrt(work / "ids.vrt", tifs, 1, wkt, TRANSFORM, side),
+            _band_vrt(work / "conf.vrt", tifs, 2, wkt, TRANSFORM, side),
+            "vrt",
+        )
+
+    seconds: dict[str, list[float]] = {"today": [], "vrt": []}
+    for _ in range(repeats):
+        for name, run in (("today", today), ("vrt", via_vrt)):
+            t = time.perf_counter()
+            run()
+            seconds[name].append(round(time.perf_counter() - t, 2))
+    same = all(
+        np.array_equal(_read_ids(work / f"{kind}-today.tif"), _read_ids(work / f"{kind}-vrt.tif"))
+        for kind in ("clusters", "confidence")
+    )
+    mpx = side * side / 1e6
+    return {
+        "raster": f"{side}x{side}, {len(plan)} bands of {band_rows} rows",
+        "seconds": seconds,
+        "today_mpx_s": round(mpx / min(seconds["today"]), 1),
+        "vrt_mpx_s": round(mpx / min(seconds["vrt"]), 1),
+        "vrt_faster_by": round(min(seconds["today"]) / min(seconds["vrt"]), 2),
+        "same_pixels": same,
+    }
+
+
 def _band_phase(stream: list[dict]) -> float:
     """Wall seconds from the first band's start to the last band's end (the task stream)."""
     spans = [s for t in stream if str(t["key"]).startswith("segment-band-") for s in t["startstops"]]
@@ -416,12 +532,13 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         default="speed,rss,vectorize",
-        help="comma-separated subset of speed,rss,vectorize,windows,scale",
+        help="comma-separated subset of speed,rss,vectorize,windows,scale,serial",
     )
     parser.add_argument("--windows-size", type=int, default=1024, help="side of the windows raster")
     parser.add_argument("--scale-rows", type=int, default=4096, help="rows of the scale raster")
     parser.add_argument("--scale-width", type=int, default=1024, help="width of the scale raster")
     parser.add_argument("--scale-workers", default="1,2,4", help="Dask worker processes to compare")
+    parser.add_argument("--serial-size", type=int, default=8192, help="side of the serial-phase raster")
     args = parser.parse_args()
 
     results: dict[str, object] = {
@@ -457,6 +574,9 @@ def main() -> None:
             counts = [int(n) for n in args.scale_workers.split(",")]
             results["scale"] = scale(model, args.scale_rows, args.scale_width, counts, tmp)
             print(json.dumps(results["scale"]), flush=True)
+        if "serial" in parts:  # 6. the driver's serial phase after the bands: today vs a VRT
+            results["serial"] = serial(args.serial_size, 1024, tmp)
+            print(json.dumps(results["serial"]), flush=True)
         if "vectorize" in parts:  # 3. vectorize vs gdal_polygonize on the same cluster raster
             results["vectorize"] = vector_race(args.vector_size, tmp)
             print(json.dumps(results["vectorize"]), flush=True)
