@@ -27,6 +27,8 @@ What it measures, all in one run on one machine:
 6. ``--parts serial``: what the driver does alone after the bands (copy them into two
    tiled GeoTIFFs, then the two COGs), against COGs copied from a VRT over per-band
    GeoTIFFs, on ``--serial-size``^2 generated ids (no network).
+7. ``--parts precision``: ``geoseg segment --precision fp32`` against ``bf16`` end to end on
+   the ``--windows-size`` raster: Mpx/s and the agreement of cluster ids.
 
     python bench/segment.py --parts windows,scale --json /tmp/segment-bench.json
 """
@@ -392,6 +394,34 @@ def serial(side: int, band_rows: int, tmp: Path, repeats: int = 2) -> dict[str, 
     }
 
 
+def precision(model: Path, side: int, device: str, tmp: Path, repeats: int = 3) -> dict[str, object]:
+    """``SegmentConfig.precision`` fp32 vs bf16, end to end (GeoPackage included), alternated
+    in one process, best of ``repeats`` each; the agreement of their cluster ids."""
+    from geoseg.segment import segment
+
+    scene = write_scene(tmp / "precision.tif", side, side, seed=3)
+    seconds: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    outputs: dict[str, Path] = {}
+    for _ in range(repeats):
+        for name in seconds:
+            out = tmp / f"precision-{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            config = SegmentConfig(device=device, precision=name)  # type: ignore[arg-type]
+            t = time.perf_counter()
+            (result,) = segment(model, [scene], out, config, progress=False)
+            seconds[name].append(round(time.perf_counter() - t, 2))
+            outputs[name] = result.clusters
+    mpx = side * side / 1e6
+    return {
+        "raster": f"{side}x{side} RGB uint8",
+        "seconds": seconds,
+        "fp32_mpx_s": round(mpx / min(seconds["fp32"]), 3),
+        "bf16_mpx_s": round(mpx / min(seconds["bf16"]), 3),
+        "bf16_faster_by": round(min(seconds["fp32"]) / min(seconds["bf16"]), 2),
+        "same_ids": float(np.mean(_read_ids(outputs["fp32"]) == _read_ids(outputs["bf16"]))),
+    }
+
+
 def _band_phase(stream: list[dict]) -> float:
     """Wall seconds from the first band's start to the last band's end (the task stream)."""
     spans = [s for t in stream if str(t["key"]).startswith("segment-band-") for s in t["startstops"]]
@@ -532,7 +562,7 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         default="speed,rss,vectorize",
-        help="comma-separated subset of speed,rss,vectorize,windows,scale,serial",
+        help="comma-separated subset of speed,rss,vectorize,windows,scale,serial,precision",
     )
     parser.add_argument("--windows-size", type=int, default=1024, help="side of the windows raster")
     parser.add_argument("--scale-rows", type=int, default=4096, help="rows of the scale raster")
@@ -574,6 +604,11 @@ def main() -> None:
             counts = [int(n) for n in args.scale_workers.split(",")]
             results["scale"] = scale(model, args.scale_rows, args.scale_width, counts, tmp)
             print(json.dumps(results["scale"]), flush=True)
+        if "precision" in parts:  # 7. the network in fp32 vs bf16, end to end
+            results["precision"] = precision(
+                make_model(tmp / "model64p", patch=64), args.windows_size, args.device, tmp
+            )
+            print(json.dumps(results["precision"]), flush=True)
         if "serial" in parts:  # 6. the driver's serial phase after the bands: today vs a VRT
             results["serial"] = serial(args.serial_size, 1024, tmp)
             print(json.dumps(results["serial"]), flush=True)

@@ -559,6 +559,13 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         "--device", choices=("auto", "cpu", "cuda"), default=d.device, help="auto: GPU when present"
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per forward pass")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=d.precision,
+        help="bf16: the network in bfloat16 (several x faster on AMX CPUs and GPUs; the same "
+        "clusters on >= 99%% of pixels)",
+    )
     p.add_argument("--head", choices=("a", "b"), default=d.head, help="b: the k clusters; a: over-clustering")
     p.add_argument("--no-vectorize", action="store_true", help="do not write the GeoPackage")
     p.add_argument("--min-area", type=float, default=d.min_area, help="polygon sieve, CRS units squared")
@@ -601,6 +608,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         refine=args.refine,
         refine_size=args.refine_size,
         band_rows=args.band_rows,
+        precision=args.precision,
     )
     results = segment(
         args.model,

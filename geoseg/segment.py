@@ -190,6 +190,7 @@ def _write_outputs(
                     CLUSTERS_TAG: clusters_to_tag(clusters),
                     "GEOSEG_MODEL": str(model_dir),
                     "GEOSEG_SOURCE": str(source),
+                    "GEOSEG_PRECISION": config.precision,
                 },
                 description="cluster id",
             )

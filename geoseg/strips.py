@@ -215,7 +215,7 @@ def blended_rows(
         for start in range(0, len(cols), config.batch_size):
             chunk = cols[start : start + config.batch_size]
             batch = np.stack([strip[:, :, c : c + grid.win_width] for c in chunk])
-            probs = window_probabilities(model, batch, meta.scale, config.head)
+            probs = window_probabilities(model, batch, meta.scale, config.head, config.precision)
             for c, p in zip(chunk, probs, strict=True):
                 blender.add(p, weights[grid.borders(row, c)], row, c)
             if on_windows is not None:
