@@ -10,7 +10,8 @@ not fit the 460 s budget are recorded as skipped, so one JSON always comes back)
 1. ``peak``: the measured matmul peak, bf16 and fp32 (8192^3 on CUDA, best of 10 after
    warm-up) - the yardstick of the training figures.
 2. ``segment``: ``geoseg.segment`` Mpx/s on a generated 8192 x 8192 RGB raster (reads,
-   blending, COGs, preview; no GeoPackage), default window, batch 32, on the GPU.
+   blending, COGs, preview; no GeoPackage), default window, batch 32, on the GPU, in fp32
+   and again with ``--precision bf16`` (its Mpx/s and the share of ids equal to fp32's).
 3. ``train``: training pairs/s of IIC, ``small`` preset (128 px, batch 8, k 6) and ``iic``
    preset (Potsdam settings: 4 bands, 200 px, batch 75, k 3), each with bf16 autocast (the
    production path: ``geoseg.methods.iic`` autocasts on CUDA) and fp32 (the same
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -223,6 +225,7 @@ def part_train(device: torch.device, dry: bool, peaks: dict, compiled: bool) -> 
 
 
 def part_segment(device: torch.device, dry: bool, tmp: Path) -> dict[str, Any]:
+    import rasterio
     from segment import make_model, window_overhead, write_scene  # bench/segment.py
 
     from geoseg.config import SegmentConfig
@@ -233,15 +236,30 @@ def part_segment(device: torch.device, dry: bool, tmp: Path) -> dict[str, Any]:
     scene = write_scene(tmp / "seg.tif", side, side, rows_per_write=1024)
     config = SegmentConfig(vectorize=False, device=device.type, batch_size=8 if dry else 32)
     t = time.perf_counter()
-    segment(model, [scene], tmp / "seg-out", config, progress=False)
+    (fp32,) = segment(model, [scene], tmp / "seg-out", config, progress=False)
     seconds = time.perf_counter() - t
-    return {
+    row: dict[str, Any] = {
         "raster": f"{side}x{side} RGB uint8",
         "batch_size": config.batch_size,
         "window_overhead": round(window_overhead(model, side, side, config), 3),
         "seconds": round(seconds, 2),
         "mpx_s": round(side * side / 1e6 / seconds, 3),
         "end_to_end": "reads, blending, COGs, preview, STAC item (no GeoPackage)",
+    }
+    if time_left() < 3 * seconds:
+        return row | {"bf16": {"skipped": f"time budget: {time_left():.0f} s left"}}
+    t = time.perf_counter()  # the same raster with --precision bf16
+    bf16_config = dataclasses.replace(config, precision="bf16")
+    (bf16,) = segment(model, [scene], tmp / "seg-out-bf16", bf16_config, progress=False)
+    bf16_seconds = time.perf_counter() - t
+    with rasterio.open(fp32.clusters) as a, rasterio.open(bf16.clusters) as b:
+        same = float(np.mean(a.read(1) == b.read(1)))
+    return row | {
+        "bf16": {
+            "seconds": round(bf16_seconds, 2),
+            "mpx_s": round(side * side / 1e6 / bf16_seconds, 3),
+            "same_ids_as_fp32": same,
+        }
     }
 
 

@@ -63,5 +63,7 @@ def test_the_dry_run_goes_through_every_part_and_writes_the_json(tmp_path: Path)
         for row in rows:
             assert set(row) >= gpu.TRAIN_ROW and row["compiled"] is compiled, row
             assert row["pairs_per_s"] > 0 and row["fraction_of_limit"] > 0
-    assert result["parts"]["segment"]["mpx_s"] > 0
+    segment = result["parts"]["segment"]
+    assert segment["mpx_s"] > 0 and segment["bf16"]["mpx_s"] > 0
+    assert 0.9 <= segment["bf16"]["same_ids_as_fp32"] <= 1.0  # a random network on a generated scene
     assert result["parts"]["ddp"]["backend"] == "gloo" and result["parts"]["ddp"]["bundle"] is True
