@@ -108,7 +108,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
 
 def _add_model(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model", help="model versions: list, register, promote, rollback, align, check")
+    p = sub.add_parser("model", help="model versions: list, register, promote, rollback, align, check, name")
     msub = p.add_subparsers(dest="model_command", required=True)
     q = msub.add_parser("list", help="the registered versions; * marks the promoted one")
     q.add_argument("--registry", required=True, type=Path, help="model registry directory")
@@ -714,7 +714,7 @@ _PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="geoseg", description="Label-free segmentation of aerial orthophotos (IIC)"
+        prog="geoseg", description="Label-free segmentation of aerial orthophotos (IIC, PiCIE, LGMI, CIRS)"
     )
     parser.add_argument("--version", action="version", version=f"geoseg {__version__}")
     parser.add_argument(
@@ -775,6 +775,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         return int(args.run(args))
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        # Ctrl-C is the user's choice, not a failure to explain with a traceback: ingest and
+        # train keep their last checkpoint and resume from it when the command is run again.
+        resume = "; run the same command again to resume" if args.command in ("ingest", "train") else ""
+        print(f"geoseg {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
     except Exception as exc:
         message = None if args.debug else user_error_message(exc, getattr(args, "out", None))
         if message is None:
