@@ -76,17 +76,19 @@ def pairs(
     predictions: Sequence[str | Path], labels: Sequence[str | Path], what: str, against: str
 ) -> list[tuple[Path, Path]]:
     """Prediction/label paths, one label per prediction, each an existing file."""
+    # Missing files first: a mistyped glob reaches here unexpanded, as one path, and
+    # "9 predictions but 1 labels" would hide the typo.
+    for path in (Path(p) for p in (*predictions, *labels)):
+        if not path.is_file():
+            hint = " (a shell pattern that matched nothing?)" if any(c in str(path) for c in "*?[") else ""
+            raise InputError(f"file not found: {path}{hint}")
     if len(predictions) != len(labels):
         raise InputError(
             f"{len(predictions)} {what} but {len(labels)} {against}: give one label per prediction, same order"
         )
     if not predictions:
         raise InputError(f"no {what} given")
-    found = [(Path(p), Path(q)) for p, q in zip(predictions, labels, strict=True)]
-    for path in (p for pair in found for p in pair):
-        if not path.is_file():
-            raise InputError(f"file not found: {path}")
-    return found
+    return [(Path(p), Path(q)) for p, q in zip(predictions, labels, strict=True)]
 
 
 def _check_pair(pred: rasterio.io.DatasetReader, label: rasterio.io.DatasetReader, names: tuple) -> None:
