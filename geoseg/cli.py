@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from geoseg import __version__
-from geoseg.errors import GeosegError
+from geoseg.errors import GeosegError, InputError
 
 __all__ = ["build_parser", "main"]
 
@@ -182,6 +182,12 @@ def _run_model(args: argparse.Namespace) -> int:
     from geoseg.models import registry
 
     command = args.model_command
+    if command in ("list", "promote", "rollback") and not (args.registry / registry.STATE).is_file():
+        # a mistyped --registry: say so (list printed nothing, rollback left an empty folder)
+        what = "not found" if not args.registry.exists() else f"has no {registry.STATE}"
+        raise InputError(
+            f"model registry {what}: {args.registry} (`geoseg model register BUNDLE --registry ...` creates one)"
+        )
     if command == "list":
         state = registry.load_state(args.registry)
         for v in state.versions:
