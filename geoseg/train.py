@@ -264,7 +264,7 @@ def _run(
     bar = progress_bar(
         progress, total=steps, initial=state.step, desc="train", unit="step", disable=not ctx.is_main
     )
-    with open(work / METRICS, "a") as metrics:
+    with bar, open(work / METRICS, "a") as metrics:  # the bar closed before an error or Ctrl-C shows
         for batch in loader:
             step = state.step
             x = batch["image"].to(device, non_blocking=True)

@@ -133,19 +133,21 @@ def tally(
 ) -> Tally:
     """Stream every pair block by block into one 256 x 256 count table (+ sparse per image)."""
     result = Tally()
-    for pred_path, label_path in progress_bar(progress, iterable=pairs, desc=desc, unit="image", leave=False):
-        image_table = np.zeros((256, 256), np.int64)
-        with open_dataset(pred_path) as pred, open_dataset(label_path) as label:
-            _check_pair(pred, label, (pred_path, label_path))
-            rows = max(1, config.block_pixels // max(1, pred.width))
-            for row in range(0, pred.height, rows):
-                window = Window(0, row, pred.width, min(rows, pred.height - row))
-                ids = read_prediction(pred, window, pred_path)
-                target = read_label(label_path, dataset, window=window)
-                image_table += metrics.confusion_matrix(ids, target, config.ignore)
-        result.full += image_table
-        r, c = np.nonzero(image_table)
-        result.images.append(ImageCounts(pred_path, label_path, r, c, image_table[r, c]))
+    bar = progress_bar(progress, iterable=pairs, desc=desc, unit="image", leave=False)
+    with bar:  # closed before an error (or Ctrl-C) reaches the console
+        for pred_path, label_path in bar:
+            image_table = np.zeros((256, 256), np.int64)
+            with open_dataset(pred_path) as pred, open_dataset(label_path) as label:
+                _check_pair(pred, label, (pred_path, label_path))
+                rows = max(1, config.block_pixels // max(1, pred.width))
+                for row in range(0, pred.height, rows):
+                    window = Window(0, row, pred.width, min(rows, pred.height - row))
+                    ids = read_prediction(pred, window, pred_path)
+                    target = read_label(label_path, dataset, window=window)
+                    image_table += metrics.confusion_matrix(ids, target, config.ignore)
+            result.full += image_table
+            r, c = np.nonzero(image_table)
+            result.images.append(ImageCounts(pred_path, label_path, r, c, image_table[r, c]))
     return result
 
 
