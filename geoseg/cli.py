@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from geoseg import __version__
-from geoseg.errors import GeosegError
+from geoseg.errors import GeosegError, InputError
 
 __all__ = ["build_parser", "main"]
 
@@ -108,7 +108,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
 
 def _add_model(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model", help="model versions: list, register, promote, rollback, align, check")
+    p = sub.add_parser("model", help="model versions: list, register, promote, rollback, align, check, name")
     msub = p.add_subparsers(dest="model_command", required=True)
     q = msub.add_parser("list", help="the registered versions; * marks the promoted one")
     q.add_argument("--registry", required=True, type=Path, help="model registry directory")
@@ -182,6 +182,12 @@ def _run_model(args: argparse.Namespace) -> int:
     from geoseg.models import registry
 
     command = args.model_command
+    if command in ("list", "promote", "rollback") and not (args.registry / registry.STATE).is_file():
+        # a mistyped --registry: say so (list printed nothing, rollback left an empty folder)
+        what = "not found" if not args.registry.exists() else f"has no {registry.STATE}"
+        raise InputError(
+            f"model registry {what}: {args.registry} (`geoseg model register BUNDLE --registry ...` creates one)"
+        )
     if command == "list":
         state = registry.load_state(args.registry)
         for v in state.versions:
@@ -722,7 +728,7 @@ _PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="geoseg", description="Label-free segmentation of aerial orthophotos (IIC)"
+        prog="geoseg", description="Label-free segmentation of aerial orthophotos (IIC, PiCIE, LGMI, CIRS)"
     )
     parser.add_argument("--version", action="version", version=f"geoseg {__version__}")
     parser.add_argument(
@@ -783,6 +789,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         return int(args.run(args))
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        # Ctrl-C is the user's choice, not a failure to explain with a traceback: ingest and
+        # train keep their last checkpoint and resume from it when the command is run again.
+        resume = "; run the same command again to resume" if args.command in ("ingest", "train") else ""
+        print(f"geoseg {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
     except Exception as exc:
         message = None if args.debug else user_error_message(exc, getattr(args, "out", None))
         if message is None:

@@ -243,6 +243,7 @@ def segment_into(
     profile = tiled_profile(src.crs, src.transform, src.height, src.width, "uint8", NODATA)
     bar = progress_bar(progress, total=len(grid), desc=f"segment {path.name}", unit="win")
     with (
+        bar,  # closed before an error (or Ctrl-C) reaches the console: the message on its own line
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES),
         create_raster(clusters_tmp, profile) as ids_dst,
         create_raster(confidence_tmp, profile) as conf_dst,

@@ -71,7 +71,15 @@ from geoseg.io.fileio import (
 )
 from geoseg.methods import get_method
 from geoseg.methods.iic import pair_losses
-from geoseg.models.bundle import META, ModelMeta, default_clusters, load_bundle, save_bundle
+from geoseg.models.bundle import (
+    META,
+    Cluster,
+    ModelMeta,
+    default_clusters,
+    load_bundle,
+    load_meta,
+    save_bundle,
+)
 from geoseg.progress import Progress, progress_bar
 
 __all__ = [
@@ -200,7 +208,16 @@ def _train(
     state = _resume(work, model, optimizer, fingerprint, device)
     steps = total_steps(config, len(dataset))
     _truncate_metrics(work / METRICS, state.step)
+    # Resuming (same fingerprint): the bundle at out is this run's, perhaps named since with
+    # `geoseg model name`; the rewritten bundle keeps those names and colours.
+    named = _bundle_clusters(out, config.k) if state.step > 0 else None
 
+    if state.step >= steps:  # only after a resume: steps >= 1
+        log.info(
+            "already trained to step %d (asked: %d): nothing to train, the bundle is rewritten",
+            state.step,
+            steps,
+        )
     if state.step < steps:
         _run(model, optimizer, dataset, transform, config, device, state, steps, work, progress, ctx)
     if not ctx.is_main:  # rank 0 alone writes the bundle
@@ -211,6 +228,8 @@ def _train(
     if (subhead := chosen_subhead(state)) is not None:
         model.lead_with_subhead(subhead)  # type: ignore[operator]
     meta = _model_meta(model, config, dataset, state, rgb, device)
+    if named is not None:
+        meta.clusters = named
     save_bundle(model, meta, out, overwrite=overwrite)
     write_text_atomic(out / METRICS, (work / METRICS).read_text() if (work / METRICS).is_file() else "")
     plot_curve(work / METRICS, out / CURVE, state.best_step)
@@ -251,7 +270,7 @@ def _run(
     bar = progress_bar(
         progress, total=steps, initial=state.step, desc="train", unit="step", disable=not ctx.is_main
     )
-    with open(work / METRICS, "a") as metrics:
+    with bar, open(work / METRICS, "a") as metrics:  # the bar closed before an error or Ctrl-C shows
         for batch in loader:
             step = state.step
             x = batch["image"].to(device, non_blocking=True)
@@ -414,6 +433,17 @@ def _resume(
     )
     log.info("resuming from %s at step %d", ckpt, state.step)
     return state
+
+
+def _bundle_clusters(out: Path, k: int) -> list[Cluster] | None:
+    """The clusters (names, colours) of the bundle already at ``out``, when it has ``k`` of them."""
+    if not (out / META).is_file():
+        return None
+    try:
+        clusters = load_meta(out).clusters
+    except InputError:
+        return None
+    return list(clusters) if len(clusters) == k else None
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -79,3 +79,20 @@ def test_help_states_units(
     text = _help(words, capsys)
     entry = re.search(rf"{option} [A-Z_]+ (.*?)(?= --|$)", text)
     assert entry and unit in entry.group(1), (option, unit, text)
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C (SIGINT) during a stage: one line saying how to resume, no traceback."""
+    import geoseg.cli
+
+    def interrupted(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(geoseg.cli, "_run_train", interrupted)
+    assert main(["train", "s.zarr", "--out", "m"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "geoseg train: interrupted; run the same command again to resume"
+    with pytest.raises(KeyboardInterrupt):
+        main(["--debug", "train", "s.zarr", "--out", "m"])

@@ -318,3 +318,18 @@ def test_crs_less_sources_are_reported_once_each_in_our_words(
             assert validate_cog(cog)[0]
         info = pyogrio.read_info(result.gpkg)
         assert info["crs"] is None and np.allclose(info["total_bounds"], [0, -height, width, 0])
+
+
+def test_an_error_mid_raster_is_a_line_of_its_own_after_the_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A raster damaged past its header fails while the bar is shown: the bar is closed first."""
+    bundle = make_bundle(tmp_path / "model", ["red", "green", "blue"], "uint8", 100.0, 50.0)
+    tif = write_raster(tmp_path / "cut.tif", np.full((3, 300, 300), 90, np.uint8))
+    tif.write_bytes(tif.read_bytes()[: tif.stat().st_size // 2])  # truncated: the lower half is gone
+    assert main(["segment", str(bundle), str(tif), "--out", str(tmp_path / "out")]) == 2
+    lines = [
+        line.strip() for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()
+    ]
+    assert lines[-1].startswith("geoseg segment: error: unreadable or corrupt raster"), lines
+    assert "previous exception" not in lines[-1]  # GDAL's own reason, not rasterio's pointer to it

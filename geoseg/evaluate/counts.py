@@ -76,17 +76,19 @@ def pairs(
     predictions: Sequence[str | Path], labels: Sequence[str | Path], what: str, against: str
 ) -> list[tuple[Path, Path]]:
     """Prediction/label paths, one label per prediction, each an existing file."""
+    # Missing files first: a mistyped glob reaches here unexpanded, as one path, and
+    # "9 predictions but 1 labels" would hide the typo.
+    for path in (Path(p) for p in (*predictions, *labels)):
+        if not path.is_file():
+            hint = " (a shell pattern that matched nothing?)" if any(c in str(path) for c in "*?[") else ""
+            raise InputError(f"file not found: {path}{hint}")
     if len(predictions) != len(labels):
         raise InputError(
             f"{len(predictions)} {what} but {len(labels)} {against}: give one label per prediction, same order"
         )
     if not predictions:
         raise InputError(f"no {what} given")
-    found = [(Path(p), Path(q)) for p, q in zip(predictions, labels, strict=True)]
-    for path in (p for pair in found for p in pair):
-        if not path.is_file():
-            raise InputError(f"file not found: {path}")
-    return found
+    return [(Path(p), Path(q)) for p, q in zip(predictions, labels, strict=True)]
 
 
 def _check_pair(pred: rasterio.io.DatasetReader, label: rasterio.io.DatasetReader, names: tuple) -> None:
@@ -131,19 +133,21 @@ def tally(
 ) -> Tally:
     """Stream every pair block by block into one 256 x 256 count table (+ sparse per image)."""
     result = Tally()
-    for pred_path, label_path in progress_bar(progress, iterable=pairs, desc=desc, unit="image", leave=False):
-        image_table = np.zeros((256, 256), np.int64)
-        with open_dataset(pred_path) as pred, open_dataset(label_path) as label:
-            _check_pair(pred, label, (pred_path, label_path))
-            rows = max(1, config.block_pixels // max(1, pred.width))
-            for row in range(0, pred.height, rows):
-                window = Window(0, row, pred.width, min(rows, pred.height - row))
-                ids = read_prediction(pred, window, pred_path)
-                target = read_label(label_path, dataset, window=window)
-                image_table += metrics.confusion_matrix(ids, target, config.ignore)
-        result.full += image_table
-        r, c = np.nonzero(image_table)
-        result.images.append(ImageCounts(pred_path, label_path, r, c, image_table[r, c]))
+    bar = progress_bar(progress, iterable=pairs, desc=desc, unit="image", leave=False)
+    with bar:  # closed before an error (or Ctrl-C) reaches the console
+        for pred_path, label_path in bar:
+            image_table = np.zeros((256, 256), np.int64)
+            with open_dataset(pred_path) as pred, open_dataset(label_path) as label:
+                _check_pair(pred, label, (pred_path, label_path))
+                rows = max(1, config.block_pixels // max(1, pred.width))
+                for row in range(0, pred.height, rows):
+                    window = Window(0, row, pred.width, min(rows, pred.height - row))
+                    ids = read_prediction(pred, window, pred_path)
+                    target = read_label(label_path, dataset, window=window)
+                    image_table += metrics.confusion_matrix(ids, target, config.ignore)
+            result.full += image_table
+            r, c = np.nonzero(image_table)
+            result.images.append(ImageCounts(pred_path, label_path, r, c, image_table[r, c]))
     return result
 
 

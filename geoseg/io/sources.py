@@ -258,11 +258,17 @@ def read_scaled(
     try:
         data = src.read(use, window=window, out_shape=(len(use), height, width), resampling=resampling)
     except rasterio.errors.RasterioError as exc:  # a truncated or damaged file opens, then fails here
-        raise InputError(f"unreadable or corrupt raster {src.name}: {exc}") from exc
+        raise InputError(f"unreadable or corrupt raster {src.name}: {_gdal_reason(exc)}") from exc
     valid = read_valid(src, info, scale, row, col, height, width, bands=use, data=data)
     if data.dtype.kind == "f":  # NaN and +-inf are nodata: never fed to a model or a statistic
         data = np.where(np.isfinite(data), data, 0).astype(data.dtype, copy=False)
     return data, valid
+
+
+def _gdal_reason(exc: BaseException) -> str:
+    """rasterio's message, or GDAL's own where rasterio only says "See previous exception"."""
+    cause = exc.__cause__ or exc.__context__
+    return str(cause) if cause is not None and "previous exception" in str(exc) else str(exc)
 
 
 def finite_mask(data: np.ndarray) -> np.ndarray:
@@ -299,7 +305,7 @@ def read_valid(
                     use, window=window, out_shape=(len(use), height, width), resampling=Resampling.nearest
                 )
             except rasterio.errors.RasterioError as exc:
-                raise InputError(f"unreadable or corrupt raster {src.name}: {exc}") from exc
+                raise InputError(f"unreadable or corrupt raster {src.name}: {_gdal_reason(exc)}") from exc
         finite = finite_mask(data)
     if all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in use):
         return finite
@@ -308,7 +314,7 @@ def read_valid(
             use, window=window, out_shape=(len(use), height, width), resampling=Resampling.nearest
         )
     except rasterio.errors.RasterioError as exc:
-        raise InputError(f"unreadable or corrupt raster {src.name}: {exc}") from exc
+        raise InputError(f"unreadable or corrupt raster {src.name}: {_gdal_reason(exc)}") from exc
     return np.all(masks > 0, axis=0) & finite
 
 

@@ -175,6 +175,9 @@ def test_bad_inputs(tmp_path: Path) -> None:
         evaluate([p, p], [p], tmp_path / "r")
     with pytest.raises(InputError, match="not found"):
         evaluate([p], [tmp_path / "missing.png"], tmp_path / "r")
+    # a mistyped glob reaches evaluate unexpanded: the missing file is named, not the counts
+    with pytest.raises(InputError, match=r"file not found: .*mask/\*\.png \(a shell pattern"):
+        evaluate([p, p], [tmp_path / "mask" / "*.png"], tmp_path / "r")
     with pytest.raises(InputError, match="no labelled pixels"):
         evaluate([p], [_tif(tmp_path / "l.tif", np.full((8, 8), 255, np.uint8))], tmp_path / "r")
     with pytest.raises(ConfigError, match="unknown dataset"):

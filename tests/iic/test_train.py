@@ -147,6 +147,22 @@ def test_resumed_run_continues_from_the_saved_step(dubai_store: Path, tmp_path: 
         train(dubai_store, part, TrainConfig(steps=6, **{**FAST, "k": 5}), progress=False)
 
 
+def test_rerunning_a_finished_run_keeps_the_cluster_names(dubai_store: Path, tmp_path: Path) -> None:
+    """`geoseg model name` on a bundle, then the same `geoseg train` again: names and colours stay."""
+    from geoseg.models.bundle import load_meta
+    from geoseg.models.names import ClusterEdits, name_clusters
+
+    config = TrainConfig(steps=2, checkpoint_every=2, **FAST)
+    out = train(dubai_store, tmp_path / "model", config, progress=False)
+    name_clusters(out, ClusterEdits(names={1: "roofs"}, colours={1: (192, 57, 43)}))
+    again = train(dubai_store, out, config, progress=False)
+    cluster = load_meta(again).clusters[1]
+    assert (cluster.name, tuple(cluster.colour)) == ("roofs", (192, 57, 43))
+    # more steps of the same run (steps may change on a resume): still named
+    longer = train(dubai_store, out, TrainConfig(steps=3, checkpoint_every=2, **FAST), progress=False)
+    assert load_meta(longer).clusters[1].name == "roofs"
+
+
 def test_band_count_mismatch_is_a_clear_error(
     trained, dubai_store: Path, dubai_store_4band: Path, tmp_path: Path
 ) -> None:

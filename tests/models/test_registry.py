@@ -185,3 +185,15 @@ def test_new_surveys_are_those_added_after_the_promoted_model(shared_data: Path,
     assert [s.item_id for s in registry.new_surveys(catalog, reg, since=after)] == []
     with pytest.raises(InputError, match="not found"):
         registry.new_surveys(tmp_path / "nope.json", reg)
+
+
+def test_a_mistyped_registry_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """list/promote/rollback on a path that is no registry: one line, exit 2, no folder left behind."""
+    typo = tmp_path / "modles"
+    for words in (["list"], ["rollback"], ["promote", "v0001"]):
+        assert main(["model", *words, "--registry", str(typo)]) == 2
+        assert "model registry not found" in capsys.readouterr().err
+    assert not typo.exists()
+    typo.mkdir()
+    assert main(["model", "list", "--registry", str(typo)]) == 2
+    assert "has no registry.json" in capsys.readouterr().err
