@@ -539,7 +539,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
 
 def _add_segment(sub: argparse._SubParsersAction) -> None:
-    from geoseg.config import SegmentConfig
+    from geoseg.config import PRECISIONS, SegmentConfig
 
     d = SegmentConfig()
     p = sub.add_parser(
@@ -567,7 +567,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per forward pass")
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=PRECISIONS,
         default=d.precision,
         help="bf16: the network in bfloat16 (several x faster on AMX CPUs and GPUs; the same "
         "clusters on >= 99%% of pixels)",

@@ -8,17 +8,19 @@ the command line are checked before any work starts.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from geoseg.errors import ConfigError
 
 __all__ = [
     "METHODS",
     "METHOD_SETTINGS",
+    "PRECISIONS",
     "AlignConfig",
     "BaselineConfig",
     "EvaluateConfig",
     "IngestConfig",
+    "Precision",
     "PromotionConfig",
     "RunConfig",
     "SegmentConfig",
@@ -27,6 +29,10 @@ __all__ = [
     "VectorizeConfig",
     "path_fields",
 ]
+
+# The network's arithmetic at inference (SegmentConfig.precision, geoseg.inference).
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 # Field metadata of settings that name a file or folder: callers that must keep every path
 # inside allowed roots (the flows) find them with path_fields().
@@ -202,7 +208,7 @@ class SegmentConfig:
     refine: Literal["superpixels"] | None = None  # post-process blended probabilities per superpixel
     refine_size: int = 12  # superpixel side in pixels for --refine (SuperpixelConfig.size)
     band_rows: int = 4096  # rows per Dask task when one raster is segmented on a cluster (whole window rows)
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: bfloat16 autocast (AMX CPUs, GPUs: several x faster)
+    precision: Precision = "fp32"  # bf16: bfloat16 autocast (AMX CPUs, GPUs: several x faster)
 
     def vectorize_config(self) -> VectorizeConfig:
         """The polygonising settings of this run (``vectorize_block`` is the block size)."""
@@ -226,7 +232,8 @@ class SegmentConfig:
         _require(self.refine_size >= 4, f"superpixel size must be >= 4 px, got {self.refine_size}")
         _require(self.band_rows >= 1, f"band_rows must be >= 1, got {self.band_rows}")
         _require(
-            self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}"
+            self.precision in PRECISIONS,
+            f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
         )
         return self
 

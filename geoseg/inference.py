@@ -8,13 +8,14 @@ over a patch store. Written once, so both see a model the same way.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from rasterio.io import DatasetReader
 
+from geoseg.config import Precision
 from geoseg.errors import ConfigError, InputError
 from geoseg.iic.model import NormalisedNet
 from geoseg.io.sources import band_names, usable_bands
@@ -25,7 +26,6 @@ if TYPE_CHECKING:  # only its shape: inference sits below the model files (docs/
 __all__ = [
     "CPU_FORWARD_PIXELS",
     "MIN_SIDE",
-    "Precision",
     "check_bands",
     "predict_probabilities",
     "resolve_device",
@@ -37,7 +37,6 @@ MIN_SIDE = 8  # the trunk pools once: a window needs a few pixels on each side
 # caches: five 512 px windows in one pass run at 1.5 Mpx/s, one at a time at 2.3 (small
 # preset, 2 cores, bench/RESULTS.md "Default window"). GPUs take the whole batch at once.
 CPU_FORWARD_PIXELS = 512 * 512
-Precision = Literal["fp32", "bf16"]  # the network's arithmetic at inference (SegmentConfig.precision)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,7 +85,7 @@ def predict_probabilities(
     when shrinking, like an averaging read) and the probabilities back to (h, w).
     ``precision="bf16"`` runs the network under bfloat16 autocast (input normalisation and
     the returned probabilities stay float32): AMX CPUs and GPUs run it several times faster,
-    with the same argmax on >= 99 % of pixels (tests/test_inference.py).
+    with the same argmax on >= 99 % of pixels (tests/iic/test_bf16.py).
     """
     h, w = batch.shape[-2:]
     x = batch.float()

@@ -212,14 +212,14 @@ def _train(
     # `geoseg model name`; the rewritten bundle keeps those names and colours.
     named = _bundle_clusters(out, config.k) if state.step > 0 else None
 
-    if state.step >= steps:  # only after a resume: steps >= 1
+    if state.step < steps:
+        _run(model, optimizer, dataset, transform, config, device, state, steps, work, progress, ctx)
+    else:  # only after a resume: steps >= 1
         log.info(
             "already trained to step %d (asked: %d): nothing to train, the bundle is rewritten",
             state.step,
             steps,
         )
-    if state.step < steps:
-        _run(model, optimizer, dataset, transform, config, device, state, steps, work, progress, ctx)
     if not ctx.is_main:  # rank 0 alone writes the bundle
         cleanup()
         return out
