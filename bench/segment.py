@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ import torch
 from affine import Affine
 from rasterio.windows import Window
 
-from geoseg.config import SegmentConfig
+from geoseg.config import Precision, SegmentConfig
 from geoseg.iic.model import Architecture, build_model
 from geoseg.models.bundle import ModelMeta, default_clusters, save_bundle
 
@@ -281,6 +282,28 @@ def windows(model: Path, side: int, device: str, tmp: Path, repeats: int = 2) ->
     }
 
 
+def alternated(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each run, ``repeats`` times, alternated (the cores are shared)."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t = time.perf_counter()
+            run()
+            seconds[name].append(round(time.perf_counter() - t, 2))
+    return seconds
+
+
+def side_by_side(seconds: dict[str, list[float]], mpx: float, digits: int) -> dict[str, object]:
+    """Best-of rates of a baseline and a candidate (``seconds`` in that order), and the ratio."""
+    (base, base_s), (new, new_s) = seconds.items()
+    return {
+        "seconds": seconds,
+        f"{base}_mpx_s": round(mpx / min(base_s), digits),
+        f"{new}_mpx_s": round(mpx / min(new_s), digits),
+        f"{new}_faster_by": round(min(base_s) / min(new_s), 2),
+    }
+
+
 def _band_vrt(
     path: Path, parts: list[tuple[Path, int, int]], band: int, crs: object, transform: Affine, width: int
 ) -> Path:
@@ -373,23 +396,14 @@ def serial(side: int, band_rows: int, tmp: Path, repeats: int = 2) -> dict[str, 
             "vrt",
         )
 
-    seconds: dict[str, list[float]] = {"today": [], "vrt": []}
-    for _ in range(repeats):
-        for name, run in (("today", today), ("vrt", via_vrt)):
-            t = time.perf_counter()
-            run()
-            seconds[name].append(round(time.perf_counter() - t, 2))
+    seconds = alternated({"today": today, "vrt": via_vrt}, repeats)
     same = all(
         np.array_equal(_read_ids(work / f"{kind}-today.tif"), _read_ids(work / f"{kind}-vrt.tif"))
         for kind in ("clusters", "confidence")
     )
-    mpx = side * side / 1e6
     return {
         "raster": f"{side}x{side}, {len(plan)} bands of {band_rows} rows",
-        "seconds": seconds,
-        "today_mpx_s": round(mpx / min(seconds["today"]), 1),
-        "vrt_mpx_s": round(mpx / min(seconds["vrt"]), 1),
-        "vrt_faster_by": round(min(seconds["today"]) / min(seconds["vrt"]), 2),
+        **side_by_side(seconds, side * side / 1e6, digits=1),
         "same_pixels": same,
     }
 
@@ -400,24 +414,23 @@ def precision(model: Path, side: int, device: str, tmp: Path, repeats: int = 3) 
     from geoseg.segment import segment
 
     scene = write_scene(tmp / "precision.tif", side, side, seed=3)
-    seconds: dict[str, list[float]] = {"fp32": [], "bf16": []}
     outputs: dict[str, Path] = {}
-    for _ in range(repeats):
-        for name in seconds:
+
+    def run(name: Precision) -> Callable[[], object]:
+        def once() -> None:
             out = tmp / f"precision-{name}"
             shutil.rmtree(out, ignore_errors=True)
-            config = SegmentConfig(device=device, precision=name)  # type: ignore[arg-type]
-            t = time.perf_counter()
-            (result,) = segment(model, [scene], out, config, progress=False)
-            seconds[name].append(round(time.perf_counter() - t, 2))
+            (result,) = segment(
+                model, [scene], out, SegmentConfig(device=device, precision=name), progress=False
+            )
             outputs[name] = result.clusters
-    mpx = side * side / 1e6
+
+        return once
+
+    seconds = alternated({"fp32": run("fp32"), "bf16": run("bf16")}, repeats)
     return {
         "raster": f"{side}x{side} RGB uint8",
-        "seconds": seconds,
-        "fp32_mpx_s": round(mpx / min(seconds["fp32"]), 3),
-        "bf16_mpx_s": round(mpx / min(seconds["bf16"]), 3),
-        "bf16_faster_by": round(min(seconds["fp32"]) / min(seconds["bf16"]), 2),
+        **side_by_side(seconds, side * side / 1e6, digits=3),
         "same_ids": float(np.mean(_read_ids(outputs["fp32"]) == _read_ids(outputs["bf16"]))),
     }
 
