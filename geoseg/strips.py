@@ -18,6 +18,7 @@ import torch
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
+from geoseg import window_size
 from geoseg.config import SegmentConfig
 from geoseg.errors import InputError
 from geoseg.iic.model import NormalisedNet
@@ -34,7 +35,6 @@ __all__ = [
     "StripBlender",
     "blended_rows",
     "plan_grid",
-    "pooling",
     "read_strip",
     "receptive_radius",
     "refiner",
@@ -83,15 +83,6 @@ class StripBlender:
         return ids, confidence, valid
 
 
-def pooling(model: NormalisedNet) -> int:
-    """The network's total downsampling: windows are aligned to it (max-pool phase)."""
-    factor = 1
-    for module in model.modules():
-        if isinstance(module, torch.nn.MaxPool2d):
-            factor *= int(module.stride if isinstance(module.stride, int) else module.stride[0])
-    return factor
-
-
 def receptive_radius(model: NormalisedNet) -> int:
     """Pixels (at the model's scale) of context each side that an output pixel depends on.
 
@@ -121,13 +112,13 @@ def plan_grid(
     overlap is ``config.overlap`` (a fraction) or, by default, only the seam that seamless
     blending needs. Window,
     overlap and offsets are multiples of the pooling factor (at the model's scale), so
-    every window meets the same max-pool grid and the factor-2 upsampling that a single
+    every window meets the same pooling and stride grid and the upsampling that a single
     pass over the whole raster would; an odd-sized raster is padded by edge replication
     (the padding is never written). A non-zero overlap is raised to at least twice the
     receptive radius (+ alignment), so that every pixel has a window that saw all of its
     context (see :func:`geoseg.io.windows.ramp`).
     """
-    align = max(1, round(pooling(model) / min(meta.scale, 1.0)))
+    align = max(1, round(window_size.downsampling(model) / min(meta.scale, 1.0)))
     padded_h, padded_w = -(-height // align) * align, -(-width // align) * align
     if config.window is None:  # the default: chosen by geoseg.window_size
         return _default_grid(model, meta, config, padded_h, padded_w, align)
@@ -142,16 +133,12 @@ def plan_grid(
 def _default_grid(
     model: NormalisedNet, meta: ModelMeta, config: SegmentConfig, height: int, width: int, align: int
 ) -> WindowGrid:
-    """Windows up to 512 px at the model's scale with the seam blending needs (or ``config.overlap``)."""
-    from geoseg import window_size
-
-    per_pixel = window_size.activation_bytes_per_pixel(model)
-    model_side = min(
-        window_size.MAX_MODEL_SIDE, window_size.max_side_for_memory(per_pixel, config.batch_size)
-    )
+    """Windows up to ``window_size.largest_model_side`` (512 px at the model's scale unless the
+    seam is large) with the seam blending needs (or ``config.overlap``)."""
+    seam = window_size.seam_pixels(receptive_radius(model) / meta.scale, align)
+    model_side = window_size.largest_model_side(model, config.batch_size, round(seam * meta.scale))
     min_side = max(MIN_SIDE, round(meta.patch_size / meta.scale))
     max_side = max(min_side, round(model_side / meta.scale))
-    seam = window_size.seam_pixels(receptive_radius(model) / meta.scale, align)
     return window_size.default_grid(height, width, min_side, max_side, seam, align, config.overlap or 0.0)
 
 

@@ -23,41 +23,113 @@ from dataclasses import dataclass
 import torch
 
 from geoseg.errors import ConfigError
+from geoseg.iic.model import NormalisedNet
 from geoseg.io.windows import WindowGrid, offsets
 
 __all__ = [
     "FORWARD_BYTES",
     "MAX_MODEL_SIDE",
+    "SEAMS_PER_WINDOW",
+    "Probe",
     "RectGrid",
     "activation_bytes_per_pixel",
     "default_grid",
+    "downsampling",
+    "largest_model_side",
     "max_side_for_memory",
     "overlap_factor",
+    "probe",
     "seam_pixels",
 ]
 
-MAX_MODEL_SIDE = 512  # px at the model's scale: beyond it the overlap factor gains little
+MAX_MODEL_SIDE = 512  # px at the model's scale: beyond it the overlap factor gains little ...
+SEAMS_PER_WINDOW = 4  # ... unless the seam is large (a deep trunk): a window may grow to 4 seams
 FORWARD_BYTES = 1 << 30  # activations of one forward pass of a batch of windows
 
 
-def activation_bytes_per_pixel(model: torch.nn.Module) -> float:
+def activation_bytes_per_pixel(model: NormalisedNet) -> float:
     """Peak activation bytes per input pixel of one forward pass (an estimate).
 
-    Two float32 tensors of the widest convolution alive at once, at the resolution after
-    the network's pooling. Measured on the CPU at 512 px windows (2026-12-02): ``small``
-    ~280 B/px (estimate 256), ``iic`` ~1000 B/px (estimate 1024).
+    Two float32 copies of the largest feature map of one forward pass (input and output
+    of a layer alive at once), per input pixel, from the probe pass of :func:`probe`.
+    Measured on the CPU at 512 px windows (2026-12-02): ``small`` ~280 B/px (estimate
+    256), ``iic`` ~1000 B/px (estimate 1024).
     """
-    widest = max((m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)), default=1)
-    pooling = 1
-    for module in model.modules():
-        if isinstance(module, torch.nn.MaxPool2d):
-            pooling *= int(module.stride if isinstance(module.stride, int) else module.stride[0])
-    return 2 * 4 * widest / pooling**2
+    return probe(model).activation_bytes_per_pixel
+
+
+def downsampling(model: NormalisedNet) -> int:
+    """The trunk's total downsampling (IIC's trunk 2, the U-Net 4, ResNet-18 FPN 32):
+    windows are aligned to it, so that every window meets the same pooling and stride grid
+    as one pass over the whole raster would."""
+    return probe(model).downsampling
+
+
+PROBE_SIDE = 256  # px of the probe pass (a multiple of every trunk's stride)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one small forward pass tells about a network's geometry and memory."""
+
+    downsampling: int  # the probe's side over the smallest feature map of the trunk
+    activation_bytes_per_pixel: float
+
+
+def probe(model: NormalisedNet) -> Probe:
+    """One forward pass of a blank ``PROBE_SIDE`` window in eval mode, its feature maps
+    recorded by hooks; remembered on the model.
+
+    Measured rather than read from the layers: a ResNet downsamples in strided convolutions
+    on its main path and again, in parallel, in its shortcuts, which a walk over the layers
+    would count twice; and the largest map may come before the first pooling (the U-Net).
+    """
+    cached = getattr(model, "_geometry_probe", None)
+    if isinstance(cached, Probe):
+        return cached
+    trunk = set(model.trunk.modules())
+    trunk_sides: list[int] = []
+    largest = [0]
+
+    def record(module: torch.nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            largest[0] = max(largest[0], output[0].numel())
+            if module in trunk:
+                trunk_sides.append(int(output.shape[-1]))
+
+    hooks = [module.register_forward_hook(record) for module in model.modules()]
+    parameter = next(model.parameters())
+    channels = int(model.arch.in_channels)
+    blank = torch.zeros(1, channels, PROBE_SIDE, PROBE_SIDE, device=parameter.device, dtype=parameter.dtype)
+    training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model(blank, heads="b")
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    result = Probe(
+        downsampling=max(1, PROBE_SIDE // min(trunk_sides, default=PROBE_SIDE)),
+        activation_bytes_per_pixel=2 * 4 * largest[0] / PROBE_SIDE**2,
+    )
+    model._geometry_probe = result  # type: ignore[assignment]
+    return result
 
 
 def max_side_for_memory(bytes_per_pixel: float, batch_size: int, budget: int = FORWARD_BYTES) -> int:
     """The largest window side (px at the model's scale) whose batch fits into ``budget`` bytes."""
     return int(math.sqrt(budget / (bytes_per_pixel * batch_size)))
+
+
+def largest_model_side(model: NormalisedNet, batch_size: int, seam: int) -> int:
+    """The largest default window side (px at the model's scale): :data:`MAX_MODEL_SIDE`, or
+    :data:`SEAMS_PER_WINDOW` seams (``seam``, model px) where that is more, so that a deep
+    trunk's seam of twice its receptive radius does not leave windows that overlap almost
+    entirely; never more than a forward pass of ``batch_size`` windows fits in memory."""
+    memory = max_side_for_memory(activation_bytes_per_pixel(model), batch_size)
+    return min(max(MAX_MODEL_SIDE, SEAMS_PER_WINDOW * seam), memory)
 
 
 def seam_pixels(receptive_radius: float, align: int) -> int:

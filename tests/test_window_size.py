@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from geoseg.window_size import (
     MAX_MODEL_SIDE,
     activation_bytes_per_pixel,
     default_grid,
+    downsampling,
     max_side_for_memory,
     overlap_factor,
 )
@@ -96,3 +99,29 @@ def test_small_rasters_get_one_window_and_each_axis_gets_its_own_side() -> None:
     assert grid.row_offsets[-1] + grid.win_height == 2000 and grid.col_offsets[-1] + grid.win_width == 1500
     assert grid.win_height != grid.win_width  # a square side would predict 1.23 x the pixels
     assert overlap_factor(grid) < 1.2 < overlap_factor(default_grid(2000, 1500, 512, 512, 38, 2))
+
+
+def test_a_deep_trunk_is_aligned_to_its_stride_and_its_windows_span_several_seams() -> None:
+    """PiCIE's ResNet-18 FPN: stride 32 in strided convolutions (no max-pool to count) and a
+    receptive radius of ~250 px, so a 512 px window would be nearly all seam."""
+    from geoseg.picie.model import PiCIEArchitecture, PiCIENet
+
+    arch = PiCIEArchitecture(in_channels=3, k_b=4, trunk="resnet18-fpn")
+    model = PiCIENet(arch).eval()
+    _, meta = model_and_meta()
+    meta = dataclasses.replace(meta, architecture=arch.to_dict())
+    assert downsampling(model) == 32
+    grid = plan_grid(model, meta, SegmentConfig(), 4000, 3000)
+    assert grid.window % 32 == 0 and grid.overlap % 32 == 0
+    assert all(r % 32 == 0 and c % 32 == 0 for r, c in grid)
+    assert grid.overlap >= 2 * receptive_radius(model) > MAX_MODEL_SIDE / 2
+    assert overlap_factor(grid) < 3.0  # 512 px windows at the seam's stride 32 would predict ~18x
+    per_pixel = activation_bytes_per_pixel(model)
+    assert SegmentConfig().batch_size * grid.window**2 * per_pixel <= 1 << 30
+
+
+def test_the_probe_measures_each_trunks_stride() -> None:
+    from geoseg.cirs.model import CIRSArchitecture, CIRSNet
+
+    assert downsampling(model_and_meta()[0]) == 2  # IIC: one max-pool
+    assert downsampling(CIRSNet(CIRSArchitecture(in_channels=3, k_b=4))) == 4  # the U-Net's two

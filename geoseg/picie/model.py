@@ -91,7 +91,10 @@ class _BasicBlock(nn.Module):
 
 
 class ResNet18FPN(nn.Module):
-    """ResNet-18 + PiCIE's FPN decoder: (N, C, H, W) -> (N, out_dim, H/4, W/4)."""
+    """ResNet-18 + PiCIE's FPN decoder: (N, C, H, W) -> (N, out_dim, ceil(H/4), ceil(W/4))."""
+
+    downsampling = 32  # the deepest stage's stride
+    output_stride = 4  # the FPN is read at stride 4
 
     def __init__(self, in_channels: int, width: float, out_dim: int) -> None:
         super().__init__()
@@ -111,6 +114,12 @@ class ResNet18FPN(nn.Module):
         self.laterals = nn.ModuleList(nn.Conv2d(c, out_dim, 1) for c in widths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A side that is not a multiple of the total stride would give the main path and a
+        # shortcut maps of different sizes: pad by edge values, crop back to ceil(side / 4).
+        h, w = x.shape[-2:]
+        pad_h, pad_w = -h % self.downsampling, -w % self.downsampling
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         levels = []
         y = self.stem(x)
         for stage in self.stages:
@@ -120,7 +129,7 @@ class ResNet18FPN(nn.Module):
         for level, lateral in zip(levels[-2::-1], list(self.laterals)[-2::-1], strict=True):
             lat = lateral(level)
             out = F.interpolate(out, size=lat.shape[-2:], mode="bilinear", align_corners=False) + lat
-        return out
+        return out[..., : -(-h // self.output_stride), : -(-w // self.output_stride)]
 
 
 class PiCIENet(NormalisedNet):

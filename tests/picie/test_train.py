@@ -20,6 +20,7 @@ from geoseg.iic.model import for_inference
 from geoseg.io.store import IMAGES, VALID
 from geoseg.models.bundle import WEIGHTS, load_bundle
 from geoseg.segment import predict_probabilities, segment
+from geoseg.synthetic import generate_scene
 from geoseg.train import CHECKPOINT, train, work_dir
 
 K = 4
@@ -84,10 +85,14 @@ def test_resumed_run_continues_exactly_centroids_included(scene_store: Path, tmp
         assert torch.equal(a[name], b[name]), name
 
 
-def test_resnet18_fpn_trunk_trains_and_reloads(scene_store: Path, tmp_path: Path) -> None:
-    config = TrainConfig(steps=1, trunk="resnet18-fpn", **FAST)
-    out = train(scene_store, tmp_path / "fpn", config, progress=False)
-    model, meta = load_bundle(out)
+@pytest.fixture(scope="module")
+def fpn_model(scene_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fpn_model") / "fpn"
+    return train(scene_store, out, TrainConfig(steps=1, trunk="resnet18-fpn", **FAST), progress=False)
+
+
+def test_resnet18_fpn_trunk_trains_and_reloads(fpn_model: Path) -> None:
+    model, meta = load_bundle(fpn_model)
     assert meta.architecture["trunk"] == "resnet18-fpn"
     x = torch.rand(1, 3, 64, 64) * 255
     with torch.no_grad():
@@ -96,6 +101,33 @@ def test_resnet18_fpn_trunk_trains_and_reloads(scene_store: Path, tmp_path: Path
     assert z.shape == (1, 128, 16, 16)  # FPN read at stride 4
     assert torch.allclose(z.norm(dim=1), torch.ones(1, 16, 16), atol=1e-5)
     assert torch.allclose(probs.sum(1), torch.ones(1, 64, 64), atol=1e-5)
+    # a side that is no multiple of the trunk's stride 32 (a training patch of 100 px)
+    with torch.no_grad():
+        odd = model(torch.rand(2, 3, 100, 75) * 255, heads="b")["b"][0]
+    assert odd.shape == (2, K, 100, 75)
+
+
+def test_resnet18_fpn_segments_a_raster_seamlessly(fpn_model: Path, tmp_path: Path) -> None:
+    # 700 x 650 px, sides that are no multiple of the trunk's stride 32; 608 px windows
+    # (the default would take one window here) overlap by the seam, twice the ResNet's
+    # ~250 px receptive radius: several windows per axis
+    big = generate_scene(tmp_path / "big", size=700, seed=4)
+    with rasterio.open(big.image) as src:
+        data = src.read(window=rasterio.windows.Window(0, 0, 700, 650))
+        profile = src.profile | {"height": 650}
+    image = tmp_path / "big_650.tif"
+    with rasterio.open(image, "w", **profile) as dst:
+        dst.write(data)
+    config = SegmentConfig(window=608, vectorize=False)
+    [result] = segment(fpn_model, [image], tmp_path / "out", config, progress=False)
+    with rasterio.open(result.clusters) as src:
+        stitched = src.read(1)
+    model, meta = load_bundle(fpn_model)
+    x = np.pad(data.astype(np.float32), ((0, 0), (0, -650 % 32), (0, -700 % 32)), mode="edge")
+    whole = predict_probabilities(model, torch.from_numpy(x)[None], meta.scale).argmax(1)[0].numpy()
+    assert stitched.shape == (650, 700)
+    agreement = float(np.mean(whole[:650, :700] == stitched))
+    assert agreement >= 0.995, f"stitched windows vs one pass agree on {agreement:.4%} of pixels"
 
 
 def test_collapse_stops_with_the_method_and_step_and_writes_no_bundle(
