@@ -37,6 +37,7 @@ from flows.settings import (
     check_sources,
     config_dict,
     default_out,
+    logs_user_errors,
 )
 from flows.tasks import evaluate_task, run
 from flows.train import train_step
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 
 @flow(name="pipeline", task_runner=task_runner(), validate_parameters=True)
+@logs_user_errors
 def pipeline_flow(
     src: str | list[str],
     out: str | None = None,

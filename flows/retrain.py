@@ -40,6 +40,7 @@ from flows.settings import (
     check_output,
     check_surveys,
     config_dict,
+    logs_user_errors,
 )
 from flows.tasks import align_task, evaluate_task, find_surveys_task, register_task, run
 from flows.train import train_step
@@ -57,6 +58,7 @@ EVALUATION = "evaluation"
 
 
 @flow(name="retrain", task_runner=task_runner(), validate_parameters=True)
+@logs_user_errors
 def retrain_flow(
     catalog: str,
     registry: str,

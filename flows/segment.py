@@ -23,6 +23,7 @@ from flows.settings import (
     check_sources,
     config_dict,
     default_out,
+    logs_user_errors,
 )
 from flows.tasks import resolve, segment_task, submit, vectorize_task
 from geoseg.config import SegmentConfig
@@ -88,6 +89,7 @@ def segment_step(
 
 
 @flow(name="segment", task_runner=task_runner(), validate_parameters=True)
+@logs_user_errors
 def segment_flow(
     src: str | list[str],
     model: str,

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from geoseg.errors import BusyError, InputError, OutputError
+from geoseg.errors import BusyError, GeosegError, InputError, OutputError
 
 __all__ = [
     "atomic_path",
@@ -53,11 +53,13 @@ __all__ = [
     "require_published",
     "set_manifest",
     "sha256_file",
+    "user_error_message",
     "write_json_atomic",
     "write_text_atomic",
 ]
 
 MARKER_PREFIX = ".geoseg-"
+NEARLY_FULL_BYTES = 1 << 20  # a failure with less free space than this is reported as disk full
 LOCK_NAME = ".geoseg.lock"
 # Hidden names of temporary files carry the writer's PID: a rerun removes those of dead PIDs.
 # Exactly the names geoseg makes: ``.X.tmp-PID`` / ``.X.old-PID`` / ``.X.staging-PID``,
@@ -435,3 +437,31 @@ def describe_os_error(exc: OSError) -> str | None:
     name = name if len(name) <= 200 else name[:200] + "..."
     verb = "write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "use"
     return f"cannot {verb} {name}: {advice}"
+
+
+def user_error_message(exc: BaseException, out: str | Path | None = None) -> str | None:
+    """The one line for a failure the user can fix, or None for a bug (which keeps its traceback).
+
+    What ``geoseg STAGE`` prints after ``error:`` and what a failed flow run logs
+    (``flows.settings.logs_user_errors``): a GeosegError's message, an OSError of the user's
+    making (:func:`describe_os_error`), a NUL in a path, or any failure while ``out``'s file
+    system is full (GDAL then reports a misleading read error).
+    """
+    if isinstance(exc, GeosegError):
+        return str(exc)
+    if isinstance(exc, OSError) and (message := describe_os_error(exc)):
+        return message
+    if isinstance(exc, ValueError | OSError) and "embedded null" in str(exc):
+        return f"a path contains a NUL character: {exc}"
+    if out is not None and _nearly_full(Path(out)):
+        return (
+            f"no space left on the device of {out}: free some space or choose another output location ({exc})"
+        )
+    return None
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(_existing_ancestor(path)).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
