@@ -140,7 +140,9 @@ def test_lausanne_geopackage_reopens(lausanne_run) -> None:
     assert set(frame.columns) >= {"cluster_id", "class_name", "area", "geometry"}
     named = frame[frame.cluster_id == 1]
     assert (named.class_name == "bright").all()
-    assert frame[frame.cluster_id == 3].class_name.isna().all()  # no name in the model: null
+    # no name in the model: the legend's default label (the QML's), never null
+    assert (frame[frame.cluster_id == 3].class_name == "cluster 3").all()
+    assert 'value="3" label="cluster 3"' in lausanne_run.gpkg_qml.read_text()
     assert lausanne_run.gpkg_qml == lausanne_run.gpkg.with_suffix(".qml") and lausanne_run.gpkg_qml.is_file()
 
 
