@@ -45,7 +45,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +220,8 @@ def _train(
             state.step,
             steps,
         )
+        if state.step != steps:  # fewer asked: provenance records what the weights were trained for
+            config = replace(config, steps=state.step, epochs=None)
     if not ctx.is_main:  # rank 0 alone writes the bundle
         cleanup()
         return out
