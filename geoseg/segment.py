@@ -40,7 +40,14 @@ from geoseg.inference import (
 )
 from geoseg.io import outputs
 from geoseg.io.cog import to_cog
-from geoseg.io.fileio import atomic_path, check_free_space, check_set, locked, output_set
+from geoseg.io.fileio import (
+    atomic_path,
+    check_free_space,
+    check_set,
+    locked,
+    made_for_the_run,
+    output_set,
+)
 from geoseg.io.outputs import NODATA, OUTPUT_ASSETS, check_unique_stems
 from geoseg.io.preview import write_preview
 from geoseg.io.sources import open_dataset, report_georeferencing
@@ -264,9 +271,10 @@ def segment(
     Args:
         model_dir: a model bundle (model.json + weights.safetensors).
         sources: GeoTIFFs (any size) with the bands and dtype the model was trained on.
-        out_dir: folder for the outputs (created); the outputs of an earlier segment run are
-            replaced, one source's set at a time; other files of the same names are
-            refused (OutputError) unless ``overwrite``.
+        out_dir: folder for the outputs (created; removed again, with the parents the run
+            created, if the run fails while they are still empty); the outputs of an earlier
+            segment run are replaced, one source's set at a time; other files of the same
+            names are refused (OutputError) unless ``overwrite``.
         config: window overlap, batch size, device, head, vectorization options.
         progress: a progress bar per raster (True), log lines to this logger, or nothing
             (:mod:`geoseg.progress`).
@@ -295,7 +303,9 @@ def segment(
     check_outputs(paths, out_dir, overwrite, config.vectorize)
     from geoseg.distributed import connect
 
-    with connect(dask_address) as client:  # an address that does not answer fails here, before work
+    # A failed run leaves no empty out_dir behind that it created itself; an address that
+    # does not answer fails at connect, before any work.
+    with made_for_the_run(out_dir), connect(dask_address) as client:
         model, meta = load_bundle(model_dir, resolve_device(config.device))
         model = for_inference(model)
         with locked(out_dir, "segment output folder"):

@@ -230,6 +230,29 @@ def test_band_count_dtype_and_order_mismatch_are_clear_errors(tmp_path: Path, la
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_a_failed_segment_removes_only_an_empty_out_folder_it_created(tmp_path: Path, lausanne: Path) -> None:
+    """The run fails after it created --out (bands that do not match the model): the folder
+    it created (and its created parent) goes; a folder that was there, empty or not, stays."""
+    one_band = make_bundle(tmp_path / "one", ["gray"], "uint8", 100.0, 50.0)
+
+    def fails(out: Path) -> None:
+        assert main(["segment", str(one_band), str(lausanne), "--out", str(out), "--quiet"]) == 2
+
+    fails(tmp_path / "new" / "predictions")
+    assert not (tmp_path / "new").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails(empty)
+    assert empty.is_dir() and list(empty.iterdir()) == []
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    fails(kept)
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"] and (kept / "notes.txt").read_text() == "mine"
+    fails(kept / "inside")  # created inside a user's folder: removed, the user's folder kept
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
+
+
 def test_missing_model_files_are_clear_errors(tmp_path: Path, rgb_model: Path, lausanne: Path) -> None:
     no_weights = shutil.copytree(rgb_model, tmp_path / "no_weights")
     (no_weights / "weights.safetensors").unlink()

@@ -15,6 +15,8 @@ own:
   file listed in an incomplete manifest is never taken for a result.
 - :func:`locked` holds a lock file (holder PID and host) on a store or output folder;
   a second process is refused with a clear message, a dead holder's lock is taken over.
+- :func:`made_for_the_run` removes the output folder (and the parents) a failed run created,
+  when they are still empty; a folder that existed before is never touched.
 - :func:`clean_leftovers` removes what killed runs left (``.tmp-PID``, ``.tiled-PID.tif``,
   ``.staging-PID``) when that PID is no longer running.
 """
@@ -47,6 +49,7 @@ __all__ = [
     "clean_leftovers",
     "describe_os_error",
     "locked",
+    "made_for_the_run",
     "mark_folder",
     "output_set",
     "owned_by_set",
@@ -174,6 +177,26 @@ def check_free_space(folder: str | Path, needed_bytes: int) -> None:
             f"{where} has {free / 2**20:.1f} MiB free but about {needed_bytes / 2**20:.1f} MiB are needed: "
             "free some space or choose another output location"
         )
+
+
+@contextlib.contextmanager
+def made_for_the_run(folder: str | Path) -> Iterator[None]:
+    """Run the block; if it fails, remove ``folder`` and the parents of it that did not exist
+    before the block, each only while empty (``os.rmdir``). A folder that was there before
+    the block, and whatever is in it, stays as it was."""
+    target = Path(os.path.abspath(folder))
+    existing = _existing_ancestor(target)
+    try:
+        yield
+    except BaseException:
+        where = target
+        while where != existing and existing in where.parents:
+            try:
+                os.rmdir(where)  # refuses a non-empty folder: nothing of anyone's is removed
+            except OSError:
+                break
+            where = where.parent
+        raise
 
 
 def claim_folder(folder: str | Path, stage: str, marker: str | None = None, overwrite: bool = False) -> bool:
