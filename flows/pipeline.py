@@ -42,6 +42,7 @@ from flows.settings import (
 from flows.tasks import evaluate_task, run
 from flows.train import train_step
 from geoseg.config import EvaluateConfig, IngestConfig, SegmentConfig, TrainConfig
+from geoseg.messages import plural
 
 EVALUATION = "evaluation"
 DEMO_SERVER_TIMEOUT_S = 180
@@ -90,7 +91,7 @@ def pipeline_flow(
         from geoseg.errors import ConfigError
 
         raise ConfigError(
-            f"give one label raster per source: {len(sources)} sources, {len(label_paths)} labels"
+            f"give one label raster per source: {plural(len(sources), 'source')}, {plural(len(label_paths), 'label')}"
         )
     run_dir = check_output(out or default_out(settings, "pipeline", sources[0]), "out", settings)
     ingest_cfg = build_config(IngestConfig, ingest, patch_size=patch_size, dataset=dataset)

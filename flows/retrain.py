@@ -52,6 +52,7 @@ from geoseg.config import (
     SegmentConfig,
     TrainConfig,
 )
+from geoseg.messages import plural
 
 ALIGNED = "aligned"
 EVALUATION = "evaluation"
@@ -123,7 +124,7 @@ def retrain_flow(
             "promoted": False,
             "previous": str(previous) if previous else None,
         }
-    logger.info("%d new survey(s): %s", len(surveys), [s["item_id"] for s in surveys])
+    logger.info("%s: %s", plural(len(surveys), "new survey"), [s["item_id"] for s in surveys])
 
     default = settings.work_root / "retrain" / datetime.now(UTC).strftime("%Y-%m-%d")
     run_dir = check_output(out or default, "out", settings)

@@ -69,6 +69,7 @@ from geoseg.io.fileio import (
     locked,
     write_text_atomic,
 )
+from geoseg.messages import plural
 from geoseg.methods import get_method
 from geoseg.methods.iic import pair_losses
 from geoseg.models.bundle import (
@@ -484,7 +485,7 @@ def _load_initial_weights(model: NormalisedNet, bundle_dir: Path, band_names: li
         )
     if old.arch.in_channels != model.arch.in_channels:
         raise ConfigError(
-            f"model bundle {bundle_dir} expects {old.arch.in_channels} bands "
+            f"model bundle {bundle_dir} expects {plural(old.arch.in_channels, 'band')} "
             f"({', '.join(meta.band_names)}), the patch store has {model.arch.in_channels} ({', '.join(band_names)})"
         )
     if old.arch != model.arch:

@@ -58,6 +58,7 @@ from geoseg.io.style import (
     cluster_label,
     embed_layer_style,
 )
+from geoseg.messages import plural
 from geoseg.models.bundle import CLUSTERS_TAG, clusters_from_tag, default_clusters
 
 __all__ = [
@@ -368,7 +369,7 @@ def vectorize(
 def log_polygons(count: int, clusters_tif: Path, gpkg: Path) -> None:
     """The one log line of a GeoPackage written, naming files as the user finds them (segment
     logs it once its outputs are published, not from its staging folder)."""
-    log.info("%d polygons from %s -> %s", count, clusters_tif, gpkg)
+    log.info("%s from %s -> %s", plural(count, "polygon"), clusters_tif, gpkg)
 
 
 def write_polygons(

@@ -26,6 +26,7 @@ from typing import Any
 
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.fileio import write_json_atomic
+from geoseg.messages import plural
 from geoseg.models.bundle import META, Cluster, ModelMeta, load_meta
 
 __all__ = [
@@ -199,7 +200,7 @@ def apply_edits(clusters: list[Cluster], edits: ClusterEdits, model: str | Path)
         span = f"ids {min(known)}-{max(known)}" if known else "no clusters"
         raise ConfigError(
             f"model {model} has no cluster {', '.join(map(str, unknown))} "
-            f"(it has {len(known)} clusters: {span})"
+            f"(it has {plural(len(known), 'cluster')}: {span})"
         )
     return [
         Cluster(
