@@ -52,6 +52,7 @@ from geoseg.io.outputs import NODATA, OUTPUT_ASSETS, check_unique_stems
 from geoseg.io.preview import write_preview
 from geoseg.io.sources import open_dataset, report_georeferencing
 from geoseg.io.style import paletted_raster_qml, pseudocolour_raster_qml
+from geoseg.messages import absolute_path
 from geoseg.models.bundle import (
     CLUSTERS_TAG,
     Cluster,
@@ -292,8 +293,8 @@ def segment(
     """
 
     config = (config or SegmentConfig()).validate()
-    model_dir, out_dir = Path(model_dir).absolute(), Path(out_dir)
-    paths = [Path(s).absolute() for s in sources]  # provenance tags name files, not typed text
+    model_dir, out_dir = absolute_path(model_dir), Path(out_dir)
+    paths = [absolute_path(s) for s in sources]  # provenance tags name files, not typed text
     if not paths:
         raise InputError("no source rasters given")
     check_unique_stems(paths)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.errors import BusyError, GeosegError, InputError, OutputError
+from geoseg.messages import absolute_path
 
 __all__ = [
     "atomic_path",
@@ -143,7 +144,7 @@ def _remove(path: Path) -> None:
 
 
 def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
+    path = absolute_path(path)
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
@@ -184,7 +185,7 @@ def made_for_the_run(folder: str | Path) -> Iterator[None]:
     """Run the block; if it fails, remove ``folder`` and the parents of it that did not exist
     before the block, each only while empty (``os.rmdir``). A folder that was there before
     the block, and whatever is in it, stays as it was."""
-    target = Path(os.path.abspath(folder))
+    target = absolute_path(folder)
     existing = _existing_ancestor(target)
     try:
         yield
