@@ -229,3 +229,29 @@ def test_readme_order_server_worker_deploy_then_pipeline_and_segment_runs(
     text = worker_log.read_text()
     assert not re.search(r"distributed\.\S+ - INFO - ", text), text[-3000:]
     assert re.search(r"train: 2/2 step \(100%\).*ETA 00:00, loss_a=", text), text[-3000:]
+
+
+def test_make_server_on_a_taken_port_is_one_line_naming_it_and_prefect_port(tmp_path: Path) -> None:
+    """`make server` when the port is in use (another server, another program): one line on
+    stderr naming the port and PREFECT_PORT, exit status 2, no server started."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = _env(tmp_path / "prefect-home", port)
+        run = subprocess.run(
+            [str(SCRIPTS / "prefect-server.sh")],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in lines[0]
+    assert f"PREFECT_PORT={port + 1} make server" in lines[0]
+    assert "Traceback" not in run.stdout + run.stderr and "Prefect server:" not in run.stdout
