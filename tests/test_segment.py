@@ -161,6 +161,24 @@ def test_neon_nodata_becomes_nodata_everywhere(tmp_path: Path, shared_data: Path
     assert result.gpkg is None
 
 
+def test_a_pixel_is_nodata_when_any_band_equals_nodata(tmp_path: Path) -> None:
+    """docs/usage-segment.md's any-band rule: with nodata 0, a pure-red pixel (200, 0, 0) is
+    nodata (two of its bands are 0), and so is one with a single band at 0; a pixel with
+    no band at 0 is predicted."""
+    data = np.full((3, 160, 160), 90, np.uint8)
+    data[:, 10, 10] = (200, 0, 0)  # two bands at nodata
+    data[:, 20, 20] = (200, 90, 0)  # one band at nodata
+    data[:, 30, 30] = (0, 0, 0)  # all bands at nodata
+    data[:, 40, 40] = (200, 1, 1)  # none
+    source = write_raster(tmp_path / "red.tif", data, nodata=0)
+    model = make_bundle(tmp_path / "model", ["red", "green", "blue"], "uint8", 100.0, 50.0)
+    (result,) = segment(model, [source], tmp_path / "out", SegmentConfig(vectorize=False), progress=False)
+    with rasterio.open(result.clusters) as out:
+        ids = out.read(1)
+    assert [ids[p, p] == NODATA for p in (10, 20, 30, 40)] == [True, True, True, False]
+    assert (ids == NODATA).sum() == 3
+
+
 def test_polygon_log_line_names_the_published_files(
     tmp_path: Path, shared_data: Path, rgb_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
