@@ -17,6 +17,7 @@ from flows.settings import (
     check_sources,
     config_dict,
     default_out,
+    logs_user_errors,
 )
 from flows.tasks import ingest_task, run
 from geoseg.config import IngestConfig
@@ -45,6 +46,7 @@ def ingest_step(
 
 
 @flow(name="ingest", task_runner=task_runner(), validate_parameters=True)
+@logs_user_errors
 def ingest_flow(
     src: str | list[str],
     out: str | None = None,

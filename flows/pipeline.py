@@ -37,10 +37,12 @@ from flows.settings import (
     check_sources,
     config_dict,
     default_out,
+    logs_user_errors,
 )
 from flows.tasks import evaluate_task, run
 from flows.train import train_step
 from geoseg.config import EvaluateConfig, IngestConfig, SegmentConfig, TrainConfig
+from geoseg.messages import plural
 
 EVALUATION = "evaluation"
 DEMO_SERVER_TIMEOUT_S = 180
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 
 
 @flow(name="pipeline", task_runner=task_runner(), validate_parameters=True)
+@logs_user_errors
 def pipeline_flow(
     src: str | list[str],
     out: str | None = None,
@@ -88,7 +91,7 @@ def pipeline_flow(
         from geoseg.errors import ConfigError
 
         raise ConfigError(
-            f"give one label raster per source: {len(sources)} sources, {len(label_paths)} labels"
+            f"give one label raster per source: {plural(len(sources), 'source')}, {plural(len(label_paths), 'label')}"
         )
     run_dir = check_output(out or default_out(settings, "pipeline", sources[0]), "out", settings)
     ingest_cfg = build_config(IngestConfig, ingest, patch_size=patch_size, dataset=dataset)

@@ -40,6 +40,7 @@ from flows.settings import (
     check_output,
     check_surveys,
     config_dict,
+    logs_user_errors,
 )
 from flows.tasks import align_task, evaluate_task, find_surveys_task, register_task, run
 from flows.train import train_step
@@ -51,12 +52,14 @@ from geoseg.config import (
     SegmentConfig,
     TrainConfig,
 )
+from geoseg.messages import plural
 
 ALIGNED = "aligned"
 EVALUATION = "evaluation"
 
 
 @flow(name="retrain", task_runner=task_runner(), validate_parameters=True)
+@logs_user_errors
 def retrain_flow(
     catalog: str,
     registry: str,
@@ -121,7 +124,7 @@ def retrain_flow(
             "promoted": False,
             "previous": str(previous) if previous else None,
         }
-    logger.info("%d new survey(s): %s", len(surveys), [s["item_id"] for s in surveys])
+    logger.info("%s: %s", plural(len(surveys), "new survey"), [s["item_id"] for s in surveys])
 
     default = settings.work_root / "retrain" / datetime.now(UTC).strftime("%Y-%m-%d")
     run_dir = check_output(out or default, "out", settings)

@@ -23,9 +23,11 @@ from flows.settings import (
     check_sources,
     config_dict,
     default_out,
+    logs_user_errors,
 )
 from flows.tasks import resolve, segment_task, submit, vectorize_task
 from geoseg.config import SegmentConfig
+from geoseg.messages import plural
 
 PREDICTIONS = "predictions"
 CATALOG = "catalog"
@@ -88,6 +90,7 @@ def segment_step(
 
 
 @flow(name="segment", task_runner=task_runner(), validate_parameters=True)
+@logs_user_errors
 def segment_flow(
     src: str | list[str],
     model: str,
@@ -116,6 +119,6 @@ def segment_flow(
     run_dir = check_output(out or default_out(settings, "segment", sources[0]), "out", settings)
     config = build_config(SegmentConfig, options, vectorize=vectorize, min_area=min_area, simplify=simplify)
     results, states = segment_step(bundle, sources, run_dir, config)
-    count = f"{len(results)} raster{'' if len(results) == 1 else 's'}"
+    count = plural(len(results), "raster")
     get_run_logger().info("%s segmented into %s (tasks: %s)", count, run_dir / PREDICTIONS, ", ".join(states))
     return results

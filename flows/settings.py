@@ -15,21 +15,32 @@ Environment variables (read when a flow starts, so a worker's environment decide
 - ``GEOSEG_ALLOWED_ROOTS``: ``os.pathsep``-separated folders; when set, every input and
   output path of a flow must lie inside one of them (a production worker should set it).
 - ``GEOSEG_DASK_WORKERS`` / ``GEOSEG_DASK_THREADS``: size of the default LocalCluster.
+
+Every flow is decorated with :func:`logs_user_errors` (under ``@flow``): a run that fails
+on an error the user can fix logs its one line, the one ``geoseg STAGE`` prints, through
+the run's logger before it fails, so the Prefect UI and ``prefect deployment run ...
+--watch`` show why, not only "Failed".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
+
+from prefect import get_run_logger
 
 from geoseg.errors import ConfigError, InputError
+from geoseg.io.fileio import user_error_message
 
 C = TypeVar("C")
+P = ParamSpec("P")
+R = TypeVar("R")
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 _ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc)://[\w.\-\[\]:]+:\d+$|^[\w.\-]+:\d+$")
 
@@ -68,6 +79,24 @@ class FlowSettings:
             "processes": True,
             "dashboard_address": ":0",
         }
+
+
+def logs_user_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """The flow function, logging a user error's one line (:func:`geoseg.io.fileio.user_error_message`)
+    at ERROR through the run logger before the exception fails the run; a bug is left to
+    Prefect's traceback. Goes between ``@flow`` and the function (signature and docstring kept)."""
+
+    @functools.wraps(fn)
+    def flow_body(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            message = user_error_message(exc)
+            if message is not None:
+                get_run_logger().error("%s", message)
+            raise
+
+    return flow_body
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

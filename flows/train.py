@@ -16,6 +16,7 @@ from flows.settings import (
     check_output,
     config_dict,
     default_out,
+    logs_user_errors,
 )
 from flows.tasks import run, train_task
 from geoseg.config import TrainConfig
@@ -40,6 +41,7 @@ def train_step(stores: list[Path], run_dir: Path, config: TrainConfig) -> tuple[
 
 
 @flow(name="train", task_runner=task_runner(), validate_parameters=True)
+@logs_user_errors
 def train_flow(
     store: str | list[str],
     out: str | None = None,

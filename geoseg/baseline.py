@@ -29,6 +29,7 @@ from geoseg.io.outputs import NODATA, check_unique_stems
 from geoseg.io.preview import write_preview
 from geoseg.io.sources import finite_mask, open_dataset, report_georeferencing, usable_bands
 from geoseg.io.style import StyleClass, paletted_raster_qml
+from geoseg.messages import plural
 
 __all__ = [
     "PixelKMeans",
@@ -57,7 +58,7 @@ def source_bands(src: rasterio.io.DatasetReader, n: int | None, name: Path) -> l
     bands = list(usable_bands(src, None, name))
     if n is not None:
         if len(bands) < n:
-            raise InputError(f"{name} has {len(bands)} usable bands, fewer than the {n} asked for")
+            raise InputError(f"{name} has {plural(len(bands), 'usable band')}, fewer than the {n} asked for")
         bands = bands[:n]
     return bands
 
@@ -89,7 +90,9 @@ def sample_pixels(sources: Sequence[Path], config: BaselineConfig) -> np.ndarray
         with open_dataset(path) as src:
             bands = source_bands(src, config.bands, path)
             if n_bands is not None and len(bands) != n_bands:
-                raise InputError(f"{path} has {len(bands)} bands, other sources {n_bands}: use --bands N")
+                raise InputError(
+                    f"{path} has {plural(len(bands), 'band')}, other sources {n_bands}: use --bands N"
+                )
             n_bands = len(bands)
             p = min(1.0, 2.0 * quota / (src.width * src.height))  # x2: nodata and rounding headroom
             for window in _row_blocks(src.height, src.width, config.block_pixels):
@@ -101,7 +104,7 @@ def sample_pixels(sources: Sequence[Path], config: BaselineConfig) -> np.ndarray
         pixels = pixels[rng.choice(len(pixels), config.fit_pixels, replace=False)]
     if len(pixels) < max(config.k * 10, 100):
         raise InputError(
-            f"only {len(pixels)} valid pixels sampled from {len(sources)} sources: too few to fit"
+            f"only {plural(len(pixels), 'valid pixel')} sampled from {plural(len(sources), 'source')}: too few to fit"
         )
     return pixels
 
@@ -310,7 +313,7 @@ def _write_kmeans(model: PixelKMeans, paths: Sequence[Path], out: Path, config: 
                 ),
             )
         )
-    log.info("k-means (k=%d): %d cluster rasters in %s", len(model.centroids), len(written), out)
+    log.info("k-means (k=%d): %s in %s", len(model.centroids), plural(len(written), "cluster raster"), out)
     return written
 
 
@@ -366,6 +369,10 @@ def random_net_baseline(
         for path in tqdm(paths, desc="random network", unit="raster", leave=False)
     ]
     log.info(
-        "random network (k=%d, seed %d): %d cluster rasters in %s", config.k, config.seed, len(written), out
+        "random network (k=%d, seed %d): %s in %s",
+        config.k,
+        config.seed,
+        plural(len(written), "cluster raster"),
+        out,
     )
     return written

@@ -12,17 +12,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from geoseg import __version__
-from geoseg.errors import GeosegError, InputError
+from geoseg.errors import InputError
+from geoseg.io.fileio import user_error_message
 
 __all__ = ["build_parser", "main"]
-
-NEARLY_FULL_BYTES = 1 << 20  # a failure with less free space than this is reported as disk full
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -803,33 +801,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"geoseg {args.command}: error: {message}", file=sys.stderr)
         return 2
-
-
-def user_error_message(exc: BaseException, out: Path | None = None) -> str | None:
-    """The one line for a failure the user can fix, or None for a bug (which keeps its traceback)."""
-    from geoseg.io.fileio import describe_os_error
-
-    if isinstance(exc, GeosegError):
-        return str(exc)
-    if isinstance(exc, OSError) and (message := describe_os_error(exc)):
-        return message
-    if isinstance(exc, ValueError | OSError) and "embedded null" in str(exc):
-        return f"a path contains a NUL character: {exc}"
-    if out is not None and _nearly_full(out):
-        return (
-            f"no space left on the device of {out}: free some space or choose another output location ({exc})"
-        )
-    return None
-
-
-def _nearly_full(path: Path) -> bool:
-    where = Path(path).absolute()
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    try:
-        return shutil.disk_usage(where).free < NEARLY_FULL_BYTES
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from geoseg.config import Precision
 from geoseg.errors import ConfigError, InputError
 from geoseg.iic.model import NormalisedNet
 from geoseg.io.sources import band_names, usable_bands
+from geoseg.messages import plural
 
 if TYPE_CHECKING:  # only its shape: inference sits below the model files (docs/architecture.md)
     from geoseg.models.bundle import ModelMeta
@@ -59,7 +60,7 @@ def check_bands(src: DatasetReader, path: Path, meta: ModelMeta, model_dir: Path
     expected = meta.arch.in_channels
     if len(bands) != expected:
         raise InputError(
-            f"{path} has {len(bands)} bands (alpha excluded) but model {model_dir} expects {expected} "
+            f"{path} has {plural(len(bands), 'band')} (alpha excluded) but model {model_dir} expects {expected} "
             f"({', '.join(meta.band_names)})"
         )
     src_dtype, model_dtype = np.dtype(src.dtypes[bands[0] - 1]), np.dtype(meta.dtype)

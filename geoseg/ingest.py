@@ -70,6 +70,7 @@ from geoseg.io.sources import (
     report_georeferencing,
 )
 from geoseg.io.store import IMAGES, LABELS, ORIGIN, VALID, SourceInfo, StoreMeta, open_store
+from geoseg.messages import plural
 from geoseg.progress import Progress, progress_bar
 
 __all__ = ["PROGRESS_DIR", "ingest"]
@@ -127,7 +128,9 @@ def plan_ingest(
     if labels is not None:
         label_paths = [Path(p) for p in labels]
         if len(label_paths) != len(paths):
-            raise InputError(f"{len(label_paths)} label files for {len(paths)} sources: give one per source")
+            raise InputError(
+                f"{plural(len(label_paths), 'label file')} for {plural(len(paths), 'source')}: give one per source"
+            )
     dataset = get_dataset(config.dataset) if config.dataset else None
     planned: list[Source] = []
     origins: list[np.ndarray] = []
@@ -137,7 +140,8 @@ def plan_ingest(
         if planned and len(info.bands) != len(planned[0].info.bands):
             first = planned[0].info
             raise InputError(
-                f"mixed band counts: {first.path} has {len(first.bands)} bands, {path} has {len(info.bands)}"
+                f"mixed band counts: {first.path} has {plural(len(first.bands), 'band')}, "
+                f"{path} has {len(info.bands)}"
             )
         if planned and info.dtype != planned[0].info.dtype:
             raise InputError(
@@ -176,7 +180,9 @@ def _check_label(label_path: Path, info: RasterInfo, dataset: LabelDataset | Non
                 "give labels georeferenced like the image"
             )
         if dataset is None and lab.count != 1:
-            raise InputError(f"{label_path} has {lab.count} bands: colour-coded labels need --dataset")
+            raise InputError(
+                f"{label_path} has {plural(lab.count, 'band')}: colour-coded labels need --dataset"
+            )
 
 
 def _valid_patches(info: RasterInfo, config: IngestConfig) -> np.ndarray:
@@ -300,7 +306,12 @@ def _write(
     shards = range((n + per_shard - 1) // per_shard)
     todo = [s for s in shards if not (progress_dir / f"{s}.json").is_file()]
     if len(todo) < len(shards):
-        log.info("resuming %s: %d of %d shards already written", out, len(shards) - len(todo), len(shards))
+        log.info(
+            "resuming %s: %d of %s already written",
+            out,
+            len(shards) - len(todo),
+            plural(len(shards), "shard"),
+        )
     groups = _task_groups(todo, plan.origins, per_shard)
     tasks = [dask.delayed(_write_shards)(str(out), group, plan, config) for group in groups]
     files = [f for s in plan.sources for f in s.files]

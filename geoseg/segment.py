@@ -40,11 +40,19 @@ from geoseg.inference import (
 )
 from geoseg.io import outputs
 from geoseg.io.cog import to_cog
-from geoseg.io.fileio import atomic_path, check_free_space, check_set, locked, output_set
+from geoseg.io.fileio import (
+    atomic_path,
+    check_free_space,
+    check_set,
+    locked,
+    made_for_the_run,
+    output_set,
+)
 from geoseg.io.outputs import NODATA, OUTPUT_ASSETS, check_unique_stems
 from geoseg.io.preview import write_preview
 from geoseg.io.sources import open_dataset, report_georeferencing
 from geoseg.io.style import paletted_raster_qml, pseudocolour_raster_qml
+from geoseg.messages import absolute_path
 from geoseg.models.bundle import (
     CLUSTERS_TAG,
     Cluster,
@@ -264,9 +272,10 @@ def segment(
     Args:
         model_dir: a model bundle (model.json + weights.safetensors).
         sources: GeoTIFFs (any size) with the bands and dtype the model was trained on.
-        out_dir: folder for the outputs (created); the outputs of an earlier segment run are
-            replaced, one source's set at a time; other files of the same names are
-            refused (OutputError) unless ``overwrite``.
+        out_dir: folder for the outputs (created; removed again, with the parents the run
+            created, if the run fails while they are still empty); the outputs of an earlier
+            segment run are replaced, one source's set at a time; other files of the same
+            names are refused (OutputError) unless ``overwrite``.
         config: window overlap, batch size, device, head, vectorization options.
         progress: a progress bar per raster (True), log lines to this logger, or nothing
             (:mod:`geoseg.progress`).
@@ -284,8 +293,8 @@ def segment(
     """
 
     config = (config or SegmentConfig()).validate()
-    model_dir, out_dir = Path(model_dir).absolute(), Path(out_dir)
-    paths = [Path(s).absolute() for s in sources]  # provenance tags name files, not typed text
+    model_dir, out_dir = absolute_path(model_dir), Path(out_dir)
+    paths = [absolute_path(s) for s in sources]  # provenance tags name files, not typed text
     if not paths:
         raise InputError("no source rasters given")
     check_unique_stems(paths)
@@ -295,7 +304,9 @@ def segment(
     check_outputs(paths, out_dir, overwrite, config.vectorize)
     from geoseg.distributed import connect
 
-    with connect(dask_address) as client:  # an address that does not answer fails here, before work
+    # A failed run leaves no empty out_dir behind that it created itself; an address that
+    # does not answer fails at connect, before any work.
+    with made_for_the_run(out_dir), connect(dask_address) as client:
         model, meta = load_bundle(model_dir, resolve_device(config.device))
         model = for_inference(model)
         with locked(out_dir, "segment output folder"):

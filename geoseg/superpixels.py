@@ -59,6 +59,7 @@ from geoseg.io.cog import GDAL_CACHE_BYTES, create_raster, tiled_profile, to_cog
 from geoseg.io.fileio import write_json_atomic
 from geoseg.io.outputs import NODATA
 from geoseg.io.sources import open_dataset
+from geoseg.messages import plural
 from geoseg.models.bundle import CLUSTERS_TAG, Cluster, clusters_to_tag
 
 __all__ = [
@@ -442,7 +443,9 @@ def load_model(path: str | Path) -> SuperpixelModel:
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"corrupt superpixel model {path}: {exc}") from exc
     if model.centroids.ndim != 2 or model.centroids.shape[1] != 2 * space.bands:
-        raise InputError(f"corrupt superpixel model {path}: centroids do not match {space.bands} bands")
+        raise InputError(
+            f"corrupt superpixel model {path}: centroids do not match {plural(space.bands, 'band')}"
+        )
     return model
 
 
@@ -456,7 +459,7 @@ def fit_superpixels(
     if len(features) < config.k:
         names = ", ".join(str(s.source) for s in segmented)
         raise InputError(
-            f"only {len(features)} superpixels in {names}: fewer than k={config.k}; "
+            f"only {plural(len(features), 'superpixel')} in {names}: fewer than k={config.k}; "
             f"use a smaller --size (now {config.size}) or a smaller --k"
         )
     rng = np.random.default_rng(config.seed)
@@ -503,7 +506,7 @@ def check_sources(paths: Sequence[Path], config: SuperpixelConfig, n_bands: int 
             bands = source_bands(src, config.bands, path)
             if n_bands is not None and len(bands) != n_bands:
                 raise InputError(
-                    f"{path} has {len(bands)} bands (alpha excluded) but the superpixel model has {n_bands}"
+                    f"{path} has {plural(len(bands), 'band')} (alpha excluded) but the superpixel model has {n_bands}"
                 )
             n_bands = len(bands)
             if config.size > min(src.height, src.width):
@@ -660,7 +663,11 @@ def superpixel_baseline(
         for s in segmented.values():
             s.discard()
     log.info(
-        "superpixels (k=%d, size %d px): %d cluster rasters in %s", config.k, config.size, len(written), out
+        "superpixels (k=%d, size %d px): %s in %s",
+        config.k,
+        config.size,
+        plural(len(written), "cluster raster"),
+        out,
     )
     return written
 
@@ -688,7 +695,7 @@ def apply_superpixels(
     finally:
         for s in segmented:
             s.discard()
-    log.info("superpixel model %s: %d cluster rasters in %s", model_file, len(written), out)
+    log.info("superpixel model %s: %s in %s", model_file, plural(len(written), "cluster raster"), out)
     return written
 
 

@@ -45,7 +45,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ from geoseg.io.fileio import (
     locked,
     write_text_atomic,
 )
+from geoseg.messages import plural
 from geoseg.methods import get_method
 from geoseg.methods.iic import pair_losses
 from geoseg.models.bundle import (
@@ -220,6 +221,8 @@ def _train(
             state.step,
             steps,
         )
+        if state.step != steps:  # fewer asked: provenance records what the weights were trained for
+            config = replace(config, steps=state.step, epochs=None)
     if not ctx.is_main:  # rank 0 alone writes the bundle
         cleanup()
         return out
@@ -482,7 +485,7 @@ def _load_initial_weights(model: NormalisedNet, bundle_dir: Path, band_names: li
         )
     if old.arch.in_channels != model.arch.in_channels:
         raise ConfigError(
-            f"model bundle {bundle_dir} expects {old.arch.in_channels} bands "
+            f"model bundle {bundle_dir} expects {plural(old.arch.in_channels, 'band')} "
             f"({', '.join(meta.band_names)}), the patch store has {model.arch.in_channels} ({', '.join(band_names)})"
         )
     if old.arch != model.arch:

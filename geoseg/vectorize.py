@@ -10,7 +10,8 @@ corner contacts included, as 8-connectivity requires) and dissolved, so no polyg
 split by an internal block line and the result equals single-block polygonising. Only
 then are coordinates mapped to the raster's CRS with its affine transform.
 
-Rows: ``cluster_id``, ``class_name`` (null where the model names none), ``area`` (CRS
+Rows: ``cluster_id``, ``class_name`` (the model's name, else the legend's default ``cluster N``:
+:func:`geoseg.io.style.cluster_label`), ``area`` (CRS
 units squared, of the written geometry), written as MultiPolygons in bulk with pyogrio.
 Polygons are GDAL's, as ``gdal_polygonize`` writes them: where pixels of a region meet
 only diagonally a ring may touch itself at a vertex (OGC-invalid, read fine by GDAL and
@@ -50,7 +51,14 @@ from geoseg.io import sources
 from geoseg.io.fileio import atomic_path, claim_file, require_published, write_text_atomic
 from geoseg.io.outputs import NODATA, polygons_path, style_path
 from geoseg.io.sources import PIXEL_GRID, is_pixel_grid, open_dataset
-from geoseg.io.style import LAYER_STYLES, StyleClass, categorized_vector_style, embed_layer_style
+from geoseg.io.style import (
+    LAYER_STYLES,
+    StyleClass,
+    categorized_vector_style,
+    cluster_label,
+    embed_layer_style,
+)
+from geoseg.messages import plural
 from geoseg.models.bundle import CLUSTERS_TAG, clusters_from_tag, default_clusters
 
 __all__ = [
@@ -361,7 +369,7 @@ def vectorize(
 def log_polygons(count: int, clusters_tif: Path, gpkg: Path) -> None:
     """The one log line of a GeoPackage written, naming files as the user finds them (segment
     logs it once its outputs are published, not from its staging folder)."""
-    log.info("%d polygons from %s -> %s", count, clusters_tif, gpkg)
+    log.info("%s from %s -> %s", plural(count, "polygon"), clusters_tif, gpkg)
 
 
 def write_polygons(
@@ -412,7 +420,8 @@ def write_polygons(
     order = np.lexsort((shapely.bounds(geometry)[:, 0], values)) if len(values) else np.zeros(0, int)
     geometry, values = geometry[order], values[order]
     area = shapely.area(geometry)
-    class_name = np.array([names.get(int(v)) for v in values], dtype=object)
+    # the label the QGIS legend shows: the name, else "cluster N" (never null)
+    class_name = np.array([cluster_label(int(v), names.get(int(v))) for v in values], dtype=object)
     known = {c.id for c in classes}
     style = classes + [StyleClass(int(v), (128, 128, 128)) for v in np.unique(values) if int(v) not in known]
     qml = categorized_vector_style([StyleClass(c.id, c.colour, names.get(c.id, c.name)) for c in style])

@@ -10,7 +10,12 @@
 : "${DO_NOT_TRACK:=1}"
 GEOSEG_HOME="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PREFECT_HOST PREFECT_PORT PREFECT_API_URL GEOSEG_POOL GEOSEG_HOME
+# The server streams flow-run logs to websocket subscribers (off by default in Prefect): without
+# it `prefect deployment run ... --watch` shows only state changes, never why a run failed.
+: "${PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED:=true}"
+: "${PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED:=true}"
 export PREFECT_SERVER_ANALYTICS_ENABLED DO_NOT_TRACK
+export PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED
 # Prefect's CLI and the flows come from the project's virtualenv when there is one.
 if [ -x "${GEOSEG_HOME}/.venv/bin/prefect" ]; then
   PATH="${GEOSEG_HOME}/.venv/bin:${PATH}"

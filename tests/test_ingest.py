@@ -150,6 +150,23 @@ def test_neon_nodata_masked(tmp_path: Path, shared_data: Path) -> None:
     assert np.allclose(store.meta.band_mean, masked.mean(0)), "statistics over valid pixels only"
 
 
+def test_a_pixel_is_invalid_when_any_of_the_bands_read_equals_nodata(tmp_path: Path) -> None:
+    """docs/usage-ingest.md: one band at nodata makes the pixel invalid; only the bands read
+    (``--bands``) count."""
+    data = np.full((3, 64, 64), 90, np.uint8)
+    data[:, 5, 5] = (200, 0, 0)  # green and blue at nodata
+    data[:, 6, 6] = (0, 90, 90)  # red at nodata
+    source = write_raster(tmp_path / "red.tif", data, nodata=0)
+    whole = ingest([source], tmp_path / "all.zarr", IngestConfig(patch_size=32), progress=False)
+    _, valid = reassemble(whole)
+    assert not valid[5, 5] and not valid[6, 6] and valid.sum() == 64 * 64 - 2
+    red_only = ingest(
+        [source], tmp_path / "red.zarr", IngestConfig(patch_size=32, bands=(1,)), progress=False
+    )
+    _, valid = reassemble(red_only)
+    assert valid[5, 5] and not valid[6, 6] and valid.sum() == 64 * 64 - 1
+
+
 def test_spacenet_stays_one_band_uint16(tmp_path: Path, shared_data: Path) -> None:
     source = shared_data / "spacenet" / "sample_geotiff.tif"
     store_path = ingest([source], tmp_path / "pan.zarr", IngestConfig(patch_size=100), progress=False)

@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom first. A name covers the module and, for a package, everything in it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("geoseg", "geoseg._moved", "geoseg.errors", "geoseg.progress", "geoseg.config")),
+    (
+        "base",
+        ("geoseg", "geoseg._moved", "geoseg.errors", "geoseg.messages", "geoseg.progress", "geoseg.config"),
+    ),
     ("io", ("geoseg.io",)),
     (
         "data and networks",

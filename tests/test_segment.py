@@ -140,7 +140,9 @@ def test_lausanne_geopackage_reopens(lausanne_run) -> None:
     assert set(frame.columns) >= {"cluster_id", "class_name", "area", "geometry"}
     named = frame[frame.cluster_id == 1]
     assert (named.class_name == "bright").all()
-    assert frame[frame.cluster_id == 3].class_name.isna().all()  # no name in the model: null
+    # no name in the model: the legend's default label (the QML's), never null
+    assert (frame[frame.cluster_id == 3].class_name == "cluster 3").all()
+    assert 'value="3" label="cluster 3"' in lausanne_run.gpkg_qml.read_text()
     assert lausanne_run.gpkg_qml == lausanne_run.gpkg.with_suffix(".qml") and lausanne_run.gpkg_qml.is_file()
 
 
@@ -157,6 +159,24 @@ def test_neon_nodata_becomes_nodata_everywhere(tmp_path: Path, shared_data: Path
             values = out.read(1)
         assert np.array_equal(values == NODATA, invalid)
     assert result.gpkg is None
+
+
+def test_a_pixel_is_nodata_when_any_band_equals_nodata(tmp_path: Path) -> None:
+    """docs/usage-segment.md's any-band rule: with nodata 0, a pure-red pixel (200, 0, 0) is
+    nodata (two of its bands are 0), and so is one with a single band at 0; a pixel with
+    no band at 0 is predicted."""
+    data = np.full((3, 160, 160), 90, np.uint8)
+    data[:, 10, 10] = (200, 0, 0)  # two bands at nodata
+    data[:, 20, 20] = (200, 90, 0)  # one band at nodata
+    data[:, 30, 30] = (0, 0, 0)  # all bands at nodata
+    data[:, 40, 40] = (200, 1, 1)  # none
+    source = write_raster(tmp_path / "red.tif", data, nodata=0)
+    model = make_bundle(tmp_path / "model", ["red", "green", "blue"], "uint8", 100.0, 50.0)
+    (result,) = segment(model, [source], tmp_path / "out", SegmentConfig(vectorize=False), progress=False)
+    with rasterio.open(result.clusters) as out:
+        ids = out.read(1)
+    assert [ids[p, p] == NODATA for p in (10, 20, 30, 40)] == [True, True, True, False]
+    assert (ids == NODATA).sum() == 3
 
 
 def test_polygon_log_line_names_the_published_files(
@@ -226,6 +246,29 @@ def test_band_count_dtype_and_order_mismatch_are_clear_errors(tmp_path: Path, la
     with pytest.raises(InputError, match="order"):
         segment(bgr, [lausanne], tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_failed_segment_removes_only_an_empty_out_folder_it_created(tmp_path: Path, lausanne: Path) -> None:
+    """The run fails after it created --out (bands that do not match the model): the folder
+    it created (and its created parent) goes; a folder that was there, empty or not, stays."""
+    one_band = make_bundle(tmp_path / "one", ["gray"], "uint8", 100.0, 50.0)
+
+    def fails(out: Path) -> None:
+        assert main(["segment", str(one_band), str(lausanne), "--out", str(out), "--quiet"]) == 2
+
+    fails(tmp_path / "new" / "predictions")
+    assert not (tmp_path / "new").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails(empty)
+    assert empty.is_dir() and list(empty.iterdir()) == []
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    fails(kept)
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"] and (kept / "notes.txt").read_text() == "mine"
+    fails(kept / "inside")  # created inside a user's folder: removed, the user's folder kept
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
 
 
 def test_missing_model_files_are_clear_errors(tmp_path: Path, rgb_model: Path, lausanne: Path) -> None:

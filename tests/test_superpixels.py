@@ -362,7 +362,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not list(out.glob("*_clusters.tif"))  # nothing written before the checks
     assert superpixel_baseline([small], tmp_path / "fit", SuperpixelConfig(k=2, size=8))
     err = run("superpixels-apply", str(tmp_path / "fit" / MODEL_NAME), str(gray))
-    assert "gray.png has 1 bands" in err and "model has 3" in err
+    assert "gray.png has 1 band (alpha excluded)" in err and "model has 3" in err
     assert "not a geoseg superpixel model" in run("superpixels-apply", str(small), str(small))
     with pytest.raises(ConfigError):
         SuperpixelConfig(size=16, block=32).validate()

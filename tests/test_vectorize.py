@@ -110,9 +110,11 @@ def test_geopackage_reopens_through_gdal_with_crs_and_columns(neon_clusters: Pat
     )
     names = frame.groupby("cluster_id")["class_name"].first().to_dict()
     assert names[0] == "shadow" and names[1] == "crown" and names[3] == "sand"
-    assert frame.loc[frame.cluster_id == 2, "class_name"].isna().all()
+    # a cluster the user never named: the QGIS legend's default label, not null
+    assert (frame.loc[frame.cluster_id == 2, "class_name"] == "cluster 2").all()
     qml = vector_style_path(out).read_text()
     assert 'attr="cluster_id"' in qml and 'label="crown"' in qml
+    assert 'value="2" label="cluster 2"' in qml
 
 
 def test_sieve_removes_regions_below_the_mapping_unit(

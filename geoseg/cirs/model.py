@@ -25,6 +25,7 @@ from torch import nn
 
 from geoseg.errors import ConfigError
 from geoseg.iic.model import PRESET_WIDTH, NormalisedNet, init_weights
+from geoseg.messages import plural
 
 __all__ = ["CIRSArchitecture", "CIRSNet", "UNet"]
 
@@ -132,7 +133,7 @@ class CIRSNet(NormalisedNet):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """S's logits (N, K, H, W) of raw input (normalisation and padding included)."""
         if x.shape[1] != self.arch.in_channels:
-            raise ConfigError(f"model expects {self.arch.in_channels} bands, got {x.shape[1]}")
+            raise ConfigError(f"model expects {plural(self.arch.in_channels, 'band')}, got {x.shape[1]}")
         h, w = x.shape[-2:]
         z = self.normalise(x)
         pad_h, pad_w = -h % 4, -w % 4

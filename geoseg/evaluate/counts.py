@@ -20,6 +20,7 @@ from geoseg.datasets import IGNORE, LabelDataset, get_dataset, load_palette, rea
 from geoseg.errors import InputError
 from geoseg.io.sources import open_dataset
 from geoseg.io.style import cluster_label
+from geoseg.messages import plural
 from geoseg.progress import Progress, progress_bar
 
 __all__ = [
@@ -99,7 +100,9 @@ def _check_pair(pred: rasterio.io.DatasetReader, label: rasterio.io.DatasetReade
             f"{names[1]} is {label.width}x{label.height} px (width x height)"
         )
     if pred.count != 1:
-        raise InputError(f"prediction {names[0]} has {pred.count} bands; expected one band of cluster ids")
+        raise InputError(
+            f"prediction {names[0]} has {plural(pred.count, 'band')}; expected one band of cluster ids"
+        )
     if not np.issubdtype(np.dtype(pred.dtypes[0]), np.integer):
         raise InputError(f"prediction {names[0]} has dtype {pred.dtypes[0]}; expected integer cluster ids")
     if (

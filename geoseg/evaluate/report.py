@@ -15,6 +15,7 @@ from geoseg.config import EvaluateConfig
 from geoseg.datasets import LabelDataset
 from geoseg.evaluate.counts import Evaluation, ImageCounts, Tally
 from geoseg.io.style import cluster_label
+from geoseg.messages import plural
 
 __all__ = ["PROTOCOLS", "REPORT_JSON", "REPORT_MD", "markdown", "report_json"]
 
@@ -113,12 +114,14 @@ def _notes(config: EvaluateConfig, evaluation: Evaluation) -> list[str]:
     notes = []
     if not config.many_to_one and n_clusters > n_classes:
         notes.append(
-            f"{n_clusters} clusters for {n_classes} classes with 1-to-1 matching: "
-            f"{n_clusters - n_classes} clusters map to no class and count as errors; "
+            f"{plural(n_clusters, 'cluster')} for {plural(n_classes, 'class')} with 1-to-1 matching: "
+            f"{plural(n_clusters - n_classes, 'cluster')} map to no class and count as errors; "
             "use many-to-one matching for an over-clustering head"
         )
     if not config.many_to_one and n_clusters < n_classes:
-        notes.append(f"{n_clusters} clusters for {n_classes} classes: some classes can never be matched")
+        notes.append(
+            f"{plural(n_clusters, 'cluster')} for {plural(n_classes, 'class')}: some classes can never be matched"
+        )
     empty = [i for i in range(n_clusters) if fit_table[i].sum() == 0 and mapping[i] < 0]
     if empty:
         notes.append(f"clusters {empty} have no labelled pixels in the fit set: mapped to no class")
@@ -137,12 +140,14 @@ def markdown(report: dict[str, Any]) -> str:
         "# Evaluation report",
         "",
         f"- protocol: **{report['protocol']}** — {report['protocol_description']}",
-        f"- matching: {report['matching']}; {report['n_clusters']} clusters, {report['n_classes']} classes"
+        f"- matching: {report['matching']}; {plural(report['n_clusters'], 'cluster')}, "
+        f"{plural(report['n_classes'], 'class')}"
         + (f" (dataset `{report['dataset']}`)" if report["dataset"] else ""),
-        f"- scored: {len(report['scored']['predictions'])} images, {report['n_pixels']} labelled pixels"
+        f"- scored: {plural(len(report['scored']['predictions']), 'image')}, "
+        f"{plural(report['n_pixels'], 'labelled pixel')}"
         + (
-            f"; mapping fitted on {len(report['fit']['predictions'])} other images, "
-            f"{report['fit']['n_pixels']} pixels"
+            f"; mapping fitted on {plural(len(report['fit']['predictions']), 'other image')}, "
+            f"{plural(report['fit']['n_pixels'], 'pixel')}"
             if report["fit"]
             else ""
         ),

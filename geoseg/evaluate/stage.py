@@ -29,6 +29,7 @@ from geoseg.io.fileio import (
     write_json_atomic,
     write_text_atomic,
 )
+from geoseg.messages import plural
 from geoseg.progress import Progress
 
 __all__ = ["STAGE", "evaluate"]
@@ -95,11 +96,11 @@ def evaluate(
         write_text_atomic(out_dir / REPORT_MD, markdown(report))
         write_json_atomic(out_dir / REPORT_JSON, report)  # last: its presence marks a complete report
         log.info(
-            "%s protocol: accuracy %.4f, mIoU %.4f on %d pixels -> %s",
+            "%s protocol: accuracy %.4f, mIoU %.4f on %s -> %s",
             report["protocol"],
             evaluation.scores.accuracy,
             evaluation.scores.miou,
-            evaluation.scores.n_pixels,
+            plural(evaluation.scores.n_pixels, "pixel"),
             out_dir,
         )
         return report
@@ -111,7 +112,9 @@ def _images(images: Sequence[str | Path] | None, n_predictions: int) -> list[Pat
         return None
     paths = [Path(p) for p in images]
     if len(paths) != n_predictions:
-        raise InputError(f"{len(paths)} images for {n_predictions} predictions: give one per prediction")
+        raise InputError(
+            f"{plural(len(paths), 'image')} for {plural(n_predictions, 'prediction')}: give one per prediction"
+        )
     for path in paths:
         if not path.is_file():
             raise InputError(f"image not found: {path}")

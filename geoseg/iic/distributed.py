@@ -37,6 +37,7 @@ from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from geoseg.errors import ConfigError
+from geoseg.messages import plural
 
 __all__ = ["DistContext", "RankShard", "cleanup", "init_from_env", "reduce_joint", "unwrap", "wrap_model"]
 
@@ -90,7 +91,7 @@ def init_from_env(device: str = "auto", backend: str | None = None) -> DistConte
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s)")
+            raise ConfigError(f"LOCAL_RANK {local_rank} but only {plural(torch.cuda.device_count(), 'GPU')}")
         torch.cuda.set_device(local_rank)
         where = torch.device("cuda", local_rank)
     else:

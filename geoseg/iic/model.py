@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from geoseg.errors import ConfigError
+from geoseg.messages import plural
 
 __all__ = [
     "PRESET_WIDTH",
@@ -151,7 +152,7 @@ class IICNet(NormalisedNet):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Trunk features of raw input (normalisation included)."""
         if x.shape[1] != self.arch.in_channels:
-            raise ConfigError(f"model expects {self.arch.in_channels} bands, got {x.shape[1]}")
+            raise ConfigError(f"model expects {plural(self.arch.in_channels, 'band')}, got {x.shape[1]}")
         return self.trunk(self.normalise(x))
 
     def lead_with_subhead(self, index: int) -> None:

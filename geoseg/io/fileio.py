@@ -15,6 +15,8 @@ own:
   file listed in an incomplete manifest is never taken for a result.
 - :func:`locked` holds a lock file (holder PID and host) on a store or output folder;
   a second process is refused with a clear message, a dead holder's lock is taken over.
+- :func:`made_for_the_run` removes the output folder (and the parents) a failed run created,
+  when they are still empty; a folder that existed before is never touched.
 - :func:`clean_leftovers` removes what killed runs left (``.tmp-PID``, ``.tiled-PID.tif``,
   ``.staging-PID``) when that PID is no longer running.
 """
@@ -35,7 +37,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from geoseg.errors import BusyError, InputError, OutputError
+from geoseg.errors import BusyError, GeosegError, InputError, OutputError
+from geoseg.messages import absolute_path
 
 __all__ = [
     "atomic_path",
@@ -47,17 +50,20 @@ __all__ = [
     "clean_leftovers",
     "describe_os_error",
     "locked",
+    "made_for_the_run",
     "mark_folder",
     "output_set",
     "owned_by_set",
     "require_published",
     "set_manifest",
     "sha256_file",
+    "user_error_message",
     "write_json_atomic",
     "write_text_atomic",
 ]
 
 MARKER_PREFIX = ".geoseg-"
+NEARLY_FULL_BYTES = 1 << 20  # a failure with less free space than this is reported as disk full
 LOCK_NAME = ".geoseg.lock"
 # Hidden names of temporary files carry the writer's PID: a rerun removes those of dead PIDs.
 # Exactly the names geoseg makes: ``.X.tmp-PID`` / ``.X.old-PID`` / ``.X.staging-PID``,
@@ -138,7 +144,7 @@ def _remove(path: Path) -> None:
 
 
 def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
+    path = absolute_path(path)
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
@@ -172,6 +178,26 @@ def check_free_space(folder: str | Path, needed_bytes: int) -> None:
             f"{where} has {free / 2**20:.1f} MiB free but about {needed_bytes / 2**20:.1f} MiB are needed: "
             "free some space or choose another output location"
         )
+
+
+@contextlib.contextmanager
+def made_for_the_run(folder: str | Path) -> Iterator[None]:
+    """Run the block; if it fails, remove ``folder`` and the parents of it that did not exist
+    before the block, each only while empty (``os.rmdir``). A folder that was there before
+    the block, and whatever is in it, stays as it was."""
+    target = absolute_path(folder)
+    existing = _existing_ancestor(target)
+    try:
+        yield
+    except BaseException:
+        where = target
+        while where != existing and existing in where.parents:
+            try:
+                os.rmdir(where)  # refuses a non-empty folder: nothing of anyone's is removed
+            except OSError:
+                break
+            where = where.parent
+        raise
 
 
 def claim_folder(folder: str | Path, stage: str, marker: str | None = None, overwrite: bool = False) -> bool:
@@ -435,3 +461,31 @@ def describe_os_error(exc: OSError) -> str | None:
     name = name if len(name) <= 200 else name[:200] + "..."
     verb = "write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "use"
     return f"cannot {verb} {name}: {advice}"
+
+
+def user_error_message(exc: BaseException, out: str | Path | None = None) -> str | None:
+    """The one line for a failure the user can fix, or None for a bug (which keeps its traceback).
+
+    What ``geoseg STAGE`` prints after ``error:`` and what a failed flow run logs
+    (``flows.settings.logs_user_errors``): a GeosegError's message, an OSError of the user's
+    making (:func:`describe_os_error`), a NUL in a path, or any failure while ``out``'s file
+    system is full (GDAL then reports a misleading read error).
+    """
+    if isinstance(exc, GeosegError):
+        return str(exc)
+    if isinstance(exc, OSError) and (message := describe_os_error(exc)):
+        return message
+    if isinstance(exc, ValueError | OSError) and "embedded null" in str(exc):
+        return f"a path contains a NUL character: {exc}"
+    if out is not None and _nearly_full(Path(out)):
+        return (
+            f"no space left on the device of {out}: free some space or choose another output location ({exc})"
+        )
+    return None
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(_existing_ancestor(path)).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False

@@ -34,6 +34,7 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from geoseg.errors import InputError
+from geoseg.messages import plural
 
 __all__ = [
     "PIXEL_GRID",
@@ -168,7 +169,9 @@ def usable_bands(src: DatasetReader, selection: Sequence[int] | None, path: Path
     if selection is not None:
         bad = [b for b in selection if not 1 <= b <= src.count]
         if bad:
-            raise InputError(f"{path} has {src.count} bands; cannot select band(s) {bad}")
+            raise InputError(
+                f"{path} has {plural(src.count, 'band')}; cannot select {'band' if len(bad) == 1 else 'bands'} {', '.join(map(str, bad))}"
+            )
         return tuple(selection)
     bands = tuple(i + 1 for i, ci in enumerate(src.colorinterp) if ci != ColorInterp.alpha)
     return bands or (1,)

@@ -27,6 +27,7 @@ from torch import nn
 
 from geoseg.errors import ConfigError
 from geoseg.iic.model import PRESET_WIDTH, NormalisedNet, init_weights, vgg_trunk
+from geoseg.messages import plural
 
 __all__ = ["LGMIArchitecture", "LGMINet", "assignments"]
 
@@ -91,7 +92,7 @@ class LGMINet(NormalisedNet):
 
     def local_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.arch.in_channels:
-            raise ConfigError(f"model expects {self.arch.in_channels} bands, got {x.shape[1]}")
+            raise ConfigError(f"model expects {plural(self.arch.in_channels, 'band')}, got {x.shape[1]}")
         return self.local(self.trunk(self.normalise(x)))
 
     def global_features(self, local: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,7 @@ from geoseg.inference import check_bands, predict_probabilities, resolve_device
 from geoseg.io.fileio import atomic_path, sha256_file, write_json_atomic, write_text_atomic
 from geoseg.io.sources import discover_sources, open_dataset, open_raster, read_scaled
 from geoseg.io.store import open_store
+from geoseg.messages import plural
 from geoseg.models.bundle import META, WEIGHTS, Cluster, ModelMeta, default_clusters, load_bundle, save_bundle
 
 __all__ = [
@@ -130,7 +131,7 @@ def match_clusters(matrix: np.ndarray) -> list[int]:
     k_new, k_old = matrix.shape
     if k_new < k_old:
         raise ConfigError(
-            f"cannot carry {k_old} cluster ids over to a model with only {k_new} clusters; "
+            f"cannot carry {k_old} cluster ids over to a model with only {plural(k_new, 'cluster')}; "
             "retrain with k >= the previous model's k"
         )
     rows, cols = linear_sum_assignment(matrix, maximize=True)
@@ -346,7 +347,7 @@ def _store_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     store = open_store(path)
     if store.num_bands != bands:
-        raise InputError(f"{path}: {store.num_bands} bands, the models expect {bands}")
+        raise InputError(f"{path}: {plural(store.num_bands, 'band')}, the models expect {bands}")
     n = store.num_patches
     index = np.arange(n)
     if config.max_patches is not None and n > config.max_patches:
@@ -389,11 +390,11 @@ def _is_store(path: Path) -> bool:
 def _check_compatible(new_dir: Path, new: ModelMeta, old_dir: Path, old: ModelMeta) -> None:
     if new.arch.in_channels != old.arch.in_channels:
         raise ConfigError(
-            f"{new_dir} takes {new.arch.in_channels} bands but {old_dir} takes {old.arch.in_channels}"
+            f"{new_dir} takes {plural(new.arch.in_channels, 'band')} but {old_dir} takes {old.arch.in_channels}"
         )
     if new.arch.k_b < old.arch.k_b:
         raise ConfigError(
-            f"cannot carry {old.arch.k_b} cluster ids over to a model with only {new.arch.k_b} clusters "
+            f"cannot carry {old.arch.k_b} cluster ids over to a model with only {plural(new.arch.k_b, 'cluster')} "
             f"({new_dir}); retrain with k >= the previous model's k"
         )
     if abs(new.scale - old.scale) > 1e-9:
@@ -454,7 +455,7 @@ def report_markdown(result: Alignment, clusters: Sequence[Cluster]) -> str:
         "",
         f"- model: `{result.bundle}`",
         f"- previous model: `{result.previous['path']}` (weights sha256 {result.previous['weights_sha256'][:12]}...)",
-        f"- reference: {len(result.reference)} source(s), {result.pixels} valid pixels",
+        f"- reference: {plural(len(result.reference), 'source')}, {plural(result.pixels, 'valid pixel')}",
         f"- agreement after alignment: **{result.agreement:.4f}** (before: {result.agreement_before:.4f})",
         f"- permutation (trained id -> id): {result.permutation}",
     ]

@@ -24,6 +24,7 @@ from geoseg.errors import InputError
 from geoseg.iic.model import PRESET_WIDTH, Architecture, NormalisedNet
 from geoseg.io.fileio import atomic_path
 from geoseg.io.style import StyleClass
+from geoseg.messages import plural
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -205,7 +206,10 @@ def meta_problem(meta: ModelMeta) -> str | None:
             f"patch_size {meta.patch_size!r} not in [8, 8192]",
         ),
         (_number(meta.scale) and 0 < meta.scale <= 16, f"scale {meta.scale!r} not in (0, 16]"),
-        (len(meta.band_names) == channels, f"{len(meta.band_names)} band_names for {channels} input bands"),
+        (
+            len(meta.band_names) == channels,
+            f"{len(meta.band_names)} band_names for {plural(channels, 'input band')}",
+        ),
         (
             len(meta.band_mean) == channels and all(_number(v) for v in meta.band_mean),
             "band_mean: one finite number per band",

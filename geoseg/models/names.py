@@ -16,6 +16,7 @@ JSON (``{"3": "roofs"}``, ``{"3": {"name": "roofs", "colour": "#c0392b"}}`` or a
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import re
 import unicodedata
@@ -24,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geoseg.errors import ConfigError, InputError
+from geoseg.errors import ConfigError, InputError, OutputError
 from geoseg.io.fileio import write_json_atomic
+from geoseg.messages import plural
 from geoseg.models.bundle import META, Cluster, ModelMeta, load_meta
 
 __all__ = [
@@ -199,7 +201,7 @@ def apply_edits(clusters: list[Cluster], edits: ClusterEdits, model: str | Path)
         span = f"ids {min(known)}-{max(known)}" if known else "no clusters"
         raise ConfigError(
             f"model {model} has no cluster {', '.join(map(str, unknown))} "
-            f"(it has {len(known)} clusters: {span})"
+            f"(it has {plural(len(known), 'cluster')}: {span})"
         )
     return [
         Cluster(
@@ -212,7 +214,18 @@ def apply_edits(clusters: list[Cluster], edits: ClusterEdits, model: str | Path)
 
 
 def _write_meta(bundle: Path, meta: ModelMeta) -> None:
-    write_json_atomic(bundle / META, json.loads(meta.to_json()))
+    """Rewrite the bundle's model.json; a bundle that cannot be written in (read-only, no
+    permission, a full disk) is an OutputError naming its model.json, not the temporary file
+    the atomic write had started, and saying what to do."""
+    target = bundle / META
+    try:
+        write_json_atomic(target, json.loads(meta.to_json()))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            advice = "free some space on its disk and name the clusters again"
+        else:
+            advice = f"make {bundle} writable, or copy the bundle to a writable folder and name the copy"
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}: {advice}") from None
 
 
 def _registry_version(bundle: Path) -> tuple[str, Path] | None:
@@ -240,6 +253,8 @@ def name_clusters(target: str | Path, edits: ClusterEdits, version: str | None =
     Raises:
         ConfigError: an id the model does not have, a bad name or colour, nothing to change.
         InputError: ``target`` is neither a bundle nor a registry.
+        OutputError: the bundle's model.json cannot be written (read-only, no permission,
+            disk full); the message names model.json and what to do.
     """
     from geoseg.models import registry
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from geoseg.errors import ConfigError
 from geoseg.iic.model import PRESET_WIDTH, NormalisedNet, init_weights, vgg_trunk
+from geoseg.messages import plural
 
 __all__ = ["CENTROIDS", "TRUNKS", "PiCIEArchitecture", "PiCIENet", "ResNet18FPN"]
 
@@ -160,7 +161,7 @@ class PiCIENet(NormalisedNet):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Unit-length embeddings (N, D, h, w) at the trunk's resolution, of raw input."""
         if x.shape[1] != self.arch.in_channels:
-            raise ConfigError(f"model expects {self.arch.in_channels} bands, got {x.shape[1]}")
+            raise ConfigError(f"model expects {plural(self.arch.in_channels, 'band')}, got {x.shape[1]}")
         return F.normalize(self.project(self.trunk(self.normalise(x))), dim=1)
 
     def forward(self, x: torch.Tensor, heads: str = "ab") -> dict[str, list[torch.Tensor]]:

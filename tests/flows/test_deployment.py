@@ -143,7 +143,9 @@ def _wait_worker_online(env: dict[str, str], log: Path, timeout: float = 180) ->
     raise AssertionError(f"no online worker in {LOCAL_POOL} after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-def _run_deployment(env: dict[str, str], name: str, parameters: dict[str, Any], worker_log: Path) -> str:
+def _run_deployment(
+    env: dict[str, str], name: str, parameters: dict[str, Any], worker_log: Path, fails: bool = False
+) -> str:
     run = subprocess.run(
         [
             str(Path(sys.executable).parent / "prefect"),
@@ -156,14 +158,18 @@ def _run_deployment(env: dict[str, str], name: str, parameters: dict[str, Any], 
             "--watch-timeout",
             "500",
         ],
-        env=env,
+        env={**env, "COLUMNS": "400"},  # the watch's console: a log line is not wrapped
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=560,
     )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + worker_log.read_text()[-4000:]
-    assert "Completed" in run.stdout
+    output = run.stdout[-3000:] + run.stderr[-3000:] + worker_log.read_text()[-4000:]
+    if fails:
+        assert run.returncode != 0 and "Failed" in run.stdout, output
+    else:
+        assert run.returncode == 0, output
+        assert "Completed" in run.stdout
     return run.stdout
 
 
@@ -209,9 +215,43 @@ def test_readme_order_server_worker_deploy_then_pipeline_and_segment_runs(
     with rasterio.open(run_dir / "predictions" / name) as a, rasterio.open(out / "predictions" / name) as b:
         assert (a.read(1) == b.read(1)).all()  # same model, same imagery: the same map
     assert validate_run_catalog(out / "catalog") >= 7
+    missing = tmp_path / "no-such-survey.tif"
+    bad = {"src": str(missing), "model": str(run_dir / "model"), "out": str(tmp_path / "bad-run")}
+    # A run failing on bad input shows why under --watch, not only "Failed": the server streams
+    # the run's logs (scripts/prefect-env.sh), and the flow's own one line is among them, a log
+    # line of its own (Prefect's lines only quote it inside a traceback or a state message).
+    watched = _run_deployment(env, "segment/local", bad, worker_log, fails=True)
+    own_line = rf"^▪ .* [0-9a-f]{{12}} {re.escape(f'src not found: {missing}')}$"
+    assert re.search(own_line, watched, re.MULTILINE), watched[-3000:]
     # Quiet runs: no analytics attempt by the server, no Dask INFO lines in the flow runs' output
     # (the process worker streams it into its log), but the training's progress lines.
     assert "telemetry" not in (tmp_path / "server.log").read_text().lower()
     text = worker_log.read_text()
     assert not re.search(r"distributed\.\S+ - INFO - ", text), text[-3000:]
     assert re.search(r"train: 2/2 step \(100%\).*ETA 00:00, loss_a=", text), text[-3000:]
+
+
+def test_make_server_on_a_taken_port_is_one_line_naming_it_and_prefect_port(tmp_path: Path) -> None:
+    """`make server` when the port is in use (another server, another program): one line on
+    stderr naming the port and PREFECT_PORT, exit status 2, no server started."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = _env(tmp_path / "prefect-home", port)
+        run = subprocess.run(
+            [str(SCRIPTS / "prefect-server.sh")],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in lines[0]
+    assert f"PREFECT_PORT={port + 1} make server" in lines[0]
+    assert "Traceback" not in run.stdout + run.stderr and "Prefect server:" not in run.stdout

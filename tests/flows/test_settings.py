@@ -1,4 +1,5 @@
-"""Flow settings and parameter validation, and the cache key's file fingerprints (no server needed)."""
+"""Flow settings and parameter validation, and the cache key's file fingerprints (no server
+needed), and the one line a flow failing on a user error logs (on the test server)."""
 
 from __future__ import annotations
 
@@ -209,3 +210,67 @@ def test_every_vectorize_setting_of_a_flow_reaches_the_vectorize_task() -> None:
     # ... and vectorize applies it: a block below the bound is refused through config=
     with pytest.raises(ConfigError, match="block size"):
         vectorize("/nonexistent_clusters.tif", config=VectorizeConfig(block_size=32))
+
+
+def _flow_run_logs(state) -> list:  # type: ignore[no-untyped-def]
+    """The logs the API server holds for the flow run of a final state (log workers drained)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+
+
+def test_every_flow_logs_the_users_error_line_before_it_fails(prefect_harness: None, tmp_path: Path) -> None:
+    """A failed deployment run showed only "Failed": each flow logs the line ``geoseg STAGE``
+    prints (the library's message) at ERROR through the run logger, once, before failing."""
+    from flows.ingest import ingest_flow
+    from flows.pipeline import pipeline_flow
+    from flows.retrain import retrain_flow
+    from flows.segment import segment_flow
+    from flows.train import train_flow
+
+    missing = tmp_path / "missing.tif"
+    runs = {
+        "ingest": lambda: ingest_flow(src=str(missing), out=str(tmp_path / "i"), return_state=True),
+        "train": lambda: train_flow(store=str(missing), out=str(tmp_path / "t"), return_state=True),
+        "segment": lambda: segment_flow(
+            src=str(missing), model=str(tmp_path), out=str(tmp_path / "s"), return_state=True
+        ),
+        "pipeline": lambda: pipeline_flow(src=str(missing), out=str(tmp_path / "p"), return_state=True),
+        "retrain": lambda: retrain_flow(
+            catalog=str(missing), registry=str(tmp_path / "r"), out=str(tmp_path / "rt"), return_state=True
+        ),
+    }
+    for flow_name, start in runs.items():
+        state = start()
+        assert state.is_failed(), flow_name
+        what = {"train": "store", "retrain": "catalog"}.get(flow_name, "src")
+        line = f"{what} not found: {missing}"
+        errors = [log.message for log in _flow_run_logs(state) if log.level >= 40]
+        assert errors.count(line) == 1, (flow_name, errors)
+
+
+def test_a_task_failing_on_a_user_error_fails_its_flow_with_the_line_logged(
+    prefect_harness: None, shared_data: Path, tmp_path: Path
+) -> None:
+    """The error of a task on a Dask worker (a folder that is not a model bundle) reaches the
+    flow and is logged there as the one line too; a bug is not called a user error."""
+    from flows.segment import segment_flow
+    from geoseg.io.fileio import user_error_message
+
+    not_a_bundle = tmp_path / "model"
+    not_a_bundle.mkdir()
+    source = shared_data / "neon" / "OSBS_029.tif"
+    state = segment_flow(
+        src=str(source), model=str(not_a_bundle), out=str(tmp_path / "run"), return_state=True
+    )
+    assert state.is_failed()
+    exc = state.result(raise_on_failure=False)
+    line = user_error_message(exc)
+    assert line is not None and str(not_a_bundle) in line
+    assert [log.message for log in _flow_run_logs(state) if log.level >= 40].count(line) == 1
+    assert user_error_message(ZeroDivisionError("a bug")) is None

@@ -163,6 +163,23 @@ def test_rerunning_a_finished_run_keeps_the_cluster_names(dubai_store: Path, tmp
     assert load_meta(longer).clusters[1].name == "roofs"
 
 
+def test_a_resume_asking_fewer_steps_records_the_steps_the_weights_had(
+    dubai_store: Path, tmp_path: Path
+) -> None:
+    """`geoseg train --steps 1` into a bundle trained for 3 trains nothing and keeps its weights:
+    model.json's provenance then says 3 steps, in its config too, not the 1 asked for."""
+    out = train(
+        dubai_store, tmp_path / "model", TrainConfig(steps=3, checkpoint_every=3, **FAST), progress=False
+    )
+    before = load_file(str(out / "weights.safetensors"))
+    again = train(dubai_store, out, TrainConfig(steps=1, checkpoint_every=3, **FAST), progress=False)
+    provenance = json.loads((again / "model.json").read_text())["provenance"]
+    assert provenance["steps"] == provenance["config"]["steps"] == 3
+    assert provenance["config"]["epochs"] is None
+    after = load_file(str(again / "weights.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_band_count_mismatch_is_a_clear_error(
     trained, dubai_store: Path, dubai_store_4band: Path, tmp_path: Path
 ) -> None:

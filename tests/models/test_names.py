@@ -176,3 +176,38 @@ def test_evaluate_report_names_the_clusters(named_run, tmp_path: Path) -> None:
     assert report["cluster_names"]["1"] == "red | roofs" and report["cluster_names"]["0"] == "roads"
     markdown = (tmp_path / "eval" / "report.md").read_text()
     assert "| 1 | red \\| roofs |" in markdown  # the | of the name escaped in the table
+
+
+@pytest.fixture
+def read_only_bundle(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A model bundle on a read-only file system (a tmpfs remounted ro: root ignores
+    permission bits, not a read-only mount); skipped where the test may not mount."""
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs root")
+    try:
+        bundle = make_bundle(mount / "model", ["red", "green", "blue"], "uint8", 100.0, 50.0)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        yield bundle
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_naming_a_read_only_bundle_names_its_model_json_and_what_to_do(
+    read_only_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = (read_only_bundle / META).read_bytes()
+    assert main(["model", "name", str(read_only_bundle), "1=roofs"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"geoseg model: error: cannot write {read_only_bundle / META}: Read-only file system: "
+        f"make {read_only_bundle} writable, or copy the bundle to a writable folder and name the copy"
+    )
+    assert ".tmp-" not in line
+    assert (read_only_bundle / META).read_bytes() == before
