@@ -26,6 +26,7 @@ with larger units, regions near block lines may be judged on truncated neighbour
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing
@@ -48,8 +49,8 @@ from rasterio.windows import Window
 from geoseg.config import VectorizeConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.io import sources
-from geoseg.io.fileio import atomic_path, claim_file, require_published, write_text_atomic
-from geoseg.io.outputs import NODATA, polygons_path, style_path
+from geoseg.io.fileio import atomic_path, claim_file, require_published, write_json_atomic, write_text_atomic
+from geoseg.io.outputs import NODATA, OUTPUT_ASSETS, polygons_path, prediction_path, style_path
 from geoseg.io.sources import PIXEL_GRID, is_pixel_grid, open_dataset
 from geoseg.io.style import (
     LAYER_STYLES,
@@ -63,6 +64,7 @@ from geoseg.models.bundle import CLUSTERS_TAG, clusters_from_tag, default_cluste
 
 __all__ = [
     "is_own_gpkg",
+    "list_in_prediction_item",
     "log_polygons",
     "polygons_from_geojson",
     "vector_style_path",
@@ -362,8 +364,31 @@ def vectorize(
     count = write_polygons(
         clusters_tif, out_gpkg, config, class_names, dask_address, overwrite, report_georeferencing
     )
+    list_in_prediction_item(clusters_tif, out_gpkg)
     log_polygons(count, clusters_tif, out_gpkg)
     return out_gpkg
+
+
+def list_in_prediction_item(clusters_tif: Path, gpkg: Path) -> Path | None:
+    """Add the GeoPackage and its style to the STAC item of the prediction beside
+    ``clusters_tif`` (``<stem>_prediction.json``, written by segment), so polygons made
+    afterwards (the flows' vectorize task, ``geoseg vectorize``) are listed like those segment
+    makes itself. An item that does not describe this raster is left alone. The item path, or
+    None when there is none."""
+    item_path = prediction_path(clusters_tif)
+    if not item_path.is_file():
+        return None
+    item = json.loads(item_path.read_text())
+    assets = item.get("assets", {})
+    listed = assets.get("clusters", {}).get("href")
+    if listed is None or (item_path.parent / listed).resolve() != clusters_tif.resolve():
+        return None
+    for key, path in (("gpkg", gpkg), ("gpkg_qml", vector_style_path(gpkg))):
+        media, roles = OUTPUT_ASSETS[key]
+        href = os.path.relpath(path.resolve(), item_path.parent.resolve())
+        href = href if href.startswith("..") else f"./{href}"  # as pystac writes relative hrefs
+        assets[key] = {"href": href, "type": media, "roles": list(roles)}
+    return write_json_atomic(item_path, item)
 
 
 def log_polygons(count: int, clusters_tif: Path, gpkg: Path) -> None:

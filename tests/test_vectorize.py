@@ -285,3 +285,36 @@ def test_cli_vectorize_of_a_crs_less_raster_prints_our_lines_not_the_libraries(t
         assert noise not in run.stderr, run.stderr
     info = pyogrio.read_info(tmp_path / "pixels_polygons.gpkg")  # on QGIS's pixel grid: y = -row
     assert info["crs"] is None and np.allclose(info["total_bounds"], [0, -64, 64, 0])
+
+
+def test_vectorizing_after_segment_lists_the_geopackage_in_its_stac_item(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The flows segment first and vectorize in a task of their own: the prediction item
+    must then list the polygons exactly as segment's own vectorizing lists them."""
+    from pystac.validation import validate_dict
+
+    from geoseg.segment import segment
+    from tests.helpers import make_bundle
+
+    source = shared_data / "neon" / "OSBS_029.tif"
+    model = make_bundle(tmp_path / "m", ["red", "green", "blue"], "uint8", 110.0, 50.0)
+    [together] = segment(model, [source], tmp_path / "together", SegmentConfig(), progress=False)
+    [apart] = segment(model, [source], tmp_path / "apart", SegmentConfig(vectorize=False), progress=False)
+    assert "gpkg" not in json.loads(apart.stac_item.read_text())["assets"]
+    gpkg = vectorize(apart.clusters)
+    item = json.loads(apart.stac_item.read_text())
+    validate_dict(item, extensions=[])
+    expected = json.loads(together.stac_item.read_text())["assets"]
+    for key in ("gpkg", "gpkg_qml"):
+        assert item["assets"][key] == expected[key]
+    assert (apart.stac_item.parent / item["assets"]["gpkg"]["href"]).resolve() == gpkg.resolve()
+    assert (apart.stac_item.parent / item["assets"]["gpkg_qml"]["href"]).resolve() == vector_style_path(
+        gpkg
+    ).resolve()
+    # polygons written elsewhere, from a raster the item does not describe, leave it alone
+    before = apart.stac_item.read_text()
+    other = tmp_path / "copy_clusters.tif"
+    other.write_bytes(apart.clusters.read_bytes())
+    vectorize(other, tmp_path / "elsewhere.gpkg")
+    assert apart.stac_item.read_text() == before
