@@ -47,7 +47,7 @@ from zarr.core.chunk_key_encodings import ChunkKeyEncodingParams
 
 from geoseg import __version__
 from geoseg.config import IngestConfig
-from geoseg.datasets import IGNORE, LabelDataset, expand_colormap, get_dataset
+from geoseg.datasets import IGNORE, LabelDataset, check_class_id_labels, expand_colormap, get_dataset
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.cog import GDAL_CACHE_BYTES
 from geoseg.io.fileio import (
@@ -158,6 +158,8 @@ def plan_ingest(
         origins.append(np.column_stack([np.full(len(patches), index), patches]))
         stats = [f.stat() for f in _input_files(path, label_path)]
         planned.append(Source(info, label_path, tuple((st.st_size, st.st_mtime_ns) for st in stats)))
+    if dataset is None and labels is not None:  # stored as they are: they must be class ids
+        check_class_id_labels([s.label_path for s in planned if s.label_path is not None])
     fingerprint = _fingerprint(planned, config)
     return Plan(planned, np.concatenate(origins).astype(np.int64), fingerprint)
 
@@ -176,8 +178,6 @@ def _check_label(label_path: Path, info: RasterInfo, dataset: LabelDataset | Non
                 f"labels {label_path} are on another grid than {info.path} (CRS or transform differ): "
                 "give labels georeferenced like the image"
             )
-        if dataset is None and lab.count != 1:
-            raise InputError(f"{label_path} has {lab.count} bands: colour-coded labels need --dataset")
 
 
 def _valid_patches(info: RasterInfo, config: IngestConfig) -> np.ndarray:
