@@ -172,6 +172,29 @@ def test_polygon_log_line_names_the_published_files(
     assert result.clusters.is_file() and result.gpkg is not None and result.gpkg.is_file()
 
 
+def test_outputs_of_another_model_are_replaced_with_a_warning_naming_it(
+    tmp_path: Path, rgb_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two models into one folder: the second replaces the first's outputs (segment's own
+    set), and says so before any work, naming the files and the model that made them."""
+    rng = np.random.default_rng(1)
+    source = write_raster(tmp_path / "tiny.tif", rng.integers(0, 255, (3, 70, 90), dtype=np.uint8))
+    other = make_bundle(tmp_path / "other", ["red", "green", "blue"], "uint8", 110.0, 50.0, seed=3)
+    out, config = tmp_path / "two", SegmentConfig(vectorize=False)
+    caplog.set_level("INFO", logger="geoseg")
+    segment(rgb_model, [source], out, config, progress=False)
+    segment(rgb_model, [source], out, config, progress=False)  # the same model again: no warning
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+    (result,) = segment(other, [source], out, config, progress=False)
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.getMessage() == (
+        f"replacing the outputs of model {rgb_model.absolute()} in {out} (tiny_clusters.tif and "
+        f"their side files) with those of model {other.absolute()}"
+    )
+    with rasterio.open(result.clusters) as src:
+        assert src.tags()["GEOSEG_MODEL"] == str(other.absolute())
+
+
 def test_spacenet_one_band_uint16(tmp_path: Path, shared_data: Path) -> None:
     source = crop(
         shared_data / "spacenet" / "sample_geotiff.tif", tmp_path / "atlanta.tif", Window(300, 200, 250, 190)
