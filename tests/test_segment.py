@@ -125,6 +125,19 @@ def test_styles_preview_and_stac_item(lausanne_run, lausanne: Path, rgb_model: P
     assert item.bbox[2] - item.bbox[0] < 0.01  # a 437 m wide tile, not the whole world
 
 
+def test_both_cog_assets_have_the_contract_media_type(lausanne_run) -> None:
+    """The clusters and confidence COGs of segment's item: the one COG media type of
+    geoseg.io.outputs (profile=cloud-optimized), and the item valid against the core schema."""
+    from pystac.validation import validate_dict
+
+    from geoseg.io.outputs import COG_MEDIA_TYPE
+
+    data = json.loads(lausanne_run.stac_item.read_text())
+    validate_dict(data, extensions=[])  # pystac's bundled core schemas, offline
+    assert data["assets"]["clusters"]["type"] == data["assets"]["confidence"]["type"] == COG_MEDIA_TYPE
+    assert validate_cog(lausanne_run.clusters)[0] and validate_cog(lausanne_run.confidence)[0]
+
+
 def test_lausanne_geopackage_reopens(lausanne_run) -> None:
     import geopandas as gpd
 
