@@ -309,7 +309,11 @@ def test_cli_segment_and_its_errors(tmp_path: Path, rgb_model: Path, capsys: pyt
     assert printed == [str(out / "tiny_clusters.tif"), str(out / "tiny_polygons.gpkg")]
     assert json.loads((out / "tiny_prediction.json").read_text())["type"] == "Feature"
     rc = main(["segment", str(tmp_path / "nowhere"), str(source), "--out", str(out), "--quiet"])
-    assert rc == 2 and "model.json" in capsys.readouterr().err
+    assert rc == 2 and f"model bundle not found: {tmp_path / 'nowhere'}" in capsys.readouterr().err
+    rc = main(["segment", str(source), str(source), "--out", str(out), "--quiet"])  # a .tif as the model
+    assert rc == 2 and f"{source} is not a model bundle (no model.json)" in capsys.readouterr().err
+    rc = main(["segment", str(tmp_path), str(source), "--out", str(out), "--quiet"])  # a folder, no bundle
+    assert rc == 2 and f"{tmp_path} is not a model bundle (no model.json)" in capsys.readouterr().err
 
 
 def test_crs_less_sources_are_reported_once_each_in_our_words(
