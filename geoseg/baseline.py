@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,14 @@ from tqdm import tqdm
 from geoseg.config import BaselineConfig
 from geoseg.errors import InputError
 from geoseg.io import outputs
-from geoseg.io.cog import create_raster, stored_transform
-from geoseg.io.fileio import atomic_path, check_free_space, check_set, locked, output_set
+from geoseg.io.cog import create_raster, stored_transform, to_cog
+from geoseg.io.fileio import check_free_space, check_set, locked, output_set, write_json_atomic
 from geoseg.io.outputs import NODATA, check_unique_stems
 from geoseg.io.preview import write_preview
 from geoseg.io.sources import finite_mask, open_dataset, report_georeferencing, usable_bands
 from geoseg.io.style import StyleClass, paletted_raster_qml
 from geoseg.messages import plural
+from geoseg.models.bundle import CLUSTERS_TAG, Cluster, clusters_to_tag
 
 __all__ = [
     "PixelKMeans",
@@ -129,12 +131,15 @@ def write_cluster_raster(
     colours: Sequence[tuple[int, int, int]],
     tile: tuple[int, int],
     margin: int = 0,
+    method: str = "baseline",
 ) -> Path:
     """Predict a source window by window and write uint8 ids on the source's grid, atomically.
 
     Each window of ``tile`` (rows, cols) is read with ``margin`` pixels of context on every
     side (clipped at the edges), predicted, and only its core is written. Pixels invalid in
-    the source (nodata, alpha, mask) are written as 255, the output's nodata.
+    the source (nodata, alpha, mask) are written as 255, the output's nodata. The raster is
+    a COG like segment's, with its preview, style and STAC item (``geoseg:method`` =
+    ``method``) beside it.
     """
     with open_dataset(source) as src:
         use = source_bands(src, bands, source)
@@ -151,16 +156,29 @@ def write_cluster_raster(
         }
         if src.width >= 256 and src.height >= 256:
             profile.update(tiled=True, blockxsize=256, blockysize=256)
-        with atomic_path(out_path) as tmp, create_raster(tmp, profile) as dst:
-            dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(colours)})  # before any data
-            for core in _tiles(src.height, src.width, *tile):
-                outer = _grow(core, margin, src.height, src.width)
-                data, valid = _read(src, use, outer)
-                ids = predict(data, valid).astype(np.uint8)
-                ids[~valid] = NODATA
-                r0, c0 = core.row_off - outer.row_off, core.col_off - outer.col_off
-                dst.write(ids[r0 : r0 + core.height, c0 : c0 + core.width], 1, window=core)
+        tmp = out_path.with_name(f".{out_path.stem}.tiled-{os.getpid()}.tif")
+        try:
+            with create_raster(tmp, profile) as dst:
+                for core in _tiles(src.height, src.width, *tile):
+                    outer = _grow(core, margin, src.height, src.width)
+                    data, valid = _read(src, use, outer)
+                    ids = predict(data, valid).astype(np.uint8)
+                    ids[~valid] = NODATA
+                    r0, c0 = core.row_off - outer.row_off, core.col_off - outer.col_off
+                    dst.write(ids[r0 : r0 + core.height, c0 : c0 + core.width], 1, window=core)
+            table = clusters_to_tag([Cluster(id=i, colour=c) for i, c in enumerate(colours)])
+            to_cog(
+                tmp,
+                out_path,
+                resampling="mode",
+                colormap={i: (*c, 255) for i, c in enumerate(colours)},
+                tags={CLUSTERS_TAG: table, "GEOSEG_SOURCE": str(source)},
+                description="cluster id",
+            )
+        finally:
+            tmp.unlink(missing_ok=True)
     _companions(out_path, colours)
+    write_baseline_item(out_path, source, len(colours), method)
     return out_path
 
 
@@ -169,6 +187,33 @@ def _companions(cluster_raster: Path, colours: Sequence[tuple[int, int, int]]) -
     classes = [StyleClass(i, c) for i, c in enumerate(colours)]
     write_preview(cluster_raster, classes, outputs.preview_path(cluster_raster), PREVIEW_SIZE)
     paletted_raster_qml(classes, outputs.style_path(cluster_raster))
+
+
+def write_baseline_item(
+    clusters: Path, source: Path, k: int, method: str, model_path: Path | None = None
+) -> Path:
+    """A baseline's ``<stem>_prediction.json`` beside its cluster COG, as segment writes one
+    (:func:`geoseg.stac.items.prediction_item`), with ``geoseg:method``; linked ``via`` the
+    fitted model's JSON where the baseline saves one (superpixels), else to no model."""
+    import pystac
+
+    from geoseg.stac.items import prediction_item
+
+    assets = {
+        "clusters_qml": (outputs.style_path(clusters), *outputs.OUTPUT_ASSETS["clusters_qml"]),
+        "preview_png": (outputs.preview_path(clusters), *outputs.OUTPUT_ASSETS["preview_png"]),
+    }
+    classes = [Cluster(id=i, colour=c) for i, c in enumerate(_colours(k))]  # unnamed: "cluster N"
+    item = prediction_item(clusters, source, None, classes, assets)
+    if model_path is not None:
+        href = str(model_path.resolve())
+        item.add_link(pystac.Link("via", href, media_type=outputs.JSON_MEDIA_TYPE, title=f"{method} model"))
+    item.properties["geoseg:method"] = method
+    target = outputs.prediction_path(clusters)
+    item.set_self_href(str(target.resolve()))
+    item.make_asset_hrefs_relative()
+    write_json_atomic(target, item.to_dict(include_self_link=False))
+    return target
 
 
 def _tiles(height: int, width: int, tile_rows: int, tile_cols: int) -> Iterator[Window]:
@@ -310,6 +355,7 @@ def _write_kmeans(model: PixelKMeans, paths: Sequence[Path], out: Path, config: 
                     bands=config.bands,
                     colours=colours,
                     tile=(rows, width),
+                    method="kmeans",
                 ),
             )
         )
@@ -364,6 +410,7 @@ def random_net_baseline(
                 colours=colours,
                 tile=(config.tile, config.tile),
                 margin=config.margin,
+                method="random-net",
             ),
         )
         for path in tqdm(paths, desc="random network", unit="raster", leave=False)

@@ -326,7 +326,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rgb-bands", type=_bands, default=None, help="1-based R,G,B bands (default: by name)")
     p.add_argument("--init-from", default=None, help="start from this model bundle's weights (retraining)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_overwrite(p, "a foreign folder or another model bundle at --out")
+    _add_overwrite(p, "a foreign folder, another model bundle or another run's checkpoint at --out")
     p.set_defaults(run=_run_train)
 
 

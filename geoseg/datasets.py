@@ -27,7 +27,7 @@ ISPRS Potsdam / Vaihingen as distributed (ingest them as they are, nothing to co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,7 @@ __all__ = [
     "SYNTHETIC",
     "TORCHGEO_ISPRS_ORDER",
     "LabelDataset",
+    "check_class_id_labels",
     "decode_palette",
     "expand_colormap",
     "get_dataset",
@@ -268,6 +269,45 @@ def read_label(
     if data.shape[0] != 1:
         raise InputError(f"{path}: dataset {dataset.name!r} expects single-band class-id labels")
     return dataset.decode(data[0])
+
+
+def check_class_id_labels(paths: Sequence[str | Path], options: str = "--dataset") -> None:
+    """Before any work, labels read without a dataset: their values must be class ids.
+
+    A single-band raster's values are taken as class ids as they are. A multi-band label
+    (RGB colour-coded) is refused, and so are paletted labels (a PNG with a colour table)
+    whose colour tables differ between files: an index is then not a class (one Dubai mask
+    has index 0 = building, the next index 0 = land), so scoring or training on indices
+    would silently mix classes. Paletted labels that share one table stay usable as ids.
+    InputError naming the file(s); ``options`` is what the message tells to pass.
+    """
+    known = ", ".join(sorted(DATASETS))
+    first: tuple[Path, dict[int, tuple[int, int, int]]] | None = None
+    for path in map(Path, paths):
+        with open_dataset(path) as src:
+            if src.count != 1:
+                raise InputError(
+                    f"{path} has {src.count} bands: colour-coded labels need {options} (known datasets: {known})"
+                )
+            try:
+                table = {i: tuple(rgba[:3]) for i, rgba in src.colormap(1).items()}
+            except ValueError:  # no colour table: class ids
+                continue
+        if first is None:
+            first = (path, table)  # type: ignore[assignment]
+            continue
+        differs = sorted(i for i in set(first[1]) & set(table) if first[1][i] != table[i])
+        if differs:
+            i = differs[0]
+            raise InputError(
+                f"labels {first[0]} and {path} are paletted with different colour tables (index {i} is "
+                f"{_hex(first[1][i])} in one, {_hex(table[i])} in the other): their indices are not class "
+                f"ids; pass {options} to decode the colours (known datasets: {known})"
+            )
+
+
+def _hex(rgb: tuple[int, ...]) -> str:
+    return "#{:02X}{:02X}{:02X}".format(*rgb[:3])
 
 
 def expand_colormap(src: rasterio.io.DatasetReader, band: np.ndarray) -> np.ndarray:

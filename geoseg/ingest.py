@@ -21,6 +21,7 @@ How it runs, and why:
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import itertools
 import json
@@ -46,7 +47,7 @@ from zarr.core.chunk_key_encodings import ChunkKeyEncodingParams
 
 from geoseg import __version__
 from geoseg.config import IngestConfig
-from geoseg.datasets import IGNORE, LabelDataset, expand_colormap, get_dataset
+from geoseg.datasets import IGNORE, LabelDataset, check_class_id_labels, expand_colormap, get_dataset
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.cog import GDAL_CACHE_BYTES
 from geoseg.io.fileio import (
@@ -161,6 +162,8 @@ def plan_ingest(
         origins.append(np.column_stack([np.full(len(patches), index), patches]))
         stats = [f.stat() for f in _input_files(path, label_path)]
         planned.append(Source(info, label_path, tuple((st.st_size, st.st_mtime_ns) for st in stats)))
+    if dataset is None and labels is not None:  # stored as they are: they must be class ids
+        check_class_id_labels([s.label_path for s in planned if s.label_path is not None])
     fingerprint = _fingerprint(planned, config)
     return Plan(planned, np.concatenate(origins).astype(np.int64), fingerprint)
 
@@ -178,10 +181,6 @@ def _check_label(label_path: Path, info: RasterInfo, dataset: LabelDataset | Non
             raise InputError(
                 f"labels {label_path} are on another grid than {info.path} (CRS or transform differ): "
                 "give labels georeferenced like the image"
-            )
-        if dataset is None and lab.count != 1:
-            raise InputError(
-                f"{label_path} has {plural(lab.count, 'band')}: colour-coded labels need --dataset"
             )
 
 
@@ -589,17 +588,41 @@ def _write_catalog(out: Path, plan: Plan, fresh: bool = False) -> Path:
 
     ``fresh`` (the store was replaced): a new catalog swapped in for the old one, whose
     survey items described the old store's inputs. Only a geoseg run catalog is replaced;
-    anything else there is added to, as without ``fresh``.
+    anything else there is added to, as without ``fresh``. Each survey item's ``created`` is
+    now (UTC), or its ``created`` in the catalog already there: when the survey was first
+    added, which is what the retrain flow looks for (not the file's mtime, its ``datetime``).
     """
     from geoseg.stac.catalog import RUN_CATALOG_ID, survey_item, update_run_catalog
 
-    items = [survey_item(s.info.path, out, sha256=s.sha256) for s in plan.sources if s.info.crs is not None]
     catalog_dir = out.with_name(out.name + ".stac")
+    now = datetime.datetime.now(datetime.UTC)
+    earlier = _created(catalog_dir)
+    items = []
+    for s in plan.sources:
+        if s.info.crs is not None:
+            item = survey_item(s.info.path, out, sha256=s.sha256, created=now)
+            if item.id in earlier:  # ingested before: it was added then, not now
+                item.common_metadata.created = earlier[item.id]
+            items.append(item)
     if not (fresh and _catalog_id(catalog_dir) == RUN_CATALOG_ID):
         return update_run_catalog(catalog_dir, items)
     with atomic_path(catalog_dir, replace_folder=True) as new:
         update_run_catalog(new, items)
     return catalog_dir / "catalog.json"
+
+
+def _created(catalog_dir: Path) -> dict[str, datetime.datetime]:
+    """Item id -> ``created`` of the survey items already in the catalog at ``catalog_dir``."""
+    import pystac
+
+    if not (catalog_dir / "catalog.json").is_file():
+        return {}
+    try:
+        catalog = pystac.Catalog.from_file(str(catalog_dir / "catalog.json"))
+        items = list(catalog.get_items(recursive=True))
+    except Exception:  # pystac raises several types for foreign/corrupt JSON; replaced anyway
+        return {}
+    return {item.id: item.common_metadata.created for item in items if item.common_metadata.created}
 
 
 def _catalog_id(catalog_dir: Path) -> str | None:

@@ -47,6 +47,7 @@ from geoseg.io.fileio import (
     locked,
     made_for_the_run,
     output_set,
+    owned_by_set,
 )
 from geoseg.io.outputs import NODATA, OUTPUT_ASSETS, check_unique_stems
 from geoseg.io.preview import write_preview
@@ -302,6 +303,7 @@ def segment(
         if not path.is_file():
             raise InputError(f"source not found: {path}")
     check_outputs(paths, out_dir, overwrite, config.vectorize)
+    warn_other_models(paths, out_dir, model_dir)
     from geoseg.distributed import connect
 
     # A failed run leaves no empty out_dir behind that it created itself; an address that
@@ -314,6 +316,35 @@ def segment(
                 segment_raster(model, meta, model_dir, path, out_dir, config, progress, client)
                 for path in paths
             ]
+
+
+def warn_other_models(sources: Sequence[Path], out_dir: Path, model_dir: Path) -> None:
+    """Before work: one WARNING per other model whose outputs in ``out_dir`` this run replaces.
+
+    Segment's own earlier outputs are replaced without ``--overwrite`` (its manifest lists
+    them); when another model made them (the cluster COG's ``GEOSEG_MODEL`` tag), the user
+    running two models into one folder is told which files of which model go.
+    """
+    replaced: dict[str, list[str]] = {}
+    for source in sources:
+        clusters = outputs.clusters_path(source, out_dir)
+        if clusters.name not in owned_by_set(out_dir, source.stem, STAGE) or not clusters.is_file():
+            continue
+        try:
+            with open_dataset(clusters) as src:
+                made_by = src.tags().get("GEOSEG_MODEL")
+        except InputError:
+            continue  # unreadable: replaced like any earlier output of this stage
+        if made_by and Path(made_by).resolve() != model_dir.resolve():
+            replaced.setdefault(made_by, []).append(clusters.name)
+    for made_by, names in replaced.items():
+        log.warning(
+            "replacing the outputs of model %s in %s (%s and their side files) with those of model %s",
+            made_by,
+            out_dir,
+            ", ".join(names),
+            model_dir,
+        )
 
 
 def check_outputs(

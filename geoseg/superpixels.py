@@ -51,10 +51,10 @@ from geoseg.baseline import (
     _publish,
     sample_pixels,
     source_bands,
+    write_baseline_item,
 )
 from geoseg.config import BaselineConfig, SuperpixelConfig
 from geoseg.errors import InputError
-from geoseg.io import outputs
 from geoseg.io.cog import GDAL_CACHE_BYTES, create_raster, tiled_profile, to_cog
 from geoseg.io.fileio import write_json_atomic
 from geoseg.io.outputs import NODATA
@@ -554,31 +554,8 @@ def _paint(
     finally:
         tmp.unlink(missing_ok=True)
     _companions(out_path, colours)
-    _stac_item(out_path, segmented.source, model_path, len(colours))
+    write_baseline_item(out_path, segmented.source, len(colours), "superpixels", model_path)
     return out_path
-
-
-def _stac_item(clusters: Path, source: Path, model_path: Path, k: int) -> Path:
-    """The prediction's STAC item (as segment writes), linked ``via`` the superpixel model JSON."""
-    import pystac
-
-    from geoseg.stac.items import prediction_item
-
-    assets = {
-        "clusters_qml": (outputs.style_path(clusters), *outputs.OUTPUT_ASSETS["clusters_qml"]),
-        "preview_png": (outputs.preview_path(clusters), *outputs.OUTPUT_ASSETS["preview_png"]),
-    }
-    classes = [Cluster(id=i, colour=c) for i, c in enumerate(_colours(k))]  # unnamed: "cluster N"
-    item = prediction_item(clusters, source, model_path.parent, classes, assets)
-    item.links = [link for link in item.links if link.rel != "via"]
-    href = str(model_path.resolve())
-    item.add_link(pystac.Link("via", href, media_type=outputs.JSON_MEDIA_TYPE, title="superpixel model"))
-    item.properties["geoseg:method"] = "superpixels"
-    target = outputs.prediction_path(clusters)
-    item.set_self_href(str(target.resolve()))
-    item.make_asset_hrefs_relative()
-    write_json_atomic(target, item.to_dict(include_self_link=False))
-    return target
 
 
 def _write_all(

@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -166,7 +167,7 @@ def check_output(out: Path, overwrite: bool = False) -> None:
     """Refuse, before any work, an ``out`` that training must not replace (see :func:`train`)."""
     if (out / META).is_file() and not work_dir(out).is_dir() and not overwrite:
         raise OutputError(
-            f"{out} holds a model bundle that this training run did not start: "
+            f"{os.path.abspath(out)} holds a model bundle that this training run did not start: "
             "pass --overwrite to replace it or choose another --out"
         )
     claim_folder(out, "train", marker=META, overwrite=overwrite)
@@ -206,7 +207,7 @@ def _train(
     work = work_dir(out)
     work.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(config, dataset)
-    state = _resume(work, model, optimizer, fingerprint, device)
+    state = _resume(work, model, optimizer, fingerprint, device, out, overwrite)
     steps = total_steps(config, len(dataset))
     _truncate_metrics(work / METRICS, state.step)
     # Resuming (same fingerprint): the bundle at out is this run's, perhaps named since with
@@ -410,7 +411,11 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     fingerprint: dict[str, Any],
     device: torch.device,
+    out: Path,
+    overwrite: bool = False,
 ) -> TrainState:
+    """The checkpoint's state to resume from, or a fresh one; a checkpoint of another run
+    (other stores or settings) is refused, or with ``overwrite`` discarded (start over)."""
     ckpt = work / CHECKPOINT
     if not (ckpt / "state.json").is_file():
         return TrainState(fingerprint=fingerprint)
@@ -426,9 +431,18 @@ def _resume(
             for k in set(state.fingerprint) | set(fingerprint)
             if state.fingerprint.get(k) != fingerprint.get(k)
         )
+        if overwrite:
+            log.info(
+                "--overwrite: %s held a different training run (%s): starting over", work, ", ".join(changed)
+            )
+            shutil.rmtree(ckpt, ignore_errors=True)  # the lock in `work` stays: this run holds it
+            for stale in (work / BEST_WEIGHTS, work / METRICS):
+                stale.unlink(missing_ok=True)
+            return TrainState(fingerprint=fingerprint)
         raise ConfigError(
-            f"{work} holds a checkpoint of a different training run (differs in: {', '.join(changed)}); "
-            "use another --out or delete it to start over"
+            f"{os.path.abspath(work)} holds a checkpoint of a different training run (differs in: "
+            f"{', '.join(changed)}): pass --overwrite to start over and replace {os.path.abspath(out)}, "
+            "or use another --out"
         )
     model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(device)))
     optimizer_from_tensors(

@@ -169,3 +169,39 @@ def test_crs_less_sources_are_reported_once_each_without_rasterio_warnings(
         for p in jpegs
     )
     assert not [w for w in recwarn if issubclass(w.category, NotGeoreferencedWarning)]
+
+
+def test_kmeans_writes_the_prediction_item_superpixels_writes(tmp_path: Path) -> None:
+    """``baseline kmeans`` (CLI) writes a COG and ``<stem>_prediction.json``, the item segment and
+    the superpixel baseline write: core STAC schema valid (pystac's bundled schemas, offline),
+    the COG media type of the output contract, its style and preview as assets."""
+    import json
+
+    import pystac
+    from pystac.validation import validate_dict
+
+    from geoseg.io.cog import validate_cog
+    from geoseg.io.outputs import COG_MEDIA_TYPE, OUTPUT_ASSETS
+
+    src, _ = _multiband(tmp_path / "scene.tif")
+    out = tmp_path / "out"
+    assert main(["baseline", "kmeans", str(src), "--k", "3", "--out", str(out)]) == 0
+    clusters, item_path = out / "scene_clusters.tif", out / "scene_prediction.json"
+    assert validate_cog(clusters)[0]
+    data = json.loads(item_path.read_text())
+    validate_dict(data, extensions=[])  # raises on an invalid document
+    item = pystac.Item.from_file(str(item_path))
+    assert item.id == "scene-prediction" and item.properties["geoseg:method"] == "kmeans"
+    assert item.assets["clusters"].media_type == COG_MEDIA_TYPE
+    assert item.assets["clusters"].roles == ["data", "labels"]
+    assert Path(item.assets["clusters"].get_absolute_href() or "") == clusters.resolve()
+    for key in ("clusters_qml", "preview_png"):
+        assert item.assets[key].media_type == OUTPUT_ASSETS[key][0]
+        assert Path(item.assets[key].get_absolute_href() or "").is_file()
+    links = {link.rel: link.get_absolute_href() for link in item.links}
+    assert Path(links["derived_from"] or "") == src.resolve() and "via" not in links  # no model file
+    assert "geoseg:model" not in item.properties
+    classes = item.assets["clusters"].extra_fields["classification:classes"]
+    assert [c["value"] for c in classes] == [0, 1, 2, 255]
+    # the item is part of the published set: a rerun replaces it without --overwrite
+    assert main(["baseline", "kmeans", str(src), "--k", "3", "--out", str(out)]) == 0

@@ -558,7 +558,7 @@ def test_labels_on_another_grid_are_refused_at_ingest(tile: Path, tmp_path: Path
             "count": 1,
             "dtype": "uint8",
             "crs": src.crs,
-            "transform": Affine.translation(100_000, 0) * src.transform,  # same size, 100 km east
+            "transform": Affine.translation(100_000, 0) @ src.transform,  # same size, 100 km east
         }
         label = tmp_path / "labels.tif"
         with rasterio.open(label, "w", **profile) as dst:

@@ -88,8 +88,8 @@ def test_lausanne_reassembles_exactly_at_map_coordinates(tmp_path: Path, shared_
     # Each patch, placed by origin + the store's transform, is the source read at those map bounds.
     for i in range(0, store.num_patches, 7):
         _, row, col = store.origin[i]
-        x0, y0 = meta.affine * (col, row)
-        x1, y1 = meta.affine * (col + 64, row + 64)
+        x0, y0 = meta.affine @ (col, row)
+        x1, y1 = meta.affine @ (col + 64, row + 64)
         window = from_bounds(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1), transform).round_offsets()
         with rasterio.open(source) as src:
             part = src.read(window=window, boundless=True, fill_value=0)

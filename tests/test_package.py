@@ -130,3 +130,43 @@ def test_the_all_check_sees_a_missing_all_and_a_name_not_defined() -> None:
         "geoseg.listed: 'here' listed twice",
         "geoseg.listed: 'gone' is not defined",
     ]
+
+
+def test_what_the_readme_writes_into_a_checkout_is_ignored_by_git() -> None:
+    """README section 7's registry (`models/`) and the stage outputs at the root are ignored;
+    the package's own `geoseg/models/` and `tests/models/` are not."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0
+
+    for path in ("models/v0001/model.json", "models/registry.json", "model/model.json", "predictions/x.tif"):
+        assert ignored(path), path
+    for path in ("geoseg/models/align.py", "tests/models/test_align.py"):
+        assert not ignored(path), path
+
+
+def test_pyproject_applies_without_setuptools_deprecation_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``project.license`` as a TOML table is deprecated by setuptools (a warning twice in every
+    ``make setup``): the pyproject is applied by the installed setuptools with warnings as
+    errors, as the build backend applies it; an SPDX string needs setuptools >= 77."""
+    import tomllib
+    import warnings
+    from pathlib import Path
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the pyproject's paths (readme, packages) are relative to it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dist = apply_configuration(Distribution(), str(root / "pyproject.toml"))
+    assert dist.metadata.license_expression == "MIT"
+    assert (
+        "setuptools>=77" in tomllib.loads((root / "pyproject.toml").read_text())["build-system"]["requires"]
+    )

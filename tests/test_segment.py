@@ -125,6 +125,19 @@ def test_styles_preview_and_stac_item(lausanne_run, lausanne: Path, rgb_model: P
     assert item.bbox[2] - item.bbox[0] < 0.01  # a 437 m wide tile, not the whole world
 
 
+def test_both_cog_assets_have_the_contract_media_type(lausanne_run) -> None:
+    """The clusters and confidence COGs of segment's item: the one COG media type of
+    geoseg.io.outputs (profile=cloud-optimized), and the item valid against the core schema."""
+    from pystac.validation import validate_dict
+
+    from geoseg.io.outputs import COG_MEDIA_TYPE
+
+    data = json.loads(lausanne_run.stac_item.read_text())
+    validate_dict(data, extensions=[])  # pystac's bundled core schemas, offline
+    assert data["assets"]["clusters"]["type"] == data["assets"]["confidence"]["type"] == COG_MEDIA_TYPE
+    assert validate_cog(lausanne_run.clusters)[0] and validate_cog(lausanne_run.confidence)[0]
+
+
 def test_lausanne_geopackage_reopens(lausanne_run) -> None:
     import geopandas as gpd
 
@@ -190,6 +203,29 @@ def test_polygon_log_line_names_the_published_files(
     (line,) = [r.getMessage() for r in caplog.records if " polygons from " in r.getMessage()]
     assert line.endswith(f" polygons from {result.clusters} -> {result.gpkg}"), line
     assert result.clusters.is_file() and result.gpkg is not None and result.gpkg.is_file()
+
+
+def test_outputs_of_another_model_are_replaced_with_a_warning_naming_it(
+    tmp_path: Path, rgb_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two models into one folder: the second replaces the first's outputs (segment's own
+    set), and says so before any work, naming the files and the model that made them."""
+    rng = np.random.default_rng(1)
+    source = write_raster(tmp_path / "tiny.tif", rng.integers(0, 255, (3, 70, 90), dtype=np.uint8))
+    other = make_bundle(tmp_path / "other", ["red", "green", "blue"], "uint8", 110.0, 50.0, seed=3)
+    out, config = tmp_path / "two", SegmentConfig(vectorize=False)
+    caplog.set_level("INFO", logger="geoseg")
+    segment(rgb_model, [source], out, config, progress=False)
+    segment(rgb_model, [source], out, config, progress=False)  # the same model again: no warning
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+    (result,) = segment(other, [source], out, config, progress=False)
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.getMessage() == (
+        f"replacing the outputs of model {rgb_model.absolute()} in {out} (tiny_clusters.tif and "
+        f"their side files) with those of model {other.absolute()}"
+    )
+    with rasterio.open(result.clusters) as src:
+        assert src.tags()["GEOSEG_MODEL"] == str(other.absolute())
 
 
 def test_spacenet_one_band_uint16(tmp_path: Path, shared_data: Path) -> None:
@@ -316,7 +352,11 @@ def test_cli_segment_and_its_errors(tmp_path: Path, rgb_model: Path, capsys: pyt
     assert printed == [str(out / "tiny_clusters.tif"), str(out / "tiny_polygons.gpkg")]
     assert json.loads((out / "tiny_prediction.json").read_text())["type"] == "Feature"
     rc = main(["segment", str(tmp_path / "nowhere"), str(source), "--out", str(out), "--quiet"])
-    assert rc == 2 and "model.json" in capsys.readouterr().err
+    assert rc == 2 and f"model bundle not found: {tmp_path / 'nowhere'}" in capsys.readouterr().err
+    rc = main(["segment", str(source), str(source), "--out", str(out), "--quiet"])  # a .tif as the model
+    assert rc == 2 and f"{source} is not a model bundle (no model.json)" in capsys.readouterr().err
+    rc = main(["segment", str(tmp_path), str(source), "--out", str(out), "--quiet"])  # a folder, no bundle
+    assert rc == 2 and f"{tmp_path} is not a model bundle (no model.json)" in capsys.readouterr().err
 
 
 def test_crs_less_sources_are_reported_once_each_in_our_words(

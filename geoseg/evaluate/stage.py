@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.config import EvaluateConfig
+from geoseg.datasets import check_class_id_labels
 from geoseg.errors import InputError
 from geoseg.evaluate import counts
 from geoseg.evaluate.figures import write_figures
@@ -80,6 +81,8 @@ def evaluate(
         )
         for prediction, _ in pairs + fit_pairs:  # never score a half-published segmentation
             require_published(prediction)
+        if dataset is None:  # label values scored as class ids: they must be ids in every file
+            check_class_id_labels([label for _, label in pairs + fit_pairs], "--dataset or --palette")
         image_paths = _images(images, len(pairs))
 
         scored = counts.tally(pairs, dataset, config, "scoring", progress)

@@ -93,7 +93,7 @@ class RasterInfo:
     def scaled_transform(self, scale: float) -> Affine:
         """The affine transform of the scaled grid (same corner, pixels 1/scale as large)."""
         height, width = self.scaled_shape(scale)
-        return self.transform * Affine.scale(self.width / width, self.height / height)
+        return self.transform @ Affine.scale(self.width / width, self.height / height)
 
 
 def discover_sources(paths: Iterable[str | Path]) -> list[Path]:

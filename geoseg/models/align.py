@@ -25,7 +25,9 @@ same imagery rather than their training losses on different surveys.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +38,6 @@ import torch
 from rasterio.errors import RasterioError
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-from tqdm import tqdm
 
 from geoseg.config import AlignConfig
 from geoseg.errors import ConfigError, InputError
@@ -48,6 +49,7 @@ from geoseg.io.sources import discover_sources, open_dataset, open_raster, read_
 from geoseg.io.store import open_store
 from geoseg.messages import plural
 from geoseg.models.bundle import META, WEIGHTS, Cluster, ModelMeta, default_clusters, load_bundle, save_bundle
+from geoseg.progress import Progress, progress_bar
 
 __all__ = [
     "REPORT_JSON",
@@ -178,13 +180,16 @@ def align_clusters(
     reference: Sequence[str | Path],
     out_dir: str | Path | None = None,
     config: AlignConfig | None = None,
+    progress: Progress | None = None,
 ) -> Alignment:
     """Align ``new_model_dir``'s head-B ids to ``old_model_dir``'s over ``reference``.
 
     ``reference``: rasters (GeoTIFF/PNG/JPEG, folders of them) or a patch store
     (``*.zarr``). The aligned bundle is written to ``out_dir`` (default: in place,
     atomically, keeping the bundle's other files) with ``alignment.json`` and
-    ``alignment.md`` beside ``model.json``.
+    ``alignment.md`` beside ``model.json``. ``progress``: as every stage's
+    (:mod:`geoseg.progress`: a bar, log lines to a logger, or nothing); by default a bar on
+    a terminal and log lines to this module's logger otherwise (a flow worker's log).
     """
     config = (config or AlignConfig()).validate()
     new_model_dir, old_model_dir = Path(new_model_dir), Path(old_model_dir)
@@ -202,24 +207,28 @@ def align_clusters(
     # Segment's inference copies: the ids compared are bit for bit the ids segment writes.
     infer_new, infer_old = for_inference(new_model), for_inference(old_model)
     sources = expand_reference(reference)
-    for x, valid, scale in tqdm(
-        _reference_batches(sources, old_meta, old_model_dir, config),
+    bar = progress_bar(
+        _progress(progress),
+        total=_reference_total(sources, old_meta, config),
         desc="align: reference",
         unit="batch",
         leave=False,
-    ):
-        x, mask = x.to(device), valid.to(device)
-        # Segment's own inference (resampling to the model's scale included): the ids
-        # compared here are the ids the models would write.
-        p_new = predict_probabilities(infer_new, x, scale)
-        p_old = predict_probabilities(infer_old, x, scale)
-        if config.reference_loss:
-            with torch.inference_mode():
-                joints["new"] = _add(joints["new"], displaced_joints(p_new, p_new, half_t, mask=mask))
-                joints["old"] = _add(joints["old"], displaced_joints(p_old, p_old, half_t, mask=mask))
-        matrix += agreement_matrix(
-            p_new.argmax(1).cpu().numpy(), p_old.argmax(1).cpu().numpy(), k_new, k_old, valid.numpy()
-        )
+    )
+    with bar:
+        for x, valid, scale in _reference_batches(sources, old_meta, old_model_dir, config):
+            x, mask = x.to(device), valid.to(device)
+            # Segment's own inference (resampling to the model's scale included): the ids
+            # compared here are the ids the models would write.
+            p_new = predict_probabilities(infer_new, x, scale)
+            p_old = predict_probabilities(infer_old, x, scale)
+            if config.reference_loss:
+                with torch.inference_mode():
+                    joints["new"] = _add(joints["new"], displaced_joints(p_new, p_new, half_t, mask=mask))
+                    joints["old"] = _add(joints["old"], displaced_joints(p_old, p_old, half_t, mask=mask))
+            matrix += agreement_matrix(
+                p_new.argmax(1).cpu().numpy(), p_old.argmax(1).cpu().numpy(), k_new, k_old, valid.numpy()
+            )
+            bar.update()
 
     pixels = int(matrix.sum())
     if pixels == 0:
@@ -265,6 +274,13 @@ def align_clusters(
     return result
 
 
+def _progress(progress: Progress | None) -> Progress:
+    """``progress`` as given; None: a bar on a terminal, else log lines to this module's logger."""
+    if progress is not None:
+        return progress
+    return True if sys.stderr.isatty() else log
+
+
 @dataclass
 class ReferenceFigures:
     """One model's cluster shares and label-free loss on reference imagery."""
@@ -275,12 +291,16 @@ class ReferenceFigures:
 
 
 def reference_figures(
-    model_dir: str | Path, reference: Sequence[str | Path], config: AlignConfig | None = None
+    model_dir: str | Path,
+    reference: Sequence[str | Path],
+    config: AlignConfig | None = None,
+    progress: Progress | None = None,
 ) -> ReferenceFigures:
     """Shares and IIC loss of one model over ``reference`` (rasters or a patch store).
 
     What the promotion check looks at when there is no previous model to align to (the
-    first model of a registry): a collapsed model still shows as one cluster.
+    first model of a registry): a collapsed model still shows as one cluster. ``progress``
+    as in :func:`align_clusters`.
     """
     config = (config or AlignConfig()).validate()
     model_dir = Path(model_dir)
@@ -292,15 +312,16 @@ def reference_figures(
     joint: torch.Tensor | None = None
     half_t, lamb = int(meta.loss.get("half_t", 5)), float(meta.loss.get("lamb_b", 1.0))
     sources = expand_reference(reference)
-    for x, valid, scale in tqdm(
-        _reference_batches(sources, meta, model_dir, config), desc="reference", unit="batch", leave=False
-    ):
-        p = predict_probabilities(model, x.to(device), scale)
-        if config.reference_loss:
-            with torch.inference_mode():
-                joint = _add(joint, displaced_joints(p, p, half_t, mask=valid.to(device)))
-        ids = p.argmax(1).cpu().numpy()[valid.numpy()]
-        counts += np.bincount(ids, minlength=k)[:k]
+    total = _reference_total(sources, meta, config)
+    with progress_bar(_progress(progress), total=total, desc="reference", unit="batch", leave=False) as bar:
+        for x, valid, scale in _reference_batches(sources, meta, model_dir, config):
+            p = predict_probabilities(model, x.to(device), scale)
+            if config.reference_loss:
+                with torch.inference_mode():
+                    joint = _add(joint, displaced_joints(p, p, half_t, mask=valid.to(device)))
+            ids = p.argmax(1).cpu().numpy()[valid.numpy()]
+            counts += np.bincount(ids, minlength=k)[:k]
+            bar.update()
     pixels = int(counts.sum())
     if pixels == 0:
         raise InputError(f"no valid reference pixels in {[str(s) for s in sources]}")
@@ -340,6 +361,22 @@ def _reference_batches(
         else:
             for x, valid in _raster_windows(source, meta, model_dir, config.window):
                 yield x, valid, meta.scale
+
+
+def _reference_total(sources: Sequence[Path], meta: ModelMeta, config: AlignConfig) -> int:
+    """How many batches :func:`_reference_batches` yields (the progress bar's total)."""
+    total = 0
+    for source in sources:
+        if _is_store(source):
+            n = open_store(source).num_patches
+            if config.max_patches is not None:
+                n = min(n, config.max_patches)
+            total += math.ceil(n / config.batch_size)
+        else:
+            step = max(1, round(config.window / meta.scale))
+            with open_dataset(source) as src:
+                total += math.ceil(src.height / step) * math.ceil(src.width / step)
+    return total
 
 
 def _store_batches(

@@ -166,7 +166,10 @@ def _default_mode() -> int:
 def load_meta(bundle_dir: str | Path) -> ModelMeta:
     path = Path(bundle_dir) / META
     if not path.is_file():
-        raise InputError(f"model bundle has no {META}: {bundle_dir}")
+        where = os.path.abspath(bundle_dir)
+        if not os.path.lexists(bundle_dir):
+            raise InputError(f"model bundle not found: {where}")
+        raise InputError(f"{where} is not a model bundle (no {META})")
     try:
         data = json.loads(path.read_text())
         meta = ModelMeta.from_dict(data)

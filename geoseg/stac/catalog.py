@@ -48,13 +48,20 @@ def _run_stamp(path: Path) -> datetime.datetime:
 
 
 def survey_item(
-    source: str | Path, store: str | Path | None = None, sha256: str | None = None
+    source: str | Path,
+    store: str | Path | None = None,
+    sha256: str | None = None,
+    created: datetime.datetime | None = None,
 ) -> pystac.Item:
     """A STAC item for one source raster of a survey (and the patch store it went into).
 
     :func:`geoseg.stac.items.raster_item` gives the footprint, projection and checksummed asset;
     the id is prefixed ``survey-`` and the patch store added as a second asset. ``sha256``:
-    the file's digest when the caller has just computed it (ingest's plan).
+    the file's digest when the caller has just computed it (ingest's plan). ``created``
+    (STAC common metadata, UTC): when the survey was added to the catalog; ingest writes
+    it, and the retrain flow's "new surveys" are those created after the promoted model
+    (:func:`geoseg.models.registry.new_surveys`). The item's ``datetime`` stays the file's
+    modification time, which says nothing about when the survey was ingested.
     """
     source = Path(source).resolve()
     if not source.is_file():
@@ -62,6 +69,10 @@ def survey_item(
     item = raster_item(source, sha256=sha256)
     item.id = f"survey-{item.id}"
     item.properties[KIND] = "survey"
+    if created is not None:
+        # Not truncated to the second, like the registry's times: a survey ingested in the
+        # second its model was registered still counts as added after it.
+        item.common_metadata.created = created.astimezone(datetime.UTC)
     if store is not None and Path(store).exists():
         item.add_asset(
             "patches",

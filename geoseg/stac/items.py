@@ -28,7 +28,7 @@ from rasterio.warp import transform_bounds
 
 from geoseg.errors import InputError
 from geoseg.io.fileio import atomic_path, require_published, sha256_file
-from geoseg.io.outputs import JSON_MEDIA_TYPE, NODATA
+from geoseg.io.outputs import COG_MEDIA_TYPE, JSON_MEDIA_TYPE, NODATA
 from geoseg.io.sources import open_dataset
 
 if TYPE_CHECKING:
@@ -169,18 +169,19 @@ def _validated_documents(catalog: pystac.Catalog, root_dir: Path) -> list[tuple[
 def prediction_item(
     clusters: str | Path,
     source: str | Path,
-    model_dir: str | Path,
+    model_dir: str | Path | None,
     classes: Sequence[Cluster],
     assets: Mapping[str, tuple[Path, str, Sequence[str]]] | None = None,
 ) -> pystac.Item:
-    """The STAC item of one segmentation output (written by ``geoseg segment``).
+    """The STAC item of one segmentation output (written by ``geoseg segment``, and the baselines).
 
     :func:`raster_item` of the cluster COG (footprint, projection, checksum; its asset
-    renamed ``clusters``), the label extension (raster labels: the cluster ids are its
-    classes), the classification extension on the ``clusters`` asset (each id's name, as
-    ``title``, and colour: what the ids mean, as ``geoseg model name`` set them), further
-    ``assets`` (key -> (path, media type, roles)), and links ``derived_from`` the source
-    raster and ``via`` the model's model.json.
+    renamed ``clusters``, with the output contract's COG media type, as the confidence COG),
+    the label extension (raster labels: the cluster ids are its classes), the
+    classification extension on the ``clusters`` asset (each id's name, as ``title``, and
+    colour: what the ids mean, as ``geoseg model name`` set them), further ``assets``
+    (key -> (path, media type, roles)), and links ``derived_from`` the source raster and
+    ``via`` the model's model.json (none with ``model_dir`` None: a baseline without a bundle).
     """
     from pystac.extensions.label import LabelClasses, LabelExtension, LabelType
 
@@ -188,7 +189,9 @@ def prediction_item(
         require_published(path)  # an item never describes a half-published output set
     item = raster_item(clusters, item_id=f"{Path(source).stem}-prediction", roles=("data", "labels"))
     item.assets["clusters"] = item.assets.pop("image")
-    item.properties["geoseg:model"] = str(model_dir)
+    item.assets["clusters"].media_type = COG_MEDIA_TYPE
+    if model_dir is not None:
+        item.properties["geoseg:model"] = str(model_dir)
     LabelExtension.ext(item, add_if_missing=True).apply(
         label_description="IIC clusters (label-free): ids are clusters, not ground-truth classes",
         label_type=LabelType.RASTER,
@@ -202,8 +205,9 @@ def prediction_item(
         item.add_asset(key, pystac.Asset(str(Path(path).resolve()), media_type=media_type, roles=list(roles)))
     source_href = str(Path(source).resolve())
     item.add_link(pystac.Link("derived_from", source_href, media_type="image/tiff", title="source"))
-    model_json = str((Path(model_dir) / "model.json").resolve())
-    item.add_link(pystac.Link("via", model_json, media_type=JSON_MEDIA_TYPE, title="model"))
+    if model_dir is not None:
+        model_json = str((Path(model_dir) / "model.json").resolve())
+        item.add_link(pystac.Link("via", model_json, media_type=JSON_MEDIA_TYPE, title="model"))
     return item
 
 

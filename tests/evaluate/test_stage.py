@@ -332,3 +332,82 @@ def test_cluster_unseen_in_fit_set_counts_as_error(tmp_path: Path) -> None:
     assert report["per_class_iou"]["class 2"] == 0.0
     assert any("no labelled pixels in the fit set" in note for note in report["notes"])
     assert report["transductive"]["accuracy"] == pytest.approx(1.0)
+
+
+def test_paletted_labels_whose_colour_tables_differ_need_a_dataset(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Dubai's tile2 masks are palette PNGs with a colour table per file (005: index 0 =
+    building #3C1098; 006: index 0 = land #8429F6): without --dataset their indices would be
+    scored (and ingested) as one class id each, silently mixing classes."""
+    from geoseg.config import IngestConfig
+    from geoseg.ingest import ingest
+
+    tile = shared_data / "dubai" / "tile2"
+    masks = [tile / "masks" / f"image_part_00{i}.png" for i in (5, 6)]
+    preds = []
+    for mask in masks:
+        with rasterio.open(mask) as src:
+            shape = (src.height, src.width)
+        preds.append(_tif(tmp_path / f"{mask.stem}_clusters.tif", np.zeros(shape, np.uint8), crs=False))
+    out = tmp_path / "r"
+    args = ["evaluate", *map(str, preds), "--labels", *map(str, masks), "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert str(masks[0]) in err and str(masks[1]) in err
+    assert "index 0 is #3C1098 in one, #8429F6 in the other" in err
+    assert "pass --dataset or --palette" in err and "dubai" in err and "isprs" in err
+    assert not (out / "report.json").exists()
+    # One table (the same file twice): indices are consistent, scored as ids as before.
+    assert (
+        main(
+            [
+                "evaluate",
+                str(preds[0]),
+                str(preds[0]),
+                "--labels",
+                str(masks[0]),
+                str(masks[0]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    # With the dataset the colours are decoded: accepted.
+    assert main([*args, "--dataset", "dubai", "--overwrite"]) == 0
+    assert json.loads((out / "report.json").read_text())["dataset"] == "dubai"
+
+    # Ingest stores labels as they are without --dataset: refused the same way, no store.
+    images = [tile / "images" / f"{m.stem}.jpg" for m in masks]
+    config = IngestConfig(patch_size=128, min_valid=0.0)
+    with pytest.raises(
+        InputError,
+        match=r"different colour tables .* pass --dataset to decode the colours \(known datasets: ",
+    ):
+        ingest(images, tmp_path / "s.zarr", config, labels=masks, progress=False)
+    assert not (tmp_path / "s.zarr").exists()
+    assert (
+        main(
+            [
+                "ingest",
+                *map(str, images),
+                "--labels",
+                *map(str, masks),
+                "--out",
+                str(tmp_path / "s.zarr"),
+                "--patch-size",
+                "128",
+            ]
+        )
+        == 2
+    )
+    assert "--dataset" in capsys.readouterr().err
+    ingest(
+        images,
+        tmp_path / "s.zarr",
+        IngestConfig(patch_size=128, min_valid=0.0, dataset="dubai"),
+        labels=masks,
+        progress=False,
+    )

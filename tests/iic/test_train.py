@@ -233,3 +233,28 @@ def test_cli_train(dubai_store: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert (tmp_path / "cli" / "weights.safetensors").is_file()
     assert main(["train", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "patch store not found" in capsys.readouterr().err
+
+
+def test_a_bundle_of_another_training_run_is_refused_naming_overwrite_which_starts_over(
+    dubai_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train --out` a bundle whose `.work` holds another run (other settings): one line with
+    absolute paths that names --overwrite; with it the checkpoint is discarded and the
+    run starts over (step 1, the new settings), replacing the bundle."""
+    from geoseg.cli import main
+    from geoseg.models.bundle import load_meta
+
+    config = TrainConfig(steps=2, checkpoint_every=2, **FAST)
+    out = train(dubai_store, tmp_path / "model", config, progress=False)
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", str(dubai_store), "--out", "model", "--steps", "2", "--k", "5", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"{work_dir(out)} holds a checkpoint of a different training run" in err
+    assert f"pass --overwrite to start over and replace {out}" in err
+    assert load_meta(out).arch.k_b == 4  # untouched
+    other = TrainConfig(steps=2, checkpoint_every=2, **{**FAST, "k": 5})
+    again = train(dubai_store, tmp_path / "model", other, progress=False, overwrite=True)
+    assert load_meta(again).arch.k_b == 5
+    assert [r["step"] for r in read_metrics(again / "metrics.jsonl")] == [1, 2]

@@ -127,3 +127,16 @@ def test_report_georeferencing_says_what_the_outputs_will_be(caplog: pytest.LogC
         "top.png has no CRS: its outputs keep its world-file transform without a CRS "
         "(QGIS shows them with an unknown CRS until one is set)",
     ]
+
+
+@pytest.mark.filterwarnings("error::PendingDeprecationWarning")
+@pytest.mark.filterwarnings("error::DeprecationWarning")
+def test_scaled_transform_uses_no_deprecated_affine_operator(shared_data: Path) -> None:
+    """affine 3 deprecates ``*`` between two matrices (``@`` instead): the scaled grid of a
+    real raster is computed without the warning the test log showed."""
+    info = open_raster(shared_data / "lausanne" / "img" / "1091-322_00.tif")
+    scaled = info.scaled_transform(0.5)
+    height, width = info.scaled_shape(0.5)
+    assert (scaled.c, scaled.f) == (info.transform.c, info.transform.f)  # the same corner
+    assert scaled.a == pytest.approx(info.transform.a * info.width / width)
+    assert scaled.e == pytest.approx(info.transform.e * info.height / height)

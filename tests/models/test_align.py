@@ -165,3 +165,30 @@ def test_reference_rasters_are_found_as_ingest_finds_sources(shared_data: Path, 
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no rasters"):
         expand_reference([tmp_path / "empty"])
+
+
+def test_progress_has_a_total_and_is_log_lines_off_a_terminal(
+    shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Off a terminal (a flow worker; here pytest's captured stderr) alignment reports as the
+    other stages do: geoseg.progress log lines "N/TOTAL batch", no carriage-return bars."""
+    from geoseg.models.align import reference_figures
+    from tests.iic.conftest import make_store
+
+    store = make_store(tmp_path / "ref.zarr", shared_data, count=12)
+    old = make_spread_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
+    new = permuted_copy(old, tmp_path / "new", [1, 0, 3, 2])
+    tile = reference_tiles(shared_data)[0]  # 1 raster window of 512 + 6 patches in 2 batches
+    config = AlignConfig(device="cpu", max_patches=6, batch_size=4, window=512)
+    caplog.set_level("INFO", logger="geoseg")
+    align_clusters(new, old, [tile, store], out_dir=tmp_path / "aligned", config=config)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("align: reference: ")]
+    assert lines and lines[-1].startswith("align: reference: 3/3 batch (100%)"), lines
+    reference_figures(old, [store], config)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reference: ")]
+    assert lines and lines[-1].startswith("reference: 2/2 batch (100%)"), lines
+    assert "batch [" not in capsys.readouterr().err  # no raw tqdm display
+    # progress=False (as every stage): nothing.
+    caplog.clear()
+    reference_figures(old, [store], config, progress=False)
+    assert not [r for r in caplog.records if r.getMessage().startswith("reference: ")]

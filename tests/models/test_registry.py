@@ -197,3 +197,38 @@ def test_a_mistyped_registry_is_a_clear_error(tmp_path: Path, capsys: pytest.Cap
     typo.mkdir()
     assert main(["model", "list", "--registry", str(typo)]) == 2
     assert "has no registry.json" in capsys.readouterr().err
+
+
+def test_a_survey_ingested_after_the_promoted_model_is_new_whatever_its_file_date(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Added means added to the catalog: ingest writes ``created`` (now), and a source file
+    older than the promoted model (its mtime is the item's datetime) is still a new survey."""
+    import os
+    import shutil
+
+    from geoseg.config import IngestConfig
+    from geoseg.ingest import ingest
+
+    source = shutil.copy(reference_tiles(shared_data)[0], tmp_path / "old_survey.tif")
+    old = datetime(2020, 1, 1, tzinfo=UTC).timestamp()
+    os.utime(source, (old, old))
+    reg = tmp_path / "models"
+    registry.promote(reg, registry.register(make_bundle(tmp_path / "m"), reg).version)
+    registered = datetime.fromisoformat(registry.list_versions(reg)[0].registered)
+
+    store = ingest([source], tmp_path / "survey.zarr", IngestConfig(patch_size=64), progress=False)
+    catalog = store.with_name("survey.zarr.stac") / "catalog.json"
+    (item,) = pystac.Catalog.from_file(str(catalog)).get_items(recursive=True)
+    assert item.datetime == datetime(2020, 1, 1, tzinfo=UTC)  # the file's date, as before
+    created = item.common_metadata.created
+    assert created is not None and created > registered  # also within the second of registering
+    found = registry.new_surveys(catalog, reg)
+    assert [s.item_id for s in found] == [item.id]
+    assert found[0].image == Path(source).resolve()
+    assert datetime.fromisoformat(found[0].added) == created
+
+    # Ingested again (other settings, --overwrite): the survey was added then, not now.
+    ingest([source], store, IngestConfig(patch_size=48), progress=False, overwrite=True)
+    (again,) = pystac.Catalog.from_file(str(catalog)).get_items(recursive=True)
+    assert again.common_metadata.created == created
