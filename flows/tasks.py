@@ -288,7 +288,9 @@ def align_task(
     from geoseg.config import AlignConfig
     from geoseg.models.align import align_clusters
 
-    result = align_clusters(model, previous, reference, out_dir=out, config=AlignConfig(**config))
+    result = align_clusters(
+        model, previous, reference, out_dir=out, config=AlignConfig(**config), progress=get_run_logger()
+    )
     return dataclasses.asdict(result)
 
 
