@@ -35,12 +35,14 @@ from geoseg.models.bundle import CLUSTERS_TAG, Cluster, clusters_to_tag
 
 __all__ = [
     "PixelKMeans",
+    "cluster_cog",
     "fit_kmeans",
     "kmeans_baseline",
     "predict_kmeans",
     "random_net_baseline",
     "sample_pixels",
     "source_bands",
+    "write_baseline_item",
 ]
 
 log = logging.getLogger(__name__)
@@ -166,20 +168,28 @@ def write_cluster_raster(
                     ids[~valid] = NODATA
                     r0, c0 = core.row_off - outer.row_off, core.col_off - outer.col_off
                     dst.write(ids[r0 : r0 + core.height, c0 : c0 + core.width], 1, window=core)
-            table = clusters_to_tag([Cluster(id=i, colour=c) for i, c in enumerate(colours)])
-            to_cog(
-                tmp,
-                out_path,
-                resampling="mode",
-                colormap={i: (*c, 255) for i, c in enumerate(colours)},
-                tags={CLUSTERS_TAG: table, "GEOSEG_SOURCE": str(source)},
-                description="cluster id",
-            )
+            cluster_cog(tmp, out_path, colours, {"GEOSEG_SOURCE": str(source)})
         finally:
             tmp.unlink(missing_ok=True)
     _companions(out_path, colours)
     write_baseline_item(out_path, source, len(colours), method)
     return out_path
+
+
+def cluster_cog(
+    tmp: Path, out_path: Path, colours: Sequence[tuple[int, int, int]], tags: dict[str, str]
+) -> None:
+    """A baseline's cluster ids ``tmp`` as the COG ``out_path``: its colour table, the cluster
+    table tag (unnamed clusters) beside ``tags``, mode-resampled overviews."""
+    table = clusters_to_tag([Cluster(id=i, colour=c) for i, c in enumerate(colours)])
+    to_cog(
+        tmp,
+        out_path,
+        resampling="mode",
+        colormap={i: (*c, 255) for i, c in enumerate(colours)},
+        tags={CLUSTERS_TAG: table, **tags},
+        description="cluster id",
+    )
 
 
 def _companions(cluster_raster: Path, colours: Sequence[tuple[int, int, int]]) -> None:

@@ -49,18 +49,18 @@ from geoseg.baseline import (
     _companions,
     _prepare,
     _publish,
+    cluster_cog,
     sample_pixels,
     source_bands,
     write_baseline_item,
 )
 from geoseg.config import BaselineConfig, SuperpixelConfig
 from geoseg.errors import InputError
-from geoseg.io.cog import GDAL_CACHE_BYTES, create_raster, tiled_profile, to_cog
+from geoseg.io.cog import GDAL_CACHE_BYTES, create_raster, tiled_profile
 from geoseg.io.fileio import write_json_atomic
 from geoseg.io.outputs import NODATA
 from geoseg.io.sources import open_dataset
 from geoseg.messages import plural
-from geoseg.models.bundle import CLUSTERS_TAG, Cluster, clusters_to_tag
 
 __all__ = [
     "MODEL_NAME",
@@ -538,19 +538,8 @@ def _paint(
             with create_raster(tmp, profile) as dst:
                 for _, window in labels.block_windows(1):
                     dst.write(lut[labels.read(1, window=window)], 1, window=window)
-        table = clusters_to_tag([Cluster(id=i, colour=c) for i, c in enumerate(colours)])
-        to_cog(
-            tmp,
-            out_path,
-            resampling="mode",
-            colormap={i: (*c, 255) for i, c in enumerate(colours)},
-            tags={
-                CLUSTERS_TAG: table,
-                "GEOSEG_MODEL": str(model_path),
-                "GEOSEG_SOURCE": str(segmented.source),
-            },
-            description="cluster id",
-        )
+        tags = {"GEOSEG_MODEL": str(model_path), "GEOSEG_SOURCE": str(segmented.source)}
+        cluster_cog(tmp, out_path, colours, tags)
     finally:
         tmp.unlink(missing_ok=True)
     _companions(out_path, colours)
