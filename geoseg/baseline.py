@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,14 @@ from geoseg.config import BaselineConfig
 from geoseg.errors import InputError
 from geoseg.io import outputs
 from geoseg.io.cog import create_raster, stored_transform, to_cog
-from geoseg.io.fileio import check_free_space, check_set, locked, output_set, write_json_atomic
+from geoseg.io.fileio import (
+    check_free_space,
+    check_set,
+    locked,
+    output_set,
+    tiled_intermediate,
+    write_json_atomic,
+)
 from geoseg.io.outputs import NODATA, check_unique_stems
 from geoseg.io.preview import write_preview
 from geoseg.io.sources import finite_mask, open_dataset, report_georeferencing, usable_bands
@@ -158,7 +164,7 @@ def write_cluster_raster(
         }
         if src.width >= 256 and src.height >= 256:
             profile.update(tiled=True, blockxsize=256, blockysize=256)
-        tmp = out_path.with_name(f".{out_path.stem}.tiled-{os.getpid()}.tif")
+        tmp = tiled_intermediate(out_path)
         try:
             with create_raster(tmp, profile) as dst:
                 for core in _tiles(src.height, src.width, *tile):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from geoseg.io.fileio import (
     made_for_the_run,
     output_set,
     owned_by_set,
+    tiled_intermediate,
 )
 from geoseg.io.outputs import NODATA, OUTPUT_ASSETS, check_unique_stems
 from geoseg.io.preview import write_preview
@@ -180,8 +180,8 @@ def _write_outputs(
         if min(src.height, src.width) < MIN_SIDE:
             raise InputError(f"{source} is {src.height}x{src.width} pixels: too small to segment")
         out_dir.mkdir(parents=True, exist_ok=True)
-        ids_tmp = out_dir / f".{source.stem}_clusters.tiled-{os.getpid()}.tif"
-        conf_tmp = out_dir / f".{source.stem}_confidence.tiled-{os.getpid()}.tif"
+        ids_tmp = tiled_intermediate(paths["clusters"])
+        conf_tmp = tiled_intermediate(paths["confidence"])
         try:
             if client is None:
                 segment_into(model, meta, src, source, bands, ids_tmp, conf_tmp, config, progress)

@@ -57,7 +57,7 @@ from geoseg.baseline import (
 from geoseg.config import BaselineConfig, SuperpixelConfig
 from geoseg.errors import InputError
 from geoseg.io.cog import GDAL_CACHE_BYTES, create_raster, tiled_profile
-from geoseg.io.fileio import write_json_atomic
+from geoseg.io.fileio import tiled_intermediate, write_json_atomic
 from geoseg.io.outputs import NODATA
 from geoseg.io.sources import open_dataset
 from geoseg.messages import plural
@@ -529,7 +529,7 @@ def _paint(
     """Cluster COG of one raster: each segment's id, 255 where no segment; styles, preview, STAC."""
     assert segmented.labels_path is not None
     lut = np.concatenate([[NODATA], ids]).astype(np.uint8)  # label 0 (no segment) -> nodata
-    tmp = out_path.with_name(f".{out_path.stem}.tiled-{os.getpid()}.tif")
+    tmp = tiled_intermediate(out_path)
     try:
         with bounded_gdal_cache(), open_dataset(segmented.labels_path) as labels:
             profile = tiled_profile(

@@ -57,6 +57,7 @@ __all__ = [
     "require_published",
     "set_manifest",
     "sha256_file",
+    "tiled_intermediate",
     "user_error_message",
     "write_json_atomic",
     "write_text_atomic",
@@ -70,6 +71,13 @@ LOCK_NAME = ".geoseg.lock"
 # ``.X.tiled-PID.tif``, and ``.X.ext.tmp-PID.ext`` (atomic_path keeps the target's extension,
 # repeated): a user's ``.notes-old-2024.txt`` is not one of them.
 _LEFTOVER = re.compile(r"^\..*[.-](?:tmp|old|tiled|staging)-(\d+)(?:\.tif)?$|^\..*(\.\w+)\.tmp-(\d+)\2$")
+
+
+def tiled_intermediate(target: str | Path) -> Path:
+    """``.X.tiled-PID.tif`` beside ``target`` (``X.tif``): the hidden tiled GeoTIFF a COG is
+    built from, named so that :func:`clean_leftovers` removes it after a killed run."""
+    target = Path(target)
+    return target.with_name(f".{target.stem}.tiled-{os.getpid()}.tif")
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
