@@ -378,10 +378,13 @@ def list_in_prediction_item(clusters_tif: Path, gpkg: Path) -> Path | None:
     item_path = prediction_path(clusters_tif)
     if not item_path.is_file():
         return None
-    item = json.loads(item_path.read_text())
-    assets = item.get("assets", {})
-    listed = assets.get("clusters", {}).get("href")
-    if listed is None or (item_path.parent / listed).resolve() != clusters_tif.resolve():
+    try:
+        item = json.loads(item_path.read_text())
+        assets = item["assets"]
+        listed = assets["clusters"]["href"]
+    except (ValueError, KeyError, TypeError):  # not a prediction item (a user's file): left alone
+        return None
+    if (item_path.parent / listed).resolve() != clusters_tif.resolve():
         return None
     for key, path in (("gpkg", gpkg), ("gpkg_qml", vector_style_path(gpkg))):
         media, roles = OUTPUT_ASSETS[key]

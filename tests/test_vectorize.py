@@ -318,3 +318,8 @@ def test_vectorizing_after_segment_lists_the_geopackage_in_its_stac_item(
     other.write_bytes(apart.clusters.read_bytes())
     vectorize(other, tmp_path / "elsewhere.gpkg")
     assert apart.stac_item.read_text() == before
+    # a file of that name that is no prediction item (a user's notes) is not touched either
+    notes = tmp_path / "copy_prediction.json"
+    notes.write_text("[1, 2]\n")
+    vectorize(other, tmp_path / "again.gpkg")
+    assert notes.read_text() == "[1, 2]\n"
