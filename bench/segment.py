@@ -29,6 +29,11 @@ What it measures, all in one run on one machine:
    GeoTIFFs, on ``--serial-size``^2 generated ids (no network).
 7. ``--parts precision``: ``geoseg segment --precision fp32`` against ``bf16`` end to end on
    the ``--windows-size`` raster: Mpx/s and the agreement of cluster ids.
+8. ``--parts limit``: the default end to end (GeoPackage included) on ``--limit-sizes``
+   rasters, alternated with the GEMM peak (the best of 2048^2 and 4096^2 products, all
+   threads) and with the network alone on 512-px windows, ``--limit-repeats`` times: each
+   run's share of the FLOP limit against the *highest* peak of the whole part, so a moment
+   of slower GEMMs never inflates a share.
 
     python bench/segment.py --parts windows,scale --json /tmp/segment-bench.json
 """
@@ -128,6 +133,12 @@ def matmul_gflops(device: str = "cpu", n: int = 2048, repeats: int = 5) -> float
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
+
+
+def gemm_peak(device: str = "cpu") -> float:
+    """The machine's practical float32 peak: the best of a 2048^2 and a 4096^2 GEMM (on some
+    2-vCPU VMs the smaller one does not keep both vCPUs busy)."""
+    return max(matmul_gflops(device, 2048), matmul_gflops(device, 4096, repeats=3))
 
 
 def window_overhead(model_dir: Path, height: int, width: int, config: SegmentConfig) -> float:
@@ -435,6 +446,71 @@ def precision(model: Path, side: int, device: str, tmp: Path, repeats: int = 3) 
     }
 
 
+def network_mpx_s(model_dir: Path, device: str, side: int = 512, passes: int = 4) -> float:
+    """Predicted Mpx/s of the network alone (segment's inference copy, channels-last) on
+    ``side``-px windows, one per pass as segment runs them on a CPU."""
+    from geoseg.iic.model import for_inference
+    from geoseg.models.bundle import load_bundle
+    from geoseg.train import resolve_device
+
+    model, _ = load_bundle(model_dir, resolve_device(device))
+    model = for_inference(model)
+    x = (torch.rand(1, 3, side, side) * 255).to(next(model.parameters()).device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        model(x, heads="b")
+        t = time.perf_counter()
+        for _ in range(passes):
+            model(x, heads="b")
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+    return passes * side * side / (time.perf_counter() - t) / 1e6
+
+
+def limit(model: Path, sides: list[int], device: str, tmp: Path, repeats: int = 3) -> dict[str, object]:
+    """The default segment end to end against the FLOP limit, alternated with the peak."""
+    from geoseg.segment import segment
+    from geoseg.train import resolve_device
+
+    kind = resolve_device(device).type
+    config = SegmentConfig(device=device, vectorize=True)
+    scenes = {side: write_scene(tmp / f"limit-{side}.tif", side, side, seed=5) for side in sides}
+    fpp = flops_per_pixel(model)
+    peaks: list[float] = []
+    network: list[float] = []
+    seconds: dict[int, list[float]] = {side: [] for side in sides}
+    for _ in range(repeats):
+        peaks.append(gemm_peak(kind))
+        network.append(network_mpx_s(model, device))
+        for side, scene in scenes.items():
+            out = tmp / f"limit-out-{side}"
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            segment(model, [scene], out, config, progress=False)
+            seconds[side].append(round(time.perf_counter() - t, 2))
+    peak = max(peaks)
+    rows = {}
+    for side in sides:
+        overhead = window_overhead(model, side, side, config)
+        limit_mpx_s = peak * 1e9 / (fpp * overhead) / 1e6
+        rates = [side * side / 1e6 / s for s in seconds[side]]
+        rows[f"{side}x{side}"] = {
+            "window_overhead": round(overhead, 3),
+            "seconds": seconds[side],
+            "mpx_s": [round(r, 3) for r in rates],
+            "limit_mpx_s": round(limit_mpx_s, 3),
+            "of_limit": [round(r / limit_mpx_s, 3) for r in rates],
+        }
+    return {
+        "end_to_end": "reads, blending, COGs, preview, STAC item, GeoPackage",
+        "gemm_peaks_gflops": [round(p, 1) for p in peaks],
+        "network_gflop_per_mpx": round(fpp / 1e3, 1),
+        "network_alone_mpx_s": [round(n, 3) for n in network],
+        "network_alone_of_peak": [round(n * fpp / 1e3 / peak, 3) for n in network],
+        "runs": rows,
+    }
+
+
 def _band_phase(stream: list[dict]) -> float:
     """Wall seconds from the first band's start to the last band's end (the task stream)."""
     spans = [s for t in stream if str(t["key"]).startswith("segment-band-") for s in t["startstops"]]
@@ -575,12 +651,14 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         default="speed,rss,vectorize",
-        help="comma-separated subset of speed,rss,vectorize,windows,scale,serial,precision",
+        help="comma-separated subset of speed,rss,vectorize,windows,scale,serial,precision,limit",
     )
     parser.add_argument("--windows-size", type=int, default=1024, help="side of the windows raster")
     parser.add_argument("--scale-rows", type=int, default=4096, help="rows of the scale raster")
     parser.add_argument("--scale-width", type=int, default=1024, help="width of the scale raster")
     parser.add_argument("--scale-workers", default="1,2,4", help="Dask worker processes to compare")
+    parser.add_argument("--limit-sizes", default="1024,2048,4096", help="raster sides of the limit part")
+    parser.add_argument("--limit-repeats", type=int, default=3)
     parser.add_argument("--serial-size", type=int, default=8192, help="side of the serial-phase raster")
     args = parser.parse_args()
 
@@ -622,6 +700,12 @@ def main() -> None:
                 make_model(tmp / "model64p", patch=64), args.windows_size, args.device, tmp
             )
             print(json.dumps(results["precision"]), flush=True)
+        if "limit" in parts:  # 8. the default end to end against the FLOP limit
+            sides = [int(n) for n in args.limit_sizes.split(",")]
+            results["limit"] = limit(
+                make_model(tmp / "model64l", patch=64), sides, args.device, tmp, args.limit_repeats
+            )
+            print(json.dumps(results["limit"]), flush=True)
         if "serial" in parts:  # 6. the driver's serial phase after the bands: today vs a VRT
             results["serial"] = serial(args.serial_size, 1024, tmp)
             print(json.dumps(results["serial"]), flush=True)
