@@ -54,6 +54,7 @@ __all__ = [
     "mark_folder",
     "output_set",
     "owned_by_set",
+    "published_path",
     "require_published",
     "set_manifest",
     "sha256_file",
@@ -332,7 +333,7 @@ def output_set(folder: str | Path, name: str, stage: str) -> Iterator[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     clean_leftovers(folder)
-    staging = folder / f".{name}.staging-{os.getpid()}"
+    staging = folder / f".{name}.staging-{os.getpid()}"  # published_path knows this name
     _remove(staging)
     staging.mkdir()
     try:
@@ -340,6 +341,17 @@ def output_set(folder: str | Path, name: str, stage: str) -> Iterator[Path]:
         _publish(staging, folder, name, stage)
     finally:
         _remove(staging)
+
+
+_STAGING = re.compile(r"^\..+\.staging-\d+$")
+
+
+def published_path(path: str | Path) -> Path:
+    """Where a file written in an :func:`output_set` staging folder will be published (the
+    staging folder's parent); any other path as it is. For files that name their final
+    neighbours while still staged (a STAC item's relative hrefs)."""
+    path = Path(path)
+    return path.parent.parent / path.name if _STAGING.match(path.parent.name) else path
 
 
 def _publish(staging: Path, folder: Path, name: str, stage: str) -> None:
