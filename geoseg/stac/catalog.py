@@ -1,6 +1,6 @@
 """The run catalog: a self-contained STAC catalog of what a flow run ingested, trained and predicted.
 
-A run folder's ``catalog/`` has three sub-catalogs:
+A run folder's ``catalog/`` is the run's one root catalog, with three sub-catalogs:
 ``surveys`` (one item per source raster, with the patch store that ingested it),
 ``models`` (bundle items, ``derived_from`` the surveys they were trained on, from
 model.json's provenance) and ``predictions`` (segment's own label-extension item per
@@ -8,7 +8,8 @@ cluster COG, re-linked: ``source`` -> the survey item, ``derived_from`` -> the m
 Links between its documents, and hrefs of files inside the run folder, are relative, so
 the run folder can be moved or published as it is; a file outside the run folder (a
 survey raster elsewhere) keeps its absolute path (:func:`geoseg.stac.items.href`). Items
-are identified by content (sha256 prefixes): re-running a flow replaces them in place.
+are identified by content (sha256 prefixes): re-running a flow replaces them in place,
+keeping what the catalog knew of them that the new item lacks (``created``, assets).
 
 Validation is offline: the core STAC schemas ship with pystac, extension schemas are URLs,
 so the label extension's required fields are checked explicitly
@@ -170,7 +171,9 @@ def run_prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: 
 def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) -> Path:
     """Add (or replace, by id) items in the run catalog at ``catalog_dir``; returns catalog.json.
 
-    The catalog is written with
+    An item replacing one of the same id keeps the old one's ``created`` (when the survey
+    was first added: the retrain flow's "new surveys") and the assets it lacks (a survey
+    item of segment, without the patch store, replaces ingest's). The catalog is written with
     :func:`geoseg.stac.items.save_catalog`: self-contained (relative hrefs inside the run
     folder, absolute outside it), validated, into a temporary sibling folder renamed into
     place, so a reader never sees half of it.
@@ -213,13 +216,26 @@ def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) ->
             raise ValueError(f"item {item.id} has no {KIND} among {sorted(_SUBCATALOGS)}")
         child = catalog.get_child(_SUBCATALOGS[kind])
         assert child is not None
-        child.remove_item(item.id)
+        old = next(child.get_items(item.id), None)
+        if old is not None:
+            _keep_known(item, old)
+            child.remove_item(item.id)
         child.add_item(item)
     for item in catalog.get_items(recursive=True):
         for link in item.links:
             if link.rel in ("source", "derived_from") and isinstance(link.target, pystac.Item):
                 link.target = new.get(link.target.id, link.target)
     return save_catalog(catalog, catalog_dir, tree=run_folder(catalog_dir))
+
+
+def _keep_known(item: pystac.Item, old: pystac.Item) -> None:
+    """What ``old`` (the same id, already in the catalog) knew that ``item`` lacks."""
+    created = [c for c in (old.common_metadata.created, item.common_metadata.created) if c is not None]
+    if created:
+        item.common_metadata.created = min(created)
+    for key, asset in old.assets.items():
+        if key not in item.assets:
+            item.add_asset(key, asset.clone())
 
 
 def export_catalog(catalog_dir: str | Path, dest_dir: str | Path) -> Path:

@@ -107,6 +107,36 @@ def test_a_copied_run_folder_resolves_relative_inside_absolute_outside(
     assert validate_run_catalog(copy / "catalog") >= 7  # the copy's catalog, run through its own checks
 
 
+def test_one_root_catalog_per_run_folder_reaches_every_item(small_run: dict) -> None:
+    """The run folder's catalog/ is its one root catalog (no <store>.stac/ beside it); it
+    validates and reaches every catalog and item of the run folder, and its survey item keeps
+    what ingest recorded (created, the patch store)."""
+    run = Path(small_run["run"]).resolve()
+    documents = _stac_documents(run)
+    catalogs = {p for p, d in documents.items() if d["type"] == "Catalog"}
+    roots = {p for p in catalogs if not any(link["rel"] == "parent" for link in documents[p]["links"])}
+    assert roots == {run / "catalog" / "catalog.json"} == {Path(small_run["catalog"])}
+    assert not list(run.glob("*.stac"))
+    assert validate_run_catalog(run / "catalog") >= 7
+    root = pystac.Catalog.from_file(str(run / "catalog" / "catalog.json"))
+    reached = {Path(str(node.get_self_href())).resolve() for node, _, _ in root.walk()}
+    items = list(root.get_items(recursive=True))
+    reached |= {Path(str(item.get_self_href())).resolve() for item in items}
+    own = {p for p, d in documents.items() if d["type"] == "Feature" and p.parent == run / "predictions"}
+    assert set(documents) - own == reached  # every catalog and item, but segment's own items
+    predictions = [i for i in items if i.properties["geoseg:kind"] == "prediction"]
+    listed = {Path(str(i.assets["clusters"].get_absolute_href())).resolve() for i in predictions}
+    for path in own:  # segment's item beside its outputs: the same prediction is in the catalog
+        clusters = (path.parent / documents[path]["assets"]["clusters"]["href"]).resolve()
+        assert clusters in listed
+    (survey,) = [i for i in items if i.properties["geoseg:kind"] == "survey"]
+    assert survey.common_metadata.created is not None and "patches" in survey.assets
+    assert (
+        Path(str(survey.assets["patches"].get_absolute_href())).resolve()
+        == Path(small_run["store"]).resolve()
+    )
+
+
 def test_rerun_on_the_same_survey_hits_the_cache(small_run: dict, small_scene) -> None:
     from flows.pipeline import pipeline_flow
 
