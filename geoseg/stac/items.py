@@ -71,7 +71,9 @@ def run_folder(output_dir: str | Path) -> Path:
 def href(target: str | Path, document: str | Path, tree: str | Path | None) -> str:
     """The href of ``target`` in the STAC document written at ``document``: relative to the
     document (``./x``, ``../x``, as pystac writes them) when ``target`` lies inside ``tree``
-    (the run folder; None: everywhere), else its absolute path."""
+    (the run folder; None: everywhere), else its absolute path. A URL is kept as it is."""
+    if "://" in str(target):
+        return str(target)
     target = Path(target).resolve()
     if tree is not None and not target.is_relative_to(Path(tree).resolve()):
         return str(target)
