@@ -29,7 +29,8 @@ CATALOG = "catalog"
 def ingest_step(
     sources: list[Path], run_dir: Path, config: IngestConfig, labels: list[Path] | None = None
 ) -> tuple[Path, str]:
-    """Run the ingest task (cached) and record the survey in the run's catalog."""
+    """Run the ingest task (cached) and record the survey in the run's catalog (ingest adds
+    its items there when it runs; this keeps them when the task was cached)."""
     from geoseg.stac import catalog as run_catalog
 
     store, state = run(
@@ -39,6 +40,7 @@ def ingest_step(
         out=str(run_dir / STORE),
         config=config_dict(config),
         labels=[str(p) for p in labels] if labels else None,
+        out_catalog=str(run_dir / CATALOG),
     )
     items = [run_catalog.survey_item(s, store=Path(store)) for s in sources]
     run_catalog.update_run_catalog(run_dir / CATALOG, items)

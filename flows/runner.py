@@ -4,7 +4,8 @@ Prefect fixes a flow's task runner when the flow is decorated, but the Dask addr
 run parameter (``dask_address``) or a worker setting (``GEOSEG_DASK_ADDRESS``). The
 DaskTaskRunner only connects when the first task is submitted, so this subclass decides
 there: by then the flow run's parameters are known. Without an address it starts a
-LocalCluster sized by :class:`flows.settings.FlowSettings`.
+LocalCluster sized by :class:`flows.settings.FlowSettings`, whose nannies wait
+:data:`WORKER_EXIT_S` for their worker process to exit when the flow ends (:class:`Nanny`).
 
 Inside a task, :func:`library_dask` hands the same cluster to the library's own Dask work
 (ingest, vectorize): it returns the scheduler address of the worker running the task and
@@ -17,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import distributed
 from prefect.context import FlowRunContext
@@ -27,6 +28,25 @@ from prefect_dask import DaskTaskRunner
 from flows.settings import FlowSettings, check_dask_address
 
 log = logging.getLogger(__name__)
+
+# How long a LocalCluster's nanny waits for its worker process to exit at the end of a flow
+# before killing it. Dask's own 4 s (0.8 x Nanny.close's 5) is too short for a worker that
+# has loaded torch: after the worker has closed, the process's interpreter finalisation
+# (torch's modules and native libraries) takes 0.7-2 s on an idle 2-core machine and 5-8 s
+# with the CPUs busy, and Dask then logs "Worker process still alive after 4.0 seconds,
+# killing" at every flow's end although nothing is wrong.
+WORKER_EXIT_S = 60.0
+
+
+class Nanny(distributed.Nanny):
+    """The flows' LocalCluster nanny: closing waits up to :data:`WORKER_EXIT_S` for the
+    worker process to exit by itself (it is killed only after that)."""
+
+    async def close(  # type: ignore[override]  # as distributed.Nanny's own
+        self, timeout: float | None = None, reason: str = "nanny-close"
+    ) -> Literal["OK"]:
+        # Dask waits 0.8 x timeout for the process before it kills it
+        return await super().close(timeout=WORKER_EXIT_S / 0.8 if timeout is None else timeout, reason=reason)
 
 
 class GeosegTaskRunner(DaskTaskRunner):
@@ -47,7 +67,7 @@ class GeosegTaskRunner(DaskTaskRunner):
             self.address = address
             self.cluster_kwargs = {}
         else:
-            self.cluster_kwargs = {**settings.cluster_kwargs(), **self.cluster_kwargs}
+            self.cluster_kwargs = {**settings.cluster_kwargs(), "worker_class": Nanny, **self.cluster_kwargs}
 
 
 def task_runner() -> TaskRunner[Any]:

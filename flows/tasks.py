@@ -39,7 +39,7 @@ from geoseg.io.fileio import sha256_file
 log = logging.getLogger(__name__)
 
 CACHE_DIR = ".prefect-cache"
-OUTPUT_PARAMETERS = ("out", "out_dir", "out_gpkg")
+OUTPUT_PARAMETERS = ("out", "out_dir", "out_gpkg", "out_catalog")  # written, not read: not in the key
 _SHA_MEMO: dict[tuple[str, int, int, int], str] = {}
 
 
@@ -200,15 +200,31 @@ def _as_paths(obj: Any) -> Any:
 
 
 @task(name="ingest", cache_policy=CACHE_POLICY, **_IO)
-def ingest_task(sources: list[str], out: str, config: dict[str, Any], labels: list[str] | None = None) -> str:
-    """Cut the survey into a zarr patch store on the flow's Dask cluster."""
+def ingest_task(
+    sources: list[str],
+    out: str,
+    config: dict[str, Any],
+    labels: list[str] | None = None,
+    out_catalog: str | None = None,
+) -> str:
+    """Cut the survey into a zarr patch store on the flow's Dask cluster; its survey items
+    go into the run catalog ``out_catalog`` (one catalog per run folder, no ``<store>.stac/``)."""
     from geoseg.config import IngestConfig
     from geoseg.ingest import ingest
 
     values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
     cfg = IngestConfig(**values)
     with library_dask() as address:
-        return str(ingest(sources, out, cfg, labels=labels, dask_address=address, progress=get_run_logger()))
+        store = ingest(
+            sources,
+            out,
+            cfg,
+            labels=labels,
+            dask_address=address,
+            progress=get_run_logger(),
+            catalog=out_catalog,
+        )
+    return str(store)
 
 
 @task(name="train", cache_policy=CACHE_POLICY, **_COMPUTE)

@@ -30,7 +30,6 @@ from geoseg.io.fileio import (
     locked,
     output_set,
     tiled_intermediate,
-    write_json_atomic,
 )
 from geoseg.io.outputs import NODATA, check_unique_stems
 from geoseg.io.preview import write_preview
@@ -213,7 +212,7 @@ def write_baseline_item(
     fitted model's JSON where the baseline saves one (superpixels), else to no model."""
     import pystac
 
-    from geoseg.stac.items import prediction_item
+    from geoseg.stac.items import prediction_item, save_item
 
     assets = {
         "clusters_qml": (outputs.style_path(clusters), *outputs.OUTPUT_ASSETS["clusters_qml"]),
@@ -225,11 +224,7 @@ def write_baseline_item(
         href = str(model_path.resolve())
         item.add_link(pystac.Link("via", href, media_type=outputs.JSON_MEDIA_TYPE, title=f"{method} model"))
     item.properties["geoseg:method"] = method
-    target = outputs.prediction_path(clusters)
-    item.set_self_href(str(target.resolve()))
-    item.make_asset_hrefs_relative()
-    write_json_atomic(target, item.to_dict(include_self_link=False))
-    return target
+    return save_item(item, outputs.prediction_path(clusters))
 
 
 def _tiles(height: int, width: int, tile_rows: int, tile_cols: int) -> Iterator[Window]:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from geoseg import __version__
-from geoseg.errors import InputError
+from geoseg.errors import ConfigError, InputError
 from geoseg.io.fileio import user_error_message
 
 __all__ = ["build_parser", "main"]
@@ -153,10 +153,14 @@ def _add_model_name(msub: argparse._SubParsersAction) -> None:
         description=(
             "Store cluster names and colours in a model bundle's model.json, or in a registry "
             "version's (default: the promoted one; retraining carries them to the next version). "
-            "Outputs made from the model use them. ID= clears a name (back to 'cluster ID')."
+            "Outputs made from the model use them. ID= clears a name (back to 'cluster ID'). "
+            "A registry may also be given with --registry, as in the other model commands."
         ),
     )
-    q.add_argument("target", type=Path, metavar="REGISTRY_OR_BUNDLE", help="model registry or bundle folder")
+    q.add_argument(
+        "target", nargs="?", default=None, metavar="REGISTRY_OR_BUNDLE",
+        help="model registry or bundle folder (or the registry with --registry, not both)",
+    )  # fmt: skip
     q.add_argument("names", nargs="*", metavar="ID=NAME", help="cluster names, e.g. 3=roofs 0=roads")
     q.add_argument(
         "--color", "--colour", dest="colours", action="append", default=[], metavar="ID=#RRGGBB",
@@ -167,31 +171,69 @@ def _add_model_name(msub: argparse._SubParsersAction) -> None:
         help="names/colours from a CSV (id,name[,colour]) or JSON file; ID=NAME arguments win",
     )  # fmt: skip
     q.add_argument("--version", default=None, help="registry version to name (default: the promoted one)")
+    q.add_argument(
+        "--registry", type=Path, default=None,
+        help="model registry directory, as in model list/promote/rollback (instead of REGISTRY_OR_BUNDLE)",
+    )  # fmt: skip
+
+
+def _model_name_words(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """The folder `geoseg model name` edits and its ID=NAME words.
+
+    Without --registry the first word is the folder. With it, every word is an ID=NAME
+    (argparse puts the first one in ``target``); a first word that is a folder (or no
+    assignment at all) means the model was given twice: refused.
+    """
+    from geoseg.models.bundle import META
+
+    words = list(args.names) if args.target is None else [args.target, *args.names]
+    if args.registry is None:
+        if not words:
+            raise ConfigError("name which model? give REGISTRY_OR_BUNDLE or --registry REGISTRY")
+        return Path(words[0]), words[1:]
+    if words and ("=" not in words[0] or Path(words[0]).is_dir()):
+        raise ConfigError(
+            f"the model is given twice, as {words[0]} and as --registry {args.registry}: give one of them"
+        )
+    if (args.registry / META).is_file():
+        raise InputError(
+            f"{args.registry} is a model bundle, not a registry: `geoseg model name {args.registry} ID=NAME ...`"
+        )
+    _require_registry(args.registry)
+    return args.registry, words
 
 
 def _run_model_name(args: argparse.Namespace) -> int:
     from geoseg.io.style import hex_colour
     from geoseg.models.names import ClusterEdits, name_clusters, parse_colours, parse_names, read_legend
 
+    target, names = _model_name_words(args)
     edits = read_legend(args.legend) if args.legend else ClusterEdits()
-    edits = edits.update(ClusterEdits(parse_names(args.names), parse_colours(args.colours)))
-    result = name_clusters(args.target, edits, version=args.version)
+    edits = edits.update(ClusterEdits(parse_names(names), parse_colours(args.colours)))
+    result = name_clusters(target, edits, version=args.version)
     print(f"{result.bundle / 'model.json'}")
     for c in result.clusters:
         print(f"  {c.id:>3}  {hex_colour(c.colour)}  {c.label}")
     return 0
 
 
+def _require_registry(path: Path) -> None:
+    """A mistyped --registry: say so (list printed nothing, rollback left an empty folder)."""
+    from geoseg.models import registry
+
+    if not (path / registry.STATE).is_file():
+        what = "not found" if not path.exists() else f"has no {registry.STATE}"
+        raise InputError(
+            f"model registry {what}: {path} (`geoseg model register BUNDLE --registry ...` creates one)"
+        )
+
+
 def _run_model(args: argparse.Namespace) -> int:
     from geoseg.models import registry
 
     command = args.model_command
-    if command in ("list", "promote", "rollback") and not (args.registry / registry.STATE).is_file():
-        # a mistyped --registry: say so (list printed nothing, rollback left an empty folder)
-        what = "not found" if not args.registry.exists() else f"has no {registry.STATE}"
-        raise InputError(
-            f"model registry {what}: {args.registry} (`geoseg model register BUNDLE --registry ...` creates one)"
-        )
+    if command in ("list", "promote", "rollback"):
+        _require_registry(args.registry)
     if command == "list":
         state = registry.load_state(args.registry)
         for v in state.versions:

@@ -226,6 +226,7 @@ def ingest(
     dask_address: str | None = None,
     progress: Progress = True,
     overwrite: bool = False,
+    catalog: str | Path | None = None,
 ) -> Path:
     """Tile sources (and optional labels) into the patch store ``out``; return its path.
 
@@ -234,6 +235,8 @@ def ingest(
     unless ``overwrite``: then a new store is built beside it and swapped in once complete,
     so a failed run leaves the old store as it was. ``overwrite`` replaces only a patch
     store geoseg wrote (its ``geoseg`` attributes); any other file or folder is refused.
+    The survey items go into the run catalog at ``catalog`` (a flow's ``run/catalog/``,
+    added to, never replaced), by default into ``<out>.stac/`` beside the store.
     """
     config.validate()
     out = Path(out)
@@ -251,7 +254,7 @@ def ingest(
                 plan = _write(fresh, plan, config, labels, dask_address, progress, out.name, resume=False)
         else:
             plan = _write(out, plan, config, labels, dask_address, progress, out.name, action == "resume")
-        _write_catalog(out, plan, fresh=action == "replace")
+        _write_catalog(out, plan, fresh=action == "replace", catalog_dir=catalog)
         return out
 
 
@@ -583,18 +586,21 @@ def _finish(out: Path, plan: Plan, stats: list[dict[str, Any]]) -> None:
     group.attrs["geoseg"] = meta.to_attrs()
 
 
-def _write_catalog(out: Path, plan: Plan, fresh: bool = False) -> Path:
-    """A STAC catalog of the ingested inputs next to the store: ``<store>.stac/``.
+def _write_catalog(out: Path, plan: Plan, fresh: bool = False, catalog_dir: str | Path | None = None) -> Path:
+    """A STAC catalog of the ingested inputs next to the store: ``<store>.stac/``, or the
+    survey items added to the run catalog at ``catalog_dir``.
 
-    ``fresh`` (the store was replaced): a new catalog swapped in for the old one, whose
-    survey items described the old store's inputs. Only a geoseg run catalog is replaced;
-    anything else there is added to, as without ``fresh``. Each survey item's ``created`` is
+    ``fresh`` (the store was replaced): a new ``<store>.stac/`` swapped in for the old one,
+    whose survey items described the old store's inputs. Only a geoseg run catalog is
+    replaced, and never one given as ``catalog_dir`` (it holds more than this store's
+    surveys); anything else there is added to, as without ``fresh``. Each survey item's ``created`` is
     now (UTC), or its ``created`` in the catalog already there: when the survey was first
     added, which is what the retrain flow looks for (not the file's mtime, its ``datetime``).
     """
     from geoseg.stac.catalog import RUN_CATALOG_ID, survey_item, update_run_catalog
 
-    catalog_dir = out.with_name(out.name + ".stac")
+    own = catalog_dir is None
+    catalog_dir = out.with_name(out.name + ".stac") if catalog_dir is None else Path(catalog_dir)
     now = datetime.datetime.now(datetime.UTC)
     earlier = _created(catalog_dir)
     items = []
@@ -604,7 +610,7 @@ def _write_catalog(out: Path, plan: Plan, fresh: bool = False) -> Path:
             if item.id in earlier:  # ingested before: it was added then, not now
                 item.common_metadata.created = earlier[item.id]
             items.append(item)
-    if not (fresh and _catalog_id(catalog_dir) == RUN_CATALOG_ID):
+    if not (fresh and own and _catalog_id(catalog_dir) == RUN_CATALOG_ID):
         return update_run_catalog(catalog_dir, items)
     with atomic_path(catalog_dir, replace_folder=True) as new:
         update_run_catalog(new, items)

@@ -21,7 +21,6 @@ style inside and beside it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ from geoseg.inference import (
 from geoseg.io import outputs
 from geoseg.io.cog import to_cog
 from geoseg.io.fileio import (
-    atomic_path,
     check_free_space,
     check_set,
     locked,
@@ -243,7 +241,7 @@ def write_prediction_item(
 ) -> Path:
     """The STAC item of one prediction, beside the outputs: :func:`geoseg.stac.items.prediction_item`
     (label + projection extensions) with this result's outputs as its assets."""
-    from geoseg.stac.items import prediction_item
+    from geoseg.stac.items import prediction_item, save_item
 
     assets = {
         key: (Path(getattr(result, key)), media, roles)
@@ -252,11 +250,7 @@ def write_prediction_item(
     }
     item = prediction_item(result.clusters, result.source, model_dir, clusters, assets)
     item.properties["geoseg:confidence_units"] = "percent"
-    item.set_self_href(str(result.stac_item.resolve()))
-    item.make_asset_hrefs_relative()
-    with atomic_path(result.stac_item) as tmp:
-        tmp.write_text(json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")
-    return result.stac_item
+    return save_item(item, result.stac_item)
 
 
 def segment(

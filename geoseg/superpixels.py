@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +56,7 @@ from geoseg.baseline import (
 from geoseg.config import BaselineConfig, SuperpixelConfig
 from geoseg.errors import InputError
 from geoseg.io.cog import GDAL_CACHE_BYTES, create_raster, tiled_profile
-from geoseg.io.fileio import tiled_intermediate, write_json_atomic
+from geoseg.io.fileio import superpixel_labels_intermediate, tiled_intermediate, write_json_atomic
 from geoseg.io.outputs import NODATA
 from geoseg.io.sources import open_dataset
 from geoseg.messages import plural
@@ -559,10 +558,6 @@ def _write_all(
     return [_publish(s.source, out, painter(s)) for s in segmented]
 
 
-def _labels_tmp(out: Path, source: Path, index: int) -> Path:
-    return out / f".{source.stem}.superpixels-{index}-{os.getpid()}.tif"
-
-
 # --- entry points --------------------------------------------------------------------------
 
 
@@ -620,7 +615,7 @@ def superpixel_baseline(
     segmented: dict[Path, SegmentedRaster] = {}
     try:
         for i, path in enumerate(dict.fromkeys([*paths, *fit_paths])):
-            keep = _labels_tmp(out, path, i) if path in paths else None
+            keep = superpixel_labels_intermediate(out, path.stem, i) if path in paths else None
             segmented[path] = superpixel_raster(path, space, config, keep, progress)
         model = fit_superpixels([segmented[p] for p in fit_paths], space, config)
         model_path = model.save(out / MODEL_NAME)
@@ -655,7 +650,9 @@ def apply_superpixels(
     try:
         for i, path in enumerate(paths):
             segmented.append(
-                superpixel_raster(path, model.space, config, _labels_tmp(out, path, i), progress)
+                superpixel_raster(
+                    path, model.space, config, superpixel_labels_intermediate(out, path.stem, i), progress
+                )
             )
         written = _write_all(model, segmented, out, model_file)
     finally:

@@ -386,11 +386,15 @@ def list_in_prediction_item(clusters_tif: Path, gpkg: Path) -> Path | None:
         return None
     if (item_path.parent / listed).resolve() != clusters_tif.resolve():
         return None
+    from geoseg.stac.items import href, run_folder
+
     for key, path in (("gpkg", gpkg), ("gpkg_qml", vector_style_path(gpkg))):
         media, roles = OUTPUT_ASSETS[key]
-        href = os.path.relpath(path.resolve(), item_path.parent.resolve())
-        href = href if href.startswith("..") else f"./{href}"  # as pystac writes relative hrefs
-        assets[key] = {"href": href, "type": media, "roles": list(roles)}
+        assets[key] = {
+            "href": href(path, item_path, run_folder(item_path.parent)),
+            "type": media,
+            "roles": list(roles),
+        }
     return write_json_atomic(item_path, item)
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from geoseg.config import SuperpixelConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.io import outputs
 from geoseg.io.cog import validate_cog
+from geoseg.io.fileio import clean_leftovers
 from geoseg.superpixels import (
     MODEL_NAME,
     PREDICT_SEGMENTS,
@@ -420,3 +424,41 @@ def test_segment_refine_end_to_end(shared_data: Path, tmp_path: Path) -> None:
     conf = _read(tmp_path / "refined" / f"{stem}_confidence.tif")
     assert conf.max() <= 100
     assert main([*args, "--out", str(tmp_path / "x"), "--refine", "superpixels", "--refine-size", "2"]) == 2
+
+
+def _labels_tmp_of_child(out: Path, stem: str, index: int, then: str) -> tuple[subprocess.Popen[str], Path]:
+    """A child process names its labels temporary with the helper superpixels uses, writes
+    it, then runs ``then`` (exits, or keeps running)."""
+    code = (
+        "import sys; from geoseg.io.fileio import superpixel_labels_intermediate as f; "
+        f"p = f(sys.argv[1], {stem!r}, {index}); p.write_bytes(b'labels'); print(p, flush=True); {then}"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    return child, Path(child.stdout.readline().strip())
+
+
+def test_superpixel_labels_of_a_killed_run_are_cleaned_a_live_runs_kept(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    dead, dead_tmp = _labels_tmp_of_child(out, "a", 0, "")
+    dead.wait()
+    live, live_tmp = _labels_tmp_of_child(out, "a", 1, "import time; time.sleep(300)")
+    try:
+        assert dead_tmp.name == f".a.superpixels-0-{dead.pid}.tif" and dead_tmp.exists()
+        assert live_tmp.name == f".a.superpixels-1-{live.pid}.tif" and live_tmp.exists()
+        assert clean_leftovers(out) == [dead_tmp]
+        assert not dead_tmp.exists() and live_tmp.read_bytes() == b"labels"
+        # a later superpixel run into the folder sweeps them too (its output sets clean first)
+        again, again_tmp = _labels_tmp_of_child(out, "b", 0, "")
+        again.wait()
+        cols = np.indices((32, 32))[1]
+        source = _save_rgb(
+            tmp_path / "s.tif", _scene((cols >= 16).astype(int), np.array([[200, 40, 40], [40, 160, 60]]), 0)
+        )
+        superpixel_baseline([source], out, SuperpixelConfig(k=2, size=8, seed=0))
+        assert not again_tmp.exists() and live_tmp.exists()
+        assert not list(out.glob(f".s.superpixels-*-{os.getpid()}.tif"))  # its own were removed when done
+    finally:
+        live.kill()
+        live.wait()

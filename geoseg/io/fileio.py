@@ -18,7 +18,7 @@ own:
 - :func:`made_for_the_run` removes the output folder (and the parents) a failed run created,
   when they are still empty; a folder that existed before is never touched.
 - :func:`clean_leftovers` removes what killed runs left (``.tmp-PID``, ``.tiled-PID.tif``,
-  ``.staging-PID``) when that PID is no longer running.
+  ``.superpixels-I-PID.tif``, ``.staging-PID``) when that PID is no longer running.
 """
 
 from __future__ import annotations
@@ -54,9 +54,11 @@ __all__ = [
     "mark_folder",
     "output_set",
     "owned_by_set",
+    "published_path",
     "require_published",
     "set_manifest",
     "sha256_file",
+    "superpixel_labels_intermediate",
     "tiled_intermediate",
     "user_error_message",
     "write_json_atomic",
@@ -68,9 +70,12 @@ NEARLY_FULL_BYTES = 1 << 20  # a failure with less free space than this is repor
 LOCK_NAME = ".geoseg.lock"
 # Hidden names of temporary files carry the writer's PID: a rerun removes those of dead PIDs.
 # Exactly the names geoseg makes: ``.X.tmp-PID`` / ``.X.old-PID`` / ``.X.staging-PID``,
-# ``.X.tiled-PID.tif``, and ``.X.ext.tmp-PID.ext`` (atomic_path keeps the target's extension,
-# repeated): a user's ``.notes-old-2024.txt`` is not one of them.
-_LEFTOVER = re.compile(r"^\..*[.-](?:tmp|old|tiled|staging)-(\d+)(?:\.tif)?$|^\..*(\.\w+)\.tmp-(\d+)\2$")
+# ``.X.tiled-PID.tif`` (tiled_intermediate), ``.X.superpixels-I-PID.tif``
+# (superpixel_labels_intermediate), and ``.X.ext.tmp-PID.ext`` (atomic_path keeps the
+# target's extension, repeated): a user's ``.notes-old-2024.txt`` is not one of them.
+_LEFTOVER = re.compile(
+    r"^\..*[.-](?:tmp|old|tiled|staging|superpixels-\d+)-(\d+)(?:\.tif)?$|^\..*(\.\w+)\.tmp-(\d+)\2$"
+)
 
 
 def tiled_intermediate(target: str | Path) -> Path:
@@ -78,6 +83,13 @@ def tiled_intermediate(target: str | Path) -> Path:
     built from, named so that :func:`clean_leftovers` removes it after a killed run."""
     target = Path(target)
     return target.with_name(f".{target.stem}.tiled-{os.getpid()}.tif")
+
+
+def superpixel_labels_intermediate(folder: str | Path, stem: str, index: int) -> Path:
+    """``.STEM.superpixels-INDEX-PID.tif`` in ``folder``: the superpixel labels of a run's
+    ``index``-th source between the fit and the painting, named so that
+    :func:`clean_leftovers` removes it after a killed run."""
+    return Path(folder) / f".{stem}.superpixels-{index}-{os.getpid()}.tif"
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -321,7 +333,7 @@ def output_set(folder: str | Path, name: str, stage: str) -> Iterator[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     clean_leftovers(folder)
-    staging = folder / f".{name}.staging-{os.getpid()}"
+    staging = folder / f".{name}.staging-{os.getpid()}"  # published_path knows this name
     _remove(staging)
     staging.mkdir()
     try:
@@ -329,6 +341,17 @@ def output_set(folder: str | Path, name: str, stage: str) -> Iterator[Path]:
         _publish(staging, folder, name, stage)
     finally:
         _remove(staging)
+
+
+_STAGING = re.compile(r"^\..+\.staging-\d+$")
+
+
+def published_path(path: str | Path) -> Path:
+    """Where a file written in an :func:`output_set` staging folder will be published (the
+    staging folder's parent); any other path as it is. For files that name their final
+    neighbours while still staged (a STAC item's relative hrefs)."""
+    path = Path(path)
+    return path.parent.parent / path.name if _STAGING.match(path.parent.name) else path
 
 
 def _publish(staging: Path, folder: Path, name: str, stage: str) -> None:

@@ -1,12 +1,15 @@
 """The run catalog: a self-contained STAC catalog of what a flow run ingested, trained and predicted.
 
-A run folder's ``catalog/`` has three sub-catalogs: ``surveys`` (one item per source
-raster, with the patch store that ingested it), ``models`` (bundle items, ``derived_from``
-the surveys they were trained on, from model.json's provenance) and ``predictions``
-(segment's own label-extension item per cluster COG, re-linked: ``source`` -> the survey
-item, ``derived_from`` -> the model item). Hrefs are relative, so the run folder can be
-moved or published as it is. Items are identified by content (sha256 prefixes): re-running
-a flow replaces them in place.
+A run folder's ``catalog/`` is the run's one root catalog, with three sub-catalogs:
+``surveys`` (one item per source raster, with the patch store that ingested it),
+``models`` (bundle items, ``derived_from`` the surveys they were trained on, from
+model.json's provenance) and ``predictions`` (segment's own label-extension item per
+cluster COG, re-linked: ``source`` -> the survey item, ``derived_from`` -> the model item).
+Links between its documents, and hrefs of files inside the run folder, are relative, so
+the run folder can be moved or published as it is; a file outside the run folder (a
+survey raster elsewhere) keeps its absolute path (:func:`geoseg.stac.items.href`). Items
+are identified by content (sha256 prefixes): re-running a flow replaces them in place,
+keeping what the catalog knew of them that the new item lacks (``created``, assets).
 
 Validation is offline: the core STAC schemas ship with pystac, extension schemas are URLs,
 so the label extension's required fields are checked explicitly
@@ -25,7 +28,7 @@ import pystac
 from geoseg.errors import InputError
 from geoseg.io.fileio import sha256_file
 from geoseg.io.outputs import OUTPUT_ASSETS, WEIGHTS_MEDIA_TYPE, ZARR_MEDIA_TYPE
-from geoseg.stac.items import raster_item, save_catalog
+from geoseg.stac.items import raster_item, run_folder, save_catalog
 
 __all__ = [
     "RUN_CATALOG_ID",
@@ -168,9 +171,12 @@ def run_prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: 
 def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) -> Path:
     """Add (or replace, by id) items in the run catalog at ``catalog_dir``; returns catalog.json.
 
-    The catalog is written with :func:`geoseg.stac.items.save_catalog`: self-contained (relative
-    hrefs), validated, into a temporary sibling folder renamed into place, so a reader
-    never sees half of it.
+    An item replacing one of the same id keeps the old one's ``created`` (when the survey
+    was first added: the retrain flow's "new surveys") and the assets it lacks (a survey
+    item of segment, without the patch store, replaces ingest's). The catalog is written with
+    :func:`geoseg.stac.items.save_catalog`: self-contained (relative hrefs inside the run
+    folder, absolute outside it), validated, into a temporary sibling folder renamed into
+    place, so a reader never sees half of it.
     """
     catalog_dir = Path(catalog_dir).resolve()
     root_file = catalog_dir / "catalog.json"
@@ -210,13 +216,26 @@ def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) ->
             raise ValueError(f"item {item.id} has no {KIND} among {sorted(_SUBCATALOGS)}")
         child = catalog.get_child(_SUBCATALOGS[kind])
         assert child is not None
-        child.remove_item(item.id)
+        old = next(child.get_items(item.id), None)
+        if old is not None:
+            _keep_known(item, old)
+            child.remove_item(item.id)
         child.add_item(item)
     for item in catalog.get_items(recursive=True):
         for link in item.links:
             if link.rel in ("source", "derived_from") and isinstance(link.target, pystac.Item):
                 link.target = new.get(link.target.id, link.target)
-    return save_catalog(catalog, catalog_dir)
+    return save_catalog(catalog, catalog_dir, tree=run_folder(catalog_dir))
+
+
+def _keep_known(item: pystac.Item, old: pystac.Item) -> None:
+    """What ``old`` (the same id, already in the catalog) knew that ``item`` lacks."""
+    created = [c for c in (old.common_metadata.created, item.common_metadata.created) if c is not None]
+    if created:
+        item.common_metadata.created = min(created)
+    for key, asset in old.assets.items():
+        if key not in item.assets:
+            item.add_asset(key, asset.clone())
 
 
 def export_catalog(catalog_dir: str | Path, dest_dir: str | Path) -> Path:
@@ -239,9 +258,12 @@ def validate_run_catalog(catalog_dir: str | Path, check_assets: bool = True) -> 
     """Load the catalog with pystac and validate every object offline; returns their number.
 
     Core STAC schemas (bundled with pystac) are checked for every catalog and item; the
-    label extension's required fields are checked explicitly; every link and asset href
-    must be relative and resolve to an existing file (a self-contained catalog); asset
-    existence is not checked with ``check_assets=False`` (an exported example catalog).
+    label extension's required fields are checked explicitly; every link must be relative
+    and resolve to an existing file (a self-contained catalog); every asset must resolve,
+    its href relative when the file is inside the run folder (``catalog_dir``'s parent)
+    and absolute when outside it, so the run folder can move. ``check_assets=False`` (an
+    exported example catalog, whose assets are elsewhere): asset hrefs must be relative,
+    and are not resolved.
     """
     from pystac.extensions.label import LabelExtension
     from pystac.validation import validate_dict
@@ -250,6 +272,7 @@ def validate_run_catalog(catalog_dir: str | Path, check_assets: bool = True) -> 
     if not root.is_file():
         raise InputError(f"no STAC catalog at {root}")
     catalog = pystac.Catalog.from_file(str(root))
+    tree = run_folder(catalog_dir)
     count = 0
     for obj in [catalog, *catalog.get_children(), *catalog.get_items(recursive=True)]:
         data = obj.to_dict(include_self_link=False, transform_hrefs=True)
@@ -262,13 +285,30 @@ def validate_run_catalog(catalog_dir: str | Path, check_assets: bool = True) -> 
             if not (base / href).exists():
                 raise InputError(f"{obj.id}: link {link['rel']} points to a missing file: {href}")
         for key, asset in data.get("assets", {}).items():
-            if "://" in asset["href"] or asset["href"].startswith("/"):
-                raise InputError(f"{obj.id}: asset {key} href is not relative: {asset['href']}")
-            if check_assets and not (base / asset["href"]).exists():
-                raise InputError(f"{obj.id}: asset {key} points to a missing file: {asset['href']}")
+            _check_asset(f"{obj.id}: asset {key}", asset["href"], base, tree if check_assets else None)
         if isinstance(obj, pystac.Item) and LabelExtension.has_extension(obj):
             label = LabelExtension.ext(obj)
             if not label.label_description or label.label_type is None or not label.get_sources():
                 raise InputError(f"{obj.id}: label extension misses description/type/source")
         count += 1
     return count
+
+
+def _check_asset(what: str, href: str, base: Path, tree: Path | None) -> None:
+    """An asset href of a run catalog: see :func:`validate_run_catalog` (``tree`` None: an
+    exported catalog, relative hrefs not resolved)."""
+    absolute = "://" in href or href.startswith("/")
+    if tree is None:
+        if absolute:
+            raise InputError(f"{what} href is not relative: {href}")
+        return
+    target = Path(href) if absolute else base / href
+    if not target.exists():
+        raise InputError(f"{what} points to a missing file: {href}")
+    inside = target.resolve().is_relative_to(tree)
+    if inside and absolute:
+        raise InputError(f"{what} href is absolute, inside the run folder {tree}: {href}")
+    if not inside and not absolute:
+        raise InputError(
+            f"{what} href is relative, outside the run folder {tree} (it breaks when the folder moves): {href}"
+        )

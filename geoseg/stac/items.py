@@ -2,6 +2,12 @@
 validated before it is published: as a folder of its own (``save_catalog``), or file by
 file into a folder that holds more than the catalog (``save_catalog_files``).
 
+Hrefs follow one rule (:func:`href`): a file inside the document's *run folder* (the folder
+holding the output folder the document is written in: a flow's run folder for
+``catalog/`` and ``predictions/``) is linked relatively, so the run folder can be moved or
+copied whole; a file outside it (a survey raster elsewhere, a model of another run) by
+its absolute path, which moving the run folder does not break.
+
 Items carry the raster's footprint in EPSG:4326 (``rasterio.warp.transform_bounds``) and
 the projection extension (EPSG code where there is one, else WKT2; shape; transform), so
 a GIS client can place them without opening the file. A raster without a CRS (a plain
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,14 +34,23 @@ from pystac.validation import validate_dict
 from rasterio.warp import transform_bounds
 
 from geoseg.errors import InputError
-from geoseg.io.fileio import atomic_path, require_published, sha256_file
+from geoseg.io.fileio import atomic_path, published_path, require_published, sha256_file, write_json_atomic
 from geoseg.io.outputs import COG_MEDIA_TYPE, JSON_MEDIA_TYPE, NODATA
 from geoseg.io.sources import open_dataset
 
 if TYPE_CHECKING:
     from geoseg.models.bundle import Cluster
 
-__all__ = ["classify", "prediction_item", "raster_item", "save_catalog", "save_catalog_files"]
+__all__ = [
+    "classify",
+    "href",
+    "prediction_item",
+    "raster_item",
+    "run_folder",
+    "save_catalog",
+    "save_catalog_files",
+    "save_item",
+]
 
 _MEDIA = {
     ".tif": pystac.MediaType.GEOTIFF,
@@ -44,6 +60,25 @@ _MEDIA = {
     ".jpeg": pystac.MediaType.JPEG,
     ".jp2": pystac.MediaType.JPEG2000,
 }
+
+
+def run_folder(output_dir: str | Path) -> Path:
+    """The run folder of STAC documents written in ``output_dir``: the folder holding it
+    (``run/`` for ``run/catalog/`` and ``run/predictions/``)."""
+    return Path(output_dir).resolve().parent
+
+
+def href(target: str | Path, document: str | Path, tree: str | Path | None) -> str:
+    """The href of ``target`` in the STAC document written at ``document``: relative to the
+    document (``./x``, ``../x``, as pystac writes them) when ``target`` lies inside ``tree``
+    (the run folder; None: everywhere), else its absolute path. A URL is kept as it is."""
+    if "://" in str(target):
+        return str(target)
+    target = Path(target).resolve()
+    if tree is not None and not target.is_relative_to(Path(tree).resolve()):
+        return str(target)
+    relative = os.path.relpath(target, Path(document).resolve().parent)
+    return relative if relative.startswith("..") else f"./{relative}"
 
 
 def _item_id(path: Path, digest: str) -> str:
@@ -104,17 +139,22 @@ def raster_item(
     return item
 
 
-def save_catalog(catalog: pystac.Catalog, root_dir: str | Path) -> Path:
+def save_catalog(catalog: pystac.Catalog, root_dir: str | Path, tree: str | Path | None = None) -> Path:
     """Write ``catalog`` self-contained (relative hrefs) into ``root_dir``; return catalog.json.
 
-    Written into a temporary sibling folder, validated against the core STAC schemas
-    bundled with pystac (offline: extension schemas are URLs, not fetched), then renamed into place: a reader never sees half a
-    catalog, and an invalid one is never left behind (InputError).
+    ``tree``: assets outside this folder keep absolute hrefs (:func:`href`; a run catalog
+    passes its run folder); None: every asset href relative. Links between the catalog's
+    own documents are always relative. Written into a temporary sibling folder, validated
+    against the core STAC schemas bundled with pystac (offline: extension schemas are URLs,
+    not fetched), then renamed into place: a reader never sees half a catalog, and an
+    invalid one is never left behind (InputError).
     """
     root_dir = Path(root_dir).resolve()
     with atomic_path(root_dir, replace_folder=(root_dir / "catalog.json").is_file()) as tmp:  # a catalog only
         catalog.normalize_hrefs(str(tmp / "catalog.json"))
-        catalog.make_all_asset_hrefs_relative()
+        for item in catalog.get_items(recursive=True):  # the same parent as root_dir: the same hrefs
+            for asset in item.assets.values():
+                asset.href = href(str(asset.get_absolute_href()), str(item.get_self_href()), tree)
         catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
         _validated_documents(catalog, root_dir)
     # Asset hrefs were made relative to the temporary folder: same parent, same depth.
@@ -209,6 +249,23 @@ def prediction_item(
         model_json = str((Path(model_dir) / "model.json").resolve())
         item.add_link(pystac.Link("via", model_json, media_type=JSON_MEDIA_TYPE, title="model"))
     return item
+
+
+def save_item(item: pystac.Item, path: str | Path) -> Path:
+    """Write a standalone item (a prediction's ``<stem>_prediction.json``) at ``path``,
+    atomically; its assets and links to files inside the run folder of ``path``'s folder
+    relative, the others absolute (:func:`href`). An item written in an output set's
+    staging folder links its files where they will be published."""
+    path = Path(path)
+    final = published_path(path.resolve())
+    tree = run_folder(final.parent)
+    item.set_self_href(str(path.resolve()))
+    for asset in item.assets.values():
+        asset.href = href(published_path(str(asset.get_absolute_href())), final, tree)
+    for link in item.links:
+        if not link.is_resolved() and link.rel not in ("self", "root", "parent"):
+            link.target = href(published_path(str(link.get_absolute_href())), final, tree)
+    return write_json_atomic(path, item.to_dict(include_self_link=False))
 
 
 def classify(asset: pystac.Asset, classes: Sequence[Cluster], nodata: int = NODATA) -> None:

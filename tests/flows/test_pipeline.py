@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,6 +55,86 @@ def test_pipeline_end_to_end_on_a_generated_scene(small_run: dict, small_scene) 
     assert pred.get_single_link("source").get_href().endswith(f"{survey.id}.json")
     assert pred.get_single_link("derived_from").get_href().endswith(f"{model.id}.json")
     assert model.get_single_link("derived_from").get_href().endswith(f"{survey.id}.json")
+
+
+def _stac_documents(folder: Path) -> dict[Path, dict]:
+    """Every STAC JSON document under ``folder`` (hidden folders skipped), by path."""
+    found = {}
+    for path in sorted(folder.rglob("*.json")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "stac_version" in data:
+            found[path] = data
+    return found
+
+
+def _hrefs(data: dict) -> list[tuple[str, str]]:
+    """(what, href) of a document's links (but self) and assets."""
+    links = [(f"link {link['rel']}", link["href"]) for link in data.get("links", []) if link["rel"] != "self"]
+    return links + [(f"asset {key}", asset["href"]) for key, asset in data.get("assets", {}).items()]
+
+
+def test_a_copied_run_folder_resolves_relative_inside_absolute_outside(
+    small_run: dict, small_scene, tmp_path: Path
+) -> None:
+    """Hrefs to files inside the run folder are relative (model.json too), to files outside it
+    absolute: a copy of the run folder elsewhere resolves every href, none into the original."""
+    from pystac.validation import validate_dict
+
+    run = Path(small_run["run"]).resolve()
+    copy = Path(shutil.copytree(run, tmp_path / "elsewhere" / "deeper" / "pipeline", symlinks=True))
+    documents = _stac_documents(copy)
+    assert copy / "predictions" / "scene_prediction.json" in documents
+    checked = 0
+    for path, data in documents.items():
+        validate_dict(data, extensions=[], href=str(path))  # core schemas bundled with pystac (offline)
+        for what, href in _hrefs(data):
+            assert not href.startswith(str(run)), f"{path}: {what} names the original run folder: {href}"
+            target = Path(href) if Path(href).is_absolute() else (path.parent / href).resolve()
+            assert target.exists(), f"{path}: {what} does not resolve in the copy: {href}"
+            if Path(href).is_absolute():  # outside the run folder: the survey raster
+                assert target == small_scene.image.resolve(), f"{path}: {what} is absolute: {href}"
+            else:
+                assert target.is_relative_to(copy), f"{path}: {what} climbs out of the run folder: {href}"
+            checked += 1
+    assert checked > 20
+    via = {
+        link["rel"]: link["href"]
+        for link in documents[copy / "predictions" / "scene_prediction.json"]["links"]
+    }
+    assert via["via"] == "../model/model.json"
+    assert validate_run_catalog(copy / "catalog") >= 7  # the copy's catalog, run through its own checks
+
+
+def test_one_root_catalog_per_run_folder_reaches_every_item(small_run: dict) -> None:
+    """The run folder's catalog/ is its one root catalog (no <store>.stac/ beside it); it
+    validates and reaches every catalog and item of the run folder, and its survey item keeps
+    what ingest recorded (created, the patch store)."""
+    run = Path(small_run["run"]).resolve()
+    documents = _stac_documents(run)
+    catalogs = {p for p, d in documents.items() if d["type"] == "Catalog"}
+    roots = {p for p in catalogs if not any(link["rel"] == "parent" for link in documents[p]["links"])}
+    assert roots == {run / "catalog" / "catalog.json"} == {Path(small_run["catalog"])}
+    assert not list(run.glob("*.stac"))
+    assert validate_run_catalog(run / "catalog") >= 7
+    root = pystac.Catalog.from_file(str(run / "catalog" / "catalog.json"))
+    reached = {Path(str(node.get_self_href())).resolve() for node, _, _ in root.walk()}
+    items = list(root.get_items(recursive=True))
+    reached |= {Path(str(item.get_self_href())).resolve() for item in items}
+    own = {p for p, d in documents.items() if d["type"] == "Feature" and p.parent == run / "predictions"}
+    assert set(documents) - own == reached  # every catalog and item, but segment's own items
+    predictions = [i for i in items if i.properties["geoseg:kind"] == "prediction"]
+    listed = {Path(str(i.assets["clusters"].get_absolute_href())).resolve() for i in predictions}
+    for path in own:  # segment's item beside its outputs: the same prediction is in the catalog
+        clusters = (path.parent / documents[path]["assets"]["clusters"]["href"]).resolve()
+        assert clusters in listed
+    (survey,) = [i for i in items if i.properties["geoseg:kind"] == "survey"]
+    assert survey.common_metadata.created is not None and "patches" in survey.assets
+    assert (
+        Path(str(survey.assets["patches"].get_absolute_href())).resolve()
+        == Path(small_run["store"]).resolve()
+    )
 
 
 def test_rerun_on_the_same_survey_hits_the_cache(small_run: dict, small_scene) -> None:

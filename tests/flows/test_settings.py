@@ -3,6 +3,7 @@ needed), and the one line a flow failing on a user error logs (on the test serve
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -171,18 +172,26 @@ def test_catalog_items_cannot_point_a_flow_outside_the_allowed_roots(
     secret = shutil.copy(shared_data / "lausanne" / "img" / "1091-322_00.tif", outside / "secret.tif")
     own = shutil.copy(shared_data / "lausanne" / "img" / "1091-322_01.tif", root / "data" / "own.tif")
     catalog = update_run_catalog(root / "catalog", [survey_item(secret), survey_item(own)])
-    items = pystac.Catalog.from_file(str(catalog)).get_items(recursive=True)
-    hrefs = [a.href for item in items for a in item.assets.values()]
-    assert any(h.startswith("../") and "outside" in h for h in hrefs)  # relative, climbing out of r/
-    surveys = [
-        {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s).items()}
-        for s in new_surveys(catalog, root / "registry")
-    ]
+    items = list(pystac.Catalog.from_file(str(catalog)).get_items(recursive=True))
+    hrefs = {a.href for item in items for a in item.assets.values()}
+    assert str(Path(secret).resolve()) in hrefs  # outside the run folder: written absolute
+    # a hand-edited catalog may climb out with a relative href instead: refused alike
+    (written,) = [Path(str(i.get_self_href())) for i in items if "secret" in i.assets["image"].href]
+    climbing = json.loads(written.read_text())
+    climbing["assets"]["image"]["href"] = os.path.relpath(Path(secret).resolve(), written.parent)
+    assert climbing["assets"]["image"]["href"].startswith("../")
     settings = FlowSettings(allowed_roots=(root.resolve(),))
-    with pytest.raises(ConfigError, match=r"secret\.tif is outside the allowed roots"):
-        check_surveys(surveys, settings)
-    (checked,) = check_surveys([s for s in surveys if s["image"].endswith("own.tif")], settings)
-    assert checked["image"] == str(Path(own).resolve())
+    for edited in (False, True):
+        if edited:
+            written.write_text(json.dumps(climbing))
+        surveys = [
+            {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s).items()}
+            for s in new_surveys(catalog, root / "registry")
+        ]
+        with pytest.raises(ConfigError, match=r"secret\.tif is outside the allowed roots"):
+            check_surveys(surveys, settings)
+        (checked,) = check_surveys([s for s in surveys if s["image"].endswith("own.tif")], settings)
+        assert checked["image"] == str(Path(own).resolve())
 
 
 @pytest.mark.parametrize("path", ["a\0b.tif", "x" * 100_000])

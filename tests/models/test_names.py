@@ -88,6 +88,43 @@ def test_cli_names_a_bundle_and_refuses_unknown_ids(tmp_path: Path, capsys: pyte
     assert "neither a model bundle" in capsys.readouterr().err
 
 
+def test_cli_model_name_takes_the_registry_positionally_or_with_registry(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`model name` accepts --registry as list/register/promote/rollback do; the positional
+    form keeps working; both at once, or --registry naming a bundle, is one line, exit 2."""
+    reg = tmp_path / "registry"
+    bundle = make_bundle(tmp_path / "m", RGB, "uint8", 110.0, 50.0)  # k = 4
+    registry.promote(reg, registry.register(bundle, reg).version)
+    assert main(["model", "name", str(reg), "0=roofs"]) == 0  # positional, as before
+    assert main(["model", "name", "--registry", str(reg), "1=sand", "2=trees", "--color", "2=#00aa00"]) == 0
+    assert main(["model", "name", "--version", "v0001", "--registry", str(reg), "3=water"]) == 0
+    capsys.readouterr()
+    assert registry.cluster_names(reg, "v0001") == {0: "roofs", 1: "sand", 2: "trees", 3: "water"}
+    named = {c.id: c for c in load_meta(reg / "v0001").clusters}
+    assert named[2].colour == (0, 170, 0)
+    assert [e["action"] for e in registry.load_state(reg).events].count("name") == 3
+    before = (reg / registry.STATE).read_bytes(), (reg / "v0001" / META).read_bytes()
+    odd = tmp_path / "k=4"
+    odd.mkdir()
+    for argv, says in (
+        (["model", "name", str(reg), "1=x", "--registry", str(reg)], "given twice"),
+        (["model", "name", "--registry", str(reg), str(odd), "1=x"], "given twice"),  # a folder with "="
+        (["model", "name", "--registry", str(bundle), "1=x"], "is a model bundle, not a registry"),
+        (["model", "name", "--registry", str(tmp_path / "absent"), "1=x"], "model registry not found"),
+        (["model", "name", "--color", "1=#000000"], "name which model?"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert ((reg / registry.STATE).read_bytes(), (reg / "v0001" / META).read_bytes()) == before
+    assert registry.cluster_names(reg, "v0001") == {0: "roofs", 1: "sand", 2: "trees", 3: "water"}
+    with pytest.raises(SystemExit):
+        main(["model", "name", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "[--registry REGISTRY]" in usage and "[REGISTRY_OR_BUNDLE]" in usage
+
+
 def test_registry_names_carry_to_the_next_aligned_version(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
