@@ -38,13 +38,7 @@ class CIRSMethod:
     name = "cirs"
 
     def build_network(self, config: TrainConfig, num_bands: int) -> CIRSNet:
-        arch = CIRSArchitecture(
-            in_channels=num_bands,
-            k_b=config.k,
-            g_dim=config.g_dim,
-            preset=config.preset,
-            segment_number=config.g_segment_number,
-        )
+        arch = CIRSArchitecture(in_channels=num_bands, k_b=config.k, g_dim=config.g_dim, preset=config.preset)
         return seeded(config.seed, lambda: CIRSNet(arch))
 
     def network_from_architecture(self, architecture: dict[str, Any]) -> CIRSNet:
@@ -86,18 +80,12 @@ class CIRSMethod:
             if config.g_steps
             else "S and g every mini-batch",
             "g_dim": config.g_dim,
-            "g_segment_number": config.g_segment_number,
             "inference": "softmax of the U-Net segmenter S",
         }
 
     def warm_start_settings(self, architecture: dict[str, Any]) -> dict[str, Any]:
         arch = CIRSArchitecture.from_dict(architecture)
-        return {
-            "method": self.name,
-            "g_dim": arch.g_dim,
-            "preset": arch.preset,
-            "g_segment_number": arch.segment_number,
-        }
+        return {"method": self.name, "g_dim": arch.g_dim, "preset": arch.preset}
 
 
 CIRS = CIRSMethod()
