@@ -166,7 +166,7 @@ def _halves(
 VALIDATION_NOTE = "validation: fit the top quarter, score the second quarter (the bottom half never read)"
 
 
-COLOUR_OBJECT_COUNT = 120  # images of the generated colour-versus-object scene (--colour-object-count)
+COLOUR_OBJECT_COUNT = 300  # images of the generated colour-versus-object scene (--colour-object-count)
 
 
 def colour_object_splits(work: Path, count: int = COLOUR_OBJECT_COUNT) -> list[Split]:
