@@ -425,12 +425,9 @@ def _resume(
         state = TrainState(**saved)
     except (json.JSONDecodeError, TypeError, KeyError) as exc:
         raise InputError(f"corrupt checkpoint {ckpt}: {exc}; delete {work} to start over") from exc
-    if state.fingerprint != fingerprint:
-        changed = sorted(
-            k
-            for k in set(state.fingerprint) | set(fingerprint)
-            if state.fingerprint.get(k) != fingerprint.get(k)
-        )
+    saved_run, this_run = _without_paths(state.fingerprint), _without_paths(fingerprint)
+    if saved_run != this_run:
+        changed = sorted(k for k in set(saved_run) | set(this_run) if saved_run.get(k) != this_run.get(k))
         if overwrite:
             log.info(
                 "--overwrite: %s held a different training run (%s): starting over", work, ", ".join(changed)
@@ -449,6 +446,7 @@ def _resume(
         optimizer, load_file(str(ckpt / "optimizer.safetensors"), device=str(device)), groups
     )
     log.info("resuming from %s at step %d", ckpt, state.step)
+    state.fingerprint = fingerprint  # where the stores are now
     return state
 
 
@@ -461,6 +459,17 @@ def _bundle_clusters(out: Path, k: int) -> list[Cluster] | None:
     except InputError:
         return None
     return list(clusters) if len(clusters) == k else None
+
+
+def _without_paths(value: Any) -> Any:
+    """A fingerprint without the stores' and sources' paths: a checkpoint belongs to a run by
+    what it trains on (patch counts, the sources' SHA-256), so a copied or moved run folder
+    resumes instead of being taken for another run."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items() if k != "path"}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    return value
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -147,6 +147,26 @@ def test_resumed_run_continues_from_the_saved_step(dubai_store: Path, tmp_path: 
         train(dubai_store, part, TrainConfig(steps=6, **{**FAST, "k": 5}), progress=False)
 
 
+def test_a_copied_run_folder_resumes_from_its_checkpoint(dubai_store: Path, tmp_path: Path) -> None:
+    """`cp -r` of a folder holding the patch store and the bundle (with its .work), then the
+    same training there: the same run (a checkpoint matches by what it trains on, not by
+    paths), so nothing is retrained and nothing asks for --overwrite."""
+    run = tmp_path / "run"
+    shutil.copytree(dubai_store, run / "patches.zarr")
+    config = TrainConfig(steps=2, checkpoint_every=2, **FAST)
+    train(run / "patches.zarr", run / "model", config, progress=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    shutil.rmtree(run)  # the original is gone
+    before = load_file(str(copy / "model" / "weights.safetensors"))
+    again = train(copy / "patches.zarr", copy / "model", config, progress=False)
+    assert [r["step"] for r in read_metrics(again / "metrics.jsonl")] == [1, 2]
+    after = load_file(str(again / "weights.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    provenance = json.loads((again / "model.json").read_text())["provenance"]
+    assert provenance["stores"][0]["path"] == str((copy / "patches.zarr").resolve())
+
+
 def test_rerunning_a_finished_run_keeps_the_cluster_names(dubai_store: Path, tmp_path: Path) -> None:
     """`geoseg model name` on a bundle, then the same `geoseg train` again: names and colours stay."""
     from geoseg.models.bundle import load_meta
