@@ -172,8 +172,9 @@ def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) ->
     """Add (or replace, by id) items in the run catalog at ``catalog_dir``; returns catalog.json.
 
     An item replacing one of the same id keeps the old one's ``created`` (when the survey
-    was first added: the retrain flow's "new surveys") and the assets it lacks (a survey
-    item of segment, without the patch store, replaces ingest's). The catalog is written with
+    was first added: the retrain flow's "new surveys"), the assets it lacks (a survey
+    item of segment, without the patch store, replaces ingest's) and the old assets whose
+    files are there (:func:`_keep_known`). The catalog is written with
     :func:`geoseg.stac.items.save_catalog`: self-contained (relative hrefs inside the run
     folder, absolute outside it), validated, into a temporary sibling folder renamed into
     place, so a reader never sees half of it.
@@ -229,13 +230,22 @@ def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) ->
 
 
 def _keep_known(item: pystac.Item, old: pystac.Item) -> None:
-    """What ``old`` (the same id, already in the catalog) knew that ``item`` lacks."""
+    """What ``old`` (the same id, already in the catalog) knew: its created time, and its
+    assets whose files are there (``item`` fills only the others). A survey item that a
+    model item rebuilds from model.json names the store where the model was trained; in a
+    copied run folder that is the original folder's, and the catalog's own store stays."""
     created = [c for c in (old.common_metadata.created, item.common_metadata.created) if c is not None]
     if created:
         item.common_metadata.created = min(created)
     for key, asset in old.assets.items():
-        if key not in item.assets:
+        if key not in item.assets or _local_file(asset) is True:
             item.add_asset(key, asset.clone())
+
+
+def _local_file(asset: pystac.Asset) -> bool | None:
+    """Whether the asset's local file exists; None for a URL or an href without a base."""
+    href = asset.get_absolute_href()
+    return None if href is None or "://" in href else Path(href).exists()
 
 
 def export_catalog(catalog_dir: str | Path, dest_dir: str | Path) -> Path:
