@@ -70,6 +70,11 @@ def test_repository_example_catalog_loads_and_validates() -> None:
         i for i in catalog.get_items(recursive=True) if i.properties["geoseg:kind"] == "prediction"
     )
     assert prediction.assets["clusters"].href.endswith("demo-out/run/predictions/scene_clusters.tif")
+    # the outputs' names today (the example was once left with names segment no longer writes)
+    from geoseg.segment import output_paths
+
+    written = {path.name for path in output_paths(Path("scene.tif"), Path(".")).values()}
+    assert {Path(a.href).name for a in prediction.assets.values()} <= written
 
 
 def test_example_catalog_is_small_json_only() -> None:
