@@ -72,8 +72,10 @@ def test_repository_example_catalog_loads_and_validates() -> None:
     assert prediction.assets["clusters"].href.endswith("demo-out/run/predictions/scene_clusters.tif")
     # the outputs' names today (the example was once left with names segment no longer writes)
     from geoseg.segment import output_paths
+    from geoseg.vectorize import vector_style_path
 
-    written = {path.name for path in output_paths(Path("scene.tif"), Path(".")).values()}
+    paths = output_paths(Path("scene.tif"), Path("."))
+    written = {path.name for path in [*paths.values(), vector_style_path(paths["gpkg"])]}
     assert {Path(a.href).name for a in prediction.assets.values()} <= written
 
 
