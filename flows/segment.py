@@ -86,6 +86,8 @@ def segment_step(
         survey = run_catalog.survey_item(source)
         items += [survey, run_catalog.run_prediction_item(r, survey, model_item)]
     run_catalog.update_run_catalog(run_dir / CATALOG, items)
+    count = plural(len(results), "raster")
+    get_run_logger().info("%s segmented into %s (tasks: %s)", count, out_dir, ", ".join(states))
     return results, states
 
 
@@ -118,7 +120,5 @@ def segment_flow(
     bundle = check_input(model, "model", settings)
     run_dir = check_output(out or default_out(settings, "segment", sources[0]), "out", settings)
     config = build_config(SegmentConfig, options, vectorize=vectorize, min_area=min_area, simplify=simplify)
-    results, states = segment_step(bundle, sources, run_dir, config)
-    count = plural(len(results), "raster")
-    get_run_logger().info("%s segmented into %s (tasks: %s)", count, run_dir / PREDICTIONS, ", ".join(states))
+    results, _ = segment_step(bundle, sources, run_dir, config)
     return results

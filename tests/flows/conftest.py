@@ -42,14 +42,26 @@ def small_run(
     from flows.pipeline import pipeline_flow
 
     out = tmp_path_factory.mktemp("run") / "pipeline"
-    result = pipeline_flow(
+    state = pipeline_flow(
         src=str(small_scene.image),
         out=str(out),
         labels=str(small_scene.labels),
         dataset="synthetic",
+        return_state=True,
         **TINY,
     )
-    return result
+    return {**state.result(), "flow_run_id": state.state_details.flow_run_id}
+
+
+def flow_run_logs(flow_run_id: object) -> list:
+    """The logs the API server holds for one flow run (log workers drained)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)
+    with get_client(sync_client=True) as client:
+        return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
 
 
 def copy_scene(scene: SceneFiles, folder: Path) -> Path:

@@ -19,7 +19,7 @@ from rasterio.crs import CRS
 
 from geoseg.io.store import open_store
 from geoseg.stac.catalog import validate_run_catalog
-from tests.flows.conftest import TINY, copy_scene, free_port, mtimes
+from tests.flows.conftest import TINY, copy_scene, flow_run_logs, free_port, mtimes
 
 
 def _items(catalog_json: str | Path, kind: str) -> list[pystac.Item]:
@@ -41,6 +41,11 @@ def test_pipeline_end_to_end_on_a_generated_scene(small_run: dict, small_scene) 
     info = pyogrio.read_info(prediction["gpkg"])
     assert info["features"] > 0 and CRS.from_user_input(info["crs"]) == CRS.from_epsg(32633)
     assert list(Path(prediction["clusters"]).parent.glob("*.qml"))
+    # The run's log says where the predictions went (the segment flow's line, written once).
+    messages = [log.message for log in flow_run_logs(small_run["flow_run_id"])]
+    assert any(
+        m.startswith(f"1 raster segmented into {Path(small_run['run']) / 'predictions'} (") for m in messages
+    )
     # Evaluation against the generated ground truth.
     report = json.loads(Path(small_run["report"]).read_text())
     assert 0.0 <= report["accuracy"] <= 1.0 and report["n_classes"] == 6

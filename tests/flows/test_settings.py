@@ -222,15 +222,10 @@ def test_every_vectorize_setting_of_a_flow_reaches_the_vectorize_task() -> None:
 
 
 def _flow_run_logs(state) -> list:  # type: ignore[no-untyped-def]
-    """The logs the API server holds for the flow run of a final state (log workers drained)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.logging.handlers import APILogWorker
+    """The logs the API server holds for the flow run of a final state."""
+    from tests.flows.conftest import flow_run_logs
 
-    APILogWorker.drain_all(timeout=30)
-    run_id = state.state_details.flow_run_id
-    with get_client(sync_client=True) as client:
-        return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    return flow_run_logs(state.state_details.flow_run_id)
 
 
 def test_every_flow_logs_the_users_error_line_before_it_fails(prefect_harness: None, tmp_path: Path) -> None:
