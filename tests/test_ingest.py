@@ -313,17 +313,19 @@ def test_killed_ingest_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     child = subprocess.Popen([sys.executable, "-c", code, str(source), str(out)])
     deadline = time.monotonic() + 120
 
-    def markers() -> int:
-        return len(list((out / PROGRESS_DIR).glob("*.json"))) if (out / PROGRESS_DIR).is_dir() else 0
+    def finished_shards() -> set[int]:
+        # a marker is N.json; a kill in the middle of writing one leaves its hidden temporary
+        folder = out / PROGRESS_DIR
+        return {int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit()} if folder.is_dir() else set()
 
-    while markers() == 0:
+    while not finished_shards():
         assert child.poll() is None and time.monotonic() < deadline, "ingest ended before it could be killed"
         time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
     child.wait()
     with pytest.raises(InputError, match="incomplete"):
         open_store(out)
-    done = {int(p.stem) for p in (out / PROGRESS_DIR).glob("*.json")}
+    done = finished_shards()
     assert 1 <= len(done) < 512
     real = ingest_module._write_shard
     written: list[int] = []
