@@ -358,6 +358,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--preset", choices=("iic", "small"), default=d.preset, help="network width: the paper's, or 1/4"
     )
     p.add_argument("--seed", type=int, default=d.seed, help="seed of batches and views")
+    p.add_argument(
+        "--members",
+        type=int,
+        default=d.members,
+        help="train this many networks (seeds differ) and average their aligned probabilities",
+    )
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
     p.add_argument(
         "--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints"
@@ -398,6 +404,7 @@ def _run_train(args: argparse.Namespace) -> int:
         preset=args.preset,
         device=args.device,
         seed=args.seed,
+        members=args.members,
         workers=args.workers,
         checkpoint_every=args.checkpoint_every,
         jitter=args.jitter,

@@ -118,6 +118,9 @@ class TrainConfig:
     init_from: str | None = field(default=None, metadata=PATH)  # a model bundle to start from (retraining)
     rgb_bands: tuple[int, ...] | None = None  # 1-based R, G, B bands; None: from band names
     head_schedule: Literal["sum", "alternate"] = "sum"  # both heads every step, or A/B in turn
+    # networks trained from seeds seed*members .. seed*members+members-1 whose aligned
+    # probabilities are averaged (geoseg.models.ensemble); any method
+    members: int = 1
     # PiCIE
     trunk: Literal["iic", "resnet18-fpn"] = "iic"  # embedding trunk
     k2: int = 100  # over-clustering K2
@@ -160,6 +163,7 @@ class TrainConfig:
         _require(2 <= self.k <= 254, f"k must be in [2, 254], got {self.k}")
         _require(2 <= self.k_a <= 254, f"k_a must be in [2, 254], got {self.k_a}")
         _require(self.subheads >= 1, "subheads must be >= 1")
+        _require(1 <= self.members <= 16, f"members must be in [1, 16], got {self.members}")
         _require(self.lamb_a > 0 and self.lamb_b > 0, "lambda must be > 0")
         _require(0 <= self.half_t <= 32, f"half_t must be in [0, 32], got {self.half_t}")
         _require(0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}")

@@ -160,7 +160,49 @@ def train(
     check_output(out, overwrite)
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the lock for all
     with locked(work_dir(out), "training folder") if rank0 else contextlib.nullcontext():
+        if config.members > 1:
+            return _train_ensemble(store, out, config, progress, overwrite)
         return _train(store, out, config, progress, overwrite)
+
+
+def member_seed(config: TrainConfig, member: int) -> int:
+    """Member ``member``'s seed: seeds of different ensemble seeds never overlap."""
+    return config.seed * config.members + member
+
+
+def _train_ensemble(
+    store: str | Path | Sequence[str | Path],
+    out: Path,
+    config: TrainConfig,
+    progress: Progress,
+    overwrite: bool,
+) -> Path:
+    """``config.members`` networks, each trained (and resumable) as a bundle of its own under
+    ``<out>.work/members``, then combined into one bundle (geoseg.models.ensemble)."""
+    from geoseg.models.ensemble import combine
+
+    stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
+    folder = work_dir(out) / "members"
+    named = _bundle_clusters(out, config.k) if folder.is_dir() else None  # a resumed run's names
+    bundles = []
+    for i in range(config.members):
+        log.info("member %d of %d (seed %d)", i + 1, config.members, member_seed(config, i))
+        member = replace(config, members=1, seed=member_seed(config, i))
+        bundles.append(_train(stores, folder / f"member{i}", member, progress, True, (i, config.members)))
+    ensemble = combine(
+        bundles,
+        out,
+        stores,
+        progress=progress,
+        overwrite=overwrite,
+        clusters=named,
+        provenance={"config": asdict(config)},
+    )
+    # The first member's curve and metrics stand for the run; every member's are in the work folder.
+    first = bundles[0] / METRICS
+    write_text_atomic(ensemble / METRICS, first.read_text() if first.is_file() else "")
+    plot_curve(first, ensemble / CURVE, load_meta(bundles[0]).selection.get("step"))
+    return ensemble
 
 
 def check_output(out: Path, overwrite: bool = False) -> None:
@@ -180,6 +222,7 @@ def _train(
     config: TrainConfig,
     progress: Progress,
     overwrite: bool,
+    member: tuple[int, int] | None = None,
 ) -> Path:
     stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
     dataset = PatchDataset(stores)
@@ -192,7 +235,7 @@ def _train(
     # before training rather than discovered at the first checkpoint.
     check_free_space(out.parent, 6 * sum(p.numel() * p.element_size() for p in model.parameters()))
     if config.init_from:
-        _load_initial_weights(model, Path(config.init_from), meta0.band_names, config.method)
+        _load_initial_weights(model, Path(config.init_from), meta0.band_names, config.method, member)
     mean, std = dataset.band_statistics()
     model.set_normalisation(mean, std)
     rgb = rgb_band_indices(meta0.band_names, config.rgb_bands)
@@ -498,9 +541,25 @@ def _provenance_stores(dataset: PatchDataset) -> list[dict[str, Any]]:
     ]
 
 
-def _load_initial_weights(model: NormalisedNet, bundle_dir: Path, band_names: list[str], method: str) -> None:
-    """Start from an existing bundle's weights; its method, bands and architecture must match."""
+def _load_initial_weights(
+    model: NormalisedNet,
+    bundle_dir: Path,
+    band_names: list[str],
+    method: str,
+    member: tuple[int, int] | None = None,
+) -> None:
+    """Start from an existing bundle's weights; its method, bands, architecture and number of
+    ensemble members must match (``member``: (index, count) of the ensemble member this run trains)."""
     old, meta = load_bundle(bundle_dir)
+    index, count = member or (0, 1)
+    have = len(meta.member_architectures or ()) or 1
+    if have != count:
+        raise ConfigError(
+            f"model bundle {bundle_dir} has {plural(have, 'member')} and this run trains {count}: "
+            f"retrain it with --members {have}"
+        )
+    if have > 1:
+        old = old.members[index]
     if meta.method != method:
         raise ConfigError(
             f"model bundle {bundle_dir} was trained with method {meta.method!r}; "

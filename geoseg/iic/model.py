@@ -191,13 +191,20 @@ def for_inference(model: NormalisedNet) -> NormalisedNet:
     channels-last inputs. The original (trainable) model is left untouched.
     """
     fused = copy.deepcopy(model).eval()
-    if not isinstance(fused.trunk, nn.Sequential):  # e.g. PiCIE's ResNet-FPN: no folding
-        return fused.to(memory_format=torch.channels_last)
+    members = getattr(fused, "members", None)  # an ensemble (geoseg.models.ensemble): each member
+    for net in members if isinstance(members, nn.ModuleList) else [fused]:
+        _fold_batch_norms(net)
+    return fused.to(memory_format=torch.channels_last)
+
+
+def _fold_batch_norms(net: nn.Module) -> None:
+    """Each BatchNorm of a sequential trunk folded into the convolution before it, in place."""
+    if not isinstance(net.trunk, nn.Sequential):  # e.g. PiCIE's ResNet-FPN: no folding
+        return
     layers: list[nn.Module] = []
-    for module in fused.trunk:
+    for module in net.trunk:
         if isinstance(module, nn.BatchNorm2d) and layers and isinstance(layers[-1], nn.Conv2d):
             layers[-1] = fuse_conv_bn_eval(layers[-1], module)
         else:
             layers.append(module)
-    fused.trunk = nn.Sequential(*layers)
-    return fused.to(memory_format=torch.channels_last)
+    net.trunk = nn.Sequential(*layers)

@@ -31,4 +31,7 @@ def get_method(name: str) -> Method:
 def warm_start_settings(meta: Any) -> dict[str, Any]:
     """The TrainConfig fields (method included) that rebuild the network of a bundle's
     ``meta`` (a geoseg.models.bundle.ModelMeta), so retraining from it needs no method knowledge."""
+    members = meta.member_architectures  # an ensemble: its members share one architecture
+    if members:
+        return {**get_method(meta.method).warm_start_settings(members[0]), "members": len(members)}
     return get_method(meta.method).warm_start_settings(meta.architecture)

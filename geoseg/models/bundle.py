@@ -29,6 +29,7 @@ from geoseg.messages import plural
 __all__ = [
     "BUNDLE_FORMAT",
     "CLUSTERS_TAG",
+    "MEMBERS",
     "META",
     "WEIGHTS",
     "Cluster",
@@ -43,6 +44,7 @@ __all__ = [
 
 WEIGHTS = "weights.safetensors"
 META = "model.json"
+MEMBERS = "members"  # model.json architecture key of an ensemble (geoseg.models.ensemble)
 BUNDLE_FORMAT = "geoseg.model/1"
 CLUSTERS_TAG = "GEOSEG_CLUSTERS"  # the cluster table, as JSON, in a cluster raster's GDAL metadata
 
@@ -103,20 +105,33 @@ class ModelMeta:
 
     @property
     def arch(self) -> Any:
-        """The method's architecture (in_channels, k_b, k_a, subheads, preset, ...)."""
+        """The method's architecture (in_channels, k_b, k_a, subheads, preset, ...); of an
+        ensemble (geoseg.models.ensemble), its first member's."""
+        members = self.member_architectures
+        architecture = members[0] if members else self.architecture
         if self.method == "iic":
-            return Architecture.from_dict(self.architecture)
+            return Architecture.from_dict(architecture)
         if self.method == "lgmi":
             from geoseg.lgmi.model import LGMIArchitecture
 
-            return LGMIArchitecture.from_dict(self.architecture)
+            return LGMIArchitecture.from_dict(architecture)
         if self.method == "cirs":
             from geoseg.cirs.model import CIRSArchitecture
 
-            return CIRSArchitecture.from_dict(self.architecture)
+            return CIRSArchitecture.from_dict(architecture)
         from geoseg.picie.model import PiCIEArchitecture
 
-        return PiCIEArchitecture.from_dict(self.architecture)
+        return PiCIEArchitecture.from_dict(architecture)
+
+    @property
+    def member_architectures(self) -> list[dict[str, Any]] | None:
+        """An ensemble's member architectures (geoseg.models.ensemble); None for one network."""
+        members = self.architecture.get(MEMBERS) if isinstance(self.architecture, dict) else None
+        if members is None:
+            return None
+        if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, dict) for m in members):
+            raise ValueError(f"{MEMBERS!r} must list two or more member architectures")
+        return members
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -267,7 +282,15 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> t
     if not weights.is_file():
         raise InputError(f"model bundle has no {WEIGHTS}: {bundle_dir}")
     try:
-        model = get_method(meta.method).network_from_architecture(meta.architecture)
+        method = get_method(meta.method)
+        members = meta.member_architectures
+        model: NormalisedNet
+        if members:
+            from geoseg.models.ensemble import EnsembleNet
+
+            model = EnsembleNet([method.network_from_architecture(a) for a in members])
+        else:
+            model = method.network_from_architecture(meta.architecture)
     except (TypeError, ValueError) as exc:
         raise InputError(f"model bundle {bundle_dir}: bad architecture in {META}: {exc}") from exc
     try:
