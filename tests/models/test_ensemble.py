@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +51,9 @@ def test_an_ensemble_predicts_the_mean_of_its_aligned_members(shared_data: Path,
     assert [len(meta.member_architectures or [])] == [2]
     assert meta.clusters == load_meta(first).clusters  # the first member's ids, names, colours
     records = meta.provenance["members"]
-    assert [r["weights_sha256"] for r in records] == [sha256_file(b / "weights.safetensors") for b in (first, shuffled)]
+    assert [r["weights_sha256"] for r in records] == [
+        sha256_file(b / "weights.safetensors") for b in (first, shuffled)
+    ]
     assert 0.0 <= records[1]["agreement_with_first"] <= 1.0
     # segment's inference copy (batch norms folded in every member) gives the same ids
     model, _ = load_bundle(ensemble)
@@ -91,7 +92,9 @@ def test_members_must_share_their_settings(shared_data: Path, tmp_path: Path) ->
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     out = tmp_path_factory.mktemp("store") / "patches.zarr"
-    return ingest(reference_tiles(shared_data)[:2], out, IngestConfig(patch_size=32, scale=0.5), progress=False)
+    return ingest(
+        reference_tiles(shared_data)[:2], out, IngestConfig(patch_size=32, scale=0.5), progress=False
+    )
 
 
 def _config(**kw: object) -> TrainConfig:
@@ -122,7 +125,9 @@ def test_retraining_an_ensemble_warm_starts_each_member_from_its_own(
     small_store: Path, tmp_path: Path
 ) -> None:
     old = train(small_store, tmp_path / "old", _config(members=2), progress=False)
-    new = train(small_store, tmp_path / "new", _config(members=2, init_from=str(old), steps=1), progress=False)
+    new = train(
+        small_store, tmp_path / "new", _config(members=2, init_from=str(old), steps=1), progress=False
+    )
     old_model, _ = load_bundle(old)
     new_model, _ = load_bundle(new)
     # one step away from its own member of the old ensemble, far from the other member
