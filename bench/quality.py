@@ -307,6 +307,7 @@ PICIE_TRAINING: dict = {"steps": 500, "preset": "small"}  # set from the command
 LGMI_TRAINING: dict = {"steps": 500, "preset": "small"}  # set from the command line
 CIRS_TRAINING: dict = {"steps": 500, "preset": "small"}  # set from the command line
 _TRAINING = {"lgmi": LGMI_TRAINING, "cirs": CIRS_TRAINING}
+ENSEMBLE: dict = {"members": 1}  # every learned method: networks averaged (geoseg.models.ensemble)
 
 
 REFINED = "+sp"  # a learned method's variant segmented with --refine superpixels
@@ -338,10 +339,10 @@ def _learned(
                 progress=False,
             )
             if method == "iic":
-                config = TrainConfig(k=split.k, k_a=split.k * 4, seed=seed, **IIC_TRAINING)
+                config = TrainConfig(k=split.k, k_a=split.k * 4, seed=seed, **IIC_TRAINING, **ENSEMBLE)
             else:
                 config = TrainConfig(
-                    method=method, k=split.k, seed=seed, **_TRAINING.get(method, PICIE_TRAINING)
+                    method=method, k=split.k, seed=seed, **_TRAINING.get(method, PICIE_TRAINING), **ENSEMBLE
                 )
             train(store, bundle, config, progress=False)
         written = {}
@@ -523,6 +524,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--iic-lamb", type=float, default=1.0, help="IIC's lambda (both heads): < 1 allows uneven clusters"
     )
+    parser.add_argument(
+        "--members",
+        type=int,
+        default=1,
+        help="learned methods: train this many seeds (seed*N+i) and average them (geoseg train --members)",
+    )
     parser.add_argument("--picie-steps", type=int, default=500, help="PiCIE training steps per run")
     parser.add_argument("--picie-lr", type=float, default=1e-3)
     parser.add_argument("--picie-batch-size", type=int, default=8)
@@ -591,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lamb_b=args.iic_lamb,
     )
     IIC_INGEST.update(patch_size=args.iic_patch, scale=args.iic_scale)
+    ENSEMBLE.update(members=args.members)
     PICIE_TRAINING.update(
         steps=args.picie_steps,
         preset=args.picie_preset,
