@@ -28,7 +28,7 @@ import pystac
 from geoseg.errors import InputError
 from geoseg.io.fileio import sha256_file
 from geoseg.io.outputs import OUTPUT_ASSETS, WEIGHTS_MEDIA_TYPE, ZARR_MEDIA_TYPE
-from geoseg.stac.items import raster_item, run_folder, save_catalog
+from geoseg.stac.items import is_absolute_href, is_url, raster_item, run_folder, save_catalog
 
 __all__ = [
     "RUN_CATALOG_ID",
@@ -245,7 +245,7 @@ def _keep_known(item: pystac.Item, old: pystac.Item) -> None:
 def _local_file(asset: pystac.Asset) -> bool | None:
     """Whether the asset's local file exists; None for a URL or an href without a base."""
     href = asset.get_absolute_href()
-    return None if href is None or "://" in href else Path(href).exists()
+    return None if href is None or is_url(href) else Path(href).exists()
 
 
 def export_catalog(catalog_dir: str | Path, dest_dir: str | Path) -> Path:
@@ -290,7 +290,7 @@ def validate_run_catalog(catalog_dir: str | Path, check_assets: bool = True) -> 
         base = Path(obj.get_self_href() or "").parent
         for link in data.get("links", []):
             href = link["href"]
-            if "://" in href or href.startswith("/"):
+            if is_absolute_href(href):
                 raise InputError(f"{obj.id}: link {link['rel']} is not relative: {href}")
             if not (base / href).exists():
                 raise InputError(f"{obj.id}: link {link['rel']} points to a missing file: {href}")
@@ -307,7 +307,7 @@ def validate_run_catalog(catalog_dir: str | Path, check_assets: bool = True) -> 
 def _check_asset(what: str, href: str, base: Path, tree: Path | None) -> None:
     """An asset href of a run catalog: see :func:`validate_run_catalog` (``tree`` None: an
     exported catalog, relative hrefs not resolved)."""
-    absolute = "://" in href or href.startswith("/")
+    absolute = is_absolute_href(href)
     if tree is None:
         if absolute:
             raise InputError(f"{what} href is not relative: {href}")

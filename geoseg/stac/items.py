@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = [
     "classify",
     "href",
+    "is_absolute_href",
+    "is_url",
     "prediction_item",
     "raster_item",
     "run_folder",
@@ -68,11 +70,21 @@ def run_folder(output_dir: str | Path) -> Path:
     return Path(output_dir).resolve().parent
 
 
+def is_url(href: str | Path) -> bool:
+    """Whether ``href`` is a URL (``https://...``, ``s3://...``, ``file://...``), not a path."""
+    return "://" in str(href)
+
+
+def is_absolute_href(href: str) -> bool:
+    """Whether a STAC href is absolute: a URL or an absolute POSIX path."""
+    return is_url(href) or href.startswith("/")
+
+
 def href(target: str | Path, document: str | Path, tree: str | Path | None) -> str:
     """The href of ``target`` in the STAC document written at ``document``: relative to the
     document (``./x``, ``../x``, as pystac writes them) when ``target`` lies inside ``tree``
     (the run folder; None: everywhere), else its absolute path. A URL is kept as it is."""
-    if "://" in str(target):
+    if is_url(target):
         return str(target)
     target = Path(target).resolve()
     if tree is not None and not target.is_relative_to(Path(tree).resolve()):
