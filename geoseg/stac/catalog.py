@@ -26,7 +26,6 @@ from typing import Any
 import pystac
 
 from geoseg.errors import InputError
-from geoseg.io.fileio import sha256_file
 from geoseg.io.outputs import OUTPUT_ASSETS, WEIGHTS_MEDIA_TYPE, ZARR_MEDIA_TYPE
 from geoseg.stac.items import is_absolute_href, is_url, raster_item, run_folder, save_catalog
 
@@ -95,7 +94,7 @@ def model_item(bundle: str | Path, derived_from: Sequence[pystac.Item] | None = 
     ``derived_from`` defaults to the surveys of the training stores recorded in model.json
     (those whose rasters still exist); :func:`update_run_catalog` adds them with the model.
     """
-    from geoseg.models.bundle import META, WEIGHTS, load_meta
+    from geoseg.models.bundle import META, WEIGHTS, load_meta, model_id
 
     bundle = Path(bundle).resolve()
     meta = load_meta(bundle)
@@ -106,9 +105,8 @@ def model_item(bundle: str | Path, derived_from: Sequence[pystac.Item] | None = 
             for source in store.get("sources", [])
             if Path(source["path"]).is_file()
         ]
-    digest = sha256_file(bundle / WEIGHTS)
     item = pystac.Item(
-        id=f"model-{digest[:12]}",
+        id=model_id(bundle),
         geometry=None,
         bbox=None,
         datetime=_run_stamp(bundle / WEIGHTS),
@@ -156,7 +154,7 @@ def run_prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: 
     item.id = f"prediction-{source.id.removeprefix('survey-')}-{model.id}"
     item.properties[KIND] = "prediction"
     item.properties["title"] = Path(outputs["clusters"]).name
-    item.properties["geoseg:model"] = model.id  # segment wrote the bundle's absolute path
+    item.properties["geoseg:model"] = model.id  # segment wrote the bundle's href
     item.clear_links()
     for key, (media, roles) in _EXTRA_ASSETS.items():
         if outputs.get(key) and key not in item.assets and Path(outputs[key]).exists():

@@ -277,6 +277,9 @@ def save_item(item: pystac.Item, path: str | Path) -> Path:
     for link in item.links:
         if not link.is_resolved() and link.rel not in ("self", "root", "parent"):
             link.target = href(published_path(str(link.get_absolute_href())), final, tree)
+    model = item.properties.get("geoseg:model")
+    if model is not None and not is_url(model):  # the bundle: the same rule as the assets
+        item.properties["geoseg:model"] = href(model, final, tree)
     return write_json_atomic(path, item.to_dict(include_self_link=False))
 
 
