@@ -59,6 +59,7 @@ from geoseg.models.bundle import (
     clusters_to_tag,
     default_clusters,
     load_bundle,
+    model_id,
 )
 from geoseg.progress import Progress
 from geoseg.strips import CONFIDENCE_MAX, segment_into
@@ -195,7 +196,7 @@ def _write_outputs(
                 colormap={c.id: (*c.colour, 255) for c in clusters},
                 tags={
                     CLUSTERS_TAG: clusters_to_tag(clusters),
-                    "GEOSEG_MODEL": str(model_dir),
+                    "GEOSEG_MODEL": model_id(model_dir),
                     "GEOSEG_SOURCE": str(source),
                     "GEOSEG_PRECISION": config.precision,
                 },
@@ -312,6 +313,14 @@ def segment(
             ]
 
 
+def _model_id_or_none(model_dir: Path) -> str | None:
+    """The bundle's content id; None while it has no weights (loading it then says why)."""
+    try:
+        return model_id(model_dir)
+    except OSError:
+        return None
+
+
 def warn_other_models(sources: Sequence[Path], out_dir: Path, model_dir: Path) -> None:
     """Before work: one WARNING per other model whose outputs in ``out_dir`` this run replaces.
 
@@ -329,7 +338,12 @@ def warn_other_models(sources: Sequence[Path], out_dir: Path, model_dir: Path) -
                 made_by = src.tags().get("GEOSEG_MODEL")
         except InputError:
             continue  # unreadable: replaced like any earlier output of this stage
-        if made_by and Path(made_by).resolve() != model_dir.resolve():
+        # the model's content id; COGs written before it hold the bundle's absolute path
+        if (
+            made_by
+            and made_by != _model_id_or_none(model_dir)
+            and ("/" not in made_by or Path(made_by).resolve() != model_dir.resolve())
+        ):
             replaced.setdefault(made_by, []).append(clusters.name)
     for made_by, names in replaced.items():
         log.warning(

@@ -10,6 +10,7 @@ import pytest
 
 from geoseg.cli import main
 from geoseg.messages import plural
+from geoseg.models.bundle import model_id
 from tests.helpers import make_bundle, write_raster
 
 
@@ -64,7 +65,7 @@ def test_paths_geoseg_makes_absolute_are_printed_normalised(
     )
     with rasterio.open(tmp_path / "work" / "out" / "tile_clusters.tif") as src:
         tags = src.tags()
-    assert (tags["GEOSEG_SOURCE"], tags["GEOSEG_MODEL"]) == (str(tile), str(tmp_path / "rgb"))
+    assert (tags["GEOSEG_SOURCE"], tags["GEOSEG_MODEL"]) == (str(tile), model_id(tmp_path / "rgb"))
 
 
 def test_a_dot_dot_after_a_symbolic_link_is_not_collapsed(tmp_path: Path) -> None:

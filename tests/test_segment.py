@@ -25,7 +25,7 @@ from geoseg.cli import main
 from geoseg.config import SegmentConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.cog import create_raster, validate_cog
-from geoseg.models.bundle import default_clusters, load_bundle
+from geoseg.models.bundle import default_clusters, load_bundle, model_id
 from geoseg.segment import CONFIDENCE_MAX, NODATA, predict_probabilities, segment
 from tests.helpers import K, crop, make_bundle, write_raster
 
@@ -221,11 +221,11 @@ def test_outputs_of_another_model_are_replaced_with_a_warning_naming_it(
     (result,) = segment(other, [source], out, config, progress=False)
     (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
     assert warning.getMessage() == (
-        f"replacing the outputs of model {rgb_model.absolute()} in {out} (tiny_clusters.tif and "
+        f"replacing the outputs of model {model_id(rgb_model)} in {out} (tiny_clusters.tif and "
         f"their side files) with those of model {other.absolute()}"
     )
     with rasterio.open(result.clusters) as src:
-        assert src.tags()["GEOSEG_MODEL"] == str(other.absolute())
+        assert src.tags()["GEOSEG_MODEL"] == model_id(other)
 
 
 def test_spacenet_one_band_uint16(tmp_path: Path, shared_data: Path) -> None:
@@ -416,3 +416,23 @@ def test_an_error_mid_raster_is_a_line_of_its_own_after_the_bar(
     ]
     assert lines[-1].startswith("geoseg segment: error: unreadable or corrupt raster"), lines
     assert "previous exception" not in lines[-1]  # GDAL's own reason, not rasterio's pointer to it
+
+
+@pytest.mark.parametrize("inside", [True, False], ids=["model-in-run-folder", "model-elsewhere"])
+def test_model_provenance_names_no_machine_path(tmp_path: Path, inside: bool) -> None:
+    """The STAC item's ``geoseg:model`` follows the href rule (relative inside the run
+    folder, absolute outside); the COG's ``GEOSEG_MODEL`` tag is the model's content id
+    (the run catalog's model item id), never a path of this machine."""
+    run = tmp_path / "run"
+    model_home = run if inside else tmp_path / "elsewhere"
+    model = make_bundle(model_home / "model", ["red", "green", "blue"], "uint8", 110.0, 50.0)
+    rng = np.random.default_rng(2)
+    source = write_raster(tmp_path / "tiny.tif", rng.integers(0, 255, (3, 70, 90), dtype=np.uint8))
+    (result,) = segment(model, [source], run / "predictions", SegmentConfig(vectorize=False), progress=False)
+    item = json.loads(result.stac_item.read_text())
+    expected = "../model" if inside else str(model.resolve())
+    assert item["properties"]["geoseg:model"] == expected
+    with rasterio.open(result.clusters) as src:
+        tag = src.tags()["GEOSEG_MODEL"]
+    assert tag == model_id(model)
+    assert str(tmp_path) not in tag and "/" not in tag

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from geoseg import __version__
 from geoseg.errors import InputError
 from geoseg.iic.model import PRESET_WIDTH, Architecture, NormalisedNet
-from geoseg.io.fileio import atomic_path
+from geoseg.io.fileio import atomic_path, sha256_file
 from geoseg.io.style import StyleClass
 from geoseg.messages import plural
 
@@ -39,6 +39,7 @@ __all__ = [
     "default_clusters",
     "load_bundle",
     "load_meta",
+    "model_id",
     "save_bundle",
 ]
 
@@ -141,6 +142,13 @@ class ModelMeta:
         data = dict(data)
         data["clusters"] = [Cluster.from_dict(c) for c in data["clusters"]]
         return cls(**data)
+
+
+def model_id(bundle_dir: str | Path) -> str:
+    """A bundle's identity by content, ``model-`` and the first 12 hex digits of its weights'
+    sha256: the run catalog's model item id, and the cluster COG's ``GEOSEG_MODEL`` tag (the
+    same weights anywhere have the same id; no path of the machine that wrote it)."""
+    return f"model-{sha256_file(Path(bundle_dir) / WEIGHTS)[:12]}"
 
 
 def default_clusters(k: int) -> list[Cluster]:

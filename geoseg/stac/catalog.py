@@ -26,9 +26,8 @@ from typing import Any
 import pystac
 
 from geoseg.errors import InputError
-from geoseg.io.fileio import sha256_file
 from geoseg.io.outputs import OUTPUT_ASSETS, WEIGHTS_MEDIA_TYPE, ZARR_MEDIA_TYPE
-from geoseg.stac.items import raster_item, run_folder, save_catalog
+from geoseg.stac.items import is_absolute_href, is_url, raster_item, run_folder, save_catalog
 
 __all__ = [
     "RUN_CATALOG_ID",
@@ -95,7 +94,7 @@ def model_item(bundle: str | Path, derived_from: Sequence[pystac.Item] | None = 
     ``derived_from`` defaults to the surveys of the training stores recorded in model.json
     (those whose rasters still exist); :func:`update_run_catalog` adds them with the model.
     """
-    from geoseg.models.bundle import META, WEIGHTS, load_meta
+    from geoseg.models.bundle import META, WEIGHTS, load_meta, model_id
 
     bundle = Path(bundle).resolve()
     meta = load_meta(bundle)
@@ -106,9 +105,8 @@ def model_item(bundle: str | Path, derived_from: Sequence[pystac.Item] | None = 
             for source in store.get("sources", [])
             if Path(source["path"]).is_file()
         ]
-    digest = sha256_file(bundle / WEIGHTS)
     item = pystac.Item(
-        id=f"model-{digest[:12]}",
+        id=model_id(bundle),
         geometry=None,
         bbox=None,
         datetime=_run_stamp(bundle / WEIGHTS),
@@ -156,7 +154,7 @@ def run_prediction_item(outputs: Mapping[str, Any], source: pystac.Item, model: 
     item.id = f"prediction-{source.id.removeprefix('survey-')}-{model.id}"
     item.properties[KIND] = "prediction"
     item.properties["title"] = Path(outputs["clusters"]).name
-    item.properties["geoseg:model"] = model.id  # segment wrote the bundle's absolute path
+    item.properties["geoseg:model"] = model.id  # segment wrote the bundle's href
     item.clear_links()
     for key, (media, roles) in _EXTRA_ASSETS.items():
         if outputs.get(key) and key not in item.assets and Path(outputs[key]).exists():
@@ -245,7 +243,7 @@ def _keep_known(item: pystac.Item, old: pystac.Item) -> None:
 def _local_file(asset: pystac.Asset) -> bool | None:
     """Whether the asset's local file exists; None for a URL or an href without a base."""
     href = asset.get_absolute_href()
-    return None if href is None or "://" in href else Path(href).exists()
+    return None if href is None or is_url(href) else Path(href).exists()
 
 
 def export_catalog(catalog_dir: str | Path, dest_dir: str | Path) -> Path:
@@ -290,7 +288,7 @@ def validate_run_catalog(catalog_dir: str | Path, check_assets: bool = True) -> 
         base = Path(obj.get_self_href() or "").parent
         for link in data.get("links", []):
             href = link["href"]
-            if "://" in href or href.startswith("/"):
+            if is_absolute_href(href):
                 raise InputError(f"{obj.id}: link {link['rel']} is not relative: {href}")
             if not (base / href).exists():
                 raise InputError(f"{obj.id}: link {link['rel']} points to a missing file: {href}")
@@ -307,7 +305,7 @@ def validate_run_catalog(catalog_dir: str | Path, check_assets: bool = True) -> 
 def _check_asset(what: str, href: str, base: Path, tree: Path | None) -> None:
     """An asset href of a run catalog: see :func:`validate_run_catalog` (``tree`` None: an
     exported catalog, relative hrefs not resolved)."""
-    absolute = "://" in href or href.startswith("/")
+    absolute = is_absolute_href(href)
     if tree is None:
         if absolute:
             raise InputError(f"{what} href is not relative: {href}")

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = [
     "classify",
     "href",
+    "is_absolute_href",
+    "is_url",
     "prediction_item",
     "raster_item",
     "run_folder",
@@ -68,11 +70,21 @@ def run_folder(output_dir: str | Path) -> Path:
     return Path(output_dir).resolve().parent
 
 
+def is_url(href: str | Path) -> bool:
+    """Whether ``href`` is a URL (``https://...``, ``s3://...``, ``file://...``), not a path."""
+    return "://" in str(href)
+
+
+def is_absolute_href(href: str) -> bool:
+    """Whether a STAC href is absolute: a URL or an absolute POSIX path."""
+    return is_url(href) or href.startswith("/")
+
+
 def href(target: str | Path, document: str | Path, tree: str | Path | None) -> str:
     """The href of ``target`` in the STAC document written at ``document``: relative to the
     document (``./x``, ``../x``, as pystac writes them) when ``target`` lies inside ``tree``
     (the run folder; None: everywhere), else its absolute path. A URL is kept as it is."""
-    if "://" in str(target):
+    if is_url(target):
         return str(target)
     target = Path(target).resolve()
     if tree is not None and not target.is_relative_to(Path(tree).resolve()):
@@ -265,6 +277,9 @@ def save_item(item: pystac.Item, path: str | Path) -> Path:
     for link in item.links:
         if not link.is_resolved() and link.rel not in ("self", "root", "parent"):
             link.target = href(published_path(str(link.get_absolute_href())), final, tree)
+    model = item.properties.get("geoseg:model")
+    if model is not None and not is_url(model):  # the bundle: the same rule as the assets
+        item.properties["geoseg:model"] = href(model, final, tree)
     return write_json_atomic(path, item.to_dict(include_self_link=False))
 
 
