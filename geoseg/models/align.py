@@ -151,6 +151,11 @@ def permute_head_b(model: NormalisedNet, perm: Sequence[int], subhead: int = 0) 
     sub-heads (if any) are independent clusterings and are left as trained. A method whose
     clusters are not a head's channels (PiCIE: centroids) reorders them itself.
     """
+    members = getattr(model, "members", None)  # an ensemble (geoseg.models.ensemble_net): each member
+    if isinstance(members, nn.ModuleList):
+        for member in members:
+            permute_head_b(cast(NormalisedNet, member), perm, subhead)
+        return
     permute_clusters = getattr(model, "permute_clusters", None)
     if permute_clusters is not None:
         permute_clusters(list(perm))

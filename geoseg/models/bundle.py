@@ -294,7 +294,7 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> t
         members = meta.member_architectures
         model: NormalisedNet
         if members:
-            from geoseg.models.ensemble import EnsembleNet
+            from geoseg.models.ensemble_net import EnsembleNet
 
             model = EnsembleNet([method.network_from_architecture(a) for a in members])
         else:

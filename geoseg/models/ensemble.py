@@ -18,54 +18,18 @@ import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
-
-import torch
-from torch import nn
+from typing import Any
 
 from geoseg.config import AlignConfig
 from geoseg.errors import InputError
 from geoseg.iic.model import NormalisedNet
 from geoseg.io.fileio import sha256_file
-from geoseg.models.align import align_clusters, permute_head_b
+from geoseg.models.align import align_clusters
 from geoseg.models.bundle import MEMBERS, WEIGHTS, Cluster, load_bundle, save_bundle
+from geoseg.models.ensemble_net import EnsembleNet
 from geoseg.progress import Progress
 
 __all__ = ["EnsembleNet", "combine"]
-
-
-class EnsembleNet(NormalisedNet):
-    """Members' mean head-B probabilities (sub-head 0, the one segmentation uses).
-
-    ``arch`` and ``trunk`` are the first member's: every member has the same architecture
-    (so the same receptive field, stride and bands), which :func:`combine` checks.
-    """
-
-    def __init__(self, members: Sequence[NormalisedNet]) -> None:
-        if len(members) < 2:
-            raise ValueError(f"an ensemble needs at least two members, got {len(members)}")
-        super().__init__(members[0].arch.in_channels)
-        self.members = nn.ModuleList(members)
-        self.arch = members[0].arch
-        self.input_mean.copy_(members[0].input_mean)
-        self.input_std.copy_(members[0].input_std)
-
-    @property
-    def trunk(self) -> nn.Module:  # type: ignore[override]
-        return cast(NormalisedNet, self.members[0]).trunk
-
-    def forward(self, x: torch.Tensor, heads: str = "b") -> dict[str, list[torch.Tensor]]:
-        if heads != "b":
-            raise ValueError("an ensemble predicts head B only (its members' other heads are not aligned)")
-        total = self.members[0](x, heads="b")["b"][0]
-        for member in self.members[1:]:
-            total = total + member(x, heads="b")["b"][0]
-        return {"b": [total / len(self.members)]}
-
-    def permute_clusters(self, perm: list[int]) -> None:
-        """Give every member's trained channel i the id perm[i] (cross-version alignment)."""
-        for member in self.members:
-            permute_head_b(cast(NormalisedNet, member), perm)
 
 
 def combine(

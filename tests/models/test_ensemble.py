@@ -14,7 +14,8 @@ from geoseg.ingest import ingest
 from geoseg.io.fileio import sha256_file
 from geoseg.models.align import align_clusters
 from geoseg.models.bundle import load_bundle, load_meta
-from geoseg.models.ensemble import EnsembleNet, combine
+from geoseg.models.ensemble import combine
+from geoseg.models.ensemble_net import EnsembleNet
 from geoseg.train import train, work_dir
 from tests.helpers import OLD_CLUSTERS, K, make_spread_bundle, permuted_copy, predict, reference_tiles
 
