@@ -329,6 +329,7 @@ def warn_other_models(sources: Sequence[Path], out_dir: Path, model_dir: Path) -
     running two models into one folder is told which files of which model go.
     """
     replaced: dict[str, list[str]] = {}
+    this_model = _model_id_or_none(model_dir)
     for source in sources:
         clusters = outputs.clusters_path(source, out_dir)
         if clusters.name not in owned_by_set(out_dir, source.stem, STAGE) or not clusters.is_file():
@@ -341,7 +342,7 @@ def warn_other_models(sources: Sequence[Path], out_dir: Path, model_dir: Path) -
         # the model's content id; COGs written before it hold the bundle's absolute path
         if (
             made_by
-            and made_by != _model_id_or_none(model_dir)
+            and made_by != this_model
             and ("/" not in made_by or Path(made_by).resolve() != model_dir.resolve())
         ):
             replaced.setdefault(made_by, []).append(clusters.name)

@@ -165,6 +165,10 @@ def train(
         return _train(store, out, config, progress, overwrite)
 
 
+def _store_paths(store: str | Path | Sequence[str | Path]) -> list[Path]:
+    return [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
+
+
 def member_seed(config: TrainConfig, member: int) -> int:
     """Member ``member``'s seed: seeds of different ensemble seeds never overlap."""
     return config.seed * config.members + member
@@ -181,7 +185,7 @@ def _train_ensemble(
     ``<out>.work/members``, then combined into one bundle (geoseg.models.ensemble)."""
     from geoseg.models.ensemble import combine
 
-    stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
+    stores = _store_paths(store)
     folder = work_dir(out) / "members"
     named = _bundle_clusters(out, config.k) if folder.is_dir() else None  # a resumed run's names
     bundles = []
@@ -224,7 +228,7 @@ def _train(
     overwrite: bool,
     member: tuple[int, int] | None = None,
 ) -> Path:
-    stores = [Path(store)] if isinstance(store, str | Path) else [Path(s) for s in store]
+    stores = _store_paths(store)
     dataset = PatchDataset(stores)
     meta0 = dataset.metas[0]
     # Data-parallel under torchrun (WORLD_SIZE > 1): see geoseg.iic.distributed.

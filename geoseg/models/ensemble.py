@@ -25,7 +25,7 @@ from geoseg.errors import InputError
 from geoseg.iic.model import NormalisedNet
 from geoseg.io.fileio import sha256_file
 from geoseg.models.align import align_clusters
-from geoseg.models.bundle import MEMBERS, WEIGHTS, Cluster, load_bundle, save_bundle
+from geoseg.models.bundle import MEMBERS, WEIGHTS, Cluster, load_bundle, load_meta, save_bundle
 from geoseg.models.ensemble_net import EnsembleNet
 from geoseg.progress import Progress
 
@@ -60,7 +60,7 @@ def combine(
     records = [_member_record(paths[0], meta, None)]
     with tempfile.TemporaryDirectory(prefix=".ensemble-", dir=Path(out).parent) as tmp:
         for i, path in enumerate(paths[1:], start=1):
-            other = load_bundle(path)[1]
+            other = load_meta(path)
             _check_same(paths[0], meta, path, other)
             aligned = Path(tmp) / f"member{i}"
             result = align_clusters(path, paths[0], reference, aligned, config, progress)
