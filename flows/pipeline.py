@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,10 @@ def run_demo(out: str | Path, src: str | Path | None = None, **overrides: Any) -
     environment: the flow's Dask workers are other processes, and a task there without an
     API URL would start a second temporary server of its own. The server gets 180 s to
     start (Prefect's default of 20 s is too little on a busy 2-core machine) unless the
-    user set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.
+    user set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS. Its database is a temporary
+    file, removed with the server, unless the user set PREFECT_SERVER_DATABASE_CONNECTION_URL:
+    in PREFECT_HOME (``~/.prefect/prefect.db``) it would be the database of the user's own
+    ``make server`` too, written by two servers at once.
     """
     from geoseg.demo import demo_parameters, describe
 
@@ -167,8 +171,9 @@ def _api_server() -> Iterator[None]:
     if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
         timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
     server = SubprocessASGIServer()
-    with _prefect_info_off():  # its two-line banner ("See https://...") and the stop line
-        server.start(timeout=timeout)
+    database = tempfile.TemporaryDirectory(prefix="geoseg-demo-prefect-")
+    with _prefect_info_off(), _server_database(Path(database.name) / "prefect.db"):
+        server.start(timeout=timeout)  # its two-line banner ("See https://...") off
     log.info(
         "a temporary Prefect server for this run on %s (set PREFECT_API_URL to use yours)", server.address
     )
@@ -187,6 +192,21 @@ def _api_server() -> Iterator[None]:
             os.environ["PREFECT_API_URL"] = before
         with _prefect_info_off():
             server.stop()
+        database.cleanup()
+
+
+@contextlib.contextmanager
+def _server_database(path: Path) -> Iterator[None]:
+    """The database of a server started in the block: ``path``, unless the user chose one."""
+    names = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
+    if any(name in os.environ for name in names):
+        yield
+        return
+    os.environ[names[0]] = f"sqlite+aiosqlite:///{path}"
+    try:
+        yield
+    finally:
+        os.environ.pop(names[0], None)
 
 
 @contextlib.contextmanager

@@ -18,22 +18,25 @@ Environment variables (read when a flow starts, so a worker's environment decide
 
 Every flow is decorated with :func:`logs_user_errors` (under ``@flow``): a run that fails
 on an error the user can fix logs its one line, the one ``geoseg STAGE`` prints, through
-the run's logger before it fails, so the Prefect UI and ``prefect deployment run ...
---watch`` show why, not only "Failed".
+the run's logger and fails with that line as its state message, so the Prefect UI and
+``prefect deployment run ... --watch`` show why, not only "Failed", and no traceback of the
+user's mistake follows it; tasks take :func:`quiet_user_errors` (the flow logs the line).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from prefect import get_run_logger
+from prefect.states import Failed
 
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.fileio import user_error_message
@@ -83,20 +86,60 @@ class FlowSettings:
 
 def logs_user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """The flow function, logging a user error's one line (:func:`geoseg.io.fileio.user_error_message`)
-    at ERROR through the run logger before the exception fails the run; a bug is left to
-    Prefect's traceback. Goes between ``@flow`` and the function (signature and docstring kept)."""
+    at ERROR through the run logger and failing the run with that line as its state message;
+    a bug is left to Prefect's traceback. Goes between ``@flow`` and the function (signature
+    and docstring kept)."""
+    return _fails_on_user_errors(fn, log_line=True)
 
+
+def quiet_user_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """The task function, failing its run on a user error with the one line as the state
+    message and no traceback; the flow that resolves it logs the line (once). Goes between
+    ``@task`` and the function."""
+    return _fails_on_user_errors(fn, log_line=False)
+
+
+def _fails_on_user_errors(fn: Callable[P, R], log_line: bool) -> Callable[P, R]:
+    # A returned Failed state instead of a raised exception: Prefect logs no traceback of
+    # the user's mistake after its line (`prefect deployment run ... --watch` showed one), and
+    # calling the flow or resolving the task still raises the exception (the state's data).
     @functools.wraps(fn)
-    def flow_body(*args: P.args, **kwargs: P.kwargs) -> R:
+    def body(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
             message = user_error_message(exc)
-            if message is not None:
+            if message is None:
+                raise
+            if log_line:
                 get_run_logger().error("%s", message)
-            raise
+            return cast(R, Failed(message=message, data=exc))
 
-    return flow_body
+    return body
+
+
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Drops the traceback from Prefect's run-logger records of a user error: the engine of a
+    deployment run logs the exception of a failed run once more, traceback included, after
+    the flow's one line (:func:`logs_user_errors`); a bug keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and user_error_message(exc) is not None:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def hide_user_error_tracebacks() -> None:
+    """Install :class:`_UserErrorsWithoutTraceback` on Prefect's flow- and task-run loggers
+    (once per process: this module's import does it, in the flow run and on Dask workers)."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _UserErrorsWithoutTraceback) for f in logger.filters):
+            logger.addFilter(_UserErrorsWithoutTraceback())
+
+
+hide_user_error_tracebacks()
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

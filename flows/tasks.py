@@ -32,6 +32,7 @@ from prefect.states import State
 from prefect.utilities.hashing import hash_objects
 
 from flows.runner import library_dask
+from flows.settings import quiet_user_errors
 from geoseg import __version__
 from geoseg.errors import GeosegError
 from geoseg.io.fileio import sha256_file
@@ -200,6 +201,7 @@ def _as_paths(obj: Any) -> Any:
 
 
 @task(name="ingest", cache_policy=CACHE_POLICY, **_IO)
+@quiet_user_errors
 def ingest_task(
     sources: list[str],
     out: str,
@@ -228,6 +230,7 @@ def ingest_task(
 
 
 @task(name="train", cache_policy=CACHE_POLICY, **_COMPUTE)
+@quiet_user_errors
 def train_task(stores: list[str], out: str, config: dict[str, Any]) -> str:
     """Train IIC; the device is declared in the log and in model.json: GPU when present."""
     from geoseg.config import TrainConfig
@@ -243,6 +246,7 @@ def train_task(stores: list[str], out: str, config: dict[str, Any]) -> str:
 
 
 @task(name="segment", cache_policy=CACHE_POLICY, **_IO)
+@quiet_user_errors
 def segment_task(model: str, source: str, out_dir: str, config: dict[str, Any]) -> dict[str, Any]:
     """Cluster and confidence COGs (+ QML, preview) of one source raster; a raster taller than
     ``band_rows`` is segmented in row bands on the flow's Dask cluster."""
@@ -256,6 +260,7 @@ def segment_task(model: str, source: str, out_dir: str, config: dict[str, Any]) 
 
 
 @task(name="vectorize", cache_policy=CACHE_POLICY, **_IO)
+@quiet_user_errors
 def vectorize_task(clusters: str, config: dict[str, Any]) -> str:
     """Polygons of a cluster COG (``<stem>_polygons.gpkg`` beside it, the cluster names the COG
     carries), with every setting of a :class:`~geoseg.config.VectorizeConfig`, block-parallel
@@ -269,6 +274,7 @@ def vectorize_task(clusters: str, config: dict[str, Any]) -> str:
 
 
 @task(name="evaluate", cache_policy=CACHE_POLICY, **_IO)
+@quiet_user_errors
 def evaluate_task(
     predictions: list[str],
     labels: list[str],
@@ -289,6 +295,7 @@ def evaluate_task(
 
 
 @task(name="find-surveys", **_IO)
+@quiet_user_errors
 def find_surveys_task(catalog: str, registry: str, since: str | None = None) -> list[dict[str, Any]]:
     """Survey items added since the promoted model (paths as strings)."""
     from geoseg.models.registry import new_surveys
@@ -297,6 +304,7 @@ def find_surveys_task(catalog: str, registry: str, since: str | None = None) -> 
 
 
 @task(name="align", **_COMPUTE)
+@quiet_user_errors
 def align_task(
     model: str, previous: str, reference: list[str], out: str, config: dict[str, Any]
 ) -> dict[str, Any]:
@@ -311,6 +319,7 @@ def align_task(
 
 
 @task(name="register-and-promote", **_COMPUTE)
+@quiet_user_errors
 def register_task(
     bundle: str, registry: str, previous: str | None, config: dict[str, Any], reference: list[str]
 ) -> dict[str, Any]:

@@ -135,15 +135,18 @@ def segment_raster(
     config: SegmentConfig,
     progress: Progress = True,
     client: Client | None = None,
+    model_tag: str | None = None,
 ) -> SegmentResult:
-    """Segment one raster with a loaded model; see :func:`segment`.
+    """Segment one raster with a loaded model; see :func:`segment`. ``model_tag``: the
+    bundle's :func:`~geoseg.models.bundle.model_id` when the caller has it (it hashes the weights).
 
     Every output is written into a staging folder and the set is published together,
     its manifest last (:func:`geoseg.io.fileio.output_set`): a killed or failed run never
     leaves new and old outputs of one source side by side as if they were one result.
     """
     with output_set(out_dir, source.stem, STAGE) as staging:
-        staged = _write_outputs(model, meta, model_dir, source, staging, config, progress, client)
+        tag = model_tag or model_id(model_dir)
+        staged = _write_outputs(model, meta, model_dir, tag, source, staging, config, progress, client)
     result = _published(staged, out_dir)
     if result.gpkg is not None and result.polygons is not None:
         from geoseg.vectorize import log_polygons
@@ -166,6 +169,7 @@ def _write_outputs(
     model: NormalisedNet,
     meta: ModelMeta,
     model_dir: Path,
+    model_tag: str,
     source: Path,
     out_dir: Path,
     config: SegmentConfig,
@@ -196,7 +200,7 @@ def _write_outputs(
                 colormap={c.id: (*c.colour, 255) for c in clusters},
                 tags={
                     CLUSTERS_TAG: clusters_to_tag(clusters),
-                    "GEOSEG_MODEL": model_id(model_dir),
+                    "GEOSEG_MODEL": model_tag,
                     "GEOSEG_SOURCE": str(source),
                     "GEOSEG_PRECISION": config.precision,
                 },
@@ -298,7 +302,8 @@ def segment(
         if not path.is_file():
             raise InputError(f"source not found: {path}")
     check_outputs(paths, out_dir, overwrite, config.vectorize)
-    warn_other_models(paths, out_dir, model_dir)
+    this_model = _model_id_or_none(model_dir)  # hashed once per call, not per raster
+    warn_other_models(paths, out_dir, model_dir, this_model)
     from geoseg.distributed import connect
 
     # A failed run leaves no empty out_dir behind that it created itself; an address that
@@ -308,7 +313,7 @@ def segment(
         model = for_inference(model)
         with locked(out_dir, "segment output folder"):
             return [
-                segment_raster(model, meta, model_dir, path, out_dir, config, progress, client)
+                segment_raster(model, meta, model_dir, path, out_dir, config, progress, client, this_model)
                 for path in paths
             ]
 
@@ -321,7 +326,9 @@ def _model_id_or_none(model_dir: Path) -> str | None:
         return None
 
 
-def warn_other_models(sources: Sequence[Path], out_dir: Path, model_dir: Path) -> None:
+def warn_other_models(
+    sources: Sequence[Path], out_dir: Path, model_dir: Path, this_model: str | None = None
+) -> None:
     """Before work: one WARNING per other model whose outputs in ``out_dir`` this run replaces.
 
     Segment's own earlier outputs are replaced without ``--overwrite`` (its manifest lists
@@ -329,7 +336,7 @@ def warn_other_models(sources: Sequence[Path], out_dir: Path, model_dir: Path) -
     running two models into one folder is told which files of which model go.
     """
     replaced: dict[str, list[str]] = {}
-    this_model = _model_id_or_none(model_dir)
+    this_model = this_model or _model_id_or_none(model_dir)
     for source in sources:
         clusters = outputs.clusters_path(source, out_dir)
         if clusters.name not in owned_by_set(out_dir, source.stem, STAGE) or not clusters.is_file():

@@ -56,7 +56,7 @@ from geoseg.baseline import (
 from geoseg.config import BaselineConfig, SuperpixelConfig
 from geoseg.errors import InputError
 from geoseg.io.cog import GDAL_CACHE_BYTES, create_raster, tiled_profile
-from geoseg.io.fileio import superpixel_labels_intermediate, tiled_intermediate, write_json_atomic
+from geoseg.io.fileio import content_id, superpixel_labels_intermediate, tiled_intermediate, write_json_atomic
 from geoseg.io.outputs import NODATA
 from geoseg.io.sources import open_dataset
 from geoseg.messages import plural
@@ -523,7 +523,12 @@ def check_sources(paths: Sequence[Path], config: SuperpixelConfig, n_bands: int 
 
 
 def _paint(
-    segmented: SegmentedRaster, ids: np.ndarray, out_path: Path, colours: list, model_path: Path
+    segmented: SegmentedRaster,
+    ids: np.ndarray,
+    out_path: Path,
+    colours: list,
+    model_path: Path,
+    model_tag: str,
 ) -> Path:
     """Cluster COG of one raster: each segment's id, 255 where no segment; styles, preview, STAC."""
     assert segmented.labels_path is not None
@@ -537,7 +542,7 @@ def _paint(
             with create_raster(tmp, profile) as dst:
                 for _, window in labels.block_windows(1):
                     dst.write(lut[labels.read(1, window=window)], 1, window=window)
-        tags = {"GEOSEG_MODEL": str(model_path), "GEOSEG_SOURCE": str(segmented.source)}
+        tags = {"GEOSEG_MODEL": model_tag, "GEOSEG_SOURCE": str(segmented.source)}
         cluster_cog(tmp, out_path, colours, tags)
     finally:
         tmp.unlink(missing_ok=True)
@@ -551,9 +556,10 @@ def _write_all(
 ) -> list[Path]:
     """One published output set per raster (geoseg.io.fileio.output_set, as the other baselines)."""
     colours = _colours(model.k)
+    tag = content_id(model_path)  # as segment's tag: the model by content, not its path
 
     def painter(s: SegmentedRaster) -> Callable[[Path], Path]:
-        return lambda target: _paint(s, model.predict(s.features), target, colours, model_path)
+        return lambda target: _paint(s, model.predict(s.features), target, colours, model_path, tag)
 
     return [_publish(s.source, out, painter(s)) for s in segmented]
 

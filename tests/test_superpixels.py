@@ -27,7 +27,7 @@ from geoseg.config import SuperpixelConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.io import outputs
 from geoseg.io.cog import validate_cog
-from geoseg.io.fileio import clean_leftovers
+from geoseg.io.fileio import clean_leftovers, content_id
 from geoseg.superpixels import (
     MODEL_NAME,
     PREDICT_SEGMENTS,
@@ -278,6 +278,8 @@ def test_ids_are_shared_across_rasters_and_outputs_are_complete(tmp_path: Path) 
     with rasterio.open(out_a) as ds:
         assert ds.nodata == 255 and ds.crs == CRS.from_epsg(2056) and ds.transform == TRANSFORM
         assert ds.colormap(1)[0] != ds.colormap(1)[1]
+        # provenance by content, as segment's: no path of this machine in the file
+        assert ds.tags()["GEOSEG_MODEL"] == content_id(tmp_path / "out" / MODEL_NAME)
     assert 'type="paletted"' in out_a.with_suffix(".qml").read_text()
     assert outputs.preview_path(out_a).is_file()
     item_path = tmp_path / "out" / "a_prediction.json"

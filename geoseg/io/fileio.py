@@ -48,6 +48,7 @@ __all__ = [
     "claim_file",
     "claim_folder",
     "clean_leftovers",
+    "content_id",
     "describe_os_error",
     "locked",
     "made_for_the_run",
@@ -99,6 +100,12 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while block := handle.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()
+
+
+def content_id(path: str | Path, prefix: str = "model") -> str:
+    """A file's identity by content, ``PREFIX-`` and the first 12 hex digits of its sha256:
+    the same file anywhere has the same id, and no path of the machine that wrote it."""
+    return f"{prefix}-{sha256_file(path)[:12]}"
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from geoseg import __version__
 from geoseg.errors import InputError
 from geoseg.iic.model import PRESET_WIDTH, Architecture, NormalisedNet
-from geoseg.io.fileio import atomic_path, sha256_file
+from geoseg.io.fileio import atomic_path, content_id
 from geoseg.io.style import StyleClass
 from geoseg.messages import plural
 
@@ -148,7 +148,7 @@ def model_id(bundle_dir: str | Path) -> str:
     """A bundle's identity by content, ``model-`` and the first 12 hex digits of its weights'
     sha256: the run catalog's model item id, and the cluster COG's ``GEOSEG_MODEL`` tag (the
     same weights anywhere have the same id; no path of the machine that wrote it)."""
-    return f"model-{sha256_file(Path(bundle_dir) / WEIGHTS)[:12]}"
+    return content_id(Path(bundle_dir) / WEIGHTS)
 
 
 def default_clusters(k: int) -> list[Cluster]:

@@ -127,6 +127,8 @@ def test_demo_console_is_quiet_and_says_what_it_does(tmp_path: Path) -> None:
     assert re.search(r"segment scene\.tif: \d+/\d+ win \(100%\)", console), console
     assert "geoseg demo finished: run folder" in console
     assert len(console.splitlines()) <= 50, console
+    # The temporary server had a database of its own: not the user's server's in PREFECT_HOME.
+    assert not list((tmp_path / "prefect-home").glob("*.db")), list((tmp_path / "prefect-home").iterdir())
 
 
 def test_verbose_brings_dask_logs_back() -> None:

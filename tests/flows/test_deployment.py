@@ -223,6 +223,7 @@ def test_readme_order_server_worker_deploy_then_pipeline_and_segment_runs(
     watched = _run_deployment(env, "segment/local", bad, worker_log, fails=True)
     own_line = rf"^▪ .* [0-9a-f]{{12}} {re.escape(f'src not found: {missing}')}$"
     assert re.search(own_line, watched, re.MULTILINE), watched[-3000:]
+    assert "Traceback" not in watched, watched[-3000:]  # the line, not Prefect's traceback after it
     # Quiet runs: no analytics attempt by the server, no Dask INFO lines in the flow runs' output
     # (the process worker streams it into its log), but the training's progress lines.
     assert "telemetry" not in (tmp_path / "server.log").read_text().lower()

@@ -230,7 +230,8 @@ def _flow_run_logs(state) -> list:  # type: ignore[no-untyped-def]
 
 def test_every_flow_logs_the_users_error_line_before_it_fails(prefect_harness: None, tmp_path: Path) -> None:
     """A failed deployment run showed only "Failed": each flow logs the line ``geoseg STAGE``
-    prints (the library's message) at ERROR through the run logger, once, before failing."""
+    prints (the library's message) at ERROR through the run logger, once, before failing,
+    and the run's state says it too; no traceback of the user's mistake follows the line."""
     from flows.ingest import ingest_flow
     from flows.pipeline import pipeline_flow
     from flows.retrain import retrain_flow
@@ -254,8 +255,11 @@ def test_every_flow_logs_the_users_error_line_before_it_fails(prefect_harness: N
         assert state.is_failed(), flow_name
         what = {"train": "store", "retrain": "catalog"}.get(flow_name, "src")
         line = f"{what} not found: {missing}"
-        errors = [log.message for log in _flow_run_logs(state) if log.level >= 40]
+        logs = _flow_run_logs(state)
+        errors = [log.message for log in logs if log.level >= 40]
         assert errors.count(line) == 1, (flow_name, errors)
+        assert state.message == line, (flow_name, state.message)
+        assert not [log.message for log in logs if "Traceback" in log.message], flow_name
 
 
 def test_a_task_failing_on_a_user_error_fails_its_flow_with_the_line_logged(
@@ -276,5 +280,7 @@ def test_a_task_failing_on_a_user_error_fails_its_flow_with_the_line_logged(
     exc = state.result(raise_on_failure=False)
     line = user_error_message(exc)
     assert line is not None and str(not_a_bundle) in line
-    assert [log.message for log in _flow_run_logs(state) if log.level >= 40].count(line) == 1
+    logs = _flow_run_logs(state)
+    assert [log.message for log in logs if log.level >= 40].count(line) == 1
+    assert not [log.message for log in logs if "Traceback" in log.message]  # the task's neither
     assert user_error_message(ZeroDivisionError("a bug")) is None
