@@ -343,7 +343,8 @@ def test_a_rerun_removes_leftovers_of_dead_runs_only(bundle: Path, tile: Path, t
     for path in leftovers:
         path.write_bytes(b"half")
     (out / f".{tile.stem}.staging-{dead}").mkdir()
-    users = [out / f".notes-old-{dead}.txt", out / f".draft.tmp-{dead}.txt"]  # not names geoseg makes
+    users = [out / f".notes-old-{dead}.txt", out / f".notes-old-{dead}", out / f".draft.tmp-{dead}.txt"]
+    # ... not names geoseg makes (its words follow a dot: ``.X.old-PID``)
     for path in users:
         path.write_text("mine\n")
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])

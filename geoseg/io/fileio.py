@@ -73,9 +73,10 @@ LOCK_NAME = ".geoseg.lock"
 # Exactly the names geoseg makes: ``.X.tmp-PID`` / ``.X.old-PID`` / ``.X.staging-PID``,
 # ``.X.tiled-PID.tif`` (tiled_intermediate), ``.X.superpixels-I-PID.tif``
 # (superpixel_labels_intermediate), and ``.X.ext.tmp-PID.ext`` (atomic_path keeps the
-# target's extension, repeated): a user's ``.notes-old-2024.txt`` is not one of them.
+# target's extension, repeated): a user's ``.notes-old-2024.txt`` or ``.notes-old-2024`` is
+# not one of them (the word always follows a dot).
 _LEFTOVER = re.compile(
-    r"^\..*[.-](?:tmp|old|tiled|staging|superpixels-\d+)-(\d+)(?:\.tif)?$|^\..*(\.\w+)\.tmp-(\d+)\2$"
+    r"^\..*\.(?:tmp|old|tiled|staging|superpixels-\d+)-(\d+)(?:\.tif)?$|^\..*(\.\w+)\.tmp-(\d+)\2$"
 )
 
 
