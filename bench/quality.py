@@ -525,6 +525,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--iic-lamb", type=float, default=1.0, help="IIC's lambda (both heads): < 1 allows uneven clusters"
     )
     parser.add_argument(
+        "--iic-jitter", type=float, default=0.4, help="IIC's colour jitter strength on RGB bands (TrainConfig.jitter)"
+    )
+    parser.add_argument(
         "--members",
         type=int,
         default=1,
@@ -596,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         subheads=args.iic_subheads,
         lamb_a=args.iic_lamb,
         lamb_b=args.iic_lamb,
+        jitter=args.iic_jitter,
     )
     IIC_INGEST.update(patch_size=args.iic_patch, scale=args.iic_scale)
     ENSEMBLE.update(members=args.members)
@@ -670,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             f"IIC: IngestConfig(patch_size={args.iic_patch}, scale={args.iic_scale}); TrainConfig(k = classes, "
             f"k_a = 4k, steps={args.iic_steps}, preset={args.iic_preset!r}, batch_size={args.iic_batch_size}, "
-            f"lr={args.iic_lr}, subheads={args.iic_subheads}, lambda={args.iic_lamb}, other settings default); SegmentConfig defaults (inference at the training "
+            f"lr={args.iic_lr}, subheads={args.iic_subheads}, lambda={args.iic_lamb}, jitter={args.iic_jitter}, other settings default); SegmentConfig defaults (inference at the training "
             "scale, output at the source resolution).",
         ]
     else:
