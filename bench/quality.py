@@ -525,7 +525,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--iic-lamb", type=float, default=1.0, help="IIC's lambda (both heads): < 1 allows uneven clusters"
     )
     parser.add_argument(
-        "--iic-jitter", type=float, default=0.4, help="IIC's colour jitter strength on RGB bands (TrainConfig.jitter)"
+        "--iic-jitter",
+        type=float,
+        default=0.4,
+        help="IIC's colour jitter strength on RGB bands (TrainConfig.jitter)",
     )
     parser.add_argument(
         "--members",
