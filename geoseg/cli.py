@@ -495,7 +495,7 @@ def _add_baseline(sub: argparse._SubParsersAction) -> None:
         ("random-net", "a randomly initialised IIC network (argmax of head B)"),
     ):
         m = methods.add_parser(name, help=text)
-        m.add_argument("src", nargs="+", type=Path, help="GeoTIFF/PNG/JPEG sources")
+        m.add_argument("src", nargs="+", type=Path, help="GeoTIFF/PNG/JPEG files or folders of them")
         m.add_argument("--k", type=int, required=True, help="number of clusters")
         m.add_argument("--out", required=True, type=Path, help="folder for <stem>_clusters.tif")
         m.add_argument("--bands", type=int, default=None, help="use the first N bands (alpha excluded)")
@@ -518,7 +518,7 @@ def _add_superpixels(methods: argparse._SubParsersAction) -> None:
     m = methods.add_parser(
         "superpixels", help="SLIC superpixels, then k-means on each segment's band statistics (OBIA)"
     )
-    m.add_argument("src", nargs="+", type=Path, help="GeoTIFF/PNG/JPEG sources")
+    m.add_argument("src", nargs="+", type=Path, help="GeoTIFF/PNG/JPEG files or folders of them")
     m.add_argument("--k", type=int, required=True, help="number of clusters")
     m.add_argument("--out", required=True, type=Path, help="folder for <stem>_clusters.tif + the model")
     m.add_argument("--size", type=int, default=d.size, help="superpixel side in pixels")
@@ -593,7 +593,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         "segment", help="segment rasters with a model: cluster + confidence COGs, styles, polygons"
     )
     p.add_argument("model", type=Path, help="model bundle folder (model.json + weights.safetensors)")
-    p.add_argument("src", nargs="+", type=Path, help="GeoTIFFs with the model's bands and dtype")
+    p.add_argument(
+        "src", nargs="+", type=Path,
+        help="GeoTIFFs (or a VRT mosaic) with the model's bands and dtype, folders of them, or STAC JSON",
+    )  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument(
         "--overlap",
