@@ -847,6 +847,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume = "; run the same command again to resume" if args.command in ("ingest", "train") else ""
         print(f"geoseg {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `geoseg model name ... | head`: the reader of the output left; the work is done (the
+        # paths are printed after it). Stop quietly, as `ls | head` does, with no traceback;
+        # stdout goes to /dev/null so that Python's flush at exit does not fail on it again.
+        if args.debug:
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status of a command a closed pipe stopped
     except Exception as exc:
         message = None if args.debug else user_error_message(exc, getattr(args, "out", None))
         if message is None:
