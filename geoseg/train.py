@@ -68,6 +68,7 @@ from geoseg.io.fileio import (
     check_writable,
     claim_folder,
     locked,
+    made_for_the_run,
     write_text_atomic,
 )
 from geoseg.messages import plural
@@ -159,7 +160,10 @@ def train(
     out = Path(out)
     check_output(out, overwrite)
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the lock for all
-    with locked(work_dir(out), "training folder") if rank0 else contextlib.nullcontext():
+    # A run that fails before its first checkpoint (no store, no CUDA, a full disk) leaves no
+    # empty <out>.work behind; one with a checkpoint in it keeps it, to resume.
+    lock = locked(work_dir(out), "training folder") if rank0 else contextlib.nullcontext()
+    with made_for_the_run(work_dir(out)), lock:
         if config.members > 1:
             return _train_ensemble(store, out, config, progress, overwrite)
         return _train(store, out, config, progress, overwrite)
