@@ -192,6 +192,12 @@ def test_train_refuses_a_foreign_folder_before_training(store: Path, tmp_path: P
     assert rc == 2 and str(precious) in line and "--overwrite" in line
     assert (precious / "thesis.txt").read_text() == "important\n" and (precious / "sub").is_dir()
     assert not work_dir(precious).exists()  # refused before any training started
+    # --overwrite, which the line names, deleted the folder and everything in it for the
+    # bundle: it replaces only a bundle (as ingest's --overwrite only a store)
+    rc, line = run_cli(capsys, "train", store, "--out", precious, "--steps", "2", "--overwrite", *TRAIN_ARGS)
+    assert rc == 2 and "not a model bundle" in line and str(precious) in line, line
+    assert (precious / "thesis.txt").read_text() == "important\n" and (precious / "sub").is_dir()
+    assert not work_dir(precious).exists()
 
 
 def test_train_refuses_another_bundle_unless_overwrite(
