@@ -118,14 +118,22 @@ def _fails_on_user_errors(fn: Callable[P, R], log_line: bool) -> Callable[P, R]:
     return body
 
 
+# What the engine of a deployment run logs (at ERROR) after a flow run that raised, whatever
+# the exception: for a user error, whose line the flow logged already, it is not true.
+_ENGINE_EXIT_LINE = "Engine execution exited with unexpected exception"
+
+
 class _UserErrorsWithoutTraceback(logging.Filter):
     """Drops the traceback from Prefect's run-logger records of a user error: the engine of a
     deployment run logs the exception of a failed run once more, traceback included, after
-    the flow's one line (:func:`logs_user_errors`); a bug keeps its traceback."""
+    the flow's one line (:func:`logs_user_errors`), under "Engine execution exited with
+    unexpected exception", a record dropped for a user error; a bug keeps both."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None and user_error_message(exc) is not None:
+            if record.getMessage() == _ENGINE_EXIT_LINE:
+                return False
             record.exc_info, record.exc_text = None, None
         return True
 

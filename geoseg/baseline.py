@@ -33,7 +33,13 @@ from geoseg.io.fileio import (
 )
 from geoseg.io.outputs import NODATA, check_unique_stems
 from geoseg.io.preview import write_preview
-from geoseg.io.sources import finite_mask, open_dataset, report_georeferencing, usable_bands
+from geoseg.io.sources import (
+    discover_sources,
+    finite_mask,
+    open_dataset,
+    report_georeferencing,
+    usable_bands,
+)
 from geoseg.io.style import StyleClass, paletted_raster_qml
 from geoseg.messages import plural
 from geoseg.models.bundle import CLUSTERS_TAG, Cluster, clusters_to_tag
@@ -251,9 +257,9 @@ def _prepare(
 ) -> tuple[list[Path], Path]:
     """Check inputs and outputs before any fitting: foreign files of the output names are
     refused (unless ``overwrite``), the folder must be writable and have room."""
-    paths = [Path(s) for s in sources]
-    if not paths:
+    if not sources:
         raise InputError("no sources given")
+    paths = discover_sources(sources)  # folders of rasters and STAC JSON, as for ingest
     for path in paths:
         if not path.is_file():
             raise InputError(f"source not found: {path}")

@@ -495,7 +495,7 @@ def _add_baseline(sub: argparse._SubParsersAction) -> None:
         ("random-net", "a randomly initialised IIC network (argmax of head B)"),
     ):
         m = methods.add_parser(name, help=text)
-        m.add_argument("src", nargs="+", type=Path, help="GeoTIFF/PNG/JPEG sources")
+        m.add_argument("src", nargs="+", type=Path, help="GeoTIFF/PNG/JPEG files or folders of them")
         m.add_argument("--k", type=int, required=True, help="number of clusters")
         m.add_argument("--out", required=True, type=Path, help="folder for <stem>_clusters.tif")
         m.add_argument("--bands", type=int, default=None, help="use the first N bands (alpha excluded)")
@@ -518,7 +518,7 @@ def _add_superpixels(methods: argparse._SubParsersAction) -> None:
     m = methods.add_parser(
         "superpixels", help="SLIC superpixels, then k-means on each segment's band statistics (OBIA)"
     )
-    m.add_argument("src", nargs="+", type=Path, help="GeoTIFF/PNG/JPEG sources")
+    m.add_argument("src", nargs="+", type=Path, help="GeoTIFF/PNG/JPEG files or folders of them")
     m.add_argument("--k", type=int, required=True, help="number of clusters")
     m.add_argument("--out", required=True, type=Path, help="folder for <stem>_clusters.tif + the model")
     m.add_argument("--size", type=int, default=d.size, help="superpixel side in pixels")
@@ -593,7 +593,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         "segment", help="segment rasters with a model: cluster + confidence COGs, styles, polygons"
     )
     p.add_argument("model", type=Path, help="model bundle folder (model.json + weights.safetensors)")
-    p.add_argument("src", nargs="+", type=Path, help="GeoTIFFs with the model's bands and dtype")
+    p.add_argument(
+        "src", nargs="+", type=Path,
+        help="GeoTIFFs (or a VRT mosaic) with the model's bands and dtype, folders of them, or STAC JSON",
+    )  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument(
         "--overlap",
@@ -844,6 +847,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume = "; run the same command again to resume" if args.command in ("ingest", "train") else ""
         print(f"geoseg {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `geoseg model name ... | head`: the reader of the output left; the work is done (the
+        # paths are printed after it). Stop quietly, as `ls | head` does, with no traceback;
+        # stdout goes to /dev/null so that Python's flush at exit does not fail on it again.
+        if args.debug:
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status of a command a closed pipe stopped
     except Exception as exc:
         message = None if args.debug else user_error_message(exc, getattr(args, "out", None))
         if message is None:

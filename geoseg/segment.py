@@ -49,7 +49,7 @@ from geoseg.io.fileio import (
 )
 from geoseg.io.outputs import NODATA, OUTPUT_ASSETS, check_unique_stems
 from geoseg.io.preview import write_preview
-from geoseg.io.sources import open_dataset, report_georeferencing
+from geoseg.io.sources import discover_sources, open_dataset, report_georeferencing
 from geoseg.io.style import paletted_raster_qml, pseudocolour_raster_qml
 from geoseg.messages import absolute_path
 from geoseg.models.bundle import (
@@ -294,9 +294,11 @@ def segment(
 
     config = (config or SegmentConfig()).validate()
     model_dir, out_dir = absolute_path(model_dir), Path(out_dir)
-    paths = [absolute_path(s) for s in sources]  # provenance tags name files, not typed text
-    if not paths:
+    if not sources:
         raise InputError("no source rasters given")
+    # folders of rasters and STAC JSON as for ingest (and the segment flow); provenance tags
+    # name files, not typed text
+    paths = [absolute_path(p) for p in discover_sources([absolute_path(s) for s in sources])]
     check_unique_stems(paths)
     for path in paths:  # fail before any work on a missing input
         if not path.is_file():

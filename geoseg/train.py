@@ -63,11 +63,14 @@ from geoseg.iic.model import NormalisedNet
 from geoseg.iic.transforms import PairedTransform, rgb_band_indices
 from geoseg.inference import resolve_device
 from geoseg.io.fileio import (
+    LOCK_NAME,
+    MARKER_PREFIX,
     atomic_path,
     check_free_space,
     check_writable,
     claim_folder,
     locked,
+    made_for_the_run,
     write_text_atomic,
 )
 from geoseg.messages import plural
@@ -159,7 +162,10 @@ def train(
     out = Path(out)
     check_output(out, overwrite)
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 holds the lock for all
-    with locked(work_dir(out), "training folder") if rank0 else contextlib.nullcontext():
+    # A run that fails before its first checkpoint (no store, no CUDA, a full disk) leaves no
+    # empty <out>.work behind; one with a checkpoint in it keeps it, to resume.
+    lock = locked(work_dir(out), "training folder") if rank0 else contextlib.nullcontext()
+    with made_for_the_run(work_dir(out)), lock:
         if config.members > 1:
             return _train_ensemble(store, out, config, progress, overwrite)
         return _train(store, out, config, progress, overwrite)
@@ -215,6 +221,14 @@ def check_output(out: Path, overwrite: bool = False) -> None:
         raise OutputError(
             f"{os.path.abspath(out)} holds a model bundle that this training run did not start: "
             "pass --overwrite to replace it or choose another --out"
+        )
+    # --overwrite replaces a model bundle (or a file), never a folder of something else: the
+    # bundle is swapped in whole, and that folder's files would be gone (as for ingest's --out)
+    own = (out / META).is_file() or (out / f"{MARKER_PREFIX}train").exists()
+    if out.is_dir() and not own and any(p.name != LOCK_NAME for p in out.iterdir()):
+        raise OutputError(
+            f"{os.path.abspath(out)} is a non-empty folder that is not a model bundle: choose another "
+            "--out (--overwrite replaces only a model bundle geoseg wrote)"
         )
     claim_folder(out, "train", marker=META, overwrite=overwrite)
     check_writable(work_dir(out).parent)

@@ -121,6 +121,18 @@ def test_bad_inputs(tmp_path: Path) -> None:
     assert not list((tmp_path / "o").glob("*clusters.tif"))  # nothing half-written
 
 
+def test_baselines_take_a_folder_of_rasters(shared_data: Path, tmp_path: Path) -> None:
+    """`geoseg baseline kmeans images/ --k 5 --out kmeans/` said "source not found" of the
+    folder that `geoseg ingest` takes: each of its rasters gets its cluster raster."""
+    images = shared_data / "dubai" / "tile1" / "images"
+    out = tmp_path / "kmeans"
+    assert main(["baseline", "kmeans", str(images), "--k", "3", "--out", str(out)]) == 0
+    stems = sorted(p.stem for p in images.glob("*.jpg"))
+    assert sorted(p.name for p in out.glob("*_clusters.tif")) == [f"{s}_clusters.tif" for s in stems]
+    with rasterio.open(out / f"{stems[0]}_clusters.tif") as ds, Image.open(images / f"{stems[0]}.jpg") as img:
+        assert (ds.width, ds.height) == img.size
+
+
 def test_random_net_on_real_crop(shared_data: Path, tmp_path: Path) -> None:
     """A seeded random IIC network over the ISPRS crop, tiled with context margins."""
     with Image.open(shared_data / "isprs" / "vaihingen_area1_0_0_512_512_irrg.png") as img:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -191,6 +192,12 @@ def test_train_refuses_a_foreign_folder_before_training(store: Path, tmp_path: P
     assert rc == 2 and str(precious) in line and "--overwrite" in line
     assert (precious / "thesis.txt").read_text() == "important\n" and (precious / "sub").is_dir()
     assert not work_dir(precious).exists()  # refused before any training started
+    # --overwrite, which the line names, deleted the folder and everything in it for the
+    # bundle: it replaces only a bundle (as ingest's --overwrite only a store)
+    rc, line = run_cli(capsys, "train", store, "--out", precious, "--steps", "2", "--overwrite", *TRAIN_ARGS)
+    assert rc == 2 and "not a model bundle" in line and str(precious) in line, line
+    assert (precious / "thesis.txt").read_text() == "important\n" and (precious / "sub").is_dir()
+    assert not work_dir(precious).exists()
 
 
 def test_train_refuses_another_bundle_unless_overwrite(
@@ -415,7 +422,22 @@ def test_train_refuses_before_training_when_the_disk_is_too_small(store: Path, s
     out = small_fs("1m") / "model"
     rc, line = run_cli(capsys, "train", store, "--out", out, "--steps", "2", *TRAIN_ARGS)
     assert rc == 2 and "MiB free" in line
-    assert not out.exists() and not (work_dir(out) / "checkpoint").exists()
+    assert not out.exists() and not work_dir(out).exists()  # not even an empty model.work
+
+
+def test_a_free_space_refusal_never_reads_as_if_there_were_room(
+    bundle: Path, shared_data: Path, small_fs, capsys
+) -> None:
+    """`geoseg segment` of neon/OSBS_029.tif into a 300 KiB file system said "has 0.3 MiB free
+    but about 0.3 MiB are needed": the two sizes are written with the decimals that tell them apart."""
+    out = small_fs("300k") / "seg"
+    rc, line = run_cli(
+        capsys, "segment", bundle, shared_data / "neon" / "OSBS_029.tif", "--out", out, "--quiet"
+    )
+    assert rc == 2, line
+    match = re.search(r"has ([0-9.]+) MiB free but about ([0-9.]+) MiB are needed", line)
+    assert match, line
+    assert float(match[1]) < float(match[2]), line
 
 
 # --- unwritable outputs ------------------------------------------------------------------------

@@ -359,6 +359,31 @@ def test_cli_segment_and_its_errors(tmp_path: Path, rgb_model: Path, capsys: pyt
     assert rc == 2 and f"{tmp_path} is not a model bundle (no model.json)" in capsys.readouterr().err
 
 
+def test_cli_segments_a_folder_of_rasters_as_ingest_takes_it(
+    tmp_path: Path, rgb_model: Path, shared_data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`geoseg segment model/ survey/images --out p/` (the folder `geoseg ingest` was given)
+    said "source not found" of a folder that exists: its rasters are segmented, in order; a
+    folder without rasters is one line naming it."""
+    survey = tmp_path / "survey"
+    survey.mkdir()
+    tiles = sorted((shared_data / "lausanne" / "img").glob("*.tif"))[:2]
+    for tile in tiles:
+        shutil.copy(tile, survey / tile.name)
+    out = tmp_path / "out"
+    assert main(["segment", str(rgb_model), str(survey), "--out", str(out), "--no-vectorize", "--quiet"]) == 0
+    assert capsys.readouterr().out.split() == [str(out / f"{t.stem}_clusters.tif") for t in tiles]
+    for tile in tiles:
+        with rasterio.open(out / f"{tile.stem}_clusters.tif") as ds, rasterio.open(tile) as src:
+            assert ds.crs == src.crs and ds.transform == src.transform
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["segment", str(rgb_model), str(empty), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no rasters" in err and str(empty) in err and "Traceback" not in err
+    assert not (tmp_path / "o2").exists()
+
+
 def test_crs_less_sources_are_reported_once_each_in_our_words(
     rgb_model: Path,
     shared_data: Path,

@@ -202,10 +202,21 @@ def check_free_space(folder: str | Path, needed_bytes: int) -> None:
     where = _existing_ancestor(Path(folder))
     free = shutil.disk_usage(where).free
     if free < needed_bytes:
+        have, need = _mib_pair(free, needed_bytes)
         raise OutputError(
-            f"{where} has {free / 2**20:.1f} MiB free but about {needed_bytes / 2**20:.1f} MiB are needed: "
+            f"{where} has {have} MiB free but about {need} MiB are needed: "
             "free some space or choose another output location"
         )
+
+
+def _mib_pair(free: int, needed: int) -> tuple[str, str]:
+    """Both sizes in MiB with as many decimals (1-3) as make them differ: "0.3 MiB free but
+    about 0.3 MiB are needed" read as if there were room."""
+    for decimals in (1, 2, 3):
+        have, need = f"{free / 2**20:.{decimals}f}", f"{needed / 2**20:.{decimals}f}"
+        if have != need:
+            break
+    return have, need
 
 
 @contextlib.contextmanager

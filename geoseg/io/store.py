@@ -24,6 +24,7 @@ import zarr
 from affine import Affine
 
 from geoseg.errors import InputError
+from geoseg.io.sources import RASTER_SUFFIXES
 
 __all__ = [
     "IMAGES",
@@ -137,6 +138,11 @@ def open_store(path: str | Path, require_complete: bool = True) -> PatchStore:
     path = Path(path)
     if not path.exists():
         raise InputError(f"patch store not found: {path}")
+    if path.is_file() and path.suffix.lower() in RASTER_SUFFIXES:  # ingest skipped
+        raise InputError(
+            f"{path} is a raster, not a patch store: make one first with "
+            f"`geoseg ingest {path} --out {path.with_suffix('.zarr').name}`, then train on that"
+        )
     try:
         group = zarr.open_group(str(path), mode="r")
         raw = dict(group.attrs).get("geoseg")

@@ -262,6 +262,52 @@ def test_every_flow_logs_the_users_error_line_before_it_fails(prefect_harness: N
         assert not [log.message for log in logs if "Traceback" in log.message], flow_name
 
 
+def test_a_deployment_runs_engine_does_not_call_a_users_error_unexpected(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    """`prefect deployment run 'segment/local' --param src=MISSING --watch` showed, after the
+    flow's line, "Engine execution exited with unexpected exception": the engine of a
+    deployment run (``run_flow`` with the run's logger as ``error_logger``) logs it for any
+    exception. For a user error it is dropped; a bug keeps it, with its traceback."""
+    import logging
+
+    from prefect.flow_engine import run_flow
+
+    from flows.segment import segment_flow
+
+    class Kept(logging.Handler):  # what reaches the handlers of the run logger
+        def __init__(self) -> None:
+            super().__init__(logging.ERROR)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    run_logger = logging.getLogger("prefect.flow_runs")
+    kept = Kept()
+    run_logger.addHandler(kept)
+    missing = tmp_path / "new.tif"
+    try:
+        with pytest.raises(InputError, match="src not found"):
+            run_flow(
+                segment_flow,
+                parameters={"src": str(missing), "model": str(tmp_path), "out": str(tmp_path / "s")},
+                error_logger=run_logger,
+            )
+        user_error = [r.getMessage() for r in kept.records]
+        # a bug: the engine's line stays, traceback included
+        kept.records.clear()
+        try:
+            raise ZeroDivisionError("a bug")
+        except ZeroDivisionError:
+            run_logger.error("Engine execution exited with unexpected exception", exc_info=True)
+        bug = [(r.getMessage(), r.exc_info is not None) for r in kept.records]
+    finally:
+        run_logger.removeHandler(kept)
+    assert user_error == [f"src not found: {missing}"], user_error
+    assert bug == [("Engine execution exited with unexpected exception", True)]
+
+
 def test_a_task_failing_on_a_user_error_fails_its_flow_with_the_line_logged(
     prefect_harness: None, shared_data: Path, tmp_path: Path
 ) -> None:

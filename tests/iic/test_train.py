@@ -255,6 +255,25 @@ def test_cli_train(dubai_store: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert "patch store not found" in capsys.readouterr().err
 
 
+def test_cli_train_on_a_raster_says_to_ingest_it_first(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`geoseg train survey.tif --out model/` (ingest skipped) said "not a readable zarr patch
+    store: ... (No group found in store ... at path '')": one line saying what to run. A
+    failed train leaves no empty ``model.work`` behind."""
+    tile = shared_data / "neon" / "OSBS_029.tif"
+    assert main(["train", str(tile), "--out", str(tmp_path / "m"), "--steps", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"geoseg train: error: {tile} is a raster, not a patch store: make one first with "
+        f"`geoseg ingest {tile} --out OSBS_029.zarr`, then train on that"
+    ), err
+    # nothing left behind, not even an empty m.work (every failed train left one)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert main(["train", str(tmp_path / "no.zarr"), "--out", str(tmp_path / "m"), "--quiet"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_a_bundle_of_another_training_run_is_refused_naming_overwrite_which_starts_over(
     dubai_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -88,6 +88,28 @@ def test_cli_names_a_bundle_and_refuses_unknown_ids(tmp_path: Path, capsys: pyte
     assert "neither a model bundle" in capsys.readouterr().err
 
 
+def test_cli_output_into_a_closed_pipe_is_no_traceback(tmp_path: Path) -> None:
+    """`geoseg model name model/ 2=pines | head -1` printed a BrokenPipeError traceback once
+    `head` had left: the names are saved, and geoseg stops quietly (status 141, as `ls | head`)."""
+    import os
+    import subprocess
+    import sys
+
+    bundle = make_bundle(tmp_path / "m", ["red", "green", "blue"], "uint8", 100.0, 50.0)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (head) has gone before geoseg prints
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "geoseg.cli", "model", "name", str(bundle), "2=pines"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in run.stderr and "BrokenPipe" not in run.stderr, run.stderr
+    assert run.returncode == 141, run.stderr
+    assert load_meta(bundle).clusters[2].name == "pines"
+
+
 def test_cli_model_name_takes_the_registry_positionally_or_with_registry(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
