@@ -834,6 +834,17 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger("distributed").setLevel(os.environ["DASK_LOGGING__DISTRIBUTED"].upper())
 
 
+def _after_interrupt(command: str) -> str:
+    """What an interrupted stage left and what to do: ingest and train resume from their last
+    checkpoint; the others write every file whole (atomic renames; segment and the baselines
+    publish each source's set whole, geoseg.io.fileio.output_set), and a rerun replaces them."""
+    if command in ("ingest", "train"):
+        return "; run the same command again to resume"
+    if command in ("segment", "vectorize", "baseline", "evaluate"):
+        return "; nothing half-written was kept: run the same command again to finish"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
@@ -844,8 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # Ctrl-C is the user's choice, not a failure to explain with a traceback: ingest and
         # train keep their last checkpoint and resume from it when the command is run again.
-        resume = "; run the same command again to resume" if args.command in ("ingest", "train") else ""
-        print(f"geoseg {args.command}: interrupted{resume}", file=sys.stderr)
+        print(f"geoseg {args.command}: interrupted{_after_interrupt(args.command)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # `geoseg model name ... | head`: the reader of the output left; the work is done (the

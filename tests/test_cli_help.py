@@ -96,3 +96,8 @@ def test_ctrl_c_prints_one_line_and_exits_130(
     assert err.strip() == "geoseg train: interrupted; run the same command again to resume"
     with pytest.raises(KeyboardInterrupt):
         main(["--debug", "train", "s.zarr", "--out", "m"])
+    monkeypatch.setattr(geoseg.cli, "_run_segment", interrupted)  # output sets are published whole
+    assert main(["segment", "m", "a.tif", "--out", "p"]) == 130
+    assert capsys.readouterr().err.strip() == (
+        "geoseg segment: interrupted; nothing half-written was kept: run the same command again to finish"
+    )
