@@ -329,16 +329,16 @@ def _model_id_or_none(model_dir: Path) -> str | None:
 
 
 def warn_other_models(
-    sources: Sequence[Path], out_dir: Path, model_dir: Path, this_model: str | None = None
+    sources: Sequence[Path], out_dir: Path, model_dir: Path, this_model: str | None
 ) -> None:
     """Before work: one WARNING per other model whose outputs in ``out_dir`` this run replaces.
 
     Segment's own earlier outputs are replaced without ``--overwrite`` (its manifest lists
     them); when another model made them (the cluster COG's ``GEOSEG_MODEL`` tag), the user
-    running two models into one folder is told which files of which model go.
+    running two models into one folder is told which files of which model go. ``this_model``:
+    the bundle's :func:`~geoseg.models.bundle.model_id` (None while it has no weights).
     """
     replaced: dict[str, list[str]] = {}
-    this_model = this_model or _model_id_or_none(model_dir)
     for source in sources:
         clusters = outputs.clusters_path(source, out_dir)
         if clusters.name not in owned_by_set(out_dir, source.stem, STAGE) or not clusters.is_file():

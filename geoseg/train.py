@@ -63,12 +63,11 @@ from geoseg.iic.model import NormalisedNet
 from geoseg.iic.transforms import PairedTransform, rgb_band_indices
 from geoseg.inference import resolve_device
 from geoseg.io.fileio import (
-    LOCK_NAME,
-    MARKER_PREFIX,
     atomic_path,
     check_free_space,
     check_writable,
     claim_folder,
+    foreign_folder,
     locked,
     made_for_the_run,
     write_text_atomic,
@@ -224,8 +223,7 @@ def check_output(out: Path, overwrite: bool = False) -> None:
         )
     # --overwrite replaces a model bundle (or a file), never a folder of something else: the
     # bundle is swapped in whole, and that folder's files would be gone (as for ingest's --out)
-    own = (out / META).is_file() or (out / f"{MARKER_PREFIX}train").exists()
-    if out.is_dir() and not own and any(p.name != LOCK_NAME for p in out.iterdir()):
+    if foreign_folder(out, "train", marker=META):
         raise OutputError(
             f"{os.path.abspath(out)} is a non-empty folder that is not a model bundle: choose another "
             "--out (--overwrite replaces only a model bundle geoseg wrote)"

@@ -50,6 +50,7 @@ __all__ = [
     "clean_leftovers",
     "content_id",
     "describe_os_error",
+    "foreign_folder",
     "locked",
     "made_for_the_run",
     "mark_folder",
@@ -254,13 +255,22 @@ def claim_folder(folder: str | Path, stage: str, marker: str | None = None, over
                 raise OutputError(
                     f"{folder} exists and is not a folder: pass --overwrite to replace it or choose another output"
                 )
-        elif _has_content(folder) and not _marked(folder, stage, marker) and not overwrite:
+        elif foreign_folder(folder, stage, marker) and not overwrite:
             raise OutputError(
                 f"{folder} is a non-empty folder that is not a geoseg {stage} output: "
                 "choose another output (or pass --overwrite to replace it)"
             )
     check_writable(folder if folder.is_dir() else folder.parent)
     return folder.exists()
+
+
+def foreign_folder(folder: str | Path, stage: str, marker: str | None = None) -> bool:
+    """Whether ``folder`` is a non-empty folder that is not the stage's own output (neither
+    ``marker`` nor ``.geoseg-<stage>`` in it): replacing it would delete someone's files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    return _has_content(folder) and not _marked(folder, stage, marker or MARKER_PREFIX + stage)
 
 
 def _has_content(folder: Path) -> bool:
