@@ -114,10 +114,13 @@ def segment_flow(
         options: any other SegmentConfig field, e.g. ``{"overlap": 0.5, "device": "cuda"}``.
         dask_address: join this Dask scheduler (default: a LocalCluster or $GEOSEG_DASK_ADDRESS).
     """
+    from geoseg.models.bundle import load_bundle
+
     settings = FlowSettings.from_env()
     check_dask_address(dask_address)
     sources = check_sources(src, settings)
     bundle = check_input(model, "model", settings)
+    load_bundle(bundle)  # once, before any task: a bad bundle is one line, not one per raster
     run_dir = check_output(out or default_out(settings, "segment", sources[0]), "out", settings)
     config = build_config(SegmentConfig, options, vectorize=vectorize, min_area=min_area, simplify=simplify)
     results, _ = segment_step(bundle, sources, run_dir, config)

@@ -109,7 +109,7 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="model versions: list, register, promote, rollback, align, check, name")
     msub = p.add_subparsers(dest="model_command", required=True)
     q = msub.add_parser("list", help="the registered versions; * marks the promoted one")
-    q.add_argument("--registry", required=True, type=Path, help="model registry directory")
+    _registry_arguments(q)
     q = msub.add_parser("register", help="copy a bundle into the registry as the next version")
     q.add_argument("bundle", type=Path, help="model bundle folder")
     q.add_argument("--registry", required=True, type=Path, help="model registry directory")
@@ -117,7 +117,7 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     q.add_argument("version", help="a registered version, e.g. v0003")
     q.add_argument("--registry", required=True, type=Path, help="model registry directory")
     q = msub.add_parser("rollback", help="make the previously promoted model current again")
-    q.add_argument("--registry", required=True, type=Path, help="model registry directory")
+    _registry_arguments(q)
     q.add_argument("--to", default=None, help="an earlier promoted version (default: the one before)")
     q = msub.add_parser("align", help="carry the previous model's cluster ids, colours, names over")
     q.add_argument("bundle", type=Path, help="the new model bundle")
@@ -138,6 +138,34 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     _add_model_name(msub)
     for q in msub.choices.values():
         q.set_defaults(run=_run_model)
+
+
+def _registry_arguments(q: argparse.ArgumentParser) -> None:
+    """A registry as the command's one word or as --registry (either; :func:`_registry_given`)."""
+    q.add_argument("registry_word", nargs="?", type=Path, default=None, metavar="REGISTRY",
+                   help="model registry directory (or give it with --registry)")  # fmt: skip
+    q.add_argument("--registry", type=Path, default=None, help="model registry directory")
+
+
+def _registry_given(args: argparse.Namespace) -> Path:
+    """The registry of `model list` / `rollback`, given once, that is a registry."""
+    from geoseg.models.bundle import META
+
+    word, option = args.registry_word, args.registry
+    if word is not None and option is not None and word != option:
+        raise ConfigError(
+            f"the registry is given twice, as {word} and as --registry {option}: give one of them"
+        )
+    registry = word or option
+    if registry is None:
+        raise ConfigError(f"which registry? `geoseg model {args.model_command} REGISTRY`")
+    if (registry / META).is_file():
+        raise InputError(
+            f"{registry} is a model bundle, not a registry: "
+            f"`geoseg model register {registry} --registry REGISTRY` adds it to one"
+        )
+    _require_registry(registry)
+    return registry
 
 
 def _add_model_name(msub: argparse._SubParsersAction) -> None:
@@ -226,7 +254,9 @@ def _run_model(args: argparse.Namespace) -> int:
     from geoseg.models import registry
 
     command = args.model_command
-    if command in ("list", "promote", "rollback"):
+    if command in ("list", "rollback"):
+        args.registry = _registry_given(args)
+    if command == "promote":
         _require_registry(args.registry)
     if command == "list":
         state = registry.load_state(args.registry)

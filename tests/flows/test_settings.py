@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flows.settings import (
@@ -24,6 +25,7 @@ from flows.tasks import fingerprint, outputs_exist
 from geoseg.config import IngestConfig, SegmentConfig, TrainConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.vectorize import vectorize
+from tests.helpers import make_bundle, write_raster
 
 
 def test_settings_from_environment(tmp_path: Path) -> None:
@@ -309,24 +311,46 @@ def test_a_deployment_runs_engine_does_not_call_a_users_error_unexpected(
 
 
 def test_a_task_failing_on_a_user_error_fails_its_flow_with_the_line_logged(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    """The error of a task on a Dask worker (a raster too small to segment, found only when
+    the task opens it) reaches the flow and is logged there as the one line too; a bug is
+    not called a user error."""
+    from flows.segment import segment_flow
+    from geoseg.io.fileio import user_error_message
+
+    model = make_bundle(tmp_path / "model", ["red", "green", "blue"], "uint8", 110.0, 50.0, 32)
+    tiny = write_raster(tmp_path / "tiny.tif", np.zeros((3, 4, 4), np.uint8))
+    state = segment_flow(src=str(tiny), model=str(model), out=str(tmp_path / "run"), return_state=True)
+    assert state.is_failed()
+    exc = state.result(raise_on_failure=False)
+    line = user_error_message(exc)
+    assert line is not None and str(tiny) in line and "too small" in line, line
+    logs = _flow_run_logs(state)
+    assert any(log.task_run_id is not None for log in logs)  # the segment task did run
+    assert [log.message for log in logs if log.level >= 40].count(line) == 1
+    assert not [log.message for log in logs if "Traceback" in log.message]  # the task's neither
+    assert user_error_message(ZeroDivisionError("a bug")) is None
+
+
+def test_a_bad_model_bundle_fails_the_segment_flow_once_before_any_task(
     prefect_harness: None, shared_data: Path, tmp_path: Path
 ) -> None:
-    """The error of a task on a Dask worker (a folder that is not a model bundle) reaches the
-    flow and is logged there as the one line too; a bug is not called a user error."""
+    """A folder that is not a model bundle, given with several rasters, is one error line of
+    the flow before any segment task starts, not one failed task per raster."""
     from flows.segment import segment_flow
     from geoseg.io.fileio import user_error_message
 
     not_a_bundle = tmp_path / "model"
     not_a_bundle.mkdir()
-    source = shared_data / "neon" / "OSBS_029.tif"
-    state = segment_flow(
-        src=str(source), model=str(not_a_bundle), out=str(tmp_path / "run"), return_state=True
-    )
+    sources = [
+        str(shared_data / "neon" / "OSBS_029.tif"),
+        str(shared_data / "lausanne" / "img" / "1091-322_00.tif"),
+    ]
+    state = segment_flow(src=sources, model=str(not_a_bundle), out=str(tmp_path / "run"), return_state=True)
     assert state.is_failed()
-    exc = state.result(raise_on_failure=False)
-    line = user_error_message(exc)
+    line = user_error_message(state.result(raise_on_failure=False))
     assert line is not None and str(not_a_bundle) in line
     logs = _flow_run_logs(state)
-    assert [log.message for log in logs if log.level >= 40].count(line) == 1
-    assert not [log.message for log in logs if "Traceback" in log.message]  # the task's neither
-    assert user_error_message(ZeroDivisionError("a bug")) is None
+    assert [log.message for log in logs if log.level >= 40] == [line]
+    assert [log.message for log in logs if log.task_run_id is not None] == []  # no task ran

@@ -199,6 +199,32 @@ def test_a_mistyped_registry_is_a_clear_error(tmp_path: Path, capsys: pytest.Cap
     assert "has no registry.json" in capsys.readouterr().err
 
 
+def test_list_and_rollback_take_the_registry_as_their_word_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new user typed `geoseg model list models/` and got argparse's "--registry is
+    required": the registry may be the command's one word, or --registry, not two different
+    ones; a bundle given for a registry is named as one."""
+    reg = tmp_path / "models"
+    for seed, version in enumerate(("v0001", "v0002")):
+        assert registry.register(make_bundle(tmp_path / version, seed=seed), reg).version == version
+        registry.promote(reg, version)
+    assert main(["model", "list", str(reg)]) == 0
+    by_word = capsys.readouterr().out
+    assert main(["model", "list", "--registry", str(reg)]) == 0
+    assert capsys.readouterr().out == by_word
+    assert "* v0002" in by_word and "  v0001" in by_word
+    assert main(["model", "rollback", str(reg)]) == 0
+    assert registry.load_state(reg).current == "v0001"
+    assert main(["model", "list", str(reg), "--registry", str(tmp_path / "other")]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert main(["model", "list"]) == 2
+    assert "which registry? `geoseg model list REGISTRY`" in capsys.readouterr().err
+    assert main(["model", "list", str(tmp_path / "v0001")]) == 2
+    assert "is a model bundle, not a registry" in capsys.readouterr().err
+    assert registry.load_state(reg).current == "v0001"
+
+
 def test_a_survey_ingested_after_the_promoted_model_is_new_whatever_its_file_date(
     shared_data: Path, tmp_path: Path
 ) -> None:
