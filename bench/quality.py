@@ -553,6 +553,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cirs-batch-size", type=int, default=16)
     parser.add_argument("--cirs-g-steps", type=int, default=100, help="CIRS g mini-batches per turn")
     parser.add_argument("--cirs-s-steps", type=int, default=5, help="CIRS S mini-batches per turn")
+    parser.add_argument(
+        "--padding", choices=("zeros", "replicate"), default="zeros",
+        help="how every learned method's convolutions fill their border (TrainConfig.padding)",
+    )  # fmt: skip
     parser.add_argument("--colour-object-count", type=int, default=COLOUR_OBJECT_COUNT)
     parser.add_argument("--work", type=Path, default=None, help="keep predictions and reports here")
     parser.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
@@ -580,6 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits += [s for s in cvo if s.name in args.datasets]
     methods = list(dict.fromkeys([*parse_methods(args.methods), *(["IIC"] if args.with_iic else [])]))
     LGMI_TRAINING.update(
+        padding=args.padding,
         steps=args.lgmi_steps,
         preset=args.iic_preset,
         batch_size=args.lgmi_batch_size,
@@ -587,6 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tau=args.lgmi_tau,
     )
     CIRS_TRAINING.update(
+        padding=args.padding,
         steps=args.cirs_steps,
         preset=args.iic_preset,
         batch_size=args.cirs_batch_size,
@@ -595,6 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         s_steps=args.cirs_s_steps,
     )
     IIC_TRAINING.update(
+        padding=args.padding,
         steps=args.iic_steps,
         preset=args.iic_preset,
         batch_size=args.iic_batch_size,
@@ -607,6 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     IIC_INGEST.update(patch_size=args.iic_patch, scale=args.iic_scale)
     ENSEMBLE.update(members=args.members)
     PICIE_TRAINING.update(
+        padding=args.padding,
         steps=args.picie_steps,
         preset=args.picie_preset,
         batch_size=args.picie_batch_size,

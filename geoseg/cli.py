@@ -387,6 +387,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset", choices=("iic", "small"), default=d.preset, help="network width: the paper's, or 1/4"
     )
+    p.add_argument(
+        "--padding", choices=("zeros", "replicate"), default=d.padding,
+        help="how convolutions fill their border (replicate: no cue of position; docs/usage-train.md)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed, help="seed of batches and views")
     p.add_argument(
         "--members",
@@ -432,6 +436,7 @@ def _run_train(args: argparse.Namespace) -> int:
         steps=args.steps,
         epochs=args.epochs,
         preset=args.preset,
+        padding=args.padding,
         device=args.device,
         seed=args.seed,
         members=args.members,

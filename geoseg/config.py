@@ -108,6 +108,8 @@ class TrainConfig:
     steps: int = 500
     epochs: int | None = None  # if given, overrides steps
     preset: Literal["iic", "small"] = "small"
+    # how convolutions fill their border, every method: geoseg.iic.model.PADDINGS
+    padding: Literal["zeros", "replicate"] = "zeros"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     workers: int = 0
@@ -170,6 +172,14 @@ class TrainConfig:
         _require(self.batch_size >= 1, "batch_size must be >= 1")
         _require(self.steps >= 1 or (self.epochs or 0) >= 1, "steps or epochs must be >= 1")
         _require(self.preset in ("iic", "small"), f"unknown preset {self.preset!r}")
+        _require(
+            self.padding in ("zeros", "replicate"),
+            f"unknown padding {self.padding!r}; known: zeros, replicate",
+        )
+        _require(
+            self.padding == "zeros" or self.method != "picie" or self.trunk == "iic",
+            f"padding {self.padding!r} is for PiCIE's iic trunk; {self.trunk} pads with zeros",
+        )
         _require(self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}")
         _require(0 <= self.jitter <= 1, "jitter must be in [0, 1]")
         _require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")

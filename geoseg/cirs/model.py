@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geoseg.errors import ConfigError
-from geoseg.iic.model import PRESET_WIDTH, NormalisedNet, init_weights
+from geoseg.iic.model import PRESET_WIDTH, NormalisedNet, Padding, check_padding, init_weights
 from geoseg.messages import plural
 
 __all__ = ["CIRSArchitecture", "CIRSNet", "UNet"]
@@ -38,6 +38,7 @@ class CIRSArchitecture:
     k_b: int
     g_dim: int = 32
     preset: str = "small"
+    padding: str = "zeros"  # S's convolutions: geoseg.iic.model.PADDINGS
 
     @property
     def k_a(self) -> int:  # one clustering: the interface's head A is head B
@@ -59,12 +60,12 @@ class CIRSArchitecture:
         return cls(**data)  # type: ignore[arg-type]
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
+def _block(cin: int, cout: int, padding: Padding) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False, padding_mode=padding),
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False, padding_mode=padding),
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     )
@@ -73,16 +74,17 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 class UNet(nn.Module):
     """(N, C, H, W) -> (N, K, H, W) logits; H and W multiples of 4."""
 
-    def __init__(self, in_channels: int, k: int, width: float) -> None:
+    def __init__(self, in_channels: int, k: int, width: float, padding: str = "zeros") -> None:
         super().__init__()
+        mode = check_padding(padding)
         w0, w1, w2 = (max(8, int(c * width)) for c in (64, 128, 256))
         # registration order is data-flow order, pools as modules: geoseg.segment reads the
         # pooling factor and the receptive radius off the trunk's modules
-        self.enc0, self.pool0 = _block(in_channels, w0), nn.MaxPool2d(2)
-        self.enc1, self.pool1 = _block(w0, w1), nn.MaxPool2d(2)
-        self.mid = _block(w1, w2)
-        self.up1, self.dec1 = nn.ConvTranspose2d(w2, w1, 2, stride=2), _block(2 * w1, w1)
-        self.up0, self.dec0 = nn.ConvTranspose2d(w1, w0, 2, stride=2), _block(2 * w0, w0)
+        self.enc0, self.pool0 = _block(in_channels, w0, mode), nn.MaxPool2d(2)
+        self.enc1, self.pool1 = _block(w0, w1, mode), nn.MaxPool2d(2)
+        self.mid = _block(w1, w2, mode)
+        self.up1, self.dec1 = nn.ConvTranspose2d(w2, w1, 2, stride=2), _block(2 * w1, w1, mode)
+        self.up0, self.dec0 = nn.ConvTranspose2d(w1, w0, 2, stride=2), _block(2 * w0, w0, mode)
         self.out = nn.Conv2d(w0, k, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +128,7 @@ class CIRSNet(NormalisedNet):
         if arch.preset not in PRESET_WIDTH:
             raise ConfigError(f"unknown preset {arch.preset!r}; known: {sorted(PRESET_WIDTH)}")
         self.arch = arch
-        self.trunk = UNet(arch.in_channels, arch.k_b, arch.width)
+        self.trunk = UNet(arch.in_channels, arch.k_b, arch.width, arch.padding)
         self.g = SegmentEncoder(arch.in_channels, arch.k_b, arch.g_dim, arch.width)
         init_weights(self)
 

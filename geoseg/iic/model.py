@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ from geoseg.errors import ConfigError
 from geoseg.messages import plural
 
 __all__ = [
+    "PADDINGS",
     "PRESET_WIDTH",
     "Architecture",
     "IICNet",
@@ -53,6 +54,18 @@ _TRUNK_IIC: tuple[tuple[int, int] | str, ...] = (
     (512, 2),
 )
 PRESET_WIDTH = {"iic": 1.0, "small": 0.25}
+# How 3x3 convolutions fill their border: "zeros" (the papers'), or "replicate", under which
+# a convolution cannot tell the border from the inside, so a network cannot learn a
+# pattern of absolute position from it (Dimitrov 2021, sources/000, section 4.4.1, Figure 4:
+# deep networks satisfy IIC's loss with padding artefacts, ignoring the input).
+Padding = Literal["zeros", "replicate"]
+PADDINGS: tuple[Padding, ...] = ("zeros", "replicate")
+
+
+def check_padding(padding: str) -> Padding:
+    if padding not in PADDINGS:
+        raise ConfigError(f"unknown padding {padding!r}; known: {', '.join(PADDINGS)}")
+    return cast(Padding, padding)
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,7 @@ class Architecture:
     k_b: int
     subheads: int = 1
     preset: str = "small"
+    padding: str = "zeros"  # bundles written before the setting have zeros
 
     @property
     def width(self) -> float:
@@ -77,9 +91,10 @@ class Architecture:
         return cls(**{k: v for k, v in data.items() if k != "trunk"})  # type: ignore[arg-type]
 
 
-def vgg_trunk(in_channels: int, width: float) -> tuple[nn.Sequential, int]:
+def vgg_trunk(in_channels: int, width: float, padding: str = "zeros") -> tuple[nn.Sequential, int]:
     """The paper's trunk at a width factor: (layers, output channels). Shared by the
-    methods that use it (IIC, and PiCIE's cheap trunk)."""
+    methods that use it (IIC, LGMI, and PiCIE's cheap trunk); ``padding``: :data:`PADDINGS`."""
+    mode = check_padding(padding)
     layers: list[nn.Module] = []
     channels = in_channels
     for spec in _TRUNK_IIC:
@@ -89,7 +104,7 @@ def vgg_trunk(in_channels: int, width: float) -> tuple[nn.Sequential, int]:
         out, dilation = cast(tuple[int, int], spec)
         out = max(8, int(out * width))
         layers += [
-            nn.Conv2d(channels, out, 3, padding=dilation, dilation=dilation, bias=False),
+            nn.Conv2d(channels, out, 3, padding=dilation, dilation=dilation, bias=False, padding_mode=mode),
             nn.BatchNorm2d(out),
             nn.ReLU(inplace=True),
         ]
@@ -144,7 +159,7 @@ class IICNet(NormalisedNet):
         if arch.preset not in PRESET_WIDTH:
             raise ConfigError(f"unknown preset {arch.preset!r}; known: {sorted(PRESET_WIDTH)}")
         self.arch = arch
-        self.trunk, channels = vgg_trunk(arch.in_channels, arch.width)
+        self.trunk, channels = vgg_trunk(arch.in_channels, arch.width, arch.padding)
         self.head_a = nn.ModuleList(nn.Conv2d(channels, arch.k_a, 1) for _ in range(arch.subheads))
         self.head_b = nn.ModuleList(nn.Conv2d(channels, arch.k_b, 1) for _ in range(arch.subheads))
         init_weights(self)

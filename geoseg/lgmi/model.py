@@ -41,6 +41,7 @@ class LGMIArchitecture:
     local_dim: int = 64  # P
     tau: float | None = None  # None: 1/sqrt(P)
     preset: str = "small"
+    padding: str = "zeros"  # geoseg.iic.model.PADDINGS
 
     @property
     def k_a(self) -> int:  # one clustering: the interface's head A is head B
@@ -81,7 +82,7 @@ class LGMINet(NormalisedNet):
             raise ConfigError(f"unknown preset {arch.preset!r}; known: {sorted(PRESET_WIDTH)}")
         self.arch = arch
         p = arch.local_dim
-        self.trunk, channels = vgg_trunk(arch.in_channels, arch.width)
+        self.trunk, channels = vgg_trunk(arch.in_channels, arch.width, arch.padding)
         self.local = nn.Conv2d(channels, p, 1)
         self.global_block = nn.Sequential(
             nn.Conv2d(p, p, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(p), nn.ReLU(inplace=True)

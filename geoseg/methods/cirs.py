@@ -38,7 +38,13 @@ class CIRSMethod:
     name = "cirs"
 
     def build_network(self, config: TrainConfig, num_bands: int) -> CIRSNet:
-        arch = CIRSArchitecture(in_channels=num_bands, k_b=config.k, g_dim=config.g_dim, preset=config.preset)
+        arch = CIRSArchitecture(
+            in_channels=num_bands,
+            k_b=config.k,
+            g_dim=config.g_dim,
+            preset=config.preset,
+            padding=config.padding,
+        )
         return seeded(config.seed, lambda: CIRSNet(arch))
 
     def network_from_architecture(self, architecture: dict[str, Any]) -> CIRSNet:
@@ -85,7 +91,7 @@ class CIRSMethod:
 
     def warm_start_settings(self, architecture: dict[str, Any]) -> dict[str, Any]:
         arch = CIRSArchitecture.from_dict(architecture)
-        return {"method": self.name, "g_dim": arch.g_dim, "preset": arch.preset}
+        return {"method": self.name, "g_dim": arch.g_dim, "preset": arch.preset, "padding": arch.padding}
 
 
 CIRS = CIRSMethod()

@@ -83,6 +83,7 @@ class IICMethod:
             k_b=config.k,
             subheads=config.subheads,
             preset=config.preset,
+            padding=config.padding,
         )
         return seeded(config.seed, lambda: IICNet(arch))
 
@@ -120,7 +121,13 @@ class IICMethod:
 
     def warm_start_settings(self, architecture: dict[str, Any]) -> dict[str, Any]:
         arch = Architecture.from_dict(architecture)
-        return {"method": self.name, "k_a": arch.k_a, "subheads": arch.subheads, "preset": arch.preset}
+        return {
+            "method": self.name,
+            "k_a": arch.k_a,
+            "subheads": arch.subheads,
+            "preset": arch.preset,
+            "padding": arch.padding,
+        }
 
 
 IIC = IICMethod()

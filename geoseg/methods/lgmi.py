@@ -34,6 +34,7 @@ class LGMIMethod:
             local_dim=config.local_dim,
             tau=config.tau,
             preset=config.preset,
+            padding=config.padding,
         )
         return seeded(config.seed, lambda: LGMINet(arch))
 
@@ -71,7 +72,13 @@ class LGMIMethod:
 
     def warm_start_settings(self, architecture: dict[str, Any]) -> dict[str, Any]:
         arch = LGMIArchitecture.from_dict(architecture)
-        return {"method": self.name, "local_dim": arch.local_dim, "tau": arch.tau, "preset": arch.preset}
+        return {
+            "method": self.name,
+            "local_dim": arch.local_dim,
+            "tau": arch.tau,
+            "preset": arch.preset,
+            "padding": arch.padding,
+        }
 
 
 LGMI = LGMIMethod()

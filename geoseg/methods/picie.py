@@ -69,6 +69,7 @@ class PiCIEMethod:
             trunk=config.trunk,
             preset=config.preset,
             embed_dim=config.embed_dim,
+            padding=config.padding,
         )
         return seeded(config.seed, lambda: PiCIENet(arch))
 
@@ -137,6 +138,7 @@ class PiCIEMethod:
             "trunk": arch.trunk,
             "preset": arch.preset,
             "embed_dim": arch.embed_dim,
+            "padding": arch.padding,
         }
 
 

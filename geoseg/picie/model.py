@@ -61,6 +61,7 @@ class PiCIEArchitecture:
     preset: str = "small"
     embed_dim: int = 128
     subheads: int = 1  # one clustering per head (the interface shared with IIC)
+    padding: str = "zeros"  # geoseg.iic.model.PADDINGS (the IIC trunk only)
 
     @property
     def width(self) -> float:
@@ -142,10 +143,14 @@ class PiCIENet(NormalisedNet):
             raise ConfigError(f"unknown preset {arch.preset!r}; known: {sorted(PRESET_WIDTH)}")
         if arch.trunk not in TRUNKS:
             raise ConfigError(f"unknown PiCIE trunk {arch.trunk!r}; known: {', '.join(TRUNKS)}")
+        if arch.trunk != "iic" and arch.padding != "zeros":
+            raise ConfigError(
+                f"padding {arch.padding!r} is for PiCIE's iic trunk; {arch.trunk} pads with zeros"
+            )
         self.arch = arch
         self.trunk: nn.Module
         if arch.trunk == "iic":
-            self.trunk, channels = vgg_trunk(arch.in_channels, arch.width)
+            self.trunk, channels = vgg_trunk(arch.in_channels, arch.width, arch.padding)
             self.project: nn.Module = nn.Conv2d(channels, arch.embed_dim, 1)
         else:
             self.trunk = ResNet18FPN(arch.in_channels, arch.width, arch.embed_dim)

@@ -26,8 +26,10 @@ from geoseg.models.bundle import (
 from geoseg.train import build_network
 
 
-def _bundle(tmp_path: Path, method: str) -> Path:
-    config = TrainConfig(method=method, k=3, **{"picie": {"k2": 8}, "iic": {"k_a": 8}}.get(method, {}))
+def _bundle(tmp_path: Path, method: str, padding: str = "zeros") -> Path:
+    config = TrainConfig(
+        method=method, k=3, padding=padding, **{"picie": {"k2": 8}, "iic": {"k_a": 8}}.get(method, {})
+    )
     model = build_network(config, 3).eval()
     if method == "picie":
         for name in ("centroids_b", "centroids_b2", "centroids_a", "centroids_a2"):
@@ -135,3 +137,40 @@ def test_warm_start_settings_rebuild_the_same_architecture(tmp_path: Path, metho
     config = TrainConfig(k=meta.arch.k_b, **warm_start_settings(meta)).validate()
     assert config.method == method
     assert build_network(config, 3).arch == meta.arch
+
+
+@pytest.mark.parametrize("method", ["iic", "lgmi", "cirs", "picie"])
+def test_replicate_padding_gives_no_cue_of_position_and_survives_the_bundle(
+    tmp_path: Path, method: str
+) -> None:
+    """With zero padding a network tells the border from the inside, so a constant image
+    gets several clusters (Dimitrov 2021's padding artefacts); with replicate padding its
+    maps are the same everywhere (CIRS's 2x2 up-convolutions: the same every 4 pixels,
+    away from the edge).
+    The setting is part of the architecture: a bundle and a warm start keep it."""
+    bundle = _bundle(tmp_path, method, padding="replicate")
+    model, meta = load_bundle(bundle)
+    assert meta.arch.padding == "replicate"
+    assert TrainConfig(k=3, **warm_start_settings(meta)).validate().padding == "replicate"
+    if method == "picie":  # random centroids: give the embedding a pattern to read
+        model.centroids_b.copy_(torch.eye(3, model.centroids_b.shape[1]))
+    constant = torch.full((1, 3, 48, 48), 140.0)
+    with torch.no_grad():
+        maps = model(constant, heads="b")["b"][0][0]
+        zero_padded = load_bundle(_bundle(tmp_path / "zeros", method))[0](constant, heads="b")["b"][0][0]
+    # CIRS: its decoder pads the up-convolutions' 4-pixel pattern by replication, which
+    # differs from the pattern within 5 pixels of the edge
+    period, ring = (4, 8) if method == "cirs" else (1, 0)
+    centre = maps[:, 24 : 24 + period, 24 : 24 + period]
+    tiled = centre.repeat(1, 48 // period, 48 // period)
+    inside = slice(ring, 48 - ring)
+    assert torch.allclose(maps[:, inside, inside], tiled[:, inside, inside], atol=1e-5)
+    if method != "picie":  # PiCIE's bundle has its own random centroids; the others read the border
+        assert (zero_padded - zero_padded[:, 24:25, 24:25]).abs().amax() > 1e-3
+
+
+def test_padding_is_refused_for_picies_resnet_trunk() -> None:
+    with pytest.raises(ConfigError, match="padding 'replicate' is for PiCIE's iic trunk"):
+        TrainConfig(method="picie", trunk="resnet18-fpn", padding="replicate").validate()
+    with pytest.raises(ConfigError, match="unknown padding 'circular'"):
+        TrainConfig(padding="circular").validate()  # type: ignore[arg-type]

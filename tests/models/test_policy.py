@@ -24,5 +24,6 @@ def test_retrain_keeps_the_promoted_k_and_warm_starts_its_network(tmp_path: Path
         "k_a": 8,
         "subheads": 1,
         "preset": "small",
+        "padding": "zeros",  # bundles of before the setting: the zeros they were trained with
     }
     assert retrain_fields(previous, K + 2, warm_start=False) == {"k": K + 2}  # a larger k is the user's
