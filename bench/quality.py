@@ -54,7 +54,7 @@ from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 
 from geoseg.baseline import fit_kmeans, predict_kmeans, random_net_baseline
-from geoseg.config import BaselineConfig, EvaluateConfig
+from geoseg.config import PADDINGS, BaselineConfig, EvaluateConfig
 from geoseg.datasets import ISPRS_IDS, get_dataset, read_label
 from geoseg.errors import TrainingError
 from geoseg.evaluate import evaluate
@@ -554,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cirs-g-steps", type=int, default=100, help="CIRS g mini-batches per turn")
     parser.add_argument("--cirs-s-steps", type=int, default=5, help="CIRS S mini-batches per turn")
     parser.add_argument(
-        "--padding", choices=("zeros", "replicate"), default="zeros",
+        "--padding", choices=PADDINGS, default="zeros",
         help="how every learned method's convolutions fill their border (TrainConfig.padding)",
     )  # fmt: skip
     parser.add_argument("--colour-object-count", type=int, default=COLOUR_OBJECT_COUNT)

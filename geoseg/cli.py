@@ -296,7 +296,7 @@ def _run_model(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from geoseg.config import METHODS, TrainConfig
+    from geoseg.config import METHODS, PADDINGS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a label-free method on patch stores and write a model bundle")
@@ -388,7 +388,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--preset", choices=("iic", "small"), default=d.preset, help="network width: the paper's, or 1/4"
     )
     p.add_argument(
-        "--padding", choices=("zeros", "replicate"), default=d.padding,
+        "--padding", choices=PADDINGS, default=d.padding,
         help="how convolutions fill their border (replicate: no cue of position; docs/usage-train.md)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed, help="seed of batches and views")

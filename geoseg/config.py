@@ -15,11 +15,13 @@ from geoseg.errors import ConfigError
 __all__ = [
     "METHODS",
     "METHOD_SETTINGS",
+    "PADDINGS",
     "PRECISIONS",
     "AlignConfig",
     "BaselineConfig",
     "EvaluateConfig",
     "IngestConfig",
+    "Padding",
     "Precision",
     "PromotionConfig",
     "RunConfig",
@@ -33,6 +35,12 @@ __all__ = [
 # The network's arithmetic at inference (SegmentConfig.precision, geoseg.inference).
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+# How 3x3 convolutions fill their border (TrainConfig.padding): "zeros" (the papers'), or
+# "replicate", under which a convolution cannot tell the border from the inside, so a
+# network cannot learn a pattern of absolute position from it (Dimitrov 2021, sources/000,
+# section 4.4.1, Figure 4: deep networks satisfy IIC's loss with padding artefacts).
+Padding = Literal["zeros", "replicate"]
+PADDINGS: tuple[str, ...] = get_args(Padding)
 
 # Field metadata of settings that name a file or folder: callers that must keep every path
 # inside allowed roots (the flows) find them with path_fields().
@@ -108,8 +116,7 @@ class TrainConfig:
     steps: int = 500
     epochs: int | None = None  # if given, overrides steps
     preset: Literal["iic", "small"] = "small"
-    # how convolutions fill their border, every method: geoseg.iic.model.PADDINGS
-    padding: Literal["zeros", "replicate"] = "zeros"
+    padding: Padding = "zeros"  # every method's convolutions (PiCIE: its iic trunk)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     workers: int = 0
@@ -172,10 +179,7 @@ class TrainConfig:
         _require(self.batch_size >= 1, "batch_size must be >= 1")
         _require(self.steps >= 1 or (self.epochs or 0) >= 1, "steps or epochs must be >= 1")
         _require(self.preset in ("iic", "small"), f"unknown preset {self.preset!r}")
-        _require(
-            self.padding in ("zeros", "replicate"),
-            f"unknown padding {self.padding!r}; known: zeros, replicate",
-        )
+        _require(self.padding in PADDINGS, f"unknown padding {self.padding!r}; known: {', '.join(PADDINGS)}")
         _require(
             self.padding == "zeros" or self.method != "picie" or self.trunk == "iic",
             f"padding {self.padding!r} is for PiCIE's iic trunk; {self.trunk} pads with zeros",

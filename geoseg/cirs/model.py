@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geoseg.config import Padding
 from geoseg.errors import ConfigError
-from geoseg.iic.model import PRESET_WIDTH, NormalisedNet, Padding, check_padding, init_weights
+from geoseg.iic.model import PRESET_WIDTH, NormalisedNet, check_padding, init_weights
 from geoseg.messages import plural
 
 __all__ = ["CIRSArchitecture", "CIRSNet", "UNet"]
@@ -38,7 +39,7 @@ class CIRSArchitecture:
     k_b: int
     g_dim: int = 32
     preset: str = "small"
-    padding: str = "zeros"  # S's convolutions: geoseg.iic.model.PADDINGS
+    padding: str = "zeros"  # S's convolutions: geoseg.config.PADDINGS
 
     @property
     def k_a(self) -> int:  # one clustering: the interface's head A is head B

@@ -21,18 +21,18 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from geoseg.config import PADDINGS, Padding
 from geoseg.errors import ConfigError
 from geoseg.messages import plural
 
 __all__ = [
-    "PADDINGS",
     "PRESET_WIDTH",
     "Architecture",
     "IICNet",
@@ -54,15 +54,10 @@ _TRUNK_IIC: tuple[tuple[int, int] | str, ...] = (
     (512, 2),
 )
 PRESET_WIDTH = {"iic": 1.0, "small": 0.25}
-# How 3x3 convolutions fill their border: "zeros" (the papers'), or "replicate", under which
-# a convolution cannot tell the border from the inside, so a network cannot learn a
-# pattern of absolute position from it (Dimitrov 2021, sources/000, section 4.4.1, Figure 4:
-# deep networks satisfy IIC's loss with padding artefacts, ignoring the input).
-Padding = Literal["zeros", "replicate"]
-PADDINGS: tuple[Padding, ...] = ("zeros", "replicate")
 
 
 def check_padding(padding: str) -> Padding:
+    """``padding`` of an architecture record, one of :data:`geoseg.config.PADDINGS`."""
     if padding not in PADDINGS:
         raise ConfigError(f"unknown padding {padding!r}; known: {', '.join(PADDINGS)}")
     return cast(Padding, padding)
@@ -93,7 +88,7 @@ class Architecture:
 
 def vgg_trunk(in_channels: int, width: float, padding: str = "zeros") -> tuple[nn.Sequential, int]:
     """The paper's trunk at a width factor: (layers, output channels). Shared by the
-    methods that use it (IIC, LGMI, and PiCIE's cheap trunk); ``padding``: :data:`PADDINGS`."""
+    methods that use it (IIC, LGMI, and PiCIE's cheap trunk); ``padding``: :func:`check_padding`."""
     mode = check_padding(padding)
     layers: list[nn.Module] = []
     channels = in_channels

@@ -41,7 +41,7 @@ class LGMIArchitecture:
     local_dim: int = 64  # P
     tau: float | None = None  # None: 1/sqrt(P)
     preset: str = "small"
-    padding: str = "zeros"  # geoseg.iic.model.PADDINGS
+    padding: str = "zeros"  # geoseg.config.PADDINGS
 
     @property
     def k_a(self) -> int:  # one clustering: the interface's head A is head B

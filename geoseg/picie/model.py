@@ -61,7 +61,7 @@ class PiCIEArchitecture:
     preset: str = "small"
     embed_dim: int = 128
     subheads: int = 1  # one clustering per head (the interface shared with IIC)
-    padding: str = "zeros"  # geoseg.iic.model.PADDINGS (the IIC trunk only)
+    padding: str = "zeros"  # geoseg.config.PADDINGS (the IIC trunk only)
 
     @property
     def width(self) -> float:
