@@ -552,6 +552,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cirs-lr", type=float, default=1e-3, help="CIRS learning rate (its source: 1e-3)")
     parser.add_argument("--cirs-batch-size", type=int, default=16)
     parser.add_argument("--cirs-g-steps", type=int, default=100, help="CIRS g mini-batches per turn")
+    parser.add_argument(
+        "--cirs-segment-number",
+        choices=("on", "off"),
+        default="on",
+        help="CIRS's g also sees the segment number as a one-hot (its source: on)",
+    )
     parser.add_argument("--cirs-s-steps", type=int, default=5, help="CIRS S mini-batches per turn")
     parser.add_argument(
         "--padding", choices=PADDINGS, default="zeros",
@@ -599,6 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lr=args.cirs_lr,
         g_steps=args.cirs_g_steps,
         s_steps=args.cirs_s_steps,
+        g_segment_number=args.cirs_segment_number == "on",
     )
     IIC_TRAINING.update(
         padding=args.padding,

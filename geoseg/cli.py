@@ -32,6 +32,12 @@ def _bands(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"bands must be comma-separated integers, got {text!r}") from None
 
 
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
+
+
 def _add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=f"replace {what} (never done otherwise)")
 
@@ -376,6 +382,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     cirs.add_argument(
         "--g-dim", type=int, default=None, help=f"g's representation size (CIRS default {d.g_dim})"
+    )
+    cirs.add_argument(
+        "--g-segment-number",
+        type=_on_off,
+        default=None,
+        metavar="{on,off}",
+        help="g also sees the segment number as a one-hot (CIRS default on, as in its source)",
     )
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="patch pairs per step")

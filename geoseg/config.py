@@ -95,7 +95,7 @@ METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
     "iic": ("k_a", "subheads", "lamb_a", "lamb_b", "half_t", "head_schedule"),
     "picie": ("trunk", "k2", "kmeans_iters", "kmeans_batch", "embed_dim"),
     "lgmi": ("local_dim", "tau"),
-    "cirs": ("a1", "a2", "g_steps", "s_steps", "g_dim"),
+    "cirs": ("a1", "a2", "g_steps", "s_steps", "g_dim", "g_segment_number"),
 }
 
 
@@ -145,6 +145,7 @@ class TrainConfig:
     g_steps: int = 100  # the imbalanced schedule: g trained g_steps mini-batches ...
     s_steps: int = 5  # ... for every s_steps of the segmenter S (Bishop 2020, 7.4)
     g_dim: int = 32  # dimension of g's segment representation
+    g_segment_number: bool = True  # g also sees the segment number k as a one-hot (the source)
 
     def validate(self) -> TrainConfig:
         _require(

@@ -6,7 +6,9 @@ network g.
   side is not a multiple of 4 are padded by edge values and the output cropped back.
 - g: maps one masked segment to a vector. Its input is the normalised image times the
   segment's mask, the mask itself (so that a pixel outside the segment differs from a pixel
-  of mean colour), and, after pooling, the segment number k as a one-hot (as in the source).
+  of mean colour), and, after pooling, the segment number k as a one-hot (as in the source;
+  ``segment_number=False`` leaves it out, so that g cannot tell clusters apart by their
+  number alone and has to by their content).
   The source uses a fully connected g on 64x64 images; geoseg's patches vary in size, so g
   is three stride-2 convolutions, a global average pool and two linear layers, which the
   source names as the alternative. Its output is L2-normalised: the loss's between-cluster
@@ -40,6 +42,7 @@ class CIRSArchitecture:
     g_dim: int = 32
     preset: str = "small"
     padding: str = "zeros"  # S's convolutions: geoseg.config.PADDINGS
+    segment_number: bool = True  # g sees k as a one-hot (the source); bundles before it: True
 
     @property
     def k_a(self) -> int:  # one clustering: the interface's head A is head B
@@ -100,7 +103,7 @@ class UNet(nn.Module):
 class SegmentEncoder(nn.Module):
     """g: (M, C, H, W) masked segments, (M, 1, H, W) masks, (M,) segment numbers -> (M, D) unit vectors."""
 
-    def __init__(self, in_channels: int, k: int, dim: int, width: float) -> None:
+    def __init__(self, in_channels: int, k: int, dim: int, width: float, segment_number: bool = True) -> None:
         super().__init__()
         w = [max(8, int(c * width)) for c in (64, 128, 256)]
         layers: list[nn.Module] = []
@@ -109,13 +112,17 @@ class SegmentEncoder(nn.Module):
             layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
             cin = cout
         self.conv = nn.Sequential(*layers)
-        self.k = k
-        self.fc = nn.Sequential(nn.Linear(w[-1] + k, w[-1]), nn.ReLU(inplace=True), nn.Linear(w[-1], dim))
+        self.k, self.segment_number = k, segment_number
+        numbers = k if segment_number else 0
+        self.fc = nn.Sequential(
+            nn.Linear(w[-1] + numbers, w[-1]), nn.ReLU(inplace=True), nn.Linear(w[-1], dim)
+        )
 
     def forward(self, masked: torch.Tensor, mask: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
         pooled = self.conv(torch.cat([masked, mask], 1)).mean(dim=(2, 3))
-        one_hot = F.one_hot(segment, self.k).to(pooled.dtype)
-        return F.normalize(self.fc(torch.cat([pooled, one_hot], 1)), dim=1)
+        if self.segment_number:
+            pooled = torch.cat([pooled, F.one_hot(segment, self.k).to(pooled.dtype)], 1)
+        return F.normalize(self.fc(pooled), dim=1)
 
 
 class CIRSNet(NormalisedNet):
@@ -130,7 +137,7 @@ class CIRSNet(NormalisedNet):
             raise ConfigError(f"unknown preset {arch.preset!r}; known: {sorted(PRESET_WIDTH)}")
         self.arch = arch
         self.trunk = UNet(arch.in_channels, arch.k_b, arch.width, arch.padding)
-        self.g = SegmentEncoder(arch.in_channels, arch.k_b, arch.g_dim, arch.width)
+        self.g = SegmentEncoder(arch.in_channels, arch.k_b, arch.g_dim, arch.width, arch.segment_number)
         init_weights(self)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,5 +174,7 @@ class CIRSNet(NormalisedNet):
             out.bias.copy_(out.bias[inverse.to(out.bias.device)])
             first = self.g.fc[0]
             assert isinstance(first, nn.Linear)
+            if not self.arch.segment_number:
+                return
             cols = first.weight.shape[1] - self.arch.k_b
             first.weight[:, cols:] = first.weight[:, cols:][:, inverse.to(first.weight.device)]

@@ -44,6 +44,7 @@ class CIRSMethod:
             g_dim=config.g_dim,
             preset=config.preset,
             padding=config.padding,
+            segment_number=config.g_segment_number,
         )
         return seeded(config.seed, lambda: CIRSNet(arch))
 
@@ -86,12 +87,19 @@ class CIRSMethod:
             if config.g_steps
             else "S and g every mini-batch",
             "g_dim": config.g_dim,
+            "g_segment_number": config.g_segment_number,
             "inference": "softmax of the U-Net segmenter S",
         }
 
     def warm_start_settings(self, architecture: dict[str, Any]) -> dict[str, Any]:
         arch = CIRSArchitecture.from_dict(architecture)
-        return {"method": self.name, "g_dim": arch.g_dim, "preset": arch.preset, "padding": arch.padding}
+        return {
+            "method": self.name,
+            "g_dim": arch.g_dim,
+            "preset": arch.preset,
+            "padding": arch.padding,
+            "g_segment_number": arch.segment_number,
+        }
 
 
 CIRS = CIRSMethod()

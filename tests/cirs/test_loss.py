@@ -126,3 +126,34 @@ def test_turns_train_only_their_subnetwork() -> None:
         assert all(p.grad is None for p in frozen.parameters())
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.parameters())
         assert all(p.requires_grad for p in net.parameters())  # g is trainable again after S's turn
+
+
+def test_without_the_segment_number_g_tells_segments_apart_by_content_only() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 16, 16) * 255
+    same = torch.ones(1, 3, 16, 16)  # every segment the whole image: only the number differs
+    numbered = CIRSNet(CIRSArchitecture(in_channels=3, k_b=3, g_dim=8)).eval()
+    blind = CIRSNet(CIRSArchitecture(in_channels=3, k_b=3, g_dim=8, segment_number=False)).eval()
+    with torch.no_grad():
+        f_numbered, f_blind = numbered.represent(x, same)[0], blind.represent(x, same)[0]
+        blind.permute_clusters([2, 0, 1])  # S's channels only: g has no numbers to permute
+        probs = blind(x, heads="b")["b"][0]
+    assert (f_numbered[0] - f_numbered[1]).abs().max() > 1e-3  # the one-hot alone separates them
+    assert torch.allclose(f_blind[0], f_blind[1]) and torch.allclose(f_blind[1], f_blind[2])
+    assert torch.allclose(probs.sum(1), torch.ones(1, 16, 16), atol=1e-5)
+
+
+def test_the_segment_number_setting_is_recorded_and_rebuilt_for_retraining() -> None:
+    from geoseg.config import TrainConfig
+    from geoseg.errors import ConfigError
+    from geoseg.methods.cirs import CIRS
+
+    config = TrainConfig(method="cirs", k=3, g_dim=8, g_segment_number=False)
+    net = CIRS.build_network(config, 3)
+    assert net.arch.segment_number is False
+    assert CIRS.loss_settings(config)["g_segment_number"] is False
+    rebuilt = TrainConfig(**CIRS.warm_start_settings(net.arch.to_dict()), k=3).validate()
+    assert rebuilt.g_segment_number is False
+    assert CIRSArchitecture.from_dict({"in_channels": 3, "k_b": 3}).segment_number  # older bundles
+    with pytest.raises(ConfigError, match="g_segment_number is a setting of method 'cirs'"):
+        TrainConfig(method="iic", g_segment_number=False).validate()

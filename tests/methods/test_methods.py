@@ -64,6 +64,11 @@ def test_cli_refuses_another_methods_setting_by_name_before_any_work(
 def test_cli_refuses_a_picie_setting_with_iic_and_an_unknown_method(tmp_path: Path, capsys) -> None:
     assert main(["train", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "m"), "--k2", "50"]) == 2
     assert "--k2 is a setting of --method picie, not of --method iic" in capsys.readouterr().err
+    assert (
+        main(["train", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "m"), "--g-segment-number", "off"])
+        == 2
+    )
+    assert "--g-segment-number is a setting of --method cirs, not of --method iic" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["train", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "m"), "--method", "dino"])
     assert exc.value.code == 2
