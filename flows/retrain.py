@@ -42,7 +42,7 @@ from flows.settings import (
     config_dict,
     logs_user_errors,
 )
-from flows.tasks import align_task, evaluate_task, find_surveys_task, register_task, run
+from flows.tasks import align_task, call, evaluate_task, find_surveys_task, register_task, run
 from flows.train import train_step
 from geoseg.config import (
     AlignConfig,
@@ -114,7 +114,7 @@ def retrain_flow(
         if models.load_state(registry_dir).current
         else None
     )
-    found = find_surveys_task(catalog=str(catalog_path), registry=str(registry_dir), since=since)
+    found = call(find_surveys_task, catalog=str(catalog_path), registry=str(registry_dir), since=since)
     surveys = check_surveys(found, settings)  # item hrefs may climb out of the catalog's root
     if not surveys:
         logger.info("no surveys added to %s since the promoted model: nothing to retrain", catalog_path)
@@ -139,7 +139,8 @@ def retrain_flow(
     candidate = model
     alignment = None
     if previous is not None:
-        alignment = align_task(
+        alignment = call(
+            align_task,
             model=str(model),
             previous=str(previous),
             reference=[str(store), *map(str, extra_reference)],
@@ -155,7 +156,8 @@ def retrain_flow(
         )
 
     report = _evaluate(surveys, candidate, run_dir, segment_cfg, evaluate_cfg)
-    outcome = register_task(
+    outcome = call(
+        register_task,
         bundle=str(candidate),
         registry=str(registry_dir),
         previous=str(previous) if previous else None,

@@ -146,6 +146,14 @@ def submit(task_: Task, run_dir: str | Path, **parameters: Any) -> PrefectFuture
     return cached(task_, run_dir).submit(**parameters)
 
 
+def call(task_: Task, **parameters: Any) -> Any:
+    """Run a task in the flow (not on Dask, not cached) and return its result; a failed task
+    raises its exception here, as :func:`resolve` does. Calling the task itself would return
+    the Failed state of a user error (:func:`flows.settings.quiet_user_errors`) as if it were
+    the result, and the flow would fail on that object instead of with the error's line."""
+    return task_(**parameters, return_state=True).result()
+
+
 def resolve(future: PrefectFuture, task_: Task, run_dir: str | Path, **parameters: Any) -> tuple[Any, str]:
     """A submitted task's result and final state name ("Completed", "Cached").
 

@@ -25,6 +25,7 @@ from geoseg.evaluate.report import REPORT_JSON, REPORT_MD, markdown, report_json
 from geoseg.io.fileio import (
     claim_folder,
     locked,
+    made_for_the_run,
     mark_folder,
     require_published,
     write_json_atomic,
@@ -70,7 +71,9 @@ def evaluate(
     config = (config or EvaluateConfig()).validate()
     out_dir = Path(out_dir)
     claim_folder(out_dir, STAGE, marker=REPORT_JSON, overwrite=overwrite)
-    with locked(out_dir, "evaluation folder"):  # one evaluation at a time writes here
+    # A run refused on its inputs (counts, sizes, an unknown dataset) leaves no empty --out
+    # behind (the lock made it); a folder that was there stays.
+    with made_for_the_run(out_dir), locked(out_dir, "evaluation folder"):  # one evaluation at a time
         dataset = counts.label_dataset(config)
         pairs = counts.pairs(predictions, labels, "predictions", "labels")
         honest = fit_predictions is not None or fit_labels is not None

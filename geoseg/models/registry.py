@@ -425,6 +425,7 @@ def new_surveys(catalog: str | Path, registry: str | Path, since: str | None = N
     asset with role ``labels``. Items without imagery, and items of another
     ``geoseg:kind`` (models, predictions of a run catalog), are passed over.
     """
+    explicit = parse_since(since)  # a bad `since` is refused before the catalog is read
     path = Path(catalog)
     if not path.is_file():
         raise InputError(f"survey catalog not found: {catalog}")
@@ -432,10 +433,11 @@ def new_surveys(catalog: str | Path, registry: str | Path, since: str | None = N
         root = pystac.read_file(str(path))
     except Exception as exc:  # pystac raises several types for foreign/corrupt JSON
         raise InputError(f"unreadable STAC catalog {catalog}: {exc}") from exc
+    cutoff = explicit
     if since is None:
         state = load_state(registry)
-        since = state.get(state.current).registered if state.current else None
-    cutoff = _utc(datetime.fromisoformat(since)) if since else None
+        if state.current:
+            cutoff = _utc(datetime.fromisoformat(state.get(state.current).registered))
     if isinstance(root, pystac.Item):
         items = [root]
     elif isinstance(root, pystac.Catalog):
@@ -455,6 +457,19 @@ def new_surveys(catalog: str | Path, registry: str | Path, since: str | None = N
         label = _asset(item, "labels")
         surveys.append(Survey(item.id, image, label, added.isoformat() if added else ""))
     return sorted(surveys, key=lambda s: (s.added, s.item_id))
+
+
+def parse_since(since: str | None) -> datetime | None:
+    """The ``since`` of :func:`new_surveys` (an ISO 8601 time, UTC when it has no zone), or
+    None; anything else (``yesterday``, ``03/12/2026``) is a ConfigError naming it."""
+    if since is None or since == "":
+        return None
+    try:
+        return _utc(datetime.fromisoformat(str(since).strip().replace("Z", "+00:00")))
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"since must be an ISO 8601 date or time, e.g. 2026-06-01 or 2026-06-01T03:00:00+00:00, got {since!r}"
+        ) from None
 
 
 def _asset(item: pystac.Item, role: str) -> Path | None:

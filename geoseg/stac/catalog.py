@@ -172,7 +172,10 @@ def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) ->
     An item replacing one of the same id keeps the old one's ``created`` (when the survey
     was first added: the retrain flow's "new surveys"), the assets it lacks (a survey
     item of segment, without the patch store, replaces ingest's) and the old assets whose
-    files are there (:func:`_keep_known`). The catalog is written with
+    files are there (:func:`_keep_known`). A survey item given here that the catalog did not
+    have, and that has no ``created`` (segment's item of a raster it was the first to
+    add), is created now: added now, whatever its file's age; the surveys added only as
+    the link targets of a model item (what it was trained on) are not. The catalog is written with
     :func:`geoseg.stac.items.save_catalog`: self-contained (relative hrefs inside the run
     folder, absolute outside it), validated, into a temporary sibling folder renamed into
     place, so a reader never sees half of it.
@@ -198,6 +201,8 @@ def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) ->
     # Items added now (and the items they link to) replace same-id items; links must point
     # at the new objects.
     new: dict[str, pystac.Item] = {}
+    given = {item.id for item in items}
+    now = datetime.datetime.now(datetime.UTC)
     pending = list(items)
     while pending:
         item = pending.pop(0)
@@ -219,6 +224,8 @@ def update_run_catalog(catalog_dir: str | Path, items: Sequence[pystac.Item]) ->
         if old is not None:
             _keep_known(item, old)
             child.remove_item(item.id)
+        elif kind == "survey" and item.id in given and item.common_metadata.created is None:
+            item.common_metadata.created = now
         child.add_item(item)
     for item in catalog.get_items(recursive=True):
         for link in item.links:

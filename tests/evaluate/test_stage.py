@@ -190,6 +190,22 @@ def test_bad_inputs(tmp_path: Path) -> None:
     assert main(["evaluate", str(p), "--labels", str(p), str(p), "--out", str(tmp_path / "r")]) == 2
 
 
+def test_a_refused_evaluation_leaves_no_empty_report_folder(tmp_path: Path) -> None:
+    """`geoseg evaluate ... --labels <8 of 9 masks> --out r2/`: the one error line, and no
+    empty r2/ (or its created parents) left behind; a folder that was there stays, with its files."""
+    p = _tif(tmp_path / "p.tif", np.zeros((8, 8), np.uint8))
+    assert main(["evaluate", str(p), str(p), "--labels", str(p), "--out", str(tmp_path / "new" / "r")]) == 2
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        evaluate([p], [p], tmp_path / "r", EvaluateConfig(dataset="dubia"))
+    assert not (tmp_path / "r").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(InputError, match="2 predictions but 1 labels"):
+        evaluate([p, p], [p], kept)
+    assert kept.is_dir() and list(kept.iterdir()) == []
+
+
 def test_palette_file_and_colour_coded_labels(tmp_path: Path) -> None:
     pred, lab = _scene(5)
     colours = [(10, 20, 30), (200, 0, 0), (0, 200, 0)]

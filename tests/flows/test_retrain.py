@@ -117,3 +117,33 @@ def test_retrain_flow_end_to_end(prefect_harness: None, tmp_path: Path) -> None:
 
     three = retrain_flow(catalog=str(catalog), registry=str(registry), out=str(tmp_path / "run3"), **tiny)
     assert three["surveys"] == [] and three["version"] is None
+
+
+def test_a_user_error_in_a_retrain_task_fails_the_flow_with_its_line(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    """find-surveys (and align, register) run in the flow itself: their user errors (a `since`
+    that is no ISO time, a corrupt catalog) fail the run with the error's one line, logged
+    once and without a traceback, not with a TypeError on the task's Failed state taken for
+    its result (`cannot convert dictionary update sequence element`)."""
+    from flows.retrain import retrain_flow
+    from geoseg.io.fileio import user_error_message
+    from tests.flows.conftest import flow_run_logs
+
+    good = save_catalog(tmp_path / "cat", [])
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"type": "Catalog", "id"')
+    for catalog, since, expected in (
+        (good, "yesterday", "since must be an ISO 8601"),
+        (corrupt, None, "unreadable STAC catalog"),
+    ):
+        state = retrain_flow(
+            catalog=str(catalog), registry=str(tmp_path / "models"), since=since, return_state=True
+        )
+        assert state.is_failed()
+        line = user_error_message(state.result(raise_on_failure=False))
+        assert line is not None and expected in line, line
+        logs = flow_run_logs(state.state_details.flow_run_id)
+        flow_errors = [log.message for log in logs if log.level >= 40 and log.task_run_id is None]
+        assert flow_errors == [line]
+        assert not [log.message for log in logs if "Traceback" in log.message]

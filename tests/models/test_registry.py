@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -185,6 +186,20 @@ def test_new_surveys_are_those_added_after_the_promoted_model(shared_data: Path,
     assert [s.item_id for s in registry.new_surveys(catalog, reg, since=after)] == []
     with pytest.raises(InputError, match="not found"):
         registry.new_surveys(tmp_path / "nope.json", reg)
+
+
+def test_a_since_that_is_no_iso_time_is_a_clear_error_before_the_catalog_is_read(tmp_path: Path) -> None:
+    """`--param since=yesterday` on the retrain deployment: one ConfigError line naming it (a
+    user error: the find-surveys task neither retries it nor logs a traceback), not Python's
+    "Invalid isoformat string" three times over; a date alone, or a Z suffix, is fine."""
+    from geoseg.errors import ConfigError
+
+    for bad in ("yesterday", "03/12/2026", "2026-13-01"):
+        with pytest.raises(ConfigError, match=rf"since must be an ISO 8601 .*got '{re.escape(bad)}'"):
+            registry.new_surveys(tmp_path / "no-catalog-needed.json", tmp_path / "models", since=bad)
+    assert registry.parse_since("2026-06-01") == datetime(2026, 6, 1, tzinfo=UTC)
+    assert registry.parse_since("2026-06-01T03:00:00Z") == datetime(2026, 6, 1, 3, tzinfo=UTC)
+    assert registry.parse_since(None) is None
 
 
 def test_a_mistyped_registry_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
