@@ -54,7 +54,7 @@ from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 
 from geoseg.baseline import fit_kmeans, predict_kmeans, random_net_baseline
-from geoseg.config import PADDINGS, BaselineConfig, EvaluateConfig
+from geoseg.config import PADDINGS, BaselineConfig, EvaluateConfig, TrainConfig
 from geoseg.datasets import ISPRS_IDS, get_dataset, read_label
 from geoseg.errors import TrainingError
 from geoseg.evaluate import evaluate
@@ -324,7 +324,7 @@ def _learned(
     """
 
     def run(split: Split, fit_images: list[Path], sources: list[Path], seed: int, out: Path) -> list[Path]:
-        from geoseg.config import IngestConfig, SegmentConfig, TrainConfig
+        from geoseg.config import IngestConfig, SegmentConfig
         from geoseg.ingest import ingest
         from geoseg.segment import segment
         from geoseg.train import train
@@ -555,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cirs-segment-number",
         choices=("on", "off"),
-        default="on",
+        default="on" if TrainConfig().g_segment_number else "off",
         help="CIRS's g also sees the segment number as a one-hot (its source: on)",
     )
     parser.add_argument("--cirs-s-steps", type=int, default=5, help="CIRS S mini-batches per turn")

@@ -388,7 +388,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=_on_off,
         default=None,
         metavar="{on,off}",
-        help="g also sees the segment number as a one-hot (CIRS default on, as in its source)",
+        help="g also sees the segment number as a one-hot (CIRS default off; its source: on)",
     )
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="patch pairs per step")

@@ -148,12 +148,14 @@ def test_the_segment_number_setting_is_recorded_and_rebuilt_for_retraining() -> 
     from geoseg.errors import ConfigError
     from geoseg.methods.cirs import CIRS
 
-    config = TrainConfig(method="cirs", k=3, g_dim=8, g_segment_number=False)
-    net = CIRS.build_network(config, 3)
-    assert net.arch.segment_number is False
-    assert CIRS.loss_settings(config)["g_segment_number"] is False
-    rebuilt = TrainConfig(**CIRS.warm_start_settings(net.arch.to_dict()), k=3).validate()
-    assert rebuilt.g_segment_number is False
+    assert TrainConfig(method="cirs").g_segment_number is False  # the Dubai folds' choice
+    for number in (False, True):
+        config = TrainConfig(method="cirs", k=3, g_dim=8, g_segment_number=number)
+        net = CIRS.build_network(config, 3)
+        assert net.arch.segment_number is number
+        assert CIRS.loss_settings(config)["g_segment_number"] is number
+        rebuilt = TrainConfig(**CIRS.warm_start_settings(net.arch.to_dict()), k=3).validate()
+        assert rebuilt.g_segment_number is number
     assert CIRSArchitecture.from_dict({"in_channels": 3, "k_b": 3}).segment_number  # older bundles
     with pytest.raises(ConfigError, match="g_segment_number is a setting of method 'cirs'"):
-        TrainConfig(method="iic", g_segment_number=False).validate()
+        TrainConfig(method="iic", g_segment_number=True).validate()
