@@ -6,9 +6,9 @@ network g.
   side is not a multiple of 4 are padded by edge values and the output cropped back.
 - g: maps one masked segment to a vector. Its input is the normalised image times the
   segment's mask, the mask itself (so that a pixel outside the segment differs from a pixel
-  of mean colour), and, after pooling, the segment number k as a one-hot (as in the source;
-  ``segment_number=False`` leaves it out, so that g cannot tell clusters apart by their
-  number alone and has to by their content).
+  of mean colour), and, after pooling, the segment number k as a one-hot when
+  ``segment_number`` (as in the source). Without it g cannot tell clusters apart by their
+  number alone and has to by their content: TrainConfig's default (bench/RESULTS.md).
   The source uses a fully connected g on 64x64 images; geoseg's patches vary in size, so g
   is three stride-2 convolutions, a global average pool and two linear layers, which the
   source names as the alternative. Its output is L2-normalised: the loss's between-cluster
