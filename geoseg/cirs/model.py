@@ -103,7 +103,7 @@ class UNet(nn.Module):
 class SegmentEncoder(nn.Module):
     """g: (M, C, H, W) masked segments, (M, 1, H, W) masks, (M,) segment numbers -> (M, D) unit vectors."""
 
-    def __init__(self, in_channels: int, k: int, dim: int, width: float, segment_number: bool = True) -> None:
+    def __init__(self, in_channels: int, k: int, dim: int, width: float, segment_number: bool) -> None:
         super().__init__()
         w = [max(8, int(c * width)) for c in (64, 128, 256)]
         layers: list[nn.Module] = []
@@ -172,9 +172,9 @@ class CIRSNet(NormalisedNet):
             out.weight.copy_(out.weight[inverse.to(out.weight.device)])
             assert out.bias is not None
             out.bias.copy_(out.bias[inverse.to(out.bias.device)])
+            if not self.arch.segment_number:  # g has no one-hot columns to reorder
+                return
             first = self.g.fc[0]
             assert isinstance(first, nn.Linear)
-            if not self.arch.segment_number:
-                return
             cols = first.weight.shape[1] - self.arch.k_b
             first.weight[:, cols:] = first.weight[:, cols:][:, inverse.to(first.weight.device)]
