@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.runner import task_runner
+from flows.runner import flow_options
 from flows.settings import (
     FlowSettings,
     build_config,
@@ -47,7 +47,7 @@ def ingest_step(
     return Path(store), state
 
 
-@flow(name="ingest", task_runner=task_runner(), validate_parameters=True)
+@flow(name="ingest", **flow_options())
 @logs_user_errors
 def ingest_flow(
     src: str | list[str],

@@ -27,7 +27,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.ingest import ingest_step
-from flows.runner import task_runner
+from flows.runner import flow_options
 from flows.segment import segment_step
 from flows.settings import (
     FlowSettings,
@@ -51,7 +51,7 @@ DRAIN_TIMEOUT_S = 10
 log = logging.getLogger(__name__)
 
 
-@flow(name="pipeline", task_runner=task_runner(), validate_parameters=True)
+@flow(name="pipeline", **flow_options())
 @logs_user_errors
 def pipeline_flow(
     src: str | list[str],

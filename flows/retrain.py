@@ -30,7 +30,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.ingest import ingest_step
-from flows.runner import task_runner
+from flows.runner import flow_options
 from flows.settings import (
     FlowSettings,
     build_config,
@@ -58,7 +58,7 @@ ALIGNED = "aligned"
 EVALUATION = "evaluation"
 
 
-@flow(name="retrain", task_runner=task_runner(), validate_parameters=True)
+@flow(name="retrain", **flow_options())
 @logs_user_errors
 def retrain_flow(
     catalog: str,

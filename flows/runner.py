@@ -25,6 +25,7 @@ from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner
 from prefect_dask import DaskTaskRunner
 
+from flows.results import RESULT_SERIALIZER
 from flows.settings import FlowSettings, check_dask_address
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,12 @@ def task_runner() -> TaskRunner[Any]:
     """The runner every geoseg flow is decorated with (a :class:`GeosegTaskRunner`; typed as
     Prefect's flow decorator takes it, whose TaskRunner type parameter is invariant)."""
     return GeosegTaskRunner()
+
+
+def flow_options() -> dict[str, Any]:
+    """How every geoseg flow runs (``@flow(name=..., **flow_options())``): on the Dask task
+    runner, its parameters validated, its result stored as JSON (:mod:`flows.results`)."""
+    return {"task_runner": task_runner(), "validate_parameters": True, "result_serializer": RESULT_SERIALIZER}
 
 
 @contextlib.contextmanager

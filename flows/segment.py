@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.runner import task_runner
+from flows.runner import flow_options
 from flows.settings import (
     FlowSettings,
     build_config,
@@ -91,7 +91,7 @@ def segment_step(
     return results, states
 
 
-@flow(name="segment", task_runner=task_runner(), validate_parameters=True)
+@flow(name="segment", **flow_options())
 @logs_user_errors
 def segment_flow(
     src: str | list[str],

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 from prefect import get_run_logger
-from prefect.states import Failed
 
+from flows.results import failed_without_record
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.fileio import user_error_message
 
@@ -113,7 +113,7 @@ def _fails_on_user_errors(fn: Callable[P, R], log_line: bool) -> Callable[P, R]:
                 raise
             if log_line:
                 get_run_logger().error("%s", message)
-            return cast(R, Failed(message=message, data=exc))
+            return cast(R, failed_without_record(message, exc))
 
     return body
 

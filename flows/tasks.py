@@ -31,6 +31,7 @@ from prefect.futures import PrefectFuture
 from prefect.states import State
 from prefect.utilities.hashing import hash_objects
 
+from flows.results import RESULT_SERIALIZER, JSONRecords
 from flows.runner import library_dask
 from flows.settings import quiet_user_errors
 from geoseg import __version__
@@ -112,9 +113,13 @@ CACHE_POLICY = INPUTS + TASK_SOURCE + FileFingerprints()
 
 def cached(task_: Task, run_dir: str | Path, refresh: bool = False) -> Task:
     """The task with its cache records kept in ``run_dir/.prefect-cache``."""
-    # A Path (not a str, which would name a saved block) is a local result storage folder.
-    storage = Path(run_dir).resolve() / CACHE_DIR
-    return task_.with_options(result_storage=storage, persist_result=True, refresh_cache=refresh)
+    with_cache = task_.with_options(
+        result_serializer=RESULT_SERIALIZER, persist_result=True, refresh_cache=refresh
+    )
+    # Set after construction: Task() accepts a storage object only once saved on the server
+    # (one block per run folder would be), although it builds the same unsaved kind from a Path.
+    with_cache.result_storage = JSONRecords(basepath=str(Path(run_dir).resolve() / CACHE_DIR))
+    return with_cache
 
 
 def _paths_in(value: Any) -> list[Path]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.runner import task_runner
+from flows.runner import flow_options
 from flows.settings import (
     FlowSettings,
     build_config,
@@ -40,7 +40,7 @@ def train_step(stores: list[Path], run_dir: Path, config: TrainConfig) -> tuple[
     return Path(bundle), state
 
 
-@flow(name="train", task_runner=task_runner(), validate_parameters=True)
+@flow(name="train", **flow_options())
 @logs_user_errors
 def train_flow(
     store: str | list[str],
