@@ -548,6 +548,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--lgmi-tau", type=float, default=None, help="LGMI's assignment sharpness (default 1/sqrt(P))"
     )
+    parser.add_argument(
+        "--lgmi-local-dim",
+        type=int,
+        default=TrainConfig().local_dim,
+        help="LGMI's local/global feature dimension P (its source: 2048)",
+    )
     parser.add_argument("--cirs-steps", type=int, default=500, help="CIRS training steps per run")
     parser.add_argument("--cirs-lr", type=float, default=1e-3, help="CIRS learning rate (its source: 1e-3)")
     parser.add_argument("--cirs-batch-size", type=int, default=16)
@@ -596,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.lgmi_batch_size,
         lr=args.lgmi_lr,
         tau=args.lgmi_tau,
+        local_dim=args.lgmi_local_dim,
     )
     CIRS_TRAINING.update(
         padding=args.padding,
