@@ -70,6 +70,16 @@ def copy_scene(scene: SceneFiles, folder: Path) -> Path:
     return Path(shutil.copy2(scene.image, folder / scene.image.name))
 
 
+def ingested_copy(scene: SceneFiles, tmp_path: Path) -> tuple[Path, Path, str]:
+    """(source copy, run folder, store as the flow returns it) of one ``ingest`` flow run on a
+    private copy of the scene."""
+    from flows.ingest import ingest_flow
+
+    src = copy_scene(scene, tmp_path / "survey")
+    run = tmp_path / "run"
+    return src, run, ingest_flow(src=str(src), out=str(run), patch_size=32)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

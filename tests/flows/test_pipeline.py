@@ -19,7 +19,7 @@ from rasterio.crs import CRS
 
 from geoseg.io.store import open_store
 from geoseg.stac.catalog import validate_run_catalog
-from tests.flows.conftest import TINY, copy_scene, flow_run_logs, free_port, mtimes
+from tests.flows.conftest import TINY, copy_scene, flow_run_logs, free_port, ingested_copy, mtimes
 
 
 def _items(catalog_json: str | Path, kind: str) -> list[pystac.Item]:
@@ -166,9 +166,7 @@ def test_corrupt_input_fails_the_flow_clearly_and_keeps_earlier_outputs(
 ) -> None:
     from flows.ingest import ingest_flow
 
-    src = copy_scene(small_scene, tmp_path / "survey")
-    run = tmp_path / "run"
-    store = ingest_flow(src=str(src), out=str(run), patch_size=32)
+    src, run, store = ingested_copy(small_scene, tmp_path)
     before = mtimes(store)
     # Damage the survey in place: same name, garbage after the TIFF header.
     data = bytearray(src.read_bytes())
@@ -188,9 +186,7 @@ def test_a_cached_step_whose_outputs_were_deleted_runs_again(
 
     from flows.ingest import ingest_flow
 
-    src = copy_scene(small_scene, tmp_path / "survey")
-    run = tmp_path / "run"
-    store = ingest_flow(src=str(src), out=str(run), patch_size=32)
+    src, run, store = ingested_copy(small_scene, tmp_path)
     patches = open_store(store).num_patches
     shutil.rmtree(store)
     # Same parameters and inputs: the cache record exists, but its output does not.

@@ -16,7 +16,7 @@ from rasterio.transform import from_origin
 from flows.results import RESULT_SERIALIZER
 from flows.tasks import CACHE_DIR
 from geoseg.errors import InputError
-from tests.flows.conftest import copy_scene
+from tests.flows.conftest import ingested_copy
 from tests.test_segment import make_bundle
 
 
@@ -39,9 +39,7 @@ def test_cache_records_are_json_and_a_pickled_record_is_never_loaded(
 ) -> None:
     from flows.ingest import ingest_flow
 
-    src = copy_scene(small_scene, tmp_path / "survey")
-    run = tmp_path / "run"
-    store = ingest_flow(src=str(src), out=str(run), patch_size=32)
+    src, run, store = ingested_copy(small_scene, tmp_path)
     written = records(run)
     assert written
     for path in written:
