@@ -131,7 +131,7 @@ def atomic_path(target: str | Path, replace_folder: bool = False) -> Iterator[Pa
         yield tmp
     except BaseException as exc:
         full = full_disk_error(exc, target.parent, published_path(target))
-        _remove(tmp)
+        _discard(tmp)
         if full is not None:
             raise full from exc
         raise
@@ -164,6 +164,20 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _discard(path: Path, attempts: int = 20) -> None:
+    """Remove the temporary of a failed write, as far as it can be removed: after Ctrl-C the
+    failed work's threads may still be writing into it (ingest's shard tasks), and rmtree
+    then meets a folder that is not empty. That error must not replace the user's (a
+    traceback instead of "interrupted"): retried a moment, then left to the next run
+    (clean_leftovers removes a dead PID's temporaries)."""
+    for _ in range(attempts):
+        try:
+            _remove(path)
+            return
+        except OSError:
+            time.sleep(0.1)
 
 
 def _remove(path: Path) -> None:
