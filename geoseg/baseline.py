@@ -37,6 +37,7 @@ from geoseg.io.sources import (
     discover_sources,
     finite_mask,
     open_dataset,
+    reading,
     report_georeferencing,
     usable_bands,
 )
@@ -79,8 +80,9 @@ def source_bands(src: rasterio.io.DatasetReader, n: int | None, name: Path) -> l
 
 
 def _read(src: rasterio.io.DatasetReader, bands: list[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
-    data = src.read(bands, window=window).astype(np.float32)
-    valid = np.all(src.read_masks(bands, window=window) > 0, axis=0) & finite_mask(data)
+    with reading(src):
+        data = src.read(bands, window=window).astype(np.float32)
+        valid = np.all(src.read_masks(bands, window=window) > 0, axis=0) & finite_mask(data)
     if data.dtype.kind == "f":  # NaN and +-inf are nodata
         data = np.where(np.isfinite(data), data, 0).astype(data.dtype, copy=False)
     return data, valid

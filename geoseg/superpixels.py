@@ -58,7 +58,7 @@ from geoseg.errors import InputError
 from geoseg.io.cog import GDAL_CACHE_BYTES, create_raster, tiled_profile
 from geoseg.io.fileio import content_id, superpixel_labels_intermediate, tiled_intermediate, write_json_atomic
 from geoseg.io.outputs import NODATA
-from geoseg.io.sources import open_dataset
+from geoseg.io.sources import open_dataset, reading
 from geoseg.messages import plural
 
 __all__ = [
@@ -313,8 +313,9 @@ def _grow(window: Window, halo: int, height: int, width: int) -> Window:
 
 def _read(src: DatasetReader, bands: list[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Raw pixels (source dtype; the transform converts chunk by chunk) and validity."""
-    data = src.read(bands, window=window)
-    valid = np.all(src.read_masks(bands, window=window) > 0, axis=0)
+    with reading(src):
+        data = src.read(bands, window=window)
+        valid = np.all(src.read_masks(bands, window=window) > 0, axis=0)
     return data, valid
 
 
@@ -361,6 +362,15 @@ def superpixel_raster(
                 parts.append(stats[present - 1].astype(np.float32))
                 if dst is not None:
                     dst.write(remap[inner], 1, window=core)
+        except BaseException:
+            # Ctrl-C or an error mid-raster: the caller never gets this raster's labels to
+            # discard, so they go here (clean_leftovers is for runs killed outright)
+            if dst is not None:
+                dst.close()
+                dst = None
+                assert labels_path is not None
+                labels_path.unlink(missing_ok=True)
+            raise
         finally:
             if dst is not None:
                 dst.close()
@@ -489,7 +499,9 @@ def _has_valid_pixel(src: DatasetReader, bands: list[int]) -> bool:
     rows = max(1, (1 << 22) // src.width)
     for row in range(0, src.height, rows):
         window = Window(0, row, src.width, min(rows, src.height - row))
-        if np.all(src.read_masks(bands, window=window) > 0, axis=0).any():
+        with reading(src):
+            masks = src.read_masks(bands, window=window)
+        if np.all(masks > 0, axis=0).any():
             return True
     return False
 

@@ -51,6 +51,7 @@ __all__ = [
     "patch_offsets",
     "read_scaled",
     "read_valid",
+    "reading",
     "report_georeferencing",
     "usable_bands",
     "without_georeferencing_warning",
@@ -289,6 +290,16 @@ def read_scaled(
     if data.dtype.kind == "f":  # NaN and +-inf are nodata: never fed to a model or a statistic
         data = np.where(np.isfinite(data), data, 0).astype(data.dtype, copy=False)
     return data, valid
+
+
+@contextlib.contextmanager
+def reading(src: DatasetReader) -> Iterator[None]:
+    """GDAL's failure to read ``src`` (a file damaged past its header opens, then fails on a
+    window) as the one InputError naming it, for readers outside :func:`read_scaled`."""
+    try:
+        yield
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(f"unreadable or corrupt raster {src.name}: {_gdal_reason(exc)}") from exc
 
 
 def _gdal_reason(exc: BaseException) -> str:
