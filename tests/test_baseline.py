@@ -237,3 +237,26 @@ def test_a_raster_damaged_past_its_header_is_one_line(
     assert err.startswith(f"geoseg baseline: error: unreadable or corrupt raster {tif}"), err
     assert "previous exception" not in err  # GDAL's own reason
     assert not list((tmp_path / "out").glob("*_clusters.tif"))
+
+
+def test_a_refused_baseline_leaves_no_empty_out_folder(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`geoseg baseline superpixels neon.tif --k 200 --size 100 --out sp5` (16 superpixels at
+    most) and `baseline kmeans` of a 1-band and a 3-band raster were refused in one line but
+    left the empty folders sp5/ and km/ behind; segment and evaluate already removed theirs.
+    A folder that was there before, and its files, stay."""
+    neon, pan = shared_data / "neon" / "OSBS_029.tif", shared_data / "spacenet" / "sample_geotiff.tif"
+    out = tmp_path / "new" / "sp5"
+    argv = ["baseline", "superpixels", str(neon), "--k", "200", "--size", "100", "--out", str(out)]
+    assert main(argv) == 2
+    assert "more than the at most 16 superpixels" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists(), "neither --out nor the parent the run made"
+    assert main(["baseline", "kmeans", str(pan), str(neon), "--k", "4", "--out", str(tmp_path / "km")]) == 2
+    assert "use --bands N" in capsys.readouterr().err and not (tmp_path / "km").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine\n")
+    assert main(["baseline", "random-net", str(pan), str(neon), "--k", "4", "--out", str(kept)]) == 2
+    capsys.readouterr()
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
