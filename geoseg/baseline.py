@@ -28,6 +28,7 @@ from geoseg.io.fileio import (
     check_free_space,
     check_set,
     locked,
+    made_for_the_run,
     output_set,
     tiled_intermediate,
 )
@@ -37,6 +38,7 @@ from geoseg.io.sources import (
     discover_sources,
     finite_mask,
     open_dataset,
+    reading,
     report_georeferencing,
     usable_bands,
 )
@@ -79,8 +81,9 @@ def source_bands(src: rasterio.io.DatasetReader, n: int | None, name: Path) -> l
 
 
 def _read(src: rasterio.io.DatasetReader, bands: list[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
-    data = src.read(bands, window=window).astype(np.float32)
-    valid = np.all(src.read_masks(bands, window=window) > 0, axis=0) & finite_mask(data)
+    with reading(src):
+        data = src.read(bands, window=window).astype(np.float32)
+        valid = np.all(src.read_masks(bands, window=window) > 0, axis=0) & finite_mask(data)
     if data.dtype.kind == "f":  # NaN and +-inf are nodata
         data = np.where(np.isfinite(data), data, 0).astype(data.dtype, copy=False)
     return data, valid
@@ -331,10 +334,11 @@ def kmeans_baseline(
     overwrite: bool = False,
 ) -> list[Path]:
     """Fit k-means on ``fit_on`` (default: the sources) and write one cluster raster per source."""
-    config = (config or BaselineConfig()).validate()
-    paths, out = _prepare(sources, out_dir, overwrite)
-    model = fit_kmeans(fit_on or paths, config)
-    return _write_kmeans(model, paths, out, config)
+    with made_for_the_run(out_dir):  # a refused or failed run leaves no empty --out
+        config = (config or BaselineConfig()).validate()
+        paths, out = _prepare(sources, out_dir, overwrite)
+        model = fit_kmeans(fit_on or paths, config)
+        return _write_kmeans(model, paths, out, config)
 
 
 def predict_kmeans(
@@ -345,8 +349,9 @@ def predict_kmeans(
     overwrite: bool = False,
 ) -> list[Path]:
     """Write ``<stem>_clusters.tif`` for each source with a fitted model."""
-    paths, out = _prepare(sources, out_dir, overwrite)
-    return _write_kmeans(model, paths, out, config)
+    with made_for_the_run(out_dir):  # a refused or failed run leaves no empty --out
+        paths, out = _prepare(sources, out_dir, overwrite)
+        return _write_kmeans(model, paths, out, config)
 
 
 def _write_kmeans(model: PixelKMeans, paths: Sequence[Path], out: Path, config: BaselineConfig) -> list[Path]:
@@ -400,43 +405,44 @@ def random_net_baseline(
 
     from geoseg.iic.model import Architecture, build_model
 
-    config = (config or BaselineConfig()).validate()
-    paths, out = _prepare(sources, out_dir, overwrite)
-    pixels = sample_pixels([Path(p) for p in fit_on] if fit_on else paths, config)
-    mean, std = band_statistics(pixels)
-    torch.manual_seed(config.seed)
-    arch = Architecture(in_channels=pixels.shape[1], k_a=config.k, k_b=config.k, preset=config.preset)
-    model = build_model(arch).eval()
-    model.set_normalisation(mean.tolist(), std.tolist())
+    with made_for_the_run(out_dir):  # a refused or failed run leaves no empty --out
+        config = (config or BaselineConfig()).validate()
+        paths, out = _prepare(sources, out_dir, overwrite)
+        pixels = sample_pixels([Path(p) for p in fit_on] if fit_on else paths, config)
+        mean, std = band_statistics(pixels)
+        torch.manual_seed(config.seed)
+        arch = Architecture(in_channels=pixels.shape[1], k_a=config.k, k_b=config.k, preset=config.preset)
+        model = build_model(arch).eval()
+        model.set_normalisation(mean.tolist(), std.tolist())
 
-    def predict(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            probs = model(torch.from_numpy(data[None]), heads="b")["b"][0]
-        return probs[0].argmax(0).numpy().astype(np.uint8)
+        def predict(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                probs = model(torch.from_numpy(data[None]), heads="b")["b"][0]
+            return probs[0].argmax(0).numpy().astype(np.uint8)
 
-    colours = _colours(config.k)
-    written = [
-        _publish(
-            path,
-            out,
-            functools.partial(
-                write_cluster_raster,
+        colours = _colours(config.k)
+        written = [
+            _publish(
                 path,
-                predict=predict,
-                bands=config.bands,
-                colours=colours,
-                tile=(config.tile, config.tile),
-                margin=config.margin,
-                method="random-net",
-            ),
+                out,
+                functools.partial(
+                    write_cluster_raster,
+                    path,
+                    predict=predict,
+                    bands=config.bands,
+                    colours=colours,
+                    tile=(config.tile, config.tile),
+                    margin=config.margin,
+                    method="random-net",
+                ),
+            )
+            for path in tqdm(paths, desc="random network", unit="raster", leave=False)
+        ]
+        log.info(
+            "random network (k=%d, seed %d): %s in %s",
+            config.k,
+            config.seed,
+            plural(len(written), "cluster raster"),
+            out,
         )
-        for path in tqdm(paths, desc="random network", unit="raster", leave=False)
-    ]
-    log.info(
-        "random network (k=%d, seed %d): %s in %s",
-        config.k,
-        config.seed,
-        plural(len(written), "cluster raster"),
-        out,
-    )
-    return written
+        return written

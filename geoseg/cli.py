@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from geoseg import __version__
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.fileio import user_error_message
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "parse_args"]
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -893,8 +894,25 @@ def _after_interrupt(command: str) -> str:
     return ""
 
 
+_ASSIGNMENT = re.compile(r"^\d+=")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; `geoseg model name`'s ID=NAME words may also follow its options
+    (`geoseg model name model/ --legend legend.csv 5=water`), which argparse alone refuses:
+    an optional ends the run of positionals it collects."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    name = getattr(args, "command", None) == "model" and getattr(args, "model_command", None) == "name"
+    if extra and name and all(_ASSIGNMENT.match(word) for word in extra):
+        args.names = [*args.names, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     configure_logging(args.verbose)
     try:
         return int(args.run(args))

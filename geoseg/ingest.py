@@ -170,8 +170,20 @@ def plan_ingest(
 
 def _check_label(label_path: Path, info: RasterInfo, dataset: LabelDataset | None) -> None:
     """Labels share the image's grid: the same size and, where both are georeferenced, the
-    same CRS and transform (the rule evaluate applies; labels without a CRS are pixel-aligned)."""
+    same CRS and transform (the rule evaluate applies; labels without a CRS are pixel-aligned),
+    and bands the dataset decodes (as ``geoseg.datasets.read_label`` requires them), found here
+    rather than by a shard task after the store was created."""
     with open_dataset(label_path) as lab:
+        if dataset is not None and dataset.colour_coded and lab.count < 3:
+            try:
+                lab.colormap(1)  # a paletted band is expanded to RGB
+            except ValueError:
+                raise InputError(
+                    f"{label_path}: dataset {dataset.name!r} expects RGB colour-coded labels, this file has "
+                    f"{plural(lab.count, 'band')} without a colour table: pass the --dataset they are coded in (or none for class ids)"
+                ) from None
+        if dataset is not None and not dataset.colour_coded and lab.count != 1:
+            raise InputError(f"{label_path}: dataset {dataset.name!r} expects single-band class-id labels")
         if (lab.width, lab.height) != (info.width, info.height):
             raise InputError(
                 f"labels {label_path} ({lab.width}x{lab.height}) are not aligned with "

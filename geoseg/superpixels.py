@@ -56,9 +56,15 @@ from geoseg.baseline import (
 from geoseg.config import BaselineConfig, SuperpixelConfig
 from geoseg.errors import InputError
 from geoseg.io.cog import GDAL_CACHE_BYTES, create_raster, tiled_profile
-from geoseg.io.fileio import content_id, superpixel_labels_intermediate, tiled_intermediate, write_json_atomic
+from geoseg.io.fileio import (
+    content_id,
+    made_for_the_run,
+    superpixel_labels_intermediate,
+    tiled_intermediate,
+    write_json_atomic,
+)
 from geoseg.io.outputs import NODATA
-from geoseg.io.sources import open_dataset
+from geoseg.io.sources import open_dataset, reading
 from geoseg.messages import plural
 
 __all__ = [
@@ -313,8 +319,9 @@ def _grow(window: Window, halo: int, height: int, width: int) -> Window:
 
 def _read(src: DatasetReader, bands: list[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Raw pixels (source dtype; the transform converts chunk by chunk) and validity."""
-    data = src.read(bands, window=window)
-    valid = np.all(src.read_masks(bands, window=window) > 0, axis=0)
+    with reading(src):
+        data = src.read(bands, window=window)
+        valid = np.all(src.read_masks(bands, window=window) > 0, axis=0)
     return data, valid
 
 
@@ -361,6 +368,15 @@ def superpixel_raster(
                 parts.append(stats[present - 1].astype(np.float32))
                 if dst is not None:
                     dst.write(remap[inner], 1, window=core)
+        except BaseException:
+            # Ctrl-C or an error mid-raster: the caller never gets this raster's labels to
+            # discard, so they go here (clean_leftovers is for runs killed outright)
+            if dst is not None:
+                dst.close()
+                dst = None
+                assert labels_path is not None
+                labels_path.unlink(missing_ok=True)
+            raise
         finally:
             if dst is not None:
                 dst.close()
@@ -489,7 +505,9 @@ def _has_valid_pixel(src: DatasetReader, bands: list[int]) -> bool:
     rows = max(1, (1 << 22) // src.width)
     for row in range(0, src.height, rows):
         window = Window(0, row, src.width, min(rows, src.height - row))
-        if np.all(src.read_masks(bands, window=window) > 0, axis=0).any():
+        with reading(src):
+            masks = src.read_masks(bands, window=window)
+        if np.all(masks > 0, axis=0).any():
             return True
     return False
 
@@ -607,36 +625,37 @@ def superpixel_baseline(
     The model goes to ``out_dir/superpixel_model.json``; :func:`apply_superpixels` applies it.
     Every check (files, bands, size, nodata, k) runs before the first superpixel.
     """
-    config = (config or SuperpixelConfig()).validate()
-    paths, out = _prepare(sources, out_dir, overwrite)
-    fit_paths = [Path(p) for p in fit_on] if fit_on else list(paths)
-    for path in fit_paths:
-        if not path.is_file():
-            raise InputError(f"source not found: {path}")
-    with open_dataset(paths[0]) as src:
-        n_bands = len(source_bands(src, config.bands, paths[0]))
-    check_sources(paths, config, n_bands)
-    _check_k(config, check_sources(fit_paths, config, n_bands))
-    space = fit_space(fit_paths, config)
-    segmented: dict[Path, SegmentedRaster] = {}
-    try:
-        for i, path in enumerate(dict.fromkeys([*paths, *fit_paths])):
-            keep = superpixel_labels_intermediate(out, path.stem, i) if path in paths else None
-            segmented[path] = superpixel_raster(path, space, config, keep, progress)
-        model = fit_superpixels([segmented[p] for p in fit_paths], space, config)
-        model_path = model.save(out / MODEL_NAME)
-        written = _write_all(model, [segmented[p] for p in paths], out, model_path)
-    finally:
-        for s in segmented.values():
-            s.discard()
-    log.info(
-        "superpixels (k=%d, size %d px): %s in %s",
-        config.k,
-        config.size,
-        plural(len(written), "cluster raster"),
-        out,
-    )
-    return written
+    with made_for_the_run(out_dir):  # a refused or failed run leaves no empty --out
+        config = (config or SuperpixelConfig()).validate()
+        paths, out = _prepare(sources, out_dir, overwrite)
+        fit_paths = [Path(p) for p in fit_on] if fit_on else list(paths)
+        for path in fit_paths:
+            if not path.is_file():
+                raise InputError(f"source not found: {path}")
+        with open_dataset(paths[0]) as src:
+            n_bands = len(source_bands(src, config.bands, paths[0]))
+        check_sources(paths, config, n_bands)
+        _check_k(config, check_sources(fit_paths, config, n_bands))
+        space = fit_space(fit_paths, config)
+        segmented: dict[Path, SegmentedRaster] = {}
+        try:
+            for i, path in enumerate(dict.fromkeys([*paths, *fit_paths])):
+                keep = superpixel_labels_intermediate(out, path.stem, i) if path in paths else None
+                segmented[path] = superpixel_raster(path, space, config, keep, progress)
+            model = fit_superpixels([segmented[p] for p in fit_paths], space, config)
+            model_path = model.save(out / MODEL_NAME)
+            written = _write_all(model, [segmented[p] for p in paths], out, model_path)
+        finally:
+            for s in segmented.values():
+                s.discard()
+        log.info(
+            "superpixels (k=%d, size %d px): %s in %s",
+            config.k,
+            config.size,
+            plural(len(written), "cluster raster"),
+            out,
+        )
+        return written
 
 
 def apply_superpixels(
@@ -647,25 +666,26 @@ def apply_superpixels(
     overwrite: bool = False,
 ) -> list[Path]:
     """Apply a saved superpixel model to other rasters (same bands): cluster rasters as the fit wrote."""
-    model = load_model(model_path)
-    model_file = Path(model_path) / MODEL_NAME if Path(model_path).is_dir() else Path(model_path)
-    config = model.config()
-    paths, out = _prepare(sources, out_dir, overwrite)
-    check_sources(paths, config, model.space.bands)
-    segmented: list[SegmentedRaster] = []
-    try:
-        for i, path in enumerate(paths):
-            segmented.append(
-                superpixel_raster(
-                    path, model.space, config, superpixel_labels_intermediate(out, path.stem, i), progress
+    with made_for_the_run(out_dir):  # a refused or failed run leaves no empty --out
+        model = load_model(model_path)
+        model_file = Path(model_path) / MODEL_NAME if Path(model_path).is_dir() else Path(model_path)
+        config = model.config()
+        paths, out = _prepare(sources, out_dir, overwrite)
+        check_sources(paths, config, model.space.bands)
+        segmented: list[SegmentedRaster] = []
+        try:
+            for i, path in enumerate(paths):
+                segmented.append(
+                    superpixel_raster(
+                        path, model.space, config, superpixel_labels_intermediate(out, path.stem, i), progress
+                    )
                 )
-            )
-        written = _write_all(model, segmented, out, model_file)
-    finally:
-        for s in segmented:
-            s.discard()
-    log.info("superpixel model %s: %s in %s", model_file, plural(len(written), "cluster raster"), out)
-    return written
+            written = _write_all(model, segmented, out, model_file)
+        finally:
+            for s in segmented:
+                s.discard()
+        log.info("superpixel model %s: %s in %s", model_file, plural(len(written), "cluster raster"), out)
+        return written
 
 
 # --- refinement of a segmentation ----------------------------------------------------------

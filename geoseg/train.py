@@ -251,7 +251,9 @@ def _train(
     # before training rather than discovered at the first checkpoint.
     check_free_space(out.parent, 6 * sum(p.numel() * p.element_size() for p in model.parameters()))
     if config.init_from:
-        _load_initial_weights(model, Path(config.init_from), meta0.band_names, config.method, member)
+        _load_initial_weights(
+            model, Path(config.init_from), meta0.band_names, config.method, member, stores[0]
+        )
     mean, std = dataset.band_statistics()
     model.set_normalisation(mean, std)
     rgb = rgb_band_indices(meta0.band_names, config.rgb_bands)
@@ -563,9 +565,11 @@ def _load_initial_weights(
     band_names: list[str],
     method: str,
     member: tuple[int, int] | None = None,
+    store: Path | None = None,
 ) -> None:
     """Start from an existing bundle's weights; its method, bands, architecture and number of
-    ensemble members must match (``member``: (index, count) of the ensemble member this run trains)."""
+    ensemble members must match (``member``: (index, count) of the ensemble member this run trains;
+    ``store``: the patch store named when the bands differ)."""
     old, meta = load_bundle(bundle_dir)
     index, count = member or (0, 1)
     have = len(meta.member_architectures or ()) or 1
@@ -584,7 +588,8 @@ def _load_initial_weights(
     if old.arch.in_channels != model.arch.in_channels:
         raise ConfigError(
             f"model bundle {bundle_dir} expects {plural(old.arch.in_channels, 'band')} "
-            f"({', '.join(meta.band_names)}), the patch store has {model.arch.in_channels} ({', '.join(band_names)})"
+            f"({', '.join(meta.band_names)}), the patch store{f' {store}' if store else ''} has "
+            f"{model.arch.in_channels} ({', '.join(band_names)})"
         )
     if old.arch != model.arch:
         raise ConfigError(

@@ -26,13 +26,14 @@ with larger units, regions near block lines may be judged on truncated neighbour
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import multiprocessing
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
@@ -49,7 +50,15 @@ from rasterio.windows import Window
 from geoseg.config import VectorizeConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.io import sources
-from geoseg.io.fileio import atomic_path, claim_file, require_published, write_json_atomic, write_text_atomic
+from geoseg.io.fileio import (
+    atomic_path,
+    claim_file,
+    full_disk_error,
+    published_path,
+    require_published,
+    write_json_atomic,
+    write_text_atomic,
+)
 from geoseg.io.outputs import NODATA, OUTPUT_ASSETS, polygons_path, prediction_path, style_path
 from geoseg.io.sources import PIXEL_GRID, is_pixel_grid, open_dataset
 from geoseg.io.style import (
@@ -404,6 +413,21 @@ def log_polygons(count: int, clusters_tif: Path, gpkg: Path) -> None:
     log.info("%s from %s -> %s", plural(count, "polygon"), clusters_tif, gpkg)
 
 
+@contextlib.contextmanager
+def _gpkg_disk_full(out_gpkg: Path, wkb: np.ndarray) -> Iterator[None]:
+    """A GeoPackage write that runs out of space fails with GDAL's "Failed to commit
+    transaction" after SQLite has rolled back and freed the space it took: told apart from
+    other failures by the free space left being less than the geometries alone need."""
+    try:
+        yield
+    except Exception as exc:
+        needed = 2 * sum(len(g) for g in wkb)  # the geometries, and SQLite's journal of them
+        full = full_disk_error(exc, out_gpkg.parent, published_path(out_gpkg), needed)
+        if full is not None:
+            raise full from exc
+        raise
+
+
 def write_polygons(
     clusters_tif: Path,
     out_gpkg: Path,
@@ -457,14 +481,15 @@ def write_polygons(
     known = {c.id for c in classes}
     style = classes + [StyleClass(int(v), (128, 128, 128)) for v in np.unique(values) if int(v) not in known]
     qml = categorized_vector_style([StyleClass(c.id, c.colour, names.get(c.id, c.name)) for c in style])
-    with atomic_path(out_gpkg) as tmp, warnings.catch_warnings():
+    wkb = shapely.to_wkb(geometry)
+    with atomic_path(out_gpkg) as tmp, warnings.catch_warnings(), _gpkg_disk_full(out_gpkg, wkb):
         warnings.filterwarnings("ignore", "The filename extension should be 'gpkg'")  # temporary name
         warnings.filterwarnings("ignore", ".*GPKG application_id, but non conformant file extension")
         # a raster without a CRS was reported once by name (report_georeferencing)
         warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
         pyogrio.raw.write(
             tmp,
-            geometry=shapely.to_wkb(geometry),
+            geometry=wkb,
             field_data=[values.astype(np.int32), class_name, area.astype(np.float64)],
             fields=LAYER_FIELDS,
             layer=out_gpkg.stem,

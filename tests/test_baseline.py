@@ -217,3 +217,46 @@ def test_kmeans_writes_the_prediction_item_superpixels_writes(tmp_path: Path) ->
     assert [c["value"] for c in classes] == [0, 1, 2, 255]
     # the item is part of the published set: a rerun replaces it without --overwrite
     assert main(["baseline", "kmeans", str(src), "--k", "3", "--out", str(out)]) == 0
+
+
+@pytest.mark.parametrize("method", ["kmeans", "random-net", "superpixels"])
+def test_a_raster_damaged_past_its_header_is_one_line(
+    method: str, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`geoseg baseline kmeans cut.tif` (a GeoTIFF whose lower part is gone: it opens, then a
+    window read fails) printed rasterio's traceback, exit 1; segment already said it in one line."""
+    from tests.helpers import write_raster
+
+    with rasterio.open(shared_data / "lausanne" / "big_img" / "1091-322_00.tif") as src:
+        pixels = src.read()
+    tif = write_raster(tmp_path / "cut.tif", pixels)
+    tif.write_bytes(tif.read_bytes()[: tif.stat().st_size // 2])  # the lower half is gone
+    assert main(["baseline", method, str(tif), "--k", "3", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "Traceback" not in err, err
+    assert err.startswith(f"geoseg baseline: error: unreadable or corrupt raster {tif}"), err
+    assert "previous exception" not in err  # GDAL's own reason
+    assert not list((tmp_path / "out").glob("*_clusters.tif"))
+
+
+def test_a_refused_baseline_leaves_no_empty_out_folder(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`geoseg baseline superpixels neon.tif --k 200 --size 100 --out sp5` (16 superpixels at
+    most) and `baseline kmeans` of a 1-band and a 3-band raster were refused in one line but
+    left the empty folders sp5/ and km/ behind; segment and evaluate already removed theirs.
+    A folder that was there before, and its files, stay."""
+    neon, pan = shared_data / "neon" / "OSBS_029.tif", shared_data / "spacenet" / "sample_geotiff.tif"
+    out = tmp_path / "new" / "sp5"
+    argv = ["baseline", "superpixels", str(neon), "--k", "200", "--size", "100", "--out", str(out)]
+    assert main(argv) == 2
+    assert "more than the at most 16 superpixels" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists(), "neither --out nor the parent the run made"
+    assert main(["baseline", "kmeans", str(pan), str(neon), "--k", "4", "--out", str(tmp_path / "km")]) == 2
+    assert "use --bands N" in capsys.readouterr().err and not (tmp_path / "km").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine\n")
+    assert main(["baseline", "random-net", str(pan), str(neon), "--k", "4", "--out", str(kept)]) == 2
+    capsys.readouterr()
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]

@@ -550,3 +550,33 @@ def test_crs_less_sources_reported_once_each_and_no_rasterio_warning_from_the_th
     ours = [r.getMessage() for r in caplog.records if "has no georeferencing" in r.getMessage()]
     assert sorted(ours) == sorted(f"{p} has no georeferencing: {NO_GEOREFERENCING}" for p in images)
     assert not [str(w.message) for w in recwarn if issubclass(w.category, NotGeoreferencedWarning)]
+
+
+def test_labels_in_another_coding_than_the_dataset_are_refused_before_the_store(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`geoseg ingest irrg.png --labels label.png --dataset potsdam3` (the Vaihingen crop's
+    class-id labels, read as colour-coded) ended in a shard task's traceback, `ValueError:
+    cannot reshape array ...`, and left an incomplete store. Now one line while planning,
+    naming the label file and the dataset; no store."""
+    isprs = shared_data / "isprs"
+    image, label = (
+        isprs / "vaihingen_area1_0_0_512_512_irrg.png",
+        isprs / "vaihingen_area1_0_0_512_512_label.png",
+    )
+    dubai = shared_data / "dubai" / "tile1"
+    cases = [
+        (image, label, "potsdam3", "expects RGB colour-coded labels"),  # 1 band, no colour table
+        (dubai / "images" / "image_part_001.jpg", dubai / "masks" / "image_part_001.png", "isprs-ids",
+         "expects single-band class-id labels"),  # RGB masks read as ids
+    ]  # fmt: skip
+    for i, (src, lab, dataset, says) in enumerate(cases):
+        out = tmp_path / f"s{i}.zarr"
+        argv = ["ingest", str(src), "--labels", str(lab), "--dataset", dataset, "--out", str(out)]
+        assert main([*argv, "--patch-size", "128"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"geoseg ingest: error: {lab}: dataset {dataset!r} {says}"), err
+        assert not out.exists() and not (tmp_path / f"s{i}.zarr.stac").exists()
+    # the same crop with its right coding still ingests
+    assert main(["ingest", str(image), "--labels", str(label), "--dataset", "isprs-ids",
+                 "--out", str(tmp_path / "ok.zarr"), "--patch-size", "128"]) == 0  # fmt: skip

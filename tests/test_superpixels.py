@@ -464,3 +464,34 @@ def test_superpixel_labels_of_a_killed_run_are_cleaned_a_live_runs_kept(tmp_path
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_raster_failing_mid_way_leaves_no_superpixel_labels(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`geoseg baseline superpixels-apply MODEL cut.tif` on a GeoTIFF damaged past its header
+    (or Ctrl-C while its superpixels were computed) left `.cut.superpixels-0-PID.tif` in --out
+    although the run said nothing half-written was kept: that raster's labels go with it."""
+    from tests.helpers import write_raster
+
+    real = shared_data / "lausanne" / "big_img" / "1091-322_00.tif"
+    fitted = tmp_path / "fit"
+    assert main(["baseline", "superpixels", str(real), "--k", "3", "--out", str(fitted)]) == 0
+    with rasterio.open(real) as src:
+        pixels = src.read()
+    tif = write_raster(tmp_path / "cut.tif", pixels)
+    tif.write_bytes(tif.read_bytes()[: tif.stat().st_size // 2])  # opens; the lower half fails
+    out = tmp_path / "out"
+    capsys.readouterr()
+    argv = [
+        "baseline",
+        "superpixels-apply",
+        str(fitted / "superpixel_model.json"),
+        str(tif),
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and f"unreadable or corrupt raster {tif}" in err, err
+    assert not list(out.glob(".*superpixels-*")) and not list(out.glob("*_clusters.tif"))

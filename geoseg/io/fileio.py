@@ -51,6 +51,7 @@ __all__ = [
     "content_id",
     "describe_os_error",
     "foreign_folder",
+    "full_disk_error",
     "locked",
     "made_for_the_run",
     "mark_folder",
@@ -128,8 +129,11 @@ def atomic_path(target: str | Path, replace_folder: bool = False) -> Iterator[Pa
     _remove(tmp)
     try:
         yield tmp
-    except BaseException:
-        _remove(tmp)
+    except BaseException as exc:
+        full = full_disk_error(exc, target.parent, published_path(target))
+        _discard(tmp)
+        if full is not None:
+            raise full from exc
         raise
     if (target.is_dir() and not target.is_symlink()) or (tmp.is_dir() and target.exists()):
         # Directories cannot be renamed over a non-empty one (nor a file): move the old aside first.
@@ -160,6 +164,20 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _discard(path: Path, attempts: int = 20) -> None:
+    """Remove the temporary of a failed write, as far as it can be removed: after Ctrl-C the
+    failed work's threads may still be writing into it (ingest's shard tasks), and rmtree
+    then meets a folder that is not empty. That error must not replace the user's (a
+    traceback instead of "interrupted"): retried a moment, then left to the next run
+    (clean_leftovers removes a dead PID's temporaries)."""
+    for _ in range(attempts):
+        try:
+            _remove(path)
+            return
+        except OSError:
+            time.sleep(0.1)
 
 
 def _remove(path: Path) -> None:
@@ -368,8 +386,13 @@ def output_set(folder: str | Path, name: str, stage: str) -> Iterator[Path]:
     try:
         yield staging
         _publish(staging, folder, name, stage)
-    finally:
+    except BaseException as exc:
+        full = full_disk_error(exc, folder, folder)
         _remove(staging)
+        if full is not None:
+            raise full from exc
+        raise
+    _remove(staging)
 
 
 _STAGING = re.compile(r"^\..+\.staging-\d+$")
@@ -544,8 +567,23 @@ def user_error_message(exc: BaseException, out: str | Path | None = None) -> str
     return None
 
 
-def _nearly_full(path: Path) -> bool:
+def full_disk_error(exc: BaseException, where: Path, named: Path, needed: int = 0) -> OutputError | None:
+    """The one line for a write that failed while ``where``'s file system is full, taken
+    before the failed write's partial files are removed: once they are gone the disk no longer
+    looks full, and GDAL's reason ("Failed to commit transaction") says nothing of space.
+    ``needed``: bytes the failed write needed, for a writer that gives its space back when it
+    fails (SQLite rolls a GeoPackage's transaction back): full means less free than that.
+    None for any other failure, which keeps its own message or traceback."""
+    if not isinstance(exc, Exception) or isinstance(exc, GeosegError) or not _nearly_full(where, needed):
+        return None
+    reason = "" if isinstance(exc, OSError) and exc.errno == errno.ENOSPC else f" ({exc})"
+    return OutputError(
+        f"no space left on the device of {named}: free some space or choose another output location{reason}"
+    )
+
+
+def _nearly_full(path: Path, needed: int = 0) -> bool:
     try:
-        return shutil.disk_usage(_existing_ancestor(path)).free < NEARLY_FULL_BYTES
+        return shutil.disk_usage(_existing_ancestor(path)).free < NEARLY_FULL_BYTES + needed
     except OSError:
         return False

@@ -51,6 +51,7 @@ __all__ = [
     "patch_offsets",
     "read_scaled",
     "read_valid",
+    "reading",
     "report_georeferencing",
     "usable_bands",
     "without_georeferencing_warning",
@@ -159,9 +160,32 @@ def open_dataset(path: str | Path) -> DatasetReader:
         raise InputError(f"raster not found: {path}")
     try:
         with without_georeferencing_warning():
-            return rasterio.open(path)
+            src = rasterio.open(path)
     except rasterio.errors.RasterioError as exc:
         raise InputError(f"unreadable or corrupt raster {path}: {exc}") from exc
+    if src.driver == "PNG":
+        _check_png_decodes(src, path)
+    return src
+
+
+_DECODED_PNGS: set[tuple[str, int, int]] = set()  # (path, size, mtime): PNGs read to the end
+
+
+def _check_png_decodes(src: DatasetReader, path: Path) -> None:
+    """InputError for a truncated or damaged PNG, which GDAL reads whole without an error:
+    a read of the full raster returns the rows decoded before the damage and zeros after it
+    (segment and the baselines then wrote a map of that). A read of the last row decodes
+    the file to its end and fails as it should; done once per file version and process."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _DECODED_PNGS:
+        return
+    try:
+        src.read(1, window=Window(0, src.height - 1, src.width, 1))
+    except rasterio.errors.RasterioError as exc:
+        src.close()
+        raise InputError(f"unreadable or corrupt raster {path}: {_gdal_reason(exc)}") from exc
+    _DECODED_PNGS.add(key)
 
 
 def usable_bands(src: DatasetReader, selection: Sequence[int] | None, path: Path) -> tuple[int, ...]:
@@ -266,6 +290,16 @@ def read_scaled(
     if data.dtype.kind == "f":  # NaN and +-inf are nodata: never fed to a model or a statistic
         data = np.where(np.isfinite(data), data, 0).astype(data.dtype, copy=False)
     return data, valid
+
+
+@contextlib.contextmanager
+def reading(src: DatasetReader) -> Iterator[None]:
+    """GDAL's failure to read ``src`` (a file damaged past its header opens, then fails on a
+    window) as the one InputError naming it, for readers outside :func:`read_scaled`."""
+    try:
+        yield
+    except rasterio.errors.RasterioError as exc:
+        raise InputError(f"unreadable or corrupt raster {src.name}: {_gdal_reason(exc)}") from exc
 
 
 def _gdal_reason(exc: BaseException) -> str:

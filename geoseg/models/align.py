@@ -44,7 +44,7 @@ from geoseg.errors import ConfigError, InputError
 from geoseg.iic.loss import displaced_joints, mutual_information_loss
 from geoseg.iic.model import IICNet, NormalisedNet, for_inference
 from geoseg.inference import check_bands, predict_probabilities, resolve_device
-from geoseg.io.fileio import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from geoseg.io.fileio import atomic_path, check_writable, sha256_file, write_json_atomic, write_text_atomic
 from geoseg.io.sources import discover_sources, open_dataset, open_raster, read_scaled
 from geoseg.io.store import open_store
 from geoseg.messages import plural
@@ -199,6 +199,9 @@ def align_clusters(
     config = (config or AlignConfig()).validate()
     new_model_dir, old_model_dir = Path(new_model_dir), Path(old_model_dir)
     out = Path(out_dir) if out_dir is not None else new_model_dir
+    # The bundle is built beside ``out`` and renamed into place: a folder that cannot be
+    # written in is refused before the reference pass, not after it with a temporary's name.
+    check_writable(out.parent)
     device = resolve_device(config.device)
     new_model, new_meta = load_bundle(new_model_dir, device)
     old_model, old_meta = load_bundle(old_model_dir, device)

@@ -43,7 +43,7 @@ import pystac
 
 from geoseg.config import PromotionConfig
 from geoseg.errors import ConfigError, InputError
-from geoseg.io.fileio import atomic_path, locked, sha256_file, write_json_atomic
+from geoseg.io.fileio import atomic_path, check_writable, locked, sha256_file, write_json_atomic
 from geoseg.io.outputs import WEIGHTS_MEDIA_TYPE
 from geoseg.models.bundle import META, WEIGHTS, Cluster, load_bundle, load_meta
 from geoseg.stac.items import save_catalog_files
@@ -262,6 +262,8 @@ def _locked_registry(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         registry = signature.bind(*args, **kwargs).arguments["registry"]
+        # a read-only registry is named as such, not by the lock file it could not create
+        check_writable(Path(registry))
         with locked(Path(registry), "model registry"):
             return func(*args, **kwargs)
 

@@ -205,7 +205,8 @@ def test_band_count_mismatch_is_a_clear_error(
 ) -> None:
     out, _ = trained
     config = TrainConfig(steps=1, init_from=str(out), **FAST)
-    with pytest.raises(ConfigError, match=r"expects 3 bands.*has 4"):
+    # the message names both sides: the bundle and the patch store
+    with pytest.raises(ConfigError, match=rf"expects 3 bands.*the patch store {dubai_store_4band} has 4"):
         train(dubai_store_4band, tmp_path / "retrained", config, progress=False)
     model, _ = load_bundle(out)
     with pytest.raises(ConfigError, match="expects 3 bands, got 4"):

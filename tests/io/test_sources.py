@@ -140,3 +140,26 @@ def test_scaled_transform_uses_no_deprecated_affine_operator(shared_data: Path) 
     assert (scaled.c, scaled.f) == (info.transform.c, info.transform.f)  # the same corner
     assert scaled.a == pytest.approx(info.transform.a * info.width / width)
     assert scaled.e == pytest.approx(info.transform.e * info.height / height)
+
+
+def test_a_truncated_png_is_refused_not_read_as_zeros(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ISPRS PNG cut after 5000 bytes: GDAL reads the whole raster without an error (the
+    first rows, then zeros), so `geoseg segment` and `geoseg baseline kmeans` wrote a cluster
+    map of it and exited 0, while ingest failed on it. Every reader now refuses it, naming it."""
+    from geoseg.cli import main
+    from geoseg.io.sources import open_dataset, open_raster
+
+    whole = shared_data / "isprs" / "vaihingen_area1_0_0_512_512_irrg.png"
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:5000])
+    for reader in (open_dataset, open_raster):
+        with pytest.raises(InputError, match=rf"unreadable or corrupt raster {cut}: .*IReadBlock failed"):
+            reader(cut)
+    with open_dataset(whole) as src:  # an intact PNG opens as before, and reads whole
+        assert src.read().shape == (3, 512, 512)
+    assert main(["baseline", "kmeans", str(cut), "--k", "3", "--out", str(tmp_path / "km")]) == 2
+    err = capsys.readouterr().err
+    assert f"unreadable or corrupt raster {cut}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "km" / "cut_clusters.tif").exists()

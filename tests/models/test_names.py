@@ -88,6 +88,31 @@ def test_cli_names_a_bundle_and_refuses_unknown_ids(tmp_path: Path, capsys: pyte
     assert "neither a model bundle" in capsys.readouterr().err
 
 
+def test_cli_takes_names_after_the_options_as_the_docs_write_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """docs/usage-segment.md: `geoseg model name model/ --legend legend.csv 5=water` (ID=NAME
+    after an option) printed argparse's usage and "unrecognized arguments: 5=water", exit 2;
+    so did `model name REG --registry REG 3=x` instead of its "given twice" line."""
+    bundle = make_bundle(tmp_path / "m", RGB, "uint8", 110.0, 50.0)  # k = 4
+    legend = tmp_path / "legend.csv"
+    legend.write_text("id,name,colour\n1,sand,#aaaa00\n3,roofs,#c0392b\n")
+    assert main(["model", "name", str(bundle), "--legend", str(legend), "3=water"]) == 0  # ID=NAME wins
+    assert main(["model", "name", str(bundle), "--color", "2=#00aa00", "2=trees", "0=roads"]) == 0
+    capsys.readouterr()
+    clusters = {c.id: c for c in load_meta(bundle).clusters}
+    assert {i: c.name for i, c in clusters.items()} == {0: "roads", 1: "sand", 2: "trees", 3: "water"}
+    assert clusters[3].colour == (192, 57, 43) and clusters[2].colour == (0, 170, 0)
+    reg = tmp_path / "registry"
+    registry.promote(reg, registry.register(bundle, reg).version)
+    assert main(["model", "name", str(reg), "--registry", str(reg), "1=x"]) == 2
+    err = capsys.readouterr().err
+    assert "given twice" in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit):  # other stray words are still argparse's error
+        main(["model", "name", str(bundle), "--color", "2=#00aa00", "roofs"])
+    assert "unrecognized arguments: roofs" in capsys.readouterr().err
+
+
 def test_cli_output_into_a_closed_pipe_is_no_traceback(tmp_path: Path) -> None:
     """`geoseg model name model/ 2=pines | head -1` printed a BrokenPipeError traceback once
     `head` had left: the names are saved, and geoseg stops quietly (status 141, as `ls | head`)."""
