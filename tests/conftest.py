@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,34 @@ def prefect_console_on_this_tests_stderr() -> Iterator[None]:
             handler.stream = sys.stderr  # not setStream: it flushes the closed one first
             handler.console.file = sys.stderr  # type: ignore[attr-defined]
     yield
+
+
+def mount_tmpfs(path: Path, size: str) -> None:
+    """A real file system of ``size`` bytes ("2m") at ``path``: the full-disk tests' disk."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited tmpfs here ({done.stderr.strip()}): needs root")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mount a tmpfs of the given size under tmp_path (unmounted afterwards)."""
+    mounted: list[Path] = []
+
+    def make(size: str) -> Path:
+        path = tmp_path / f"fs{len(mounted)}"
+        mount_tmpfs(path, size)
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount_read_only(path: Path) -> None:
+    """The file system mounted at ``path`` becomes read-only (root ignores permission bits)."""
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)

@@ -36,6 +36,7 @@ from geoseg.io.store import open_store
 from geoseg.models.bundle import META, WEIGHTS, load_meta
 from geoseg.segment import output_paths, segment
 from geoseg.train import _checkpoint_step, train, work_dir
+from tests.conftest import mount_tmpfs, remount_read_only
 from tests.helpers import write_raster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,39 +79,14 @@ def clusters(bundle: Path, tile: Path, tmp_path_factory: pytest.TempPathFactory)
     return result.clusters
 
 
-def _mount_tmpfs(path: Path, size: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here ({done.stderr.strip()}): needs root")
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """Mount a tmpfs of the given size under tmp_path (unmounted afterwards)."""
-    mounted: list[Path] = []
-
-    def make(size: str) -> Path:
-        path = tmp_path / f"fs{len(mounted)}"
-        _mount_tmpfs(path, size)
-        mounted.append(path)
-        return path
-
-    yield make
-    for path in mounted:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A folder on a read-only file system (root ignores permission bits, not a ro mount)."""
     path = tmp_path / "ro"
-    _mount_tmpfs(path, "1m")
+    mount_tmpfs(path, "1m")
     (path / "inside").mkdir()
     (path / "inside" / "keep.txt").write_text("keep\n")
-    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+    remount_read_only(path)
     yield path / "inside"
     subprocess.run(["umount", "-l", str(path)], check=False)
 

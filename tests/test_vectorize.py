@@ -325,31 +325,24 @@ def test_vectorizing_after_segment_lists_the_geopackage_in_its_stac_item(
     assert notes.read_text() == "[1, 2]\n"
 
 
-def test_a_geopackage_that_does_not_fit_on_the_disk_is_one_line(tmp_path: Path, capsys) -> None:
+def test_a_geopackage_that_does_not_fit_on_the_disk_is_one_line(tmp_path: Path, small_fs, capsys) -> None:
     """`geoseg segment` of lausanne/big_img onto a 2 MiB file system ended in a traceback,
     `pyogrio.errors.DataSourceError: Failed to commit transaction`: SQLite had rolled the
     GeoPackage back and freed the space, so the disk no longer looked full. Now one line
     naming the GeoPackage; no partial file is left."""
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(fs)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): needs root")
-    try:
-        # a real CRS and ~20000 small regions: a GeoPackage of several MiB
-        ids = np.random.default_rng(0).integers(0, 4, (300, 300), dtype=np.uint8).repeat(2, 0).repeat(2, 1)
-        clusters = tmp_path / "tile_clusters.tif"
-        profile = {"driver": "GTiff", "width": 600, "height": 600, "count": 1, "dtype": "uint8"}
-        transform = rasterio.transform.from_origin(2679000.0, 1248000.0, 0.5, 0.5)
-        with rasterio.open(
-            clusters, "w", **profile, crs=CRS.from_epsg(2056), transform=transform, nodata=NODATA
-        ) as dst:
-            dst.write(ids, 1)
-        out = fs / "tile_polygons.gpkg"
-        assert main(["vectorize", str(clusters), "--out", str(out)]) == 2
-        err = capsys.readouterr().err
-        assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err, err
-        assert f"no space left on the device of {out}" in err, err
-        assert list(fs.iterdir()) == [], "no partial GeoPackage, no temporary"
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], check=False)
+    fs = small_fs("2m")
+    # a real CRS and ~20000 small regions: a GeoPackage of several MiB
+    ids = np.random.default_rng(0).integers(0, 4, (300, 300), dtype=np.uint8).repeat(2, 0).repeat(2, 1)
+    clusters = tmp_path / "tile_clusters.tif"
+    profile = {"driver": "GTiff", "width": 600, "height": 600, "count": 1, "dtype": "uint8"}
+    transform = rasterio.transform.from_origin(2679000.0, 1248000.0, 0.5, 0.5)
+    with rasterio.open(
+        clusters, "w", **profile, crs=CRS.from_epsg(2056), transform=transform, nodata=NODATA
+    ) as dst:
+        dst.write(ids, 1)
+    out = fs / "tile_polygons.gpkg"
+    assert main(["vectorize", str(clusters), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err, err
+    assert f"no space left on the device of {out}" in err, err
+    assert list(fs.iterdir()) == [], "no partial GeoPackage, no temporary"

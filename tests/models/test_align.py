@@ -13,6 +13,7 @@ from geoseg.config import AlignConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.models.align import agreement_matrix, align_clusters, expand_reference, match_clusters
 from geoseg.models.bundle import load_bundle, load_meta, save_bundle
+from tests.conftest import remount_read_only
 from tests.helpers import (
     OLD_CLUSTERS,
     K,
@@ -195,33 +196,25 @@ def test_progress_has_a_total_and_is_log_lines_off_a_terminal(
 
 
 def test_in_place_alignment_on_a_read_only_file_system_is_one_line_before_the_pass(
-    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    shared_data: Path, tmp_path: Path, small_fs, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`geoseg model align ro/model --to ... --reference ...` with the bundle on a read-only
     mount ran the whole reference pass, then said "cannot write ro/..model.tmp-N.tmp-N.tmp-N":
     the folder is refused first, by its name; the bundle stays as it was."""
     import shutil
-    import subprocess
 
     from geoseg.cli import main
 
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(fs)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): needs root")
-    try:
-        old = make_spread_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
-        new = shutil.copytree(permuted_copy(old, tmp_path / "new", [1, 0, 3, 2]), fs / "new")
-        before = {p.name: p.read_bytes() for p in new.iterdir()}
-        subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
-        tile = reference_tiles(shared_data)[0]
-        argv = ["model", "align", str(new), "--to", str(old), "--reference", str(tile), "--device", "cpu"]
-        assert main(argv) == 2
-        err = capsys.readouterr().err
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and "Read-only file system" in err and f"cannot write in {fs}" in err, err
-        assert ".tmp" not in err and "reference:" not in err, err  # no temporary's name, no pass
-        assert {p.name: p.read_bytes() for p in new.iterdir()} == before
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], check=False)
+    fs = small_fs("4m")
+    old = make_spread_bundle(tmp_path / "old", clusters=OLD_CLUSTERS)
+    new = shutil.copytree(permuted_copy(old, tmp_path / "new", [1, 0, 3, 2]), fs / "new")
+    before = {p.name: p.read_bytes() for p in new.iterdir()}
+    remount_read_only(fs)
+    tile = reference_tiles(shared_data)[0]
+    argv = ["model", "align", str(new), "--to", str(old), "--reference", str(tile), "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Read-only file system" in err and f"cannot write in {fs}" in err, err
+    assert ".tmp" not in err and "reference:" not in err, err  # no temporary's name, no pass
+    assert {p.name: p.read_bytes() for p in new.iterdir()} == before

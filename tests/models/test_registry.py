@@ -21,6 +21,7 @@ from geoseg.models import registry
 from geoseg.models.align import align_clusters, reference_figures
 from geoseg.models.bundle import WEIGHTS, load_bundle, load_meta, save_bundle
 from geoseg.models.registry import ModelFigures, should_promote
+from tests.conftest import remount_read_only
 from tests.helpers import OLD_CLUSTERS, permuted_copy, predict, reference_tiles
 from tests.helpers import make_spread_bundle as make_bundle
 
@@ -276,38 +277,30 @@ def test_a_survey_ingested_after_the_promoted_model_is_new_whatever_its_file_dat
 
 
 def test_a_read_only_registry_is_named_not_its_lock_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, small_fs, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`geoseg model register/promote/rollback --registry ro/reg` on a read-only mount said
     "cannot write ro/reg/.geoseg.lock: read-only file system": the registry is named, and it
     stays as it was."""
     import shutil
-    import subprocess
 
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(fs)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): needs root")
-    try:
-        reg = fs / "reg"
-        first = make_bundle(tmp_path / "a")
-        registry.promote(reg, registry.register(first, reg).version)
-        second = permuted_copy(first, tmp_path / "b", [1, 0, 3, 2])
-        registry.register(second, reg)
-        before = (reg / registry.STATE).read_bytes()
-        subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
-        for argv in (
-            ["model", "register", str(shutil.copytree(second, tmp_path / "c")), "--registry", str(reg)],
-            ["model", "promote", "v0002", "--registry", str(reg)],
-            ["model", "rollback", "--registry", str(reg)],
-        ):
-            assert main(argv) == 2, argv
-            err = capsys.readouterr().err.strip()
-            assert (
-                err
-                == f"geoseg model: error: cannot write in {reg}: Read-only file system: fix its permissions or choose another output"
-            ), err
-        assert (reg / registry.STATE).read_bytes() == before
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], check=False)
+    fs = small_fs("4m")
+    reg = fs / "reg"
+    first = make_bundle(tmp_path / "a")
+    registry.promote(reg, registry.register(first, reg).version)
+    second = permuted_copy(first, tmp_path / "b", [1, 0, 3, 2])
+    registry.register(second, reg)
+    before = (reg / registry.STATE).read_bytes()
+    remount_read_only(fs)
+    for argv in (
+        ["model", "register", str(shutil.copytree(second, tmp_path / "c")), "--registry", str(reg)],
+        ["model", "promote", "v0002", "--registry", str(reg)],
+        ["model", "rollback", "--registry", str(reg)],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert (
+            err
+            == f"geoseg model: error: cannot write in {reg}: Read-only file system: fix its permissions or choose another output"
+        ), err
+    assert (reg / registry.STATE).read_bytes() == before
