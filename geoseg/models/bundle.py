@@ -152,15 +152,36 @@ def model_id(bundle_dir: str | Path) -> str:
 
 
 def default_clusters(k: int) -> list[Cluster]:
-    """Distinct colours for k clusters (tab20-like cycle, stable by id)."""
+    """Distinct colours for k clusters, stable by id: tab10 up to 10 clusters, tab20 up to
+    20, and past 20 (head A's over-clustering: k_a = 4k) colours of a golden-angle hue walk,
+    none repeating an earlier one, so that no two clusters look alike in QGIS."""
     from matplotlib import colormaps
 
     cmap = colormaps["tab20"] if k > 10 else colormaps["tab10"]
-    colours = []
+    colours: list[tuple[int, int, int]] = []
     for i in range(k):
-        r, g, b, _ = cmap(i % cmap.N)
-        colours.append((int(r * 255), int(g * 255), int(b * 255)))
+        if i < cmap.N:
+            r, g, b, _ = cmap(i)
+            colour = (int(r * 255), int(g * 255), int(b * 255))
+        else:
+            colour = _walk_colour(i, set(colours))
+        colours.append(colour)
     return [Cluster(id=i, colour=c) for i, c in enumerate(colours)]
+
+
+def _walk_colour(i: int, used: set[tuple[int, int, int]]) -> tuple[int, int, int]:
+    import colorsys
+
+    step = 0
+    while True:  # hue by the golden angle; saturation and value cycle; never a used colour
+        hue = ((i + step) * 0.6180339887498949) % 1.0
+        saturation = (0.85, 0.55, 0.7)[(i + step) % 3]
+        value = (0.9, 0.7, 0.55)[((i + step) // 3) % 3]
+        r, g, b = colorsys.hsv_to_rgb(hue, saturation, value)
+        colour = (round(r * 255), round(g * 255), round(b * 255))
+        if colour not in used:
+            return colour
+        step += 1
 
 
 def save_bundle(model: NormalisedNet, meta: ModelMeta, out_dir: str | Path, overwrite: bool = False) -> Path:
