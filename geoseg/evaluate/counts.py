@@ -78,14 +78,15 @@ def pairs(
 ) -> list[tuple[Path, Path]]:
     """Prediction/label paths, one label per prediction, each an existing file."""
     # Missing files first: a mistyped glob reaches here unexpanded, as one path, and
-    # "9 predictions but 1 labels" would hide the typo.
+    # "9 files for predictions but 1 for labels" would hide the typo.
     for path in (Path(p) for p in (*predictions, *labels)):
         if not path.is_file():
             hint = " (a shell pattern that matched nothing?)" if any(c in str(path) for c in "*?[") else ""
             raise InputError(f"file not found: {path}{hint}")
     if len(predictions) != len(labels):
         raise InputError(
-            f"{len(predictions)} {what} but {len(labels)} {against}: give one label per prediction, same order"
+            f"{plural(len(predictions), 'file')} for {what} but {len(labels)} for {against}: "
+            "give one label per prediction, same order"
         )
     if not predictions:
         raise InputError(f"no {what} given")

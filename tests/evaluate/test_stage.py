@@ -171,8 +171,10 @@ def test_size_mismatch_names_both_files(tmp_path: Path) -> None:
 
 def test_bad_inputs(tmp_path: Path) -> None:
     p = _tif(tmp_path / "p.tif", np.zeros((8, 8), np.uint8))
-    with pytest.raises(InputError, match="2 predictions but 1 labels"):
+    with pytest.raises(InputError, match="2 files for predictions but 1 for labels"):
         evaluate([p, p], [p], tmp_path / "r")
+    with pytest.raises(InputError, match=r"^1 file for predictions but 2 for labels"):  # "1 predictions"
+        evaluate([p], [p, p], tmp_path / "r")
     with pytest.raises(InputError, match="not found"):
         evaluate([p], [tmp_path / "missing.png"], tmp_path / "r")
     # a mistyped glob reaches evaluate unexpanded: the missing file is named, not the counts
@@ -201,7 +203,7 @@ def test_a_refused_evaluation_leaves_no_empty_report_folder(tmp_path: Path) -> N
     assert not (tmp_path / "r").exists()
     kept = tmp_path / "kept"
     kept.mkdir()
-    with pytest.raises(InputError, match="2 predictions but 1 labels"):
+    with pytest.raises(InputError, match="2 files for predictions but 1 for labels"):
         evaluate([p, p], [p], kept)
     assert kept.is_dir() and list(kept.iterdir()) == []
 
