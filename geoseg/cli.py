@@ -883,10 +883,14 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger("distributed").setLevel(os.environ["DASK_LOGGING__DISTRIBUTED"].upper())
 
 
-def _after_interrupt(command: str) -> str:
+def _after_interrupt(command: str, overwrite: bool = False) -> str:
     """What an interrupted stage left and what to do: ingest and train resume from their last
-    checkpoint; the others write every file whole (atomic renames; segment and the baselines
-    publish each source's set whole, geoseg.io.fileio.output_set), and a rerun replaces them."""
+    checkpoint, except ingest --overwrite, whose new store is built beside the old one and
+    dropped (the old store stays); the others write every file whole (atomic renames; segment
+    and the baselines publish each source's set whole, geoseg.io.fileio.output_set), and a
+    rerun replaces them."""
+    if command == "ingest" and overwrite:
+        return "; the old store is kept as it was: run the same command again to rebuild it"
     if command in ("ingest", "train"):
         return "; run the same command again to resume"
     if command in ("segment", "vectorize", "baseline", "evaluate"):
@@ -921,7 +925,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # Ctrl-C is the user's choice, not a failure to explain with a traceback: ingest and
         # train keep their last checkpoint and resume from it when the command is run again.
-        print(f"geoseg {args.command}: interrupted{_after_interrupt(args.command)}", file=sys.stderr)
+        after = _after_interrupt(args.command, bool(getattr(args, "overwrite", False)))
+        print(f"geoseg {args.command}: interrupted{after}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # `geoseg model name ... | head`: the reader of the output left; the work is done (the

@@ -96,6 +96,15 @@ def test_ctrl_c_prints_one_line_and_exits_130(
     assert err.strip() == "geoseg train: interrupted; run the same command again to resume"
     with pytest.raises(KeyboardInterrupt):
         main(["--debug", "train", "s.zarr", "--out", "m"])
+    monkeypatch.setattr(geoseg.cli, "_run_ingest", interrupted)
+    assert main(["ingest", "a.tif", "--out", "s.zarr"]) == 130
+    assert (
+        capsys.readouterr().err.strip() == "geoseg ingest: interrupted; run the same command again to resume"
+    )
+    assert main(["ingest", "a.tif", "--out", "s.zarr", "--overwrite"]) == 130  # built beside, dropped
+    assert capsys.readouterr().err.strip() == (
+        "geoseg ingest: interrupted; the old store is kept as it was: run the same command again to rebuild it"
+    )
     monkeypatch.setattr(geoseg.cli, "_run_segment", interrupted)  # output sets are published whole
     assert main(["segment", "m", "a.tif", "--out", "p"]) == 130
     assert capsys.readouterr().err.strip() == (
