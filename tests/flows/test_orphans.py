@@ -32,6 +32,20 @@ from tests.flows.test_deployment import (
 )
 
 
+def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`make worker` as from a terminal: SIGINT at its default even when this test inherited it
+    ignored (a background job), so that the worker stops at once as it does for a user."""
+    return subprocess.Popen(
+        [str(SCRIPTS / "prefect-worker.sh")],
+        env=env,
+        cwd=ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def _wait_for(text: str, log: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while text not in log.read_text():
@@ -50,7 +64,7 @@ def test_stopping_the_worker_mid_run_crashes_the_run_with_one_line_under_watch(
     worker = watch = None
     try:
         _wait_healthy(env["PREFECT_API_URL"], server, tmp_path / "server.log")
-        worker = _start([str(SCRIPTS / "prefect-worker.sh")], env, worker_log)
+        worker = _start_worker(env, worker_log)
         _wait_worker_online(env, worker_log)
         deploy = subprocess.run(
             [str(SCRIPTS / "prefect-deploy.sh"), "pipeline/local"],
@@ -74,7 +88,10 @@ def test_stopping_the_worker_mid_run_crashes_the_run_with_one_line_under_watch(
         )
         _wait_for("training on cpu", worker_log)
         # The worker itself gets the signal, as from `kill PID` (Ctrl-C reaches it as well).
-        (prefect_worker,) = psutil.Process(worker.pid).children()
+        script = psutil.Process(worker.pid)
+        (prefect_worker,) = [
+            p for p in [script, *script.children(recursive=True)] if "worker" in p.cmdline()[2:4]
+        ]
         prefect_worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=120) is not None
         watched, _ = watch.communicate(timeout=120)  # before: waited until --watch-timeout
@@ -86,7 +103,7 @@ def test_stopping_the_worker_mid_run_crashes_the_run_with_one_line_under_watch(
         assert "make worker" in runs[0]["state"]["message"]
         assert (run_dir / "patches.zarr" / "zarr.json").is_file()  # the finished ingest stays
         # A worker started again finds nothing more to mark and serves the pool.
-        worker = _start([str(SCRIPTS / "prefect-worker.sh")], env, tmp_path / "worker2.log")
+        worker = _start_worker(env, tmp_path / "worker2.log")
         _wait_for("started!", tmp_path / "worker2.log")
         assert "marked Crashed" not in (tmp_path / "worker2.log").read_text()
     finally:
