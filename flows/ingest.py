@@ -13,11 +13,10 @@ from flows.settings import (
     build_config,
     check_dask_address,
     check_inputs,
-    check_output,
     check_sources,
     config_dict,
-    default_out,
     logs_user_errors,
+    run_folder,
 )
 from flows.tasks import ingest_task, run
 from geoseg.config import IngestConfig
@@ -73,7 +72,7 @@ def ingest_flow(
     check_dask_address(dask_address)
     sources = check_sources(src, settings)
     label_paths = check_inputs(labels, "labels", settings) if labels else None
-    run_dir = check_output(out or default_out(settings, "ingest", sources[0]), "out", settings)
+    run_dir = run_folder(out, settings, "ingest", sources[0])
     config = build_config(IngestConfig, options, patch_size=patch_size, dataset=dataset)
     store, state = ingest_step(sources, run_dir, config, label_paths)
     get_run_logger().info("patch store %s (%s)", store, state)

@@ -34,11 +34,10 @@ from flows.settings import (
     build_config,
     check_dask_address,
     check_inputs,
-    check_output,
     check_sources,
     config_dict,
-    default_out,
     logs_user_errors,
+    run_folder,
 )
 from flows.tasks import evaluate_task, run
 from flows.train import train_step
@@ -94,7 +93,7 @@ def pipeline_flow(
         raise ConfigError(
             f"give one label raster per source: {plural(len(sources), 'source')}, {plural(len(label_paths), 'label')}"
         )
-    run_dir = check_output(out or default_out(settings, "pipeline", sources[0]), "out", settings)
+    run_dir = run_folder(out, settings, "pipeline", sources[0])
     ingest_cfg = build_config(IngestConfig, ingest, patch_size=patch_size, dataset=dataset)
     train_cfg = build_config(TrainConfig, train, steps=steps, k=k, preset=preset)
     segment_cfg = build_config(SegmentConfig, segment)

@@ -24,9 +24,21 @@ from prefect.results import ResultRecord, ResultRecordMetadata
 from prefect.serializers import JSONSerializer
 from prefect.states import Failed, State
 
-__all__ = ["RESULT_SERIALIZER", "JSONRecords", "failed_without_record", "json_default"]
+__all__ = ["RESULT_SERIALIZER", "JSONRecords", "failed_without_record", "json_default", "run_logger"]
 
 log = logging.getLogger(__name__)
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The current flow or task run's logger (its lines reach the UI and ``--watch``), else this
+    module's (outside a run: the worker's console only)."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
 
 
 def json_default(value: Any) -> Any:
@@ -58,7 +70,7 @@ class JSONRecords(LocalFileSystem):
 
     def _checked(self, path: str, content: bytes) -> bytes:
         if not _ours(content):
-            log.warning(
+            run_logger().warning(
                 "ignoring the cache record %s: it was not written as geoseg's JSON (the task runs again)",
                 self._resolve_path(path),
             )

@@ -19,11 +19,10 @@ from flows.settings import (
     build_config,
     check_dask_address,
     check_input,
-    check_output,
     check_sources,
     config_dict,
-    default_out,
     logs_user_errors,
+    run_folder,
 )
 from flows.tasks import resolve, segment_task, submit, vectorize_task
 from geoseg.config import SegmentConfig
@@ -31,6 +30,9 @@ from geoseg.messages import plural
 
 PREDICTIONS = "predictions"
 CATALOG = "catalog"
+# SegmentConfig fields that only polygonising reads: kept out of the segment task's parameters
+# (its cache key), so changing one re-runs vectorize and leaves the cluster COGs cached.
+VECTORIZE_ONLY = ("vectorize", "min_area", "simplify", "vectorize_block")
 
 
 def segment_step(
@@ -41,7 +43,7 @@ def segment_step(
     from geoseg.vectorize import vector_style_path
 
     out_dir = run_dir / PREDICTIONS
-    task_config = config_dict(config)
+    task_config = {k: v for k, v in config_dict(config).items() if k not in VECTORIZE_ONLY}
     futures = [
         (
             s,
@@ -121,7 +123,7 @@ def segment_flow(
     sources = check_sources(src, settings)
     bundle = check_input(model, "model", settings)
     load_bundle(bundle)  # once, before any task: a bad bundle is one line, not one per raster
-    run_dir = check_output(out or default_out(settings, "segment", sources[0]), "out", settings)
+    run_dir = run_folder(out, settings, "segment", sources[0])
     config = build_config(SegmentConfig, options, vectorize=vectorize, min_area=min_area, simplify=simplify)
     results, _ = segment_step(bundle, sources, run_dir, config)
     return results

@@ -235,6 +235,23 @@ def default_out(settings: FlowSettings, flow: str, first_source: Path) -> Path:
     return (settings.work_root / flow / first_source.stem).resolve()
 
 
+def run_folder(out: str | Path | None, settings: FlowSettings, flow: str, first_source: Path) -> Path:
+    """The run folder: ``out`` (checked by :func:`check_output`), else :func:`default_out`; a
+    default outside the allowed roots is refused naming what the user can change (``out``,
+    ``GEOSEG_WORK_ROOT``), not as if they had given that path."""
+    if out:
+        return check_output(out, "out", settings)
+    path = default_out(settings, flow, first_source)
+    if settings.allowed_roots and not _inside(path, settings.allowed_roots):
+        raise ConfigError(
+            f"no out given, and the default run folder {path} ($GEOSEG_WORK_ROOT/{flow}/{first_source.stem},"
+            f" GEOSEG_WORK_ROOT={settings.work_root}) is outside the allowed roots"
+            f" {[str(r) for r in settings.allowed_roots]}: give out=FOLDER inside them, or set the"
+            " worker's GEOSEG_WORK_ROOT inside them"
+        )
+    return check_output(path, "out", settings)
+
+
 def build_config(cls: type[C], overrides: Mapping[str, Any] | None, **fixed: Any) -> C:
     """A stage config from a deployment's dict of overrides: unknown keys and bad values fail early.
 

@@ -31,7 +31,7 @@ from prefect.futures import PrefectFuture
 from prefect.states import State
 from prefect.utilities.hashing import hash_objects
 
-from flows.results import RESULT_SERIALIZER, JSONRecords
+from flows.results import RESULT_SERIALIZER, JSONRecords, run_logger
 from flows.runner import library_dask
 from flows.settings import quiet_user_errors
 from geoseg import __version__
@@ -169,7 +169,7 @@ def resolve(future: PrefectFuture, task_: Task, run_dir: str | Path, **parameter
     state = future.state
     result = state.result()
     if state.name == "Cached" and not outputs_exist(result):
-        log.warning("%s: cached outputs were removed; running it again", task_.name)
+        run_logger().warning("%s: cached outputs were removed; running it again", task_.name)
         again = cached(task_, run_dir, refresh=True).submit(**parameters)
         again.wait()
         state = again.state

@@ -13,10 +13,9 @@ from flows.settings import (
     build_config,
     check_dask_address,
     check_inputs,
-    check_output,
     config_dict,
-    default_out,
     logs_user_errors,
+    run_folder,
 )
 from flows.tasks import run, train_task
 from geoseg.config import TrainConfig
@@ -64,7 +63,7 @@ def train_flow(
     settings = FlowSettings.from_env()
     check_dask_address(dask_address)
     stores = check_inputs(store, "store", settings)
-    run_dir = check_output(out or default_out(settings, "train", stores[0]), "out", settings)
+    run_dir = run_folder(out, settings, "train", stores[0])
     config = build_config(TrainConfig, options, preset=preset, steps=steps, k=k, device=device)
     bundle, state = train_step(stores, run_dir, config)
     get_run_logger().info("model bundle %s (%s)", bundle, state)

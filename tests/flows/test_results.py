@@ -74,3 +74,29 @@ def test_a_flow_failed_on_a_user_error_leaves_no_run_folder(prefect_harness: Non
     with pytest.raises(InputError, match="has 1 band"):
         segment_flow(src=str(one_band), model=str(model), out=str(run), vectorize=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "one_band.tif"]
+
+
+def test_an_ignored_record_and_a_deleted_output_are_warned_in_the_runs_log(
+    prefect_harness: None, small_scene, tmp_path: Path
+) -> None:
+    """The one warning of an ignored (pickled) cache record, and that of a cached step whose
+    output was deleted, went to the worker's console only: `--watch` and the UI never showed
+    why a step ran again. Both are now lines of the run's own log."""
+    import shutil
+
+    from flows.ingest import ingest_flow
+    from tests.flows.conftest import flow_run_logs
+
+    src, run, store = ingested_copy(small_scene, tmp_path)
+    (record,) = records(run)
+    metadata = ResultRecordMetadata(serializer=PickleSerializer(), storage_key=str(record))
+    record.write_bytes(ResultRecord(metadata=metadata, result=str(store)).serialize())
+    state = ingest_flow(src=str(src), out=str(run), patch_size=32, return_state=True)
+    warnings = [log.message for log in flow_run_logs(state.state_details.flow_run_id) if log.level == 30]
+    assert [w for w in warnings if w.startswith(f"ignoring the cache record {record}")], warnings
+
+    shutil.rmtree(store)
+    state = ingest_flow(src=str(src), out=str(run), patch_size=32, return_state=True)
+    assert state.is_completed() and Path(store).is_dir()
+    warnings = [log.message for log in flow_run_logs(state.state_details.flow_run_id) if log.level == 30]
+    assert "ingest: cached outputs were removed; running it again" in warnings, warnings

@@ -63,3 +63,31 @@ def test_segment_flow_spreads_the_bands_of_one_mosaic_over_the_cluster(
     (single,) = segment(model, [mosaic], tmp_path / "single", config, progress=False)
     with rasterio.open(result["clusters"]) as a, rasterio.open(single.clusters) as b:
         assert np.array_equal(a.read(1), b.read(1))
+
+
+def test_changing_a_polygon_setting_reruns_only_vectorize(
+    prefect_harness: None, shared_data: Path, tmp_path: Path
+) -> None:
+    """`prefect deployment run 'segment/local' ... --param min_area=...` on a segmented run
+    folder re-ran segment too (min_area was in its cache key) and rewrote the cluster and
+    confidence COGs, which do not depend on it: now segment is Cached, vectorize runs."""
+    from flows.segment import segment_flow
+    from tests.flows.conftest import flow_run_logs
+
+    src = shared_data / "lausanne" / "img" / "1091-322_00.tif"
+    model = make_bundle(tmp_path / "model", ["red", "green", "blue"], "uint8", 110.0, 50.0, 32)
+    run = tmp_path / "run"
+    segment_flow(src=str(src), model=str(model), out=str(run))
+    clusters = run / "predictions" / "1091-322_00_clusters.tif"
+    gpkg = run / "predictions" / "1091-322_00_polygons.gpkg"
+    cog_before, gpkg_before = clusters.stat().st_mtime_ns, gpkg.stat().st_mtime_ns
+    state = segment_flow(src=str(src), model=str(model), out=str(run), min_area=1.0, return_state=True)
+    assert state.is_completed()
+    assert clusters.stat().st_mtime_ns == cog_before  # segment: Cached
+    assert gpkg.stat().st_mtime_ns != gpkg_before  # vectorize: ran with the new sieve
+    lines = [log.message for log in flow_run_logs(state.state_details.flow_run_id)]
+    assert any(line.endswith("(tasks: Cached, Completed)") for line in lines), lines
+    # and back: both cached
+    state = segment_flow(src=str(src), model=str(model), out=str(run), min_area=1.0, return_state=True)
+    lines = [log.message for log in flow_run_logs(state.state_details.flow_run_id)]
+    assert any(line.endswith("(tasks: Cached, Cached)") for line in lines), lines

@@ -354,3 +354,29 @@ def test_a_bad_model_bundle_fails_the_segment_flow_once_before_any_task(
     logs = _flow_run_logs(state)
     assert [log.message for log in logs if log.level >= 40] == [line]
     assert [log.message for log in logs if log.task_run_id is not None] == []  # no task ran
+
+
+def test_a_default_run_folder_outside_the_allowed_roots_names_out_and_the_work_root(
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`prefect deployment run 'segment/local'` without `out` on a worker whose
+    GEOSEG_ALLOWED_ROOTS leave out its GEOSEG_WORK_ROOT said "out .../geoseg-runs/segment/X is
+    outside the allowed roots", as if the user had given that path: the line now says no `out`
+    was given, which default it is, and what to set."""
+    from flows.segment import segment_flow
+
+    root = tmp_path / "data"
+    root.mkdir()
+    src = write_raster(root / "tile.tif", np.zeros((3, 32, 32), np.uint8))
+    bundle = make_bundle(root / "model", ["red", "green", "blue"], "uint8", 110.0, 50.0, 32)
+    monkeypatch.setenv("GEOSEG_ALLOWED_ROOTS", str(root))
+    monkeypatch.setenv("GEOSEG_WORK_ROOT", str(tmp_path / "runs"))
+    state = segment_flow(src=str(src), model=str(bundle), return_state=True)
+    assert state.is_failed()
+    message = state.message
+    assert message.startswith("no out given, and the default run folder"), message
+    assert f"{(tmp_path / 'runs' / 'segment' / 'tile').resolve()}" in message
+    assert f"GEOSEG_WORK_ROOT={tmp_path / 'runs'}" in message
+    assert "give out=FOLDER inside them" in message
+    assert [log.message for log in _flow_run_logs(state) if log.level >= 40] == [message]
+    assert not (tmp_path / "runs").exists()
