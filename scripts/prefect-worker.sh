@@ -10,11 +10,20 @@ ensure_pool
 # waits for ever) are found and marked Crashed with a line saying what to do (flows/orphans.py):
 # after it stops, and before it starts for a worker of this host that was killed outright.
 prefix="${GEOSEG_POOL}@$(hostname):"
-(cd "${GEOSEG_HOME}" && python -m flows.orphans --pool "${GEOSEG_POOL}" --worker-prefix "${prefix}") || true
-# Not exec: the signals reach the worker itself (the terminal's process group, or a direct
-# kill); this shell outlives it to mark its runs.
-trap : INT TERM
+sweep() { (cd "${GEOSEG_HOME}" && python -m flows.orphans --pool "${GEOSEG_POOL}" --worker-prefix "${prefix}" "$@") || true; }
+sweep
+# Not exec: this shell outlives the worker to mark its runs. A signal sent to this shell
+# alone (`kill PID`, a supervisor) is passed on to the worker; with job control on, the
+# worker keeps SIGINT at its default (a script's background job would ignore it).
+set -m
+prefect worker start --pool "${GEOSEG_POOL}" --type process --name "${prefix}$$" "$@" &
+worker=$!
+trap 'kill -INT "${worker}" 2>/dev/null || true' INT
+trap 'kill -TERM "${worker}" 2>/dev/null || true' TERM
 status=0
-prefect worker start --pool "${GEOSEG_POOL}" --type process --name "${prefix}$$" "$@" || status=$?
-(cd "${GEOSEG_HOME}" && python -m flows.orphans --pool "${GEOSEG_POOL}" --worker-prefix "${prefix}" --grace 15) || true
+while :; do  # a trapped signal ends `wait` early: wait again until the worker has exited
+    if wait "${worker}"; then status=0; else status=$?; fi
+    kill -0 "${worker}" 2>/dev/null || break
+done
+sweep --grace 15
 exit "${status}"

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from flows.orphans import ORPHAN_MESSAGE
 from tests.flows.conftest import TINY, free_port
@@ -55,8 +56,9 @@ def _wait_for(text: str, log: Path, timeout: float = 300) -> None:
         time.sleep(1)
 
 
+@pytest.mark.parametrize("stopped", ["worker", "script"])
 def test_stopping_the_worker_mid_run_crashes_the_run_with_one_line_under_watch(
-    small_scene, tmp_path: Path
+    stopped: str, small_scene, tmp_path: Path
 ) -> None:
     env = _env(tmp_path / "prefect-home", free_port())
     server = _start([str(SCRIPTS / "prefect-server.sh")], env, tmp_path / "server.log")
@@ -87,13 +89,15 @@ def test_stopping_the_worker_mid_run_crashes_the_run_with_one_line_under_watch(
             text=True,
         )
         _wait_for("training on cpu", worker_log)
-        # The worker itself gets the signal, as from `kill PID` (Ctrl-C reaches it as well).
+        # `kill PID` of the worker itself, or of the script (a supervisor's stop), which
+        # passes SIGTERM on to the worker.
         script = psutil.Process(worker.pid)
         (prefect_worker,) = [
             p for p in [script, *script.children(recursive=True)] if "worker" in p.cmdline()[2:4]
         ]
-        prefect_worker.send_signal(signal.SIGTERM)
+        (prefect_worker if stopped == "worker" else script).send_signal(signal.SIGTERM)
         assert worker.wait(timeout=120) is not None
+        assert not prefect_worker.is_running()
         watched, _ = watch.communicate(timeout=120)  # before: waited until --watch-timeout
         assert watch.returncode != 0, watched[-3000:]
         assert ORPHAN_MESSAGE.split(" (")[0] in watched, watched[-3000:]
