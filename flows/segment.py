@@ -30,9 +30,6 @@ from geoseg.messages import plural
 
 PREDICTIONS = "predictions"
 CATALOG = "catalog"
-# SegmentConfig fields that only polygonising reads: kept out of the segment task's parameters
-# (its cache key), so changing one re-runs vectorize and leaves the cluster COGs cached.
-VECTORIZE_ONLY = ("vectorize", "min_area", "simplify", "vectorize_block")
 
 
 def segment_step(
@@ -43,7 +40,8 @@ def segment_step(
     from geoseg.vectorize import vector_style_path
 
     out_dir = run_dir / PREDICTIONS
-    task_config = {k: v for k, v in config_dict(config).items() if k not in VECTORIZE_ONLY}
+    # polygon settings stay out of the segment task's cache key: changing one re-runs vectorize only
+    task_config = {k: v for k, v in config_dict(config).items() if k not in SegmentConfig.POLYGON_FIELDS}
     futures = [
         (
             s,

@@ -8,7 +8,7 @@ the command line are checked before any work starts.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 from geoseg.errors import ConfigError
 
@@ -230,6 +230,10 @@ class SegmentConfig:
     refine_size: int = 12  # superpixel side in pixels for --refine (SuperpixelConfig.size)
     band_rows: int = 4096  # rows per Dask task when one raster is segmented on a cluster (whole window rows)
     precision: Precision = "fp32"  # bf16: bfloat16 autocast (AMX CPUs, GPUs: several x faster)
+
+    # Read by polygonising only: the cluster and confidence COGs do not depend on them (the
+    # segment flow keeps them out of its segment task's cache key).
+    POLYGON_FIELDS: ClassVar[tuple[str, ...]] = ("vectorize", "min_area", "simplify", "vectorize_block")
 
     def vectorize_config(self) -> VectorizeConfig:
         """The polygonising settings of this run (``vectorize_block`` is the block size)."""
