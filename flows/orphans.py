@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ORPHAN_MESSAGE", "crash_orphaned_runs", "main", "process_alive"]
+from geoseg.io.fileio import process_alive
+
+__all__ = ["ORPHAN_MESSAGE", "crash_orphaned_runs", "main"]
 
 WORKER_LABEL = "prefect.worker.name"
 ORPHAN_MESSAGE = (
@@ -29,21 +30,6 @@ ORPHAN_MESSAGE = (
     "again (make worker) and run the deployment again; finished steps are cached and training "
     "resumes from its last checkpoint"
 )
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process of this PID exists on this machine (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _pid(run: Any) -> int | None:

@@ -57,6 +57,7 @@ __all__ = [
     "mark_folder",
     "output_set",
     "owned_by_set",
+    "process_alive",
     "published_path",
     "require_published",
     "set_manifest",
@@ -457,16 +458,23 @@ def clean_leftovers(folder: str | Path, prefix: str = "") -> list[Path]:
 # --- locks -------------------------------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def process_alive(pid: int) -> bool:
+    """Whether a process of this PID exists on this machine (a zombie counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _alive(pid: int) -> bool:
+    return pid == os.getpid() or process_alive(pid)
 
 
 @contextlib.contextmanager
