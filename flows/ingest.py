@@ -72,7 +72,7 @@ def ingest_flow(
     check_dask_address(dask_address)
     sources = check_sources(src, settings)
     label_paths = check_inputs(labels, "labels", settings) if labels else None
-    run_dir = run_folder(out, settings, "ingest", sources[0])
+    run_dir = run_folder(out, settings, "ingest", sources[0].stem)
     config = build_config(IngestConfig, options, patch_size=patch_size, dataset=dataset)
     store, state = ingest_step(sources, run_dir, config, label_paths)
     get_run_logger().info("patch store %s (%s)", store, state)

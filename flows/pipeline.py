@@ -93,7 +93,7 @@ def pipeline_flow(
         raise ConfigError(
             f"give one label raster per source: {plural(len(sources), 'source')}, {plural(len(label_paths), 'label')}"
         )
-    run_dir = run_folder(out, settings, "pipeline", sources[0])
+    run_dir = run_folder(out, settings, "pipeline", sources[0].stem)
     ingest_cfg = build_config(IngestConfig, ingest, patch_size=patch_size, dataset=dataset)
     train_cfg = build_config(TrainConfig, train, steps=steps, k=k, preset=preset)
     segment_cfg = build_config(SegmentConfig, segment)

@@ -41,6 +41,7 @@ from flows.settings import (
     check_surveys,
     config_dict,
     logs_user_errors,
+    run_folder,
 )
 from flows.tasks import align_task, call, evaluate_task, find_surveys_task, register_task, run
 from flows.train import train_step
@@ -126,8 +127,7 @@ def retrain_flow(
         }
     logger.info("%s: %s", plural(len(surveys), "new survey"), [s["item_id"] for s in surveys])
 
-    default = settings.work_root / "retrain" / datetime.now(UTC).strftime("%Y-%m-%d")
-    run_dir = check_output(out or default, "out", settings)
+    run_dir = run_folder(out, settings, "retrain", datetime.now(UTC).strftime("%Y-%m-%d"))
     fixed = {"steps": steps, **retrain_fields(previous, k, warm_start)}
     train_cfg = build_config(TrainConfig, train, **fixed)
 

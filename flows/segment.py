@@ -121,7 +121,7 @@ def segment_flow(
     sources = check_sources(src, settings)
     bundle = check_input(model, "model", settings)
     load_bundle(bundle)  # once, before any task: a bad bundle is one line, not one per raster
-    run_dir = run_folder(out, settings, "segment", sources[0])
+    run_dir = run_folder(out, settings, "segment", sources[0].stem)
     config = build_config(SegmentConfig, options, vectorize=vectorize, min_area=min_area, simplify=simplify)
     results, _ = segment_step(bundle, sources, run_dir, config)
     return results

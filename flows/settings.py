@@ -230,21 +230,22 @@ def check_output(path: str | Path, what: str, settings: FlowSettings) -> Path:
     return resolved
 
 
-def default_out(settings: FlowSettings, flow: str, first_source: Path) -> Path:
-    """A stable run folder for a flow on a source: re-running writes (and caches) in the same place."""
-    return (settings.work_root / flow / first_source.stem).resolve()
+def default_out(settings: FlowSettings, flow: str, name: str) -> Path:
+    """A stable run folder of a flow, ``$GEOSEG_WORK_ROOT/<flow>/<name>`` (name: the first
+    source's stem; retrain: the day): re-running writes (and caches) in the same place."""
+    return (settings.work_root / flow / name).resolve()
 
 
-def run_folder(out: str | Path | None, settings: FlowSettings, flow: str, first_source: Path) -> Path:
+def run_folder(out: str | Path | None, settings: FlowSettings, flow: str, name: str) -> Path:
     """The run folder: ``out`` (checked by :func:`check_output`), else :func:`default_out`; a
     default outside the allowed roots is refused naming what the user can change (``out``,
     ``GEOSEG_WORK_ROOT``), not as if they had given that path."""
     if out:
         return check_output(out, "out", settings)
-    path = default_out(settings, flow, first_source)
+    path = default_out(settings, flow, name)
     if settings.allowed_roots and not _inside(path, settings.allowed_roots):
         raise ConfigError(
-            f"no out given, and the default run folder {path} ($GEOSEG_WORK_ROOT/{flow}/{first_source.stem},"
+            f"no out given, and the default run folder {path} ($GEOSEG_WORK_ROOT/{flow}/{name},"
             f" GEOSEG_WORK_ROOT={settings.work_root}) is outside the allowed roots"
             f" {[str(r) for r in settings.allowed_roots]}: give out=FOLDER inside them, or set the"
             " worker's GEOSEG_WORK_ROOT inside them"

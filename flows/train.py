@@ -63,7 +63,7 @@ def train_flow(
     settings = FlowSettings.from_env()
     check_dask_address(dask_address)
     stores = check_inputs(store, "store", settings)
-    run_dir = run_folder(out, settings, "train", stores[0])
+    run_dir = run_folder(out, settings, "train", stores[0].stem)
     config = build_config(TrainConfig, options, preset=preset, steps=steps, k=k, device=device)
     bundle, state = train_step(stores, run_dir, config)
     get_run_logger().info("model bundle %s (%s)", bundle, state)

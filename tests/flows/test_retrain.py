@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pystac
+import pytest
 import yaml
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
@@ -147,3 +148,25 @@ def test_a_user_error_in_a_retrain_task_fails_the_flow_with_its_line(
         flow_errors = [log.message for log in logs if log.level >= 40 and log.task_run_id is None]
         assert flow_errors == [line]
         assert not [log.message for log in logs if "Traceback" in log.message]
+
+
+def test_retrain_without_out_outside_the_allowed_roots_names_out_and_the_work_root(
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`retrain/local` without `out` on a worker whose GEOSEG_ALLOWED_ROOTS leave out its
+    GEOSEG_WORK_ROOT said "out .../retrain/<day> is outside the allowed roots", as if the user
+    had given that path; now the line the other flows give: no out, which default, what to set."""
+    from flows.retrain import retrain_flow
+
+    root = tmp_path / "data"
+    survey = generate_scene(root / "a", size=128, seed=5, name="survey_a")
+    items = [survey_item(survey, "survey-a", datetime.now(UTC) - timedelta(days=1), with_labels=False)]
+    catalog = save_catalog(root / "catalog", items)
+    monkeypatch.setenv("GEOSEG_ALLOWED_ROOTS", str(root))
+    monkeypatch.setenv("GEOSEG_WORK_ROOT", str(tmp_path / "runs"))
+    state = retrain_flow(catalog=str(catalog), registry=str(root / "models"), return_state=True)
+    assert state.is_failed()
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert state.message.startswith("no out given, and the default run folder"), state.message
+    assert f"$GEOSEG_WORK_ROOT/retrain/{day}" in state.message and "give out=FOLDER" in state.message
+    assert not (tmp_path / "runs").exists()

@@ -39,7 +39,7 @@ def test_settings_from_environment(tmp_path: Path) -> None:
     assert s.dask_address == "tcp://10.0.0.5:8786"
     assert s.allowed_roots == (tmp_path.resolve(), Path("/data"))
     assert s.cluster_kwargs()["n_workers"] == 3
-    assert default_out(s, "segment", Path("/x/survey_a.tif")) == (tmp_path / "runs" / "segment" / "survey_a")
+    assert default_out(s, "segment", "survey_a") == (tmp_path / "runs" / "segment" / "survey_a")
     defaults = FlowSettings.from_env({})
     assert defaults.dask_address is None and defaults.allowed_roots == ()
     with pytest.raises(ConfigError, match="GEOSEG_DASK_WORKERS"):
