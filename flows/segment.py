@@ -26,6 +26,8 @@ from flows.settings import (
 )
 from flows.tasks import resolve, segment_task, submit, vectorize_task
 from geoseg.config import SegmentConfig
+from geoseg.errors import InputError
+from geoseg.io.fileio import user_error_message
 from geoseg.messages import plural
 
 PREDICTIONS = "predictions"
@@ -56,19 +58,27 @@ def segment_step(
         )
         for s in sources
     ]
-    results, states = [], []
+    done: list[tuple[Path, dict[str, Any]]] = []
+    states: list[str] = []
+    failed: list[tuple[Path, Exception]] = []
     for source, future in futures:
-        result, state = resolve(
-            future,
-            segment_task,
-            run_dir,
-            model=str(model),
-            source=str(source),
-            out_dir=str(out_dir),
-            config=task_config,
-        )
-        results.append(result)
+        try:
+            result, state = resolve(
+                future,
+                segment_task,
+                run_dir,
+                model=str(model),
+                source=str(source),
+                out_dir=str(out_dir),
+                config=task_config,
+            )
+        except Exception as exc:  # the other rasters are finished and catalogued first
+            failed.append((source, exc))
+            states.append("Failed")
+            continue
+        done.append((source, result))
         states.append(state)
+    results = [r for _, r in done]
     if config.vectorize:
         vector_config = config_dict(config.vectorize_config())
         vectors = [
@@ -82,13 +92,31 @@ def segment_step(
             states.append(state)
     model_item = run_catalog.model_item(model)
     items = [model_item]
-    for source, r in zip(sources, results, strict=True):
+    for source, r in done:
         survey = run_catalog.survey_item(source)
         items += [survey, run_catalog.run_prediction_item(r, survey, model_item)]
     run_catalog.update_run_catalog(run_dir / CATALOG, items)
     count = plural(len(results), "raster")
     get_run_logger().info("%s segmented into %s (tasks: %s)", count, out_dir, ", ".join(states))
+    if failed:
+        raise_failures(failed, len(sources), out_dir)
     return results, states
+
+
+def raise_failures(failed: list[tuple[Path, Exception]], total: int, out_dir: Path) -> None:
+    """Fail the run after the rasters that could be segmented were published: one line naming
+    every raster that could not (user errors), or the first bug as it was raised."""
+    for _, exc in failed:
+        if user_error_message(exc) is None or total == 1:
+            raise exc
+    reasons = "; ".join(str(user_error_message(exc)) for _, exc in failed)
+    kept = total - len(failed)
+    tail = (
+        f"; the outputs of the other {plural(kept, 'raster')} are in {out_dir} and the run catalog"
+        if kept
+        else ""
+    )
+    raise InputError(f"{len(failed)} of {plural(total, 'raster')} could not be segmented: {reasons}{tail}")
 
 
 @flow(name="segment", **flow_options())
@@ -115,12 +143,14 @@ def segment_flow(
         dask_address: join this Dask scheduler (default: a LocalCluster or $GEOSEG_DASK_ADDRESS).
     """
     from geoseg.models.bundle import load_bundle
+    from geoseg.segment import check_sources as check_rasters
 
     settings = FlowSettings.from_env()
     check_dask_address(dask_address)
     sources = check_sources(src, settings)
     bundle = check_input(model, "model", settings)
     load_bundle(bundle)  # once, before any task: a bad bundle is one line, not one per raster
+    check_rasters(bundle, sources)  # so is a raster that does not open or suit the model
     run_dir = run_folder(out, settings, "segment", sources[0].stem)
     config = build_config(SegmentConfig, options, vectorize=vectorize, min_area=min_area, simplify=simplify)
     results, _ = segment_step(bundle, sources, run_dir, config)

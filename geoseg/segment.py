@@ -59,6 +59,7 @@ from geoseg.models.bundle import (
     clusters_to_tag,
     default_clusters,
     load_bundle,
+    load_meta,
     model_id,
 )
 from geoseg.progress import Progress
@@ -70,6 +71,7 @@ __all__ = [
     "SegmentResult",
     "check_bands",
     "check_outputs",
+    "check_sources",
     "output_paths",
     "predict_probabilities",
     "segment",
@@ -79,6 +81,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from distributed import Client
+    from rasterio.io import DatasetReader
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +182,7 @@ def _write_outputs(
     paths = output_paths(source, out_dir)
     clusters = cluster_table(meta, config, model)
     with open_dataset(source) as src:
-        bands = check_bands(src, source, meta, model_dir)
-        if min(src.height, src.width) < MIN_SIDE:
-            raise InputError(f"{source} is {src.height}x{src.width} pixels: too small to segment")
+        bands = check_source(src, source, meta, model_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         ids_tmp = tiled_intermediate(paths["clusters"])
         conf_tmp = tiled_intermediate(paths["confidence"])
@@ -239,6 +240,28 @@ def _write_outputs(
         result.gpkg_qml = vector_style_path(result.gpkg)
     write_prediction_item(result, model_dir, meta, clusters)
     return result
+
+
+def check_source(src: DatasetReader, path: Path, meta: ModelMeta, model_dir: Path) -> list[int]:
+    """The bands of an open source raster to feed the model (:func:`check_bands`); a raster
+    too small for one window is refused."""
+    bands = check_bands(src, path, meta, model_dir)
+    if min(src.height, src.width) < MIN_SIDE:
+        raise InputError(f"{path} is {src.height}x{src.width} pixels: too small to segment")
+    return bands
+
+
+def check_sources(model_dir: str | Path, sources: Sequence[str | Path]) -> None:
+    """Before any work: every source opens and suits the model (bands, dtype, size).
+
+    The header is all that is read, so a raster whose pixel data is damaged further in is
+    found only while it is segmented; a flow then finishes the other rasters first.
+    """
+    meta = load_meta(model_dir)
+    for source in sources:
+        path = absolute_path(source)
+        with open_dataset(path) as src:
+            check_source(src, path, meta, Path(model_dir))
 
 
 def write_prediction_item(
@@ -304,6 +327,7 @@ def segment(
         if not path.is_file():
             raise InputError(f"source not found: {path}")
     check_outputs(paths, out_dir, overwrite, config.vectorize)
+    check_sources(model_dir, paths)  # a wrong raster is refused before the first is segmented
     this_model = _model_id_or_none(model_dir)  # hashed once per call, not per raster
     warn_other_models(paths, out_dir, model_dir, this_model)
     from geoseg.distributed import connect

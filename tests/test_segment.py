@@ -337,6 +337,17 @@ def test_corrupt_rasters_are_clear_errors_and_leave_nothing(
     assert leftovers == [], f"nothing half-written may remain: {leftovers}"
 
 
+def test_every_source_is_checked_against_the_model_before_the_first_is_segmented(
+    tmp_path: Path, rgb_model: Path, lausanne: Path
+) -> None:
+    gray = write_raster(tmp_path / "gray.tif", np.zeros((1, 64, 64), np.uint8))
+    tiny = write_raster(tmp_path / "tiny.tif", np.zeros((3, 4, 64), np.uint8))
+    for wrong, reason in ((gray, "has 1 band"), (tiny, "too small to segment")):
+        with pytest.raises(InputError, match=f"{wrong.name} (is 4x64 pixels: )?{reason}"):
+            segment(rgb_model, [lausanne, wrong], tmp_path / "out", progress=False)
+        assert not (tmp_path / "out").exists()  # the good raster was not segmented first
+
+
 def test_config_is_validated(rgb_model: Path, lausanne: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         segment(rgb_model, [lausanne], tmp_path, SegmentConfig(overlap=0.95), progress=False)

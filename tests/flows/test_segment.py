@@ -91,3 +91,49 @@ def test_changing_a_polygon_setting_reruns_only_vectorize(
     state = segment_flow(src=str(src), model=str(model), out=str(run), min_area=1.0, return_state=True)
     lines = [log.message for log in flow_run_logs(state.state_details.flow_run_id)]
     assert any(line.endswith("(tasks: Cached, Cached)") for line in lines), lines
+
+
+def test_a_raster_damaged_past_its_header_fails_the_run_after_the_others_are_published(
+    prefect_harness: None, shared_data: Path, tmp_path: Path
+) -> None:
+    """Two sources, the second cut in half (its header opens, its pixels are gone): the
+    run fails naming it, and the first raster's COGs come with their polygons and catalog
+    entry (they were left without either)."""
+    from rasterio.windows import Window
+
+    from flows.segment import segment_flow
+    from tests.flows.test_pipeline import _items
+    from tests.helpers import crop
+
+    tile = shared_data / "lausanne" / "img" / "1091-322_00.tif"
+    good = crop(tile, tmp_path / "good.tif", Window(0, 0, 160, 160))
+    whole = crop(tile, tmp_path / "whole.tif", Window(0, 0, 400, 300))
+    damaged = tmp_path / "damaged.tif"
+    damaged.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    model = make_bundle(tmp_path / "model", ["red", "green", "blue"], "uint8", 110.0, 50.0, 32)
+    run = tmp_path / "run"
+    state = segment_flow(src=[str(good), str(damaged)], model=str(model), out=str(run), return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("1 of 2 rasters could not be segmented: "), state.message
+    assert "damaged.tif" in state.message and str(run / "predictions") in state.message
+    predictions = run / "predictions"
+    assert (predictions / "good_clusters.tif").is_file() and (predictions / "good_polygons.gpkg").is_file()
+    assert not list(predictions.glob("damaged_*"))
+    (item,) = _items(run / "catalog" / "catalog.json", "prediction")
+    assert item.assets["clusters"].href.endswith("good_clusters.tif")
+
+
+def test_a_raster_that_does_not_suit_the_model_is_refused_before_any_task(
+    prefect_harness: None, shared_data: Path, tmp_path: Path
+) -> None:
+    from flows.segment import segment_flow
+    from tests.helpers import write_raster
+
+    good = shared_data / "lausanne" / "img" / "1091-322_00.tif"
+    gray = write_raster(tmp_path / "gray.tif", np.zeros((1, 64, 64), np.uint8))
+    model = make_bundle(tmp_path / "model", ["red", "green", "blue"], "uint8", 110.0, 50.0, 32)
+    run = tmp_path / "run"
+    state = segment_flow(src=[str(good), str(gray)], model=str(model), out=str(run), return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith(f"{gray} has 1 band"), state.message
+    assert not (run / "predictions").exists()  # the good raster was not segmented first
