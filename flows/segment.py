@@ -143,14 +143,14 @@ def segment_flow(
         dask_address: join this Dask scheduler (default: a LocalCluster or $GEOSEG_DASK_ADDRESS).
     """
     from geoseg.models.bundle import load_bundle
-    from geoseg.segment import check_sources as check_rasters
+    from geoseg.segment import check_rasters_suit_model
 
     settings = FlowSettings.from_env()
     check_dask_address(dask_address)
     sources = check_sources(src, settings)
     bundle = check_input(model, "model", settings)
     load_bundle(bundle)  # once, before any task: a bad bundle is one line, not one per raster
-    check_rasters(bundle, sources)  # so is a raster that does not open or suit the model
+    check_rasters_suit_model(bundle, sources)  # so is a raster that does not open or suit the model
     run_dir = run_folder(out, settings, "segment", sources[0].stem)
     config = build_config(SegmentConfig, options, vectorize=vectorize, min_area=min_area, simplify=simplify)
     results, _ = segment_step(bundle, sources, run_dir, config)

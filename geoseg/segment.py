@@ -71,7 +71,7 @@ __all__ = [
     "SegmentResult",
     "check_bands",
     "check_outputs",
-    "check_sources",
+    "check_rasters_suit_model",
     "output_paths",
     "predict_probabilities",
     "segment",
@@ -251,7 +251,7 @@ def check_source(src: DatasetReader, path: Path, meta: ModelMeta, model_dir: Pat
     return bands
 
 
-def check_sources(model_dir: str | Path, sources: Sequence[str | Path]) -> None:
+def check_rasters_suit_model(model_dir: str | Path, sources: Sequence[str | Path]) -> None:
     """Before any work: every source opens and suits the model (bands, dtype, size).
 
     The header is all that is read, so a raster whose pixel data is damaged further in is
@@ -327,7 +327,7 @@ def segment(
         if not path.is_file():
             raise InputError(f"source not found: {path}")
     check_outputs(paths, out_dir, overwrite, config.vectorize)
-    check_sources(model_dir, paths)  # a wrong raster is refused before the first is segmented
+    check_rasters_suit_model(model_dir, paths)  # a wrong raster is refused before the first is segmented
     this_model = _model_id_or_none(model_dir)  # hashed once per call, not per raster
     warn_other_models(paths, out_dir, model_dir, this_model)
     from geoseg.distributed import connect
