@@ -58,6 +58,11 @@ def check_bands(src: DatasetReader, path: Path, meta: ModelMeta, model_dir: Path
     """
     bands = list(usable_bands(src, None, path))
     expected = meta.arch.in_channels
+    model_names = [n.lower() for n in meta.band_names]
+    if len(bands) != expected and "alpha" in model_names and src.count == expected:
+        # Trained on a band GDAL tags alpha, selected with ingest's --bands (a 4th band of a
+        # uint8 GeoTIFF that is really near-infrared: docs/usage-ingest.md): read it as data.
+        bands = list(range(1, src.count + 1))
     if len(bands) != expected:
         raise InputError(
             f"{path} has {plural(len(bands), 'band')} (alpha excluded) but model {model_dir} expects {expected} "
@@ -67,7 +72,6 @@ def check_bands(src: DatasetReader, path: Path, meta: ModelMeta, model_dir: Path
     if src_dtype.kind != model_dtype.kind or (src_dtype.kind in "iu" and src_dtype != model_dtype):
         raise InputError(f"{path} is {src_dtype} but model {model_dir} was trained on {model_dtype} pixels")
     names = list(band_names(src, bands))
-    model_names = [n.lower() for n in meta.band_names]
     if sorted(names) == sorted(model_names) and names != model_names:
         raise InputError(f"{path} has bands in the order {names} but model {model_dir} expects {model_names}")
     return bands
