@@ -18,6 +18,7 @@ import pytest
 import rasterio
 import torch
 from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
@@ -281,6 +282,14 @@ def test_band_count_dtype_and_order_mismatch_are_clear_errors(tmp_path: Path, la
     bgr = make_bundle(tmp_path / "bgr", ["blue", "green", "red"], "uint8", 100.0, 50.0)
     with pytest.raises(InputError, match="order"):
         segment(bgr, [lausanne], tmp_path / "out", progress=False)
+    with rasterio.open(lausanne) as src:
+        rgb = src.read()
+    bgr_ir = write_raster(tmp_path / "bgrir.tif", np.concatenate([rgb[::-1], rgb[1:2]]))
+    with rasterio.open(bgr_ir, "r+") as dst:  # blue, green, red and an untagged 4th band
+        dst.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined]
+    rgb_nir = make_bundle(tmp_path / "rgbnir", ["red", "green", "blue", "nir"], "uint8", 100.0, 50.0)
+    with pytest.raises(InputError, match=r"bgrir\.tif has bands in the order \['blue', 'green', 'red'"):
+        segment(rgb_nir, [bgr_ir], tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
