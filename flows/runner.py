@@ -27,6 +27,8 @@ from prefect_dask import DaskTaskRunner
 
 from flows.results import RESULT_SERIALIZER
 from flows.settings import FlowSettings, check_dask_address
+from geoseg.errors import ConfigError
+from geoseg.io.cluster import CONNECT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,16 @@ class GeosegTaskRunner(DaskTaskRunner):
     def client(self) -> distributed.Client:  # type: ignore[override]
         if self._client is None and self._cluster is None and self.address is None:
             self._choose_cluster()
-        return DaskTaskRunner.client.fget(self)  # type: ignore[attr-defined]
+        try:
+            return DaskTaskRunner.client.fget(self)  # type: ignore[attr-defined]
+        except (OSError, TimeoutError) as exc:
+            if self._client is not None or not self.address:
+                raise
+            # the CLI's line (geoseg.io.cluster.connect), not distributed's traceback after 30 s
+            raise ConfigError(
+                f"no Dask scheduler answers at {self.address} (waited {CONNECT_TIMEOUT_S} s): "
+                "start one there (dask scheduler) or fix dask_address"
+            ) from exc
 
     def _choose_cluster(self) -> None:
         settings = FlowSettings.from_env()
@@ -67,6 +78,7 @@ class GeosegTaskRunner(DaskTaskRunner):
         if address:
             self.address = address
             self.cluster_kwargs = {}
+            self.client_kwargs = {"timeout": CONNECT_TIMEOUT_S, **self.client_kwargs}
         else:
             self.cluster_kwargs = {**settings.cluster_kwargs(), "worker_class": Nanny, **self.cluster_kwargs}
 

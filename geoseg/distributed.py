@@ -21,13 +21,11 @@ as always. Worker memory is bounded by one strip of windows, as in a single proc
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -40,7 +38,7 @@ from rasterio.windows import Window
 
 from geoseg.bands import Band, band_rows, plan_bands
 from geoseg.config import SegmentConfig
-from geoseg.errors import ConfigError, InputError
+from geoseg.errors import InputError
 from geoseg.iic.model import NormalisedNet
 from geoseg.io.cog import GDAL_CACHE_BYTES, create_raster, tiled_profile
 from geoseg.io.outputs import NODATA
@@ -53,34 +51,10 @@ from geoseg.strips import plan_grid, segment_into
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["CONNECT_TIMEOUT_S", "BandDone", "BandJob", "connect", "run_band", "segment_on_cluster"]
+__all__ = ["BandDone", "BandJob", "run_band", "segment_on_cluster"]
 
-CONNECT_TIMEOUT_S = 10  # an address that does not answer fails well within the 30 s users wait
 BAND_PREFIX = "band-"
 ASSEMBLE_ROWS = 512  # rows copied from the bands into the GeoTIFFs at a time
-
-
-@contextlib.contextmanager
-def connect(address: str | None) -> Iterator[Client | None]:
-    """A ``distributed.Client`` of the scheduler at ``address`` (None: no cluster, yields None).
-
-    A scheduler that does not answer within :data:`CONNECT_TIMEOUT_S` is a ConfigError
-    naming the address, raised before any expensive work.
-    """
-    if not address:
-        yield None
-        return
-    from distributed import Client
-
-    try:
-        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise ConfigError(
-            f"no Dask scheduler answers at {address} (waited {CONNECT_TIMEOUT_S} s): "
-            "start one there (dask scheduler) or fix --dask-address"
-        ) from exc
-    with client:
-        yield client
 
 
 @dataclass(frozen=True)

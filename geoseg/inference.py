@@ -53,11 +53,18 @@ def check_bands(src: DatasetReader, path: Path, meta: ModelMeta, model_dir: Path
     """The source bands to feed the model, checked against model.json (count, dtype, order).
 
     Count and dtype must match (a uint16 raster through a uint8 model gives garbage, not an
-    error, so it is refused). Order is checked where both sides name their bands: the same
-    names in another order is refused; unrelated naming schemes are not compared.
+    error, so it is refused). Order is checked where both sides name their bands: a band
+    name both give (red, nir, ...) at another position is refused (blue, green, red, nir
+    against red, green, blue, nir as well as BGR against RGB); unrelated naming schemes are
+    not compared.
     """
     bands = list(usable_bands(src, None, path))
     expected = meta.arch.in_channels
+    model_names = [n.lower() for n in meta.band_names]
+    if len(bands) != expected and "alpha" in model_names and src.count == expected:
+        # Trained on a band GDAL tags alpha, selected with ingest's --bands (a 4th band of a
+        # uint8 GeoTIFF that is really near-infrared: docs/usage-ingest.md): read it as data.
+        bands = list(range(1, src.count + 1))
     if len(bands) != expected:
         raise InputError(
             f"{path} has {plural(len(bands), 'band')} (alpha excluded) but model {model_dir} expects {expected} "
@@ -67,10 +74,15 @@ def check_bands(src: DatasetReader, path: Path, meta: ModelMeta, model_dir: Path
     if src_dtype.kind != model_dtype.kind or (src_dtype.kind in "iu" and src_dtype != model_dtype):
         raise InputError(f"{path} is {src_dtype} but model {model_dir} was trained on {model_dtype} pixels")
     names = list(band_names(src, bands))
-    model_names = [n.lower() for n in meta.band_names]
-    if sorted(names) == sorted(model_names) and names != model_names:
+    if any(names.index(n) != model_names.index(n) for n in _named_once(names) & _named_once(model_names)):
         raise InputError(f"{path} has bands in the order {names} but model {model_dir} expects {model_names}")
     return bands
+
+
+def _named_once(names: list[str]) -> set[str]:
+    """Band names that say which band it is (not 'undefined' or 'gray'), each given once:
+    the names whose positions must agree between a raster and its model."""
+    return {n for n in names if n not in ("undefined", "gray") and names.count(n) == 1}
 
 
 def predict_probabilities(

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import numpy as np
@@ -49,6 +49,7 @@ from geoseg import __version__
 from geoseg.config import IngestConfig
 from geoseg.datasets import IGNORE, LabelDataset, check_class_id_labels, expand_colormap, get_dataset
 from geoseg.errors import ConfigError, InputError
+from geoseg.io.cluster import connect
 from geoseg.io.cog import GDAL_CACHE_BYTES
 from geoseg.io.fileio import (
     atomic_path,
@@ -73,6 +74,9 @@ from geoseg.io.sources import (
 from geoseg.io.store import IMAGES, LABELS, ORIGIN, VALID, SourceInfo, StoreMeta, open_store
 from geoseg.messages import plural
 from geoseg.progress import Progress, progress_bar
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = ["PROGRESS_DIR", "ingest"]
 
@@ -253,6 +257,21 @@ def ingest(
     config.validate()
     out = Path(out)
     check_writable(out if out.is_dir() else out.parent)
+    # an address that does not answer fails here, before planning or creating the store
+    with connect(dask_address) as client:
+        return _ingest(out, sources, config, labels, client, progress, overwrite, catalog)
+
+
+def _ingest(
+    out: Path,
+    sources: Sequence[str | Path],
+    config: IngestConfig,
+    labels: Sequence[str | Path] | None,
+    client: Client | None,
+    progress: Progress,
+    overwrite: bool,
+    catalog: str | Path | None,
+) -> Path:
     plan = plan_ingest(sources, config, labels)
     with locked(out, "patch store", beside=True):  # zarr recreates the store folder itself
         clean_leftovers(out.parent, prefix=f".{out.name}.")  # builds killed --overwrite runs left
@@ -263,9 +282,9 @@ def ingest(
         if action == "replace":
             log.info("building a new %s beside the old one (--overwrite)", out)
             with atomic_path(out, replace_folder=True) as fresh:  # _action checked it is a store
-                plan = _write(fresh, plan, config, labels, dask_address, progress, out.name, resume=False)
+                plan = _write(fresh, plan, config, labels, client, progress, out.name, resume=False)
         else:
-            plan = _write(out, plan, config, labels, dask_address, progress, out.name, action == "resume")
+            plan = _write(out, plan, config, labels, client, progress, out.name, action == "resume")
         _write_catalog(out, plan, fresh=action == "replace", catalog_dir=catalog)
         return out
 
@@ -304,7 +323,7 @@ def _write(
     plan: Plan,
     config: IngestConfig,
     labels: Sequence[str | Path] | None,
-    dask_address: str | None,
+    client: Client | None,
     progress: Progress,
     name: str,
     resume: bool,
@@ -329,7 +348,7 @@ def _write(
     groups = _task_groups(todo, plan.origins, per_shard)
     tasks = [dask.delayed(_write_shards)(str(out), group, plan, config) for group in groups]
     files = [f for s in plan.sources for f in s.files]
-    digests = iter(_run(tasks, files, len(todo), config.workers, dask_address, progress, f"ingest {name}"))
+    digests = iter(_run(tasks, files, len(todo), config.workers, client, progress, f"ingest {name}"))
     plan = replace(
         plan,
         sources=[
@@ -671,7 +690,7 @@ def _run(
     hash_files: list[Path],
     n_shards: int,
     workers: int,
-    dask_address: str | None,
+    client: Client | None,
     progress: Progress,
     desc: str,
 ) -> list[str]:
@@ -679,14 +698,13 @@ def _run(
     ``hash_files`` are computed beside them; returns the digests in order. The hashes start
     first: Dask's local scheduler would otherwise leave them for last, alone on one core."""
     with progress_bar(progress, total=n_shards, desc=desc, unit="shard") as bar:
-        if dask_address:
-            from distributed import Client, as_completed
+        if client is not None:
+            from distributed import as_completed
 
-            with Client(dask_address) as client:
-                digests = client.map(sha256_file, hash_files, pure=False)
-                for future in as_completed(client.compute(tasks)):
-                    bar.update(int(future.result()))
-                return [future.result() for future in digests]
+            digests = client.map(sha256_file, hash_files, pure=False)
+            for future in as_completed(client.compute(tasks)):
+                bar.update(int(future.result()))
+            return [future.result() for future in digests]
         with ThreadPoolExecutor(1) as pool, _TqdmCallback(bar):
             hashing = [pool.submit(sha256_file, f) for f in hash_files]
             dask.compute(*tasks, scheduler="threads", num_workers=workers)

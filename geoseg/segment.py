@@ -330,7 +330,7 @@ def segment(
     check_rasters_suit_model(model_dir, paths)  # a wrong raster is refused before the first is segmented
     this_model = _model_id_or_none(model_dir)  # hashed once per call, not per raster
     warn_other_models(paths, out_dir, model_dir, this_model)
-    from geoseg.distributed import connect
+    from geoseg.io.cluster import connect
 
     # A failed run leaves no empty out_dir behind that it created itself; an address that
     # does not answer fails at connect, before any work.

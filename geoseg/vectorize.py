@@ -50,6 +50,7 @@ from rasterio.windows import Window
 from geoseg.config import VectorizeConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.io import sources
+from geoseg.io.cluster import connect
 from geoseg.io.fileio import (
     atomic_path,
     claim_file,
@@ -285,9 +286,7 @@ def _compute(tasks: list, dask_address: str | None) -> list[BlockPolygons]:
     import dask
 
     if dask_address:
-        from distributed import Client
-
-        with Client(dask_address) as client:
+        with connect(dask_address) as client:
             return list(dask.compute(*tasks, scheduler=client))
     if len(tasks) == 1:
         return list(dask.compute(*tasks, scheduler="synchronous"))

@@ -357,6 +357,32 @@ def test_joins_a_dask_scheduler(tmp_path: Path, shared_data: Path) -> None:
     assert np.array_equal(open_store(out).images[:], open_store(local).images[:])
 
 
+def test_a_dask_scheduler_that_does_not_answer_is_one_line_and_no_store(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.flows.conftest import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"  # nobody listens there
+    source = shared_data / "neon" / "OSBS_029.tif"
+    started = time.monotonic()
+    rc = main(
+        [
+            "ingest",
+            str(source),
+            "--out",
+            str(tmp_path / "d.zarr"),
+            "--patch-size",
+            "50",
+            "--dask-address",
+            address,
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and time.monotonic() - started < 30
+    assert err[-1].startswith("geoseg ingest: error: no Dask scheduler answers at") and address in err[-1]
+    assert not (tmp_path / "d.zarr").exists(), "no half-made store to refuse or resume later"
+
+
 # --- bad input ----------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ import pytest
 import rasterio
 import torch
 from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
@@ -281,7 +282,32 @@ def test_band_count_dtype_and_order_mismatch_are_clear_errors(tmp_path: Path, la
     bgr = make_bundle(tmp_path / "bgr", ["blue", "green", "red"], "uint8", 100.0, 50.0)
     with pytest.raises(InputError, match="order"):
         segment(bgr, [lausanne], tmp_path / "out", progress=False)
+    with rasterio.open(lausanne) as src:
+        rgb = src.read()
+    bgr_ir = write_raster(tmp_path / "bgrir.tif", np.concatenate([rgb[::-1], rgb[1:2]]))
+    with rasterio.open(bgr_ir, "r+") as dst:  # blue, green, red and an untagged 4th band
+        dst.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined]
+    rgb_nir = make_bundle(tmp_path / "rgbnir", ["red", "green", "blue", "nir"], "uint8", 100.0, 50.0)
+    with pytest.raises(InputError, match=r"bgrir\.tif has bands in the order \['blue', 'green', 'red'"):
+        segment(rgb_nir, [bgr_ir], tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_model_trained_on_an_alpha_tagged_band_segments_that_raster(tmp_path: Path, lausanne: Path) -> None:
+    """README section 1: a 4-band uint8 GeoTIFF written without colour interpretation has its
+    4th band (near-infrared) tagged alpha; ingest --bands 1,2,3,4 keeps it, so the model reads
+    red, green, blue, alpha. Segmenting that very raster must feed it all four bands."""
+    with rasterio.open(lausanne) as src:
+        rgb = src.read()
+    rgbir = write_raster(tmp_path / "rgbir.tif", np.concatenate([rgb, rgb[1:2] // 2 + 40]))
+    with rasterio.open(rgbir) as src:
+        assert src.colorinterp[3].name == "alpha"
+    model = make_bundle(tmp_path / "m4", ["red", "green", "blue", "alpha"], "uint8", 100.0, 50.0)
+    (result,) = segment(model, [rgbir], tmp_path / "out", SegmentConfig(vectorize=False), progress=False)
+    with rasterio.open(result.clusters) as out:
+        assert np.all(out.read(1) < K)
+    with pytest.raises(InputError, match=r"1091-322_00\.tif has 3 bands.*expects 4"):
+        segment(model, [lausanne], tmp_path / "out3", progress=False)
 
 
 def test_a_failed_segment_removes_only_an_empty_out_folder_it_created(tmp_path: Path, lausanne: Path) -> None:

@@ -155,6 +155,22 @@ def test_dask_scheduler_address_gives_the_same_polygons(
     assert np.isclose(frame["area"].sum(), single_block["area"].sum())
 
 
+def test_a_dask_scheduler_that_does_not_answer_is_one_line(
+    neon_clusters: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from tests.flows.conftest import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"  # nobody listens there
+    started = time.monotonic()
+    rc = main(["vectorize", str(neon_clusters), "--out", str(tmp_path / "d.gpkg"), "--dask-address", address])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and time.monotonic() - started < 30
+    assert err[-1].startswith("geoseg vectorize: error: no Dask scheduler answers at") and address in err[-1]
+    assert not (tmp_path / "d.gpkg").exists()
+
+
 def test_bad_inputs_are_clear_errors(tmp_path: Path, shared_data: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         vectorize(tmp_path / "absent.tif", tmp_path / "x.gpkg")

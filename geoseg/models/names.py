@@ -120,7 +120,16 @@ def parse_names(assignments: Iterable[str]) -> dict[int, str | None]:
     names: dict[int, str | None] = {}
     for text in assignments:
         cid, value = _split(text, "name")
-        names[cid] = _name(value, f"name {text!r}")
+        if _HEX.match(value.strip()) and value.strip().startswith("#"):
+            # `--color 1=#2e7d32 2=#c0392b`: --color takes one value, the second is a name
+            raise ConfigError(
+                f"name {text!r} is a colour: give it as --color {cid}={value.strip()} "
+                "(--color takes one ID=#RRGGBB: repeat --color for each cluster)"
+            )
+        name = _name(value, f"name {text!r}")
+        if cid in names and names[cid] != name:
+            raise ConfigError(f"cluster {cid} is named twice: {names[cid]!r} and {name!r}")
+        names[cid] = name
     return names
 
 

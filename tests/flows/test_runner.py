@@ -77,3 +77,22 @@ def test_a_flows_local_cluster_lets_a_slow_worker_exit_without_killing_it(
     assert not [m for m in messages if "still alive" in m or "killing" in m.lower()], messages
     assert not [r for r in dask_log.records if r.levelno >= logging.WARNING], messages
     assert marker.read_text() == f"{pid} exited\n"  # the process ran its exit to the end
+
+
+def test_a_dask_address_that_does_not_answer_is_one_line_within_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``dask_address=tcp://127.0.0.1:9`` (nobody there): the flow fails on geoseg's line
+    naming the address after 10 s, not on distributed's OSError traceback after 30 s."""
+    import time
+
+    from flows.runner import task_runner
+    from geoseg.errors import ConfigError
+    from tests.flows.conftest import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("GEOSEG_DASK_ADDRESS", address)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=f"no Dask scheduler answers at {address}"), task_runner() as runner:
+        runner.client  # noqa: B018 - the runner connects on first use
+    assert time.monotonic() - started < 25

@@ -35,6 +35,9 @@ def test_assignments_and_their_errors() -> None:
         (["-1=roofs"], ">= 0"),
         (["1=" + "a" * 65], "longer than 64"),
         (["1=tab\u0007bell"], "control characters"),
+        (["2=roofs", "2=#c0392b"], "is a colour: give it as --color 2=#c0392b"),  # --color 1=#... 2=#...
+        (["2=#0af"], "is a colour"),
+        (["2=roofs", "2=trees"], "cluster 2 is named twice: 'roofs' and 'trees'"),
     ):
         with pytest.raises(ConfigError, match=match):
             parse_names(bad)
