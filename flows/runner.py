@@ -27,8 +27,7 @@ from prefect_dask import DaskTaskRunner
 
 from flows.results import RESULT_SERIALIZER
 from flows.settings import FlowSettings, check_dask_address
-from geoseg.errors import ConfigError
-from geoseg.io.cluster import CONNECT_TIMEOUT_S
+from geoseg.io.cluster import CONNECT_TIMEOUT_S, no_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +64,7 @@ class GeosegTaskRunner(DaskTaskRunner):
             if self._client is not None or not self.address:
                 raise
             # the CLI's line (geoseg.io.cluster.connect), not distributed's traceback after 30 s
-            raise ConfigError(
-                f"no Dask scheduler answers at {self.address} (waited {CONNECT_TIMEOUT_S} s): "
-                "start one there (dask scheduler) or fix dask_address"
-            ) from exc
+            raise no_scheduler(self.address, "dask_address") from exc
 
     def _choose_cluster(self) -> None:
         settings = FlowSettings.from_env()

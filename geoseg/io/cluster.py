@@ -16,7 +16,7 @@ from geoseg.errors import ConfigError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["CONNECT_TIMEOUT_S", "connect"]
+__all__ = ["CONNECT_TIMEOUT_S", "connect", "no_scheduler"]
 
 CONNECT_TIMEOUT_S = 10  # an address that does not answer fails well within the 30 s users wait
 
@@ -36,9 +36,15 @@ def connect(address: str | None) -> Iterator[Client | None]:
     try:
         client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
-        raise ConfigError(
-            f"no Dask scheduler answers at {address} (waited {CONNECT_TIMEOUT_S} s): "
-            "start one there (dask scheduler) or fix --dask-address"
-        ) from exc
+        raise no_scheduler(address, "--dask-address") from exc
     with client:
         yield client
+
+
+def no_scheduler(address: str, setting: str) -> ConfigError:
+    """The one line for an ``address`` where no scheduler answered; ``setting`` names what the
+    user gave it as (``--dask-address``, a flow's ``dask_address``)."""
+    return ConfigError(
+        f"no Dask scheduler answers at {address} (waited {CONNECT_TIMEOUT_S} s): "
+        f"start one there (dask scheduler) or fix {setting}"
+    )
