@@ -569,6 +569,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--padding", choices=PADDINGS, default="zeros",
         help="how every learned method's convolutions fill their border (TrainConfig.padding)",
     )  # fmt: skip
+    parser.add_argument(
+        "--weight-ema", type=float, default=None,
+        help="every learned method's TrainConfig.weight_ema (default: each method's own)",
+    )  # fmt: skip
     parser.add_argument("--colour-object-count", type=int, default=COLOUR_OBJECT_COUNT)
     parser.add_argument("--work", type=Path, default=None, help="keep predictions and reports here")
     parser.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
@@ -597,6 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = list(dict.fromkeys([*parse_methods(args.methods), *(["IIC"] if args.with_iic else [])]))
     LGMI_TRAINING.update(
         padding=args.padding,
+        weight_ema=args.weight_ema,
         steps=args.lgmi_steps,
         preset=args.iic_preset,
         batch_size=args.lgmi_batch_size,
@@ -606,6 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     CIRS_TRAINING.update(
         padding=args.padding,
+        weight_ema=args.weight_ema,
         steps=args.cirs_steps,
         preset=args.iic_preset,
         batch_size=args.cirs_batch_size,
@@ -616,6 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     IIC_TRAINING.update(
         padding=args.padding,
+        weight_ema=args.weight_ema,
         steps=args.iic_steps,
         preset=args.iic_preset,
         batch_size=args.iic_batch_size,
@@ -629,6 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ENSEMBLE.update(members=args.members)
     PICIE_TRAINING.update(
         padding=args.padding,
+        weight_ema=args.weight_ema,
         steps=args.picie_steps,
         preset=args.picie_preset,
         batch_size=args.picie_batch_size,

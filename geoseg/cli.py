@@ -412,6 +412,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=d.members,
         help="train this many networks (seeds differ) and average their aligned probabilities",
     )
+    p.add_argument(
+        "--weight-ema", type=float, default=None,
+        help="decay of the weights' moving average the bundle keeps (0: the selected checkpoint; "
+        "default: the method's, iic 0.98, others 0)",
+    )  # fmt: skip
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
     p.add_argument(
         "--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints"
@@ -454,6 +459,7 @@ def _run_train(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         members=args.members,
+        weight_ema=args.weight_ema,
         workers=args.workers,
         checkpoint_every=args.checkpoint_every,
         jitter=args.jitter,

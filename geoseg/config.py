@@ -17,6 +17,7 @@ __all__ = [
     "METHOD_SETTINGS",
     "PADDINGS",
     "PRECISIONS",
+    "WEIGHT_EMA_DEFAULTS",
     "AlignConfig",
     "BaselineConfig",
     "EvaluateConfig",
@@ -99,6 +100,11 @@ METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The moving average of the weights per method where one was measured to help (IIC on the
+# Dubai folds: bench/RESULTS.md, "A moving average of the weights"); 0 elsewhere.
+WEIGHT_EMA_DEFAULTS: dict[str, float] = {"iic": 0.98}
+
+
 @dataclass
 class TrainConfig:
     """Training settings (defaults: a small CPU-friendly run); see METHOD_SETTINGS for
@@ -130,6 +136,9 @@ class TrainConfig:
     # networks trained from seeds seed*members .. seed*members+members-1 whose aligned
     # probabilities are averaged (geoseg.models.ensemble); any method
     members: int = 1
+    # decay of the moving average of the weights that the bundle keeps (0: the label-free
+    # checkpoint selection's weights); None: the method's default (WEIGHT_EMA_DEFAULTS)
+    weight_ema: float | None = None
     # PiCIE
     trunk: Literal["iic", "resnet18-fpn"] = "iic"  # embedding trunk
     k2: int = 100  # over-clustering K2
@@ -148,6 +157,11 @@ class TrainConfig:
     # g also sees the segment number k as a one-hot (the source does; off won the Dubai folds:
     # with it g meets the loss by the number alone, bench/RESULTS.md)
     g_segment_number: bool = False
+
+    @property
+    def effective_weight_ema(self) -> float:
+        """The decay of the weights' moving average this run uses (0: none)."""
+        return WEIGHT_EMA_DEFAULTS.get(self.method, 0.0) if self.weight_ema is None else self.weight_ema
 
     def validate(self) -> TrainConfig:
         _require(
@@ -176,6 +190,10 @@ class TrainConfig:
         _require(2 <= self.k_a <= 254, f"k_a must be in [2, 254], got {self.k_a}")
         _require(self.subheads >= 1, "subheads must be >= 1")
         _require(1 <= self.members <= 16, f"members must be in [1, 16], got {self.members}")
+        _require(
+            self.weight_ema is None or 0 <= self.weight_ema < 1,
+            f"weight_ema must be in [0, 1), got {self.weight_ema}",
+        )
         _require(self.lamb_a > 0 and self.lamb_b > 0, "lambda must be > 0")
         _require(0 <= self.half_t <= 32, f"half_t must be in [0, 32], got {self.half_t}")
         _require(0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}")

@@ -108,6 +108,10 @@ SELECTION_RULE = (
     f"lowest exponential moving average (decay {EMA_DECAY}) of the head-B training loss, "
     "compared at every checkpoint; no labels used"
 )
+AVERAGE_RULE = (
+    "moving average (decay {decay}) of the weights, after every step, kept at the last step; no labels used"
+)
+AVERAGE = "average.safetensors"  # the weights' moving average, in the checkpoint folder
 # Settings that may change between a run and its resumption without invalidating it.
 _RESUMABLE = {"steps", "epochs", "workers", "device", "checkpoint_every"}
 
@@ -268,7 +272,8 @@ def _train(
     work = work_dir(out)
     work.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(config, dataset)
-    state = _resume(work, model, optimizer, fingerprint, device, out, overwrite)
+    average: dict[str, torch.Tensor] = {}  # the weights' moving average (config.effective_weight_ema)
+    state = _resume(work, model, optimizer, fingerprint, device, out, overwrite, average)
     steps = total_steps(config, len(dataset))
     _truncate_metrics(work / METRICS, state.step)
     # Resuming (same fingerprint): the bundle at out is this run's, perhaps named since with
@@ -276,7 +281,7 @@ def _train(
     named = _bundle_clusters(out, config.k) if state.step > 0 else None
 
     if state.step < steps:
-        _run(model, optimizer, dataset, transform, config, device, state, steps, work, progress, ctx)
+        _run(model, optimizer, dataset, transform, config, device, state, steps, work, progress, ctx, average)
     else:  # only after a resume: steps >= 1
         log.info(
             "already trained to step %d (asked: %d): nothing to train, the bundle is rewritten",
@@ -288,7 +293,10 @@ def _train(
     if not ctx.is_main:  # rank 0 alone writes the bundle
         cleanup()
         return out
-    if state.best_step is not None and (work / BEST_WEIGHTS).is_file():
+    if config.effective_weight_ema and average:  # the average at the last step is kept
+        model.load_state_dict(average)
+        state.best_step, state.best_ema_b, state.best_subheads = state.step, state.ema_b, state.ema_subheads
+    elif state.best_step is not None and (work / BEST_WEIGHTS).is_file():
         model.load_state_dict(load_file(str(work / BEST_WEIGHTS), device=str(device)))
     if (subhead := chosen_subhead(state)) is not None:
         model.lead_with_subhead(subhead)  # type: ignore[operator]
@@ -315,8 +323,13 @@ def _run(
     work: Path,
     progress: Progress,
     ctx: DistContext | None = None,
+    average: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """Train from ``state.step`` to ``steps``; ``average`` (updated in place) holds the
+    weights' moving average when ``config.effective_weight_ema`` is on."""
     ctx = ctx or DistContext()
+    average = {} if average is None else average
+    decay = config.effective_weight_ema
     sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, state.step, steps)
     loader = DataLoader(
         dataset,
@@ -358,6 +371,8 @@ def _run(
             optimizer.zero_grad(set_to_none=True)
             out.total.backward()
             optimizer.step()
+            if decay:
+                update_average(average, model, decay)
             state.step = step + 1
             if "b" in values:
                 b = values["b"]
@@ -381,8 +396,22 @@ def _run(
                 metrics.flush()
                 _check_collapse(top_share, config, state.step, work, bar)
                 top_share.zero_()
-                _checkpoint(model, optimizer, state, record, work)
+                _checkpoint(model, optimizer, state, record, work, average if decay else None)
     bar.close()
+
+
+@torch.no_grad()
+def update_average(average: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    """One step of the weights' exponential moving average, in place: it starts at the first
+    step's weights; float tensors (weights, batch-norm statistics) are averaged, counters
+    copied."""
+    for name, value in model.state_dict().items():
+        if name not in average:
+            average[name] = value.detach().clone()
+        elif value.dtype.is_floating_point:
+            average[name].mul_(decay).add_(value.detach(), alpha=1 - decay)
+        else:
+            average[name].copy_(value)
 
 
 def _smoothed(ema: list[float] | None, values: list[float]) -> list[float]:
@@ -424,11 +453,15 @@ def _checkpoint(
     state: TrainState,
     record: dict[str, Any],
     work: Path,
+    average: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Select (label-free), then write weights + Adam state + state.json atomically."""
+    """Select (label-free), then write weights + Adam state + state.json atomically; with
+    ``average`` (the weights' moving average, which the bundle keeps instead) no selection."""
     state.history.append(record)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if state.ema_b is not None and (state.best_ema_b is None or state.ema_b < state.best_ema_b):
+    if average is None and (
+        state.ema_b is not None and (state.best_ema_b is None or state.ema_b < state.best_ema_b)
+    ):
         state.best_ema_b, state.best_step = state.ema_b, state.step
         state.best_subheads = state.ema_subheads
         with atomic_path(work / BEST_WEIGHTS) as tmp:
@@ -438,6 +471,8 @@ def _checkpoint(
         tmp.mkdir()
         save_file(weights, str(tmp / "model.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))
+        if average:
+            save_file({k: v.detach().cpu().contiguous() for k, v in average.items()}, str(tmp / AVERAGE))
         (tmp / "state.json").write_text(json.dumps({**asdict(state), "param_groups": groups}, indent=1))
 
 
@@ -474,9 +509,11 @@ def _resume(
     device: torch.device,
     out: Path,
     overwrite: bool = False,
+    average: dict[str, torch.Tensor] | None = None,
 ) -> TrainState:
     """The checkpoint's state to resume from, or a fresh one; a checkpoint of another run
-    (other stores or settings) is refused, or with ``overwrite`` discarded (start over)."""
+    (other stores or settings) is refused, or with ``overwrite`` discarded (start over).
+    ``average`` is filled with the checkpoint's moving average of the weights, if it has one."""
     ckpt = work / CHECKPOINT
     if not (ckpt / "state.json").is_file():
         return TrainState(fingerprint=fingerprint)
@@ -506,6 +543,8 @@ def _resume(
     optimizer_from_tensors(
         optimizer, load_file(str(ckpt / "optimizer.safetensors"), device=str(device)), groups
     )
+    if average is not None and (ckpt / AVERAGE).is_file():
+        average.update(load_file(str(ckpt / AVERAGE), device=str(device)))
     log.info("resuming from %s at step %d", ckpt, state.step)
     state.fingerprint = fingerprint  # where the stores are now
     return state
@@ -636,7 +675,10 @@ def _model_meta(
         },
         history=state.history,
         selection={
-            "rule": SELECTION_RULE,
+            "rule": AVERAGE_RULE.format(decay=decay)
+            if (decay := config.effective_weight_ema)
+            else SELECTION_RULE,
+            "weight_ema": decay,
             "labels_used": False,
             "step": state.best_step if state.best_step is not None else state.step,
             "ema_loss_b": state.best_ema_b,

@@ -27,7 +27,9 @@ FAST = {"batch_size": 8, "half_t": 2, "lr": 1e-3, "k": 4, "k_a": 12, "seed": 0}
 
 @pytest.fixture(scope="module")
 def trained(dubai_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainConfig]:
-    config = TrainConfig(steps=8, checkpoint_every=4, **FAST)
+    # weight_ema 0: the label-free checkpoint selection keeps the weights (IIC's default
+    # keeps the weights' moving average instead: test_the_bundle_keeps_the_weights_moving_average)
+    config = TrainConfig(steps=8, checkpoint_every=4, weight_ema=0.0, **FAST)
     out = train(dubai_store, tmp_path_factory.mktemp("run") / "model", config, progress=False)
     return out, config
 
@@ -84,7 +86,7 @@ def test_bundle_metadata_and_label_free_selection(trained, dubai_store: Path) ->
 def test_the_bundle_predicts_with_the_sub_head_of_lowest_smoothed_loss(
     dubai_store: Path, tmp_path: Path
 ) -> None:
-    config = TrainConfig(steps=8, checkpoint_every=4, subheads=3, **FAST)
+    config = TrainConfig(steps=8, checkpoint_every=4, subheads=3, weight_ema=0.0, **FAST)
     out = train(dubai_store, tmp_path / "model", config, progress=False)
     selection = json.loads((out / "model.json").read_text())["selection"]
     rows = read_metrics(out / "metrics.jsonl")
@@ -102,6 +104,41 @@ def test_the_bundle_predicts_with_the_sub_head_of_lowest_smoothed_loss(
         for slot, trained_as in enumerate(order):
             assert torch.equal(weights[f"{head}.{slot}.weight"], best[f"{head}.{trained_as}.weight"])
     assert not torch.equal(best["head_b.0.weight"], best["head_b.1.weight"])
+
+
+def test_the_bundle_keeps_the_weights_moving_average(dubai_store: Path, tmp_path: Path) -> None:
+    """With weight_ema d the bundle holds d * w1 + (1 - d) * w2 after two steps (w1, w2: the
+    weights after steps 1 and 2, from runs without the average); training itself is unchanged."""
+
+    def raw_weights(steps: int, decay: float) -> tuple[dict[str, torch.Tensor], Path]:
+        out = train(
+            dubai_store, tmp_path / f"{steps}-{decay}", TrainConfig(steps=steps, weight_ema=decay, **FAST),
+            progress=False,
+        )  # fmt: skip
+        return load_file(str(work_dir(out) / "checkpoint" / "model.safetensors")), out
+
+    w1, _ = raw_weights(1, 0.0)
+    w2, _ = raw_weights(2, 0.0)
+    last, averaged = raw_weights(2, 0.25)
+    assert all(torch.equal(last[k], w2[k]) for k in w2)  # the average does not steer training
+    kept = load_file(str(averaged / "weights.safetensors"))
+    floats = [k for k in w2 if w2[k].dtype.is_floating_point]
+    assert any(not torch.equal(w1[k], w2[k]) for k in floats)
+    for name in floats:
+        torch.testing.assert_close(kept[name], 0.25 * w1[name] + 0.75 * w2[name], rtol=1e-5, atol=1e-6)
+    selection = json.loads((averaged / "model.json").read_text())["selection"]
+    assert selection["weight_ema"] == 0.25 and selection["step"] == 2
+    assert "moving average (decay 0.25) of the weights" in selection["rule"]
+
+
+def test_the_weights_moving_average_is_iic_s_default_only() -> None:
+    assert TrainConfig().effective_weight_ema == 0.98
+    for method in ("picie", "lgmi", "cirs"):
+        assert TrainConfig(method=method).effective_weight_ema == 0.0
+    assert TrainConfig(weight_ema=0.0).effective_weight_ema == 0.0
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="weight_ema must be in"):
+            TrainConfig(weight_ema=bad).validate()
 
 
 def test_saved_and_reloaded_bundle_predicts_identically(trained, dubai_store: Path, tmp_path: Path) -> None:
