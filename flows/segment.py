@@ -44,34 +44,17 @@ def segment_step(
     out_dir = run_dir / PREDICTIONS
     # polygon settings stay out of the segment task's cache key: changing one re-runs vectorize only
     task_config = {k: v for k, v in config_dict(config).items() if k not in SegmentConfig.POLYGON_FIELDS}
-    futures = [
-        (
-            s,
-            submit(
-                segment_task,
-                run_dir,
-                model=str(model),
-                source=str(s),
-                out_dir=str(out_dir),
-                config=task_config,
-            ),
-        )
+    parameters = {
+        s: {"model": str(model), "source": str(s), "out_dir": str(out_dir), "config": task_config}
         for s in sources
-    ]
+    }
+    futures = [(s, submit(segment_task, run_dir, **parameters[s])) for s in sources]
     done: list[tuple[Path, dict[str, Any]]] = []
     states: list[str] = []
     failed: list[tuple[Path, Exception]] = []
     for source, future in futures:
         try:
-            result, state = resolve(
-                future,
-                segment_task,
-                run_dir,
-                model=str(model),
-                source=str(source),
-                out_dir=str(out_dir),
-                config=task_config,
-            )
+            result, state = resolve(future, segment_task, run_dir, **parameters[source])
         except Exception as exc:  # the other rasters are finished and catalogued first
             failed.append((source, exc))
             states.append("Failed")
