@@ -701,10 +701,12 @@ def _run(
         if client is not None:
             from distributed import as_completed
 
-            digests = client.map(sha256_file, hash_files, pure=False)
-            for future in as_completed(client.compute(tasks)):
-                bar.update(int(future.result()))
-            return [future.result() for future in digests]
+            # as_completed finds its client as the current one (connect does not set a default)
+            with client.as_current():
+                digests = client.map(sha256_file, hash_files, pure=False)
+                for future in as_completed(client.compute(tasks)):
+                    bar.update(int(future.result()))
+                return [future.result() for future in digests]
         with ThreadPoolExecutor(1) as pool, _TqdmCallback(bar):
             hashing = [pool.submit(sha256_file, f) for f in hash_files]
             dask.compute(*tasks, scheduler="threads", num_workers=workers)

@@ -311,21 +311,28 @@ def test_a_deployment_runs_engine_does_not_call_a_users_error_unexpected(
 
 
 def test_a_task_failing_on_a_user_error_fails_its_flow_with_the_line_logged(
-    prefect_harness: None, tmp_path: Path
+    prefect_harness: None, shared_data: Path, tmp_path: Path
 ) -> None:
-    """The error of a task on a Dask worker (a raster too small to segment, found only when
-    the task opens it) reaches the flow and is logged there as the one line too; a bug is
-    not called a user error."""
+    """The error of a task on a Dask worker (a raster cut in half: its header passes the
+    flow's checks, its pixels fail when the task reads them) reaches the flow and is logged
+    there as the one line too; a bug is not called a user error."""
+    from rasterio.windows import Window
+
     from flows.segment import segment_flow
     from geoseg.io.fileio import user_error_message
+    from tests.helpers import crop
 
     model = make_bundle(tmp_path / "model", ["red", "green", "blue"], "uint8", 110.0, 50.0, 32)
-    tiny = write_raster(tmp_path / "tiny.tif", np.zeros((3, 4, 4), np.uint8))
-    state = segment_flow(src=str(tiny), model=str(model), out=str(tmp_path / "run"), return_state=True)
+    whole = crop(
+        shared_data / "lausanne" / "img" / "1091-322_00.tif", tmp_path / "whole.tif", Window(0, 0, 400, 300)
+    )
+    damaged = tmp_path / "damaged.tif"
+    damaged.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    state = segment_flow(src=str(damaged), model=str(model), out=str(tmp_path / "run"), return_state=True)
     assert state.is_failed()
     exc = state.result(raise_on_failure=False)
     line = user_error_message(exc)
-    assert line is not None and str(tiny) in line and "too small" in line, line
+    assert line is not None and str(damaged) in line and "corrupt raster" in line, line
     logs = _flow_run_logs(state)
     assert any(log.task_run_id is not None for log in logs)  # the segment task did run
     assert [log.message for log in logs if log.level >= 40].count(line) == 1
