@@ -16,4 +16,5 @@ while IFS= read -r line; do args+=("$line"); done \
   < <(python -m flows.deployments --pool "${GEOSEG_POOL}" "$@")
 [ ${#args[@]} -gt 0 ] || exit 2
 prefect --no-prompt deploy "${args[@]}"
+remember_server
 echo "deployments registered on ${PREFECT_API_URL}"

@@ -44,3 +44,20 @@ ensure_pool() {
     || { echo "could not create the work pool ${GEOSEG_POOL} on ${PREFECT_API_URL}" >&2; return 1; }
   echo "work pool ${GEOSEG_POOL} (process) on ${PREFECT_API_URL}"
 }
+
+# Point the Prefect profile of $PREFECT_HOME at this server when it names none, so that
+# `prefect ...` in a new terminal talks to it. Without this the CLI there starts a temporary
+# server on the same database: a `deployment run --watch` is executed by the worker but never
+# hears it end. A profile that already names a server (Prefect Cloud, another host) is kept;
+# the user is told which server a new terminal will use instead.
+remember_server() {
+  local saved
+  saved="$(env -u PREFECT_API_URL python -c \
+    'from prefect.settings import PREFECT_API_URL; print(PREFECT_API_URL.value() or "")')" || return 0
+  if [ -z "${saved}" ]; then
+    prefect config set PREFECT_API_URL="${PREFECT_API_URL}" >/dev/null \
+      && echo "the Prefect profile now points at ${PREFECT_API_URL}: \`prefect\` in any terminal talks to this server"
+  elif [ "${saved}" != "${PREFECT_API_URL}" ]; then
+    echo "note: the Prefect profile points at ${saved}; in a new terminal run export PREFECT_API_URL=${PREFECT_API_URL} before \`prefect deployment run\`" >&2
+  fi
+}

@@ -187,6 +187,10 @@ def test_readme_order_server_worker_deploy_then_pipeline_and_segment_runs(
     expected = _local_pool_deployments()
     assert {("segment", "local", LOCAL_POOL), ("pipeline", "local", LOCAL_POOL)} <= expected
     assert _registered(env) == expected
+    # `make deploy` points the profile at the server: a new terminal without PREFECT_API_URL
+    # runs and watches on it, not on a temporary server that never hears the run end.
+    assert f"the Prefect profile now points at {env['PREFECT_API_URL']}" in deploy.stdout, deploy.stdout
+    new_terminal = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
 
     # pipeline/local: ingest -> train -> segment -> evaluate on the generated scene.
     run_dir = tmp_path / "survey-run"
@@ -197,7 +201,7 @@ def test_readme_order_server_worker_deploy_then_pipeline_and_segment_runs(
         "out": str(run_dir),
         **TINY,
     }
-    _run_deployment(env, "pipeline/local", pipeline, worker_log)
+    _run_deployment(new_terminal, "pipeline/local", pipeline, worker_log)
     report = json.loads((run_dir / "evaluation" / "report.json").read_text())
     assert report["dataset"] == "synthetic" and 0.0 <= report["accuracy"] <= 1.0
     assert validate_run_catalog(run_dir / "catalog") >= 7
