@@ -15,6 +15,7 @@ from geoseg.errors import ConfigError
 __all__ = [
     "METHODS",
     "METHOD_SETTINGS",
+    "MIN_PATCH_SIZE",
     "PADDINGS",
     "PRECISIONS",
     "WEIGHT_EMA_DEFAULTS",
@@ -47,6 +48,9 @@ PADDINGS: tuple[str, ...] = get_args(Padding)
 # inside allowed roots (the flows) find them with path_fields().
 PATH = {"path": True}
 
+# The smallest patch ingest cuts (IngestConfig.patch_size).
+MIN_PATCH_SIZE = 8
+
 
 def path_fields(config: Any) -> list[str]:
     """Names of the settings of a config (instance or class) that are paths."""
@@ -78,7 +82,10 @@ class IngestConfig:
         return self.stride or self.patch_size
 
     def validate(self) -> IngestConfig:
-        _require(8 <= self.patch_size <= 4096, f"patch_size must be in [8, 4096], got {self.patch_size}")
+        _require(
+            MIN_PATCH_SIZE <= self.patch_size <= 4096,
+            f"patch_size must be in [{MIN_PATCH_SIZE}, 4096], got {self.patch_size}",
+        )
         _require(1 <= self.effective_stride <= self.patch_size * 4, f"stride out of range: {self.stride}")
         _require(0.01 <= self.scale <= 8.0, f"scale must be in [0.01, 8], got {self.scale}")
         _require(0.0 <= self.min_valid <= 1.0, f"min_valid must be in [0, 1], got {self.min_valid}")

@@ -75,8 +75,20 @@ def check_bands(src: DatasetReader, path: Path, meta: ModelMeta, model_dir: Path
         raise InputError(f"{path} is {src_dtype} but model {model_dir} was trained on {model_dtype} pixels")
     names = list(band_names(src, bands))
     if any(names.index(n) != model_names.index(n) for n in _named_once(names) & _named_once(model_names)):
-        raise InputError(f"{path} has bands in the order {names} but model {model_dir} expects {model_names}")
+        raise InputError(
+            f"{path} has bands in the order {names} but model {model_dir} expects {model_names}"
+            + _reorder_hint(path, names, bands, model_names)
+        )
     return bands
+
+
+def _reorder_hint(path: Path, names: list[str], bands: list[int], model_names: list[str]) -> str:
+    """The gdal_translate call that writes the raster's bands in the model's order, when the
+    raster holds each of the model's bands once; otherwise nothing."""
+    if sorted(names) != sorted(model_names) or len(set(names)) != len(names):
+        return ""
+    order = " ".join(f"-b {bands[names.index(n)]}" for n in model_names)
+    return f": reorder it first, e.g. gdal_translate {order} {path} {path.stem}_reordered.tif"
 
 
 def _named_once(names: list[str]) -> set[str]:

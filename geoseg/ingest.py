@@ -46,7 +46,7 @@ from zarr.codecs import ZstdCodec
 from zarr.core.chunk_key_encodings import ChunkKeyEncodingParams
 
 from geoseg import __version__
-from geoseg.config import IngestConfig
+from geoseg.config import MIN_PATCH_SIZE, IngestConfig
 from geoseg.datasets import IGNORE, LabelDataset, check_class_id_labels, expand_colormap, get_dataset
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.cluster import connect
@@ -157,6 +157,11 @@ def plan_ingest(
             raise InputError(
                 f"{path} is {width}x{height} px at scale {config.scale}, smaller than one "
                 f"{config.patch_size}x{config.patch_size} patch"
+                + (
+                    f": use a patch size of at most {min(height, width)} (--patch-size; patch_size in a flow)"
+                    if min(height, width) >= MIN_PATCH_SIZE
+                    else ""
+                )
             )
         if label_path is not None:
             _check_label(label_path, info, dataset)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -606,3 +607,19 @@ def test_labels_in_another_coding_than_the_dataset_are_refused_before_the_store(
     # the same crop with its right coding still ingests
     assert main(["ingest", str(image), "--labels", str(label), "--dataset", "isprs-ids",
                  "--out", str(tmp_path / "ok.zarr"), "--patch-size", "128"]) == 0  # fmt: skip
+
+
+def test_a_raster_smaller_than_a_patch_names_the_patch_size_that_fits(tmp_path: Path) -> None:
+    """The refusal says which patch size would fit, and ingest at that size works."""
+    rng = np.random.default_rng(3)
+    small = write_tif(tmp_path / "small.tif", rng.integers(0, 200, (3, 120, 175), dtype=np.uint8))
+    with pytest.raises(InputError, match=r"small\.tif is 175x120 px .* smaller than one 128x128 patch") as caught:
+        ingest([small], tmp_path / "a.zarr", IngestConfig(patch_size=128), progress=False)
+    fits = re.search(r"a patch size of at most (\d+)", str(caught.value))
+    assert fits is not None and int(fits.group(1)) == 120, str(caught.value)
+    store = open_store(ingest([small], tmp_path / "b.zarr", IngestConfig(patch_size=120), progress=False))
+    assert store.meta.patch_size == 120
+    tiny = write_tif(tmp_path / "tiny.tif", rng.integers(0, 200, (3, 5, 175), dtype=np.uint8))
+    with pytest.raises(InputError) as too_thin:  # no patch size fits: none is suggested
+        ingest([tiny], tmp_path / "c.zarr", IngestConfig(patch_size=128), progress=False)
+    assert "tiny.tif" in str(too_thin.value) and "at most" not in str(too_thin.value)

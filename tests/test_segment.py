@@ -8,7 +8,9 @@ single-pass comparison exact up to window context).
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ from geoseg.config import SegmentConfig
 from geoseg.errors import ConfigError, InputError
 from geoseg.io.cog import create_raster, validate_cog
 from geoseg.models.bundle import default_clusters, load_bundle, model_id
-from geoseg.segment import CONFIDENCE_MAX, NODATA, predict_probabilities, segment
+from geoseg.segment import CONFIDENCE_MAX, NODATA, check_rasters_suit_model, predict_probabilities, segment
 from tests.helpers import K, crop, make_bundle, write_raster
 
 
@@ -280,16 +282,29 @@ def test_band_count_dtype_and_order_mismatch_are_clear_errors(tmp_path: Path, la
     with pytest.raises(InputError, match=r"uint8 but model .* uint16"):
         segment(wide, [lausanne], tmp_path / "out", progress=False)
     bgr = make_bundle(tmp_path / "bgr", ["blue", "green", "red"], "uint8", 100.0, 50.0)
-    with pytest.raises(InputError, match="order"):
+    with pytest.raises(InputError, match="order") as refused:
         segment(bgr, [lausanne], tmp_path / "out", progress=False)
+    # the line names the gdal_translate call that fixes it, and that call (real GDAL) does
+    hint = re.search(r"gdal_translate (-b \d )+", str(refused.value))
+    assert hint is not None and hint.group(0) == "gdal_translate -b 3 -b 2 -b 1 ", str(refused.value)
+    reordered = tmp_path / "reordered.tif"
+    subprocess.run(
+        ["gdal_translate", "-q", *hint.group(0).split()[1:], str(lausanne), str(reordered)], check=True
+    )
+    with rasterio.open(reordered) as dst:  # gdal_translate keeps each band's colour name
+        assert [c.name for c in dst.colorinterp] == ["blue", "green", "red"]
+    check_rasters_suit_model(bgr, [reordered])
     with rasterio.open(lausanne) as src:
         rgb = src.read()
     bgr_ir = write_raster(tmp_path / "bgrir.tif", np.concatenate([rgb[::-1], rgb[1:2]]))
     with rasterio.open(bgr_ir, "r+") as dst:  # blue, green, red and an untagged 4th band
         dst.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined]
     rgb_nir = make_bundle(tmp_path / "rgbnir", ["red", "green", "blue", "nir"], "uint8", 100.0, 50.0)
-    with pytest.raises(InputError, match=r"bgrir\.tif has bands in the order \['blue', 'green', 'red'"):
+    with pytest.raises(
+        InputError, match=r"bgrir\.tif has bands in the order \['blue', 'green', 'red'"
+    ) as partial:
         segment(rgb_nir, [bgr_ir], tmp_path / "out", progress=False)
+    assert "gdal_translate" not in str(partial.value)  # no reordering gives a nir band
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
