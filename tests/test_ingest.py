@@ -613,7 +613,9 @@ def test_a_raster_smaller_than_a_patch_names_the_patch_size_that_fits(tmp_path: 
     """The refusal says which patch size would fit, and ingest at that size works."""
     rng = np.random.default_rng(3)
     small = write_tif(tmp_path / "small.tif", rng.integers(0, 200, (3, 120, 175), dtype=np.uint8))
-    with pytest.raises(InputError, match=r"small\.tif is 175x120 px .* smaller than one 128x128 patch") as caught:
+    with pytest.raises(
+        InputError, match=r"small\.tif is 175x120 px .* smaller than one 128x128 patch"
+    ) as caught:
         ingest([small], tmp_path / "a.zarr", IngestConfig(patch_size=128), progress=False)
     fits = re.search(r"a patch size of at most (\d+)", str(caught.value))
     assert fits is not None and int(fits.group(1)) == 120, str(caught.value)
