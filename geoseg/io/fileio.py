@@ -32,6 +32,7 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -494,9 +495,31 @@ def locked(folder: str | Path, what: str = "output folder", beside: bool = False
         "host": socket.gethostname(),
         "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    # The record is written to a file of our own first and then linked to the lock's name
+    # (exclusive, atomic): a lock is never seen empty, so an empty one is never taken for a
+    # dead holder's while its owner is still writing it (two holders at once).
+    claim = lock.with_name(f"{lock.name}.{threading.get_ident()}.tmp-{os.getpid()}")
+    claim.write_text(json.dumps(record))
+    try:
+        taken = _claim(claim, lock, folder, what, record)
+    finally:
+        claim.unlink(missing_ok=True)
+    if not taken:  # re-entrant within one process
+        yield lock
+        return
+    try:
+        yield lock
+    finally:
+        if _read_lock(lock) == record:
+            lock.unlink(missing_ok=True)
+
+
+def _claim(claim: Path, lock: Path, folder: Path, what: str, record: dict[str, Any]) -> bool:
+    """Link ``claim`` to ``lock``: True when taken, False when this process holds it already;
+    a live other holder is a BusyError, a dead holder's lock (this host) is taken over."""
     for _ in range(3):
         try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            _link_exclusive(claim, lock)
         except FileExistsError:
             holder = _read_lock(lock)
             if holder is None or (
@@ -505,22 +528,28 @@ def locked(folder: str | Path, what: str = "output folder", beside: bool = False
                 lock.unlink(missing_ok=True)  # a dead holder's (or an empty, half-written) lock
                 continue
             if holder.get("pid") == record["pid"] and holder.get("host") == record["host"]:
-                yield lock  # re-entrant within one process
-                return
+                return False
             raise BusyError(
                 f"{what} {folder} is in use by process {holder.get('pid')} on {holder.get('host')} "
                 f"(since {holder.get('since')}): wait for it to finish, or delete {lock} if that process is gone"
             ) from None
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle)
-        break
-    else:
-        raise BusyError(f"cannot take the lock {lock}: delete it if no geoseg process uses {folder}")
+        return True
+    raise BusyError(f"cannot take the lock {lock}: delete it if no geoseg process uses {folder}")
+
+
+def _link_exclusive(claim: Path, lock: Path) -> None:
+    """Give ``claim``'s content the name ``lock`` unless it exists (FileExistsError). A file
+    system without hard links gets an exclusive create and a write instead."""
     try:
-        yield lock
-    finally:
-        if _read_lock(lock) == record:
-            lock.unlink(missing_ok=True)
+        os.link(claim, lock)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(claim.read_text())
 
 
 def _read_lock(lock: Path) -> dict[str, Any] | None:

@@ -44,3 +44,36 @@ def test_an_interrupted_atomic_folder_still_being_written_raises_the_interrupt(t
     thread.join(5)
     assert (target / "old").read_text() == "old store\n"
     assert [p.name for p in tmp_path.iterdir()] == ["survey.zarr"], "no temporary left once removable"
+
+
+def test_a_lock_is_never_seen_empty_so_no_second_process_takes_it_while_it_is_written(
+    tmp_path: Path,
+) -> None:
+    """Another process reads the lock while one process takes and releases it 2000 times: it
+    sees either no lock or a whole record, never an empty file (which it would take for a
+    half-written, abandoned lock and remove: two holders, a patch store written twice)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "out"
+    loop = (
+        "import sys; from pathlib import Path; from geoseg.io.fileio import locked\n"
+        "for _ in range(2000):\n"
+        "    with locked(Path(sys.argv[1]), beside=True): pass\n"
+    )
+    lock = tmp_path / ".out.geoseg.lock"
+    taker = subprocess.Popen([sys.executable, "-c", loop, str(folder)])
+    whole = empty = 0
+    while taker.poll() is None:
+        try:
+            content = lock.read_bytes()
+        except FileNotFoundError:
+            continue
+        if content:
+            whole += 1
+        else:
+            empty += 1
+    assert taker.returncode == 0
+    assert whole > 0, "the reader never saw the lock: the test proves nothing"
+    assert empty == 0, f"the lock was seen empty {empty} times (of {empty + whole} reads)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no lock, no claim file left
