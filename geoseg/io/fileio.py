@@ -504,13 +504,10 @@ def locked(folder: str | Path, what: str = "output folder", beside: bool = False
         taken = _claim(claim, lock, folder, what, record)
     finally:
         claim.unlink(missing_ok=True)
-    if not taken:  # re-entrant within one process
-        yield lock
-        return
     try:
         yield lock
-    finally:
-        if _read_lock(lock) == record:
+    finally:  # a re-entrant hold (not taken) leaves the outer hold's lock in place
+        if taken and _read_lock(lock) == record:
             lock.unlink(missing_ok=True)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -52,9 +54,6 @@ def test_a_lock_is_never_seen_empty_so_no_second_process_takes_it_while_it_is_wr
     """Another process reads the lock while one process takes and releases it 2000 times: it
     sees either no lock or a whole record, never an empty file (which it would take for a
     half-written, abandoned lock and remove: two holders, a patch store written twice)."""
-    import subprocess
-    import sys
-
     folder = tmp_path / "out"
     loop = (
         "import sys; from pathlib import Path; from geoseg.io.fileio import locked\n"
