@@ -260,3 +260,24 @@ def test_make_server_on_a_taken_port_is_one_line_naming_it_and_prefect_port(tmp_
     assert f"port {port} on 127.0.0.1 is already in use" in lines[0]
     assert f"PREFECT_PORT={port + 1} make server" in lines[0]
     assert "Traceback" not in run.stdout + run.stderr and "Prefect server:" not in run.stdout
+
+
+def test_make_deploy_keeps_a_profile_that_names_another_server(tmp_path: Path) -> None:
+    """A user's Prefect profile that already points at a server (Prefect Cloud, another host)
+    is never rewritten by `make deploy`'s remember_server; the user is told what to export."""
+    env = _env(tmp_path / "prefect-home", 4299)
+    home = Path(env["PREFECT_HOME"])
+    home.mkdir(parents=True)
+    profiles = home / "profiles.toml"
+    mine = 'active = "mine"\n\n[profiles.mine]\nPREFECT_API_URL = "https://api.example.org/api"\n'
+    profiles.write_text(mine)
+    run = subprocess.run(
+        ["bash", "-c", f"source {SCRIPTS / 'prefect-env.sh'} && remember_server"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert profiles.read_text() == mine
+    assert "the profile points at https://api.example.org/api" in run.stderr.replace(
+        "Prefect profile", "profile"
+    )
+    assert f"export PREFECT_API_URL={env['PREFECT_API_URL']}" in run.stderr
