@@ -76,7 +76,24 @@ class GeosegTaskRunner(DaskTaskRunner):
             self.cluster_kwargs = {}
             self.client_kwargs = {"timeout": CONNECT_TIMEOUT_S, **self.client_kwargs}
         else:
-            self.cluster_kwargs = {**settings.cluster_kwargs(), "worker_class": Nanny, **self.cluster_kwargs}
+            env = _worker_api_env(context)
+            self.cluster_kwargs = {
+                **settings.cluster_kwargs(),
+                "worker_class": Nanny,
+                **({"env": env} if env else {}),
+                **self.cluster_kwargs,
+            }
+
+
+def _worker_api_env(context: FlowRunContext | None) -> dict[str, str]:
+    """The flow's own Prefect API for the LocalCluster's worker processes, which inherit the
+    environment but not Prefect's in-process settings: a flow called as plain Python talks to
+    a temporary server (or the test harness's) that only this process knows, and without the
+    URL every worker process starts a temporary server of its own, ~10 s per flow run before
+    the first task, with the task runs recorded there instead of beside their flow run."""
+    if context is None:
+        return {}
+    return {"PREFECT_API_URL": str(context.client.api_url).rstrip("/")}
 
 
 def task_runner() -> TaskRunner[Any]:

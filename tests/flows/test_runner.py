@@ -41,6 +41,16 @@ def exit_slowly_flow(marker: str, seconds: float) -> int:
     return exit_slowly.submit(marker, seconds).result()
 
 
+@task
+def worker_api_url() -> tuple[str | None, int]:
+    return os.environ.get("PREFECT_API_URL"), os.getpid()
+
+
+@flow(name="worker-api-url", task_runner=task_runner())
+def worker_api_url_flow() -> tuple[str | None, int]:
+    return worker_api_url.submit().result()
+
+
 class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -96,3 +106,25 @@ def test_a_dask_address_that_does_not_answer_is_one_line_within_the_connect_time
     with pytest.raises(ConfigError, match=f"no Dask scheduler answers at {address}"), task_runner() as runner:
         runner.client  # noqa: B018 - the runner connects on first use
     assert time.monotonic() - started < 25
+
+
+def test_the_workers_of_a_flows_local_cluster_report_to_the_flows_own_server(prefect_harness: None) -> None:
+    """A flow called as plain Python talks to a server only this process knows (a temporary
+    one, or the harness's: a setting, not an environment variable). The worker processes get
+    its URL, so they neither start a temporary server of their own (~10 s a run) nor record
+    the task runs there, away from their flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL
+
+    assert "PREFECT_API_URL" not in os.environ  # the case: the URL is only a setting
+    state = worker_api_url_flow(return_state=True)
+    url, pid = state.result()
+    assert pid != os.getpid()  # the task ran in a worker process
+    assert url == PREFECT_API_URL.value().rstrip("/")
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    assert [run.name.split("-")[0] for run in task_runs] == ["worker_api_url"]
