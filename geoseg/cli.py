@@ -115,7 +115,9 @@ def _run_ingest(args: argparse.Namespace) -> int:
 def _add_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="model versions: list, register, promote, rollback, align, check, name")
     msub = p.add_subparsers(dest="model_command", required=True)
-    q = msub.add_parser("list", help="the registered versions; * marks the promoted one")
+    q = msub.add_parser(
+        "list", help="the registered versions (* marks the promoted one); of a bundle, its clusters"
+    )
     _registry_arguments(q)
     q = msub.add_parser("register", help="copy a bundle into the registry as the next version")
     q.add_argument("bundle", type=Path, help="model bundle folder")
@@ -257,10 +259,33 @@ def _require_registry(path: Path) -> None:
         )
 
 
+def _is_bundle(folder: Path | None) -> bool:
+    from geoseg.models.bundle import META
+
+    return folder is not None and (folder / META).is_file()
+
+
+def _list_bundle(bundle: Path) -> int:
+    """`geoseg model list BUNDLE`: the one model's method, k, weights and every cluster's
+    name and colour, as a registry's listing shows its versions."""
+    from geoseg.io.fileio import sha256_file
+    from geoseg.models.bundle import WEIGHTS, load_meta
+
+    meta = load_meta(bundle)
+    weights = bundle / WEIGHTS
+    sha = sha256_file(weights)[:12] if weights.is_file() else "no weights"
+    print(f"  {bundle}  {meta.method}  k={len(meta.clusters)}  {sha}")
+    for cluster in meta.clusters:
+        print(f"      {cluster.id}: {cluster.label}  {cluster.hex}")
+    return 0
+
+
 def _run_model(args: argparse.Namespace) -> int:
     from geoseg.models import registry
 
     command = args.model_command
+    if command == "list" and _is_bundle(args.registry_word or args.registry):
+        return _list_bundle(args.registry_word or args.registry)
     if command in ("list", "rollback"):
         args.registry = _registry_given(args)
     if command == "promote":

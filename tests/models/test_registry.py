@@ -236,9 +236,31 @@ def test_list_and_rollback_take_the_registry_as_their_word_too(
     assert "given twice" in capsys.readouterr().err
     assert main(["model", "list"]) == 2
     assert "which registry? `geoseg model list REGISTRY`" in capsys.readouterr().err
-    assert main(["model", "list", str(tmp_path / "v0001")]) == 2
+    assert main(["model", "rollback", str(tmp_path / "v0001")]) == 2
     assert "is a model bundle, not a registry" in capsys.readouterr().err
     assert registry.load_state(reg).current == "v0001"
+
+
+def test_model_list_of_a_bundle_shows_its_clusters_names_and_colours(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After `geoseg train --out model/` a user lists `model/` itself: its method, k, weights
+    and every cluster, named or not, with the colour its outputs are drawn in."""
+    bundle = make_bundle(tmp_path / "model", seed=0)
+    assert main(["model", "name", str(bundle), "1=roofs", "--color", "1=#c0392b"]) == 0
+    capsys.readouterr()
+    assert main(["model", "list", str(bundle)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    meta = load_meta(bundle)
+    assert lines[0].split() == [
+        str(bundle),
+        meta.method,
+        f"k={len(meta.clusters)}",
+        sha256_file(bundle / WEIGHTS)[:12],
+    ]
+    shown = dict(line.strip().split(": ", 1) for line in lines[1:])
+    assert shown["1"] == "roofs  #c0392b"
+    assert len(shown) == len(meta.clusters) and shown["0"].startswith("cluster 0  #")
 
 
 def test_a_survey_ingested_after_the_promoted_model_is_new_whatever_its_file_date(
