@@ -440,13 +440,21 @@ def table(splits: list[Split], results: dict, seeds: Sequence[int], methods: Seq
             f"| {split.name} | majority class | – | {acc:.3f} | {miou:.3f} | {acc:.3f} | {miou:.3f} |"
         )
         for method in methods:
-            cells = []
+            cells, scored = [], 0
             for protocol in ("honest", "transductive"):  # a protocol not run shows "–"
                 keys = [(split.name, method, protocol, s) for s in seeds]
                 reports = [results[k] for k in keys if k in results]
+                scored = max(scored, len(reports))
                 cells += [_cell([r["accuracy"] for r in reports]), _cell([r["miou"] for r in reports])]
-            lines.append(f"| {split.name} | {method} | {len(seeds)} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {split.name} | {method} | {_seed_count(scored, seeds)} | " + " | ".join(cells) + " |"
+            )
     return lines
+
+
+def _seed_count(scored: int, seeds: Sequence[int]) -> str:
+    """The seeds a row's figures are over: "1 of 3" when runs stopped (listed under the table)."""
+    return str(scored) if scored in (0, len(seeds)) else f"{scored} of {len(seeds)}"
 
 
 BASELINES = ("k-means", "random net", "superpixels")  # label-free floors; the rest are learned methods
@@ -458,18 +466,19 @@ def per_seed_lines(
     """Per-seed honest mIoU of every method, and each learned method's ratio to the strongest baseline."""
     lines = []
     for split in splits:
-        honest = {
-            m: [
-                results[(split.name, m, "honest", s)]["miou"]
-                for s in seeds
-                if (split.name, m, "honest", s) in results
-            ]
-            for m in methods
+        by_seed = {
+            m: [results.get((split.name, m, "honest", s), {}).get("miou") for s in seeds] for m in methods
         }
+        # a seed whose run stopped (collapse, NaN) is named so, not left out of the line
+        cells = [
+            f"{m} " + " / ".join("stopped" if v is None else f"{v:.3f}" for v in values)
+            for m, values in by_seed.items()
+            if any(v is not None for v in values)
+        ]
+        honest = {m: [v for v in values if v is not None] for m, values in by_seed.items()}
         honest = {m: v for m, v in honest.items() if v}
         if not honest:
             continue
-        cells = [f"{m} " + " / ".join(f"{v:.3f}" for v in values) for m, values in honest.items()]
         lines.append(
             f"- {split.name}, honest mIoU per seed {', '.join(map(str, seeds))}: " + "; ".join(cells)
         )

@@ -40,3 +40,23 @@ def test_the_dubai_folds_hold_out_each_fitting_tile_once_and_never_read_the_scor
         assert {p for p, _ in fold.fit} | {p for p, _ in fold.score} == {p for p, _ in honest.fit}
         held_out.update(val)
     assert held_out == Counter({"tile1": 1, "tile2": 1, "tile3": 1, "tile4": 1})
+
+
+def test_a_seed_whose_run_stopped_is_counted_and_named_not_hidden_in_the_row() -> None:
+    """A collapsed seed is not scored: its row says over how many seeds the figures are, and
+    the per-seed line names the stopped seed in its place (a 3-seed run where 2 collapsed
+    once read "| IIC | 3 | ... 0.192 |" with no spread, as if all three gave 0.192)."""
+    quality = quality_module()
+    split = quality.dubai_split(DATA)
+    report = {"accuracy": 0.7, "miou": 0.2}
+    results = {
+        (split.name, "IIC", "honest", 0): report,
+        **{(split.name, "k-means", "honest", s): {"accuracy": 0.5, "miou": 0.1 + s / 100} for s in (0, 1, 2)},
+    }
+    lines = quality.table([split], results, [0, 1, 2], ["k-means", "IIC"])
+    rows = {line.split(" | ")[1]: line for line in lines if line.startswith(f"| {split.name} |")}
+    assert rows["IIC"].split(" | ")[2] == "1 of 3"
+    assert rows["k-means"].split(" | ")[2] == "3"
+    per_seed = quality.per_seed_lines([split], results, [0, 1, 2], ["k-means", "IIC"])
+    assert "IIC 0.200 / stopped / stopped" in per_seed[0]
+    assert "k-means 0.100 / 0.110 / 0.120" in per_seed[0]
