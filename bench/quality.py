@@ -531,7 +531,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--iic-subheads", type=int, default=1, help="IIC sub-heads (the lowest-loss one predicts)"
     )
     parser.add_argument(
-        "--iic-lamb", type=float, default=1.0, help="IIC's lambda (both heads): < 1 allows uneven clusters"
+        "--iic-lamb",
+        type=float,
+        default=1.0,
+        help="IIC's lambda (head B, and head A unless --iic-lamb-a): < 1 allows uneven clusters",
+    )
+    parser.add_argument(
+        "--iic-lamb-a",
+        type=float,
+        default=None,
+        help="IIC's lambda on the over-clustering head A only (default: --iic-lamb)",
     )
     parser.add_argument(
         "--iic-jitter",
@@ -637,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.iic_batch_size,
         lr=args.iic_lr,
         subheads=args.iic_subheads,
-        lamb_a=args.iic_lamb,
+        lamb_a=args.iic_lamb if args.iic_lamb_a is None else args.iic_lamb_a,
         lamb_b=args.iic_lamb,
         jitter=args.iic_jitter,
     )
@@ -716,7 +725,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             f"IIC: IngestConfig(patch_size={args.iic_patch}, scale={args.iic_scale}); TrainConfig(k = classes, "
             f"k_a = 4k, steps={args.iic_steps}, preset={args.iic_preset!r}, batch_size={args.iic_batch_size}, "
-            f"lr={args.iic_lr}, subheads={args.iic_subheads}, lambda={args.iic_lamb}, jitter={args.iic_jitter}, other settings default); SegmentConfig defaults (inference at the training "
+            f"lr={args.iic_lr}, subheads={args.iic_subheads}, lambda={args.iic_lamb}"
+            f"{'' if args.iic_lamb_a is None else f' (head A {args.iic_lamb_a})'}, jitter={args.iic_jitter}, other settings default); SegmentConfig defaults (inference at the training "
             "scale, output at the source resolution).",
         ]
     else:
