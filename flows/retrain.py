@@ -53,6 +53,7 @@ from geoseg.config import (
     SegmentConfig,
     TrainConfig,
 )
+from geoseg.io.fileio import check_writable
 from geoseg.messages import plural
 
 ALIGNED = "aligned"
@@ -127,6 +128,8 @@ def retrain_flow(
         }
     logger.info("%s: %s", plural(len(surveys), "new survey"), [s["item_id"] for s in surveys])
 
+    # the registry is written last: a read-only one is refused now, not after ingest and training
+    check_writable(registry_dir)
     run_dir = run_folder(out, settings, "retrain", datetime.now(UTC).strftime("%Y-%m-%d"))
     fixed = {"steps": steps, **retrain_fields(previous, k, warm_start)}
     train_cfg = build_config(TrainConfig, train, **fixed)
