@@ -19,7 +19,7 @@ from geoseg.errors import ConfigError, InputError
 from geoseg.io.fileio import sha256_file
 from geoseg.models import registry
 from geoseg.models.align import align_clusters, reference_figures
-from geoseg.models.bundle import WEIGHTS, load_bundle, load_meta, save_bundle
+from geoseg.models.bundle import META, WEIGHTS, load_bundle, load_meta, save_bundle
 from geoseg.models.registry import ModelFigures, should_promote
 from tests.conftest import remount_read_only
 from tests.helpers import OLD_CLUSTERS, permuted_copy, predict, reference_tiles
@@ -213,6 +213,28 @@ def test_a_mistyped_registry_is_a_clear_error(tmp_path: Path, capsys: pytest.Cap
     typo.mkdir()
     assert main(["model", "list", "--registry", str(typo)]) == 2
     assert "has no registry.json" in capsys.readouterr().err
+
+
+def test_model_check_against_a_mistyped_previous_model_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`geoseg model check BUNDLE --previous models/curent` (a typo of current) ended in a
+    FileNotFoundError traceback for curent/weights.safetensors, exit 1 (which reads as "do not
+    promote"): now one line naming the path, exit 2; a bundle without weights likewise."""
+    bundle = make_bundle(tmp_path / "new")
+    meta = json.loads((bundle / META).read_text())
+    meta["alignment"] = {"previous": {"weights_sha256": "0" * 64}}  # aligned to some model
+    (bundle / META).write_text(json.dumps(meta))
+    typo = tmp_path / "models" / "curent"
+    assert main(["model", "check", str(bundle), "--previous", str(typo)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"geoseg model: error: model bundle not found: {typo}"
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / META).write_bytes((bundle / META).read_bytes())
+    assert main(["model", "check", str(bundle), "--previous", str(no_weights)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"geoseg model: error: model bundle has no {WEIGHTS}: {no_weights}"
 
 
 def test_list_and_rollback_take_the_registry_as_their_word_too(
