@@ -30,7 +30,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.ingest import ingest_step
-from flows.runner import flow_options
+from flows.runner import flow_options, package_flow
 from flows.settings import (
     FlowSettings,
     build_config,
@@ -183,6 +183,9 @@ def retrain_flow(
         "report": report,
         **outcome,
     }
+
+
+retrain_flow = package_flow(retrain_flow, __name__, __file__)
 
 
 def _evaluate(
