@@ -95,8 +95,9 @@ def package_flow(flow_obj: F, module_name: str, module_file: str) -> F:
 
     Each flow module ends with ``x_flow = package_flow(x_flow, __name__, __file__)``. A
     deployment's entrypoint (``flows/segment.py:segment_flow`` in prefect.yaml) is loaded by
-    Prefect as a script module named after the file (``segment``), and pickle names the flow,
-    which every task's context carries to Dask, by that module. A scheduler and workers
+    Prefect as a script module named after the file (``segment``), and pickle names the
+    flow's helpers (``segment_step``), which every task's context carries to Dask with the
+    flow, by that module. A scheduler and workers
     started on their own (``dask scheduler``, ``dask worker``: the ``dask_address`` parameter)
     cannot import ``segment``: the task graph did not deserialize there ("No module named
     'segment'") and the run failed with "UnfinishedRun: Run is in PENDING state". The same
