@@ -215,6 +215,29 @@ def test_a_mistyped_registry_is_a_clear_error(tmp_path: Path, capsys: pytest.Cap
     assert "has no registry.json" in capsys.readouterr().err
 
 
+def test_a_registry_given_where_a_model_bundle_goes_names_its_current(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`geoseg segment models/ tile.tif` (the registry, not `models/current`) said
+    "models is not a model bundle (no model.json)": now it says it is a registry and which
+    path to give; `model align --to` here too (and `--init-from`, a flow's `model`: the same load)."""
+    reg = tmp_path / "models"
+    registry.promote(reg, registry.register(make_bundle(tmp_path / "m"), reg).version)
+    tile = reference_tiles(shared_data)[0]
+    expected = (
+        f"{reg} is a model registry, not a model bundle: give {reg / 'current'} (its promoted model)"
+        " or one of its versions"
+    )
+    for stage, argv in (
+        ("segment", ["segment", str(reg), str(tile), "--out", str(tmp_path / "pred")]),
+        ("model", ["model", "align", str(reg / "v0001"), "--to", str(reg), "--reference", str(tile)]),
+    ):
+        assert main(argv) == 2, argv
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line == f"geoseg {stage}: error: {expected}", line
+    assert not (tmp_path / "pred").exists()
+
+
 def test_model_check_against_a_mistyped_previous_model_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
