@@ -88,7 +88,8 @@ def retrain_flow(
         out: the run folder (default ``$GEOSEG_WORK_ROOT/retrain/<UTC date>``).
         warm_start: start from the promoted model's weights (and keep its k).
         since: ISO time; surveys added after it (default: the promoted model's registration).
-        patch_size, steps, k: shortcuts for the ingest/train settings.
+        patch_size, steps, k: shortcuts for the ingest/train settings (patch_size and k
+            default to the promoted model's).
         reference: extra imagery for the alignment besides the new surveys.
         ingest, train, segment, evaluate, align, promotion: any other field of that config.
         dask_address: join this Dask scheduler (default: a LocalCluster or $GEOSEG_DASK_ADDRESS).
@@ -97,7 +98,7 @@ def retrain_flow(
         What happened: the surveys, the paths written, the version and the promotion decision.
     """
     from geoseg.models import registry as models
-    from geoseg.models.policy import retrain_fields
+    from geoseg.models.policy import retrain_fields, retrain_patch_size
 
     logger = get_run_logger()
     settings = FlowSettings.from_env()
@@ -107,7 +108,6 @@ def retrain_flow(
     extra_reference = check_inputs(reference, "reference", settings) if reference else []
     align_cfg = build_config(AlignConfig, align)
     promotion_cfg = build_config(PromotionConfig, promotion)
-    ingest_cfg = build_config(IngestConfig, ingest, patch_size=patch_size)
     segment_cfg = build_config(SegmentConfig, segment, vectorize=False)
     evaluate_cfg = build_config(EvaluateConfig, evaluate)
 
@@ -115,6 +115,9 @@ def retrain_flow(
         check_input(models.current_model(registry_dir), "registry model", settings)
         if models.load_state(registry_dir).current
         else None
+    )
+    ingest_cfg = build_config(
+        IngestConfig, ingest, patch_size=retrain_patch_size(previous, patch_size, ingest)
     )
     found = call(find_surveys_task, catalog=str(catalog_path), registry=str(registry_dir), since=since)
     surveys = check_surveys(found, settings)  # item hrefs may climb out of the catalog's root
