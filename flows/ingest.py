@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.runner import flow_options
+from flows.runner import flow_options, package_flow
 from flows.settings import (
     FlowSettings,
     build_config,
@@ -77,3 +77,6 @@ def ingest_flow(
     store, state = ingest_step(sources, run_dir, config, label_paths)
     get_run_logger().info("patch store %s (%s)", store, state)
     return str(store)
+
+
+ingest_flow = package_flow(ingest_flow, __name__, __file__)

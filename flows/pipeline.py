@@ -27,7 +27,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.ingest import ingest_step
-from flows.runner import flow_options
+from flows.runner import flow_options, package_flow
 from flows.segment import segment_step
 from flows.settings import (
     FlowSettings,
@@ -126,6 +126,9 @@ def pipeline_flow(
         "catalog": str(run_dir / "catalog" / "catalog.json"),
         "states": states,
     }
+
+
+pipeline_flow = package_flow(pipeline_flow, __name__, __file__)
 
 
 def run_demo(out: str | Path, src: str | Path | None = None, **overrides: Any) -> dict[str, Any]:

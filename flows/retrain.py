@@ -30,7 +30,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.ingest import ingest_step
-from flows.runner import flow_options
+from flows.runner import flow_options, package_flow
 from flows.settings import (
     FlowSettings,
     build_config,
@@ -53,6 +53,7 @@ from geoseg.config import (
     SegmentConfig,
     TrainConfig,
 )
+from geoseg.io.fileio import check_writable
 from geoseg.messages import plural
 
 ALIGNED = "aligned"
@@ -87,7 +88,8 @@ def retrain_flow(
         out: the run folder (default ``$GEOSEG_WORK_ROOT/retrain/<UTC date>``).
         warm_start: start from the promoted model's weights (and keep its k).
         since: ISO time; surveys added after it (default: the promoted model's registration).
-        patch_size, steps, k: shortcuts for the ingest/train settings.
+        patch_size, steps, k: shortcuts for the ingest/train settings (patch_size and k
+            default to the promoted model's).
         reference: extra imagery for the alignment besides the new surveys.
         ingest, train, segment, evaluate, align, promotion: any other field of that config.
         dask_address: join this Dask scheduler (default: a LocalCluster or $GEOSEG_DASK_ADDRESS).
@@ -96,7 +98,7 @@ def retrain_flow(
         What happened: the surveys, the paths written, the version and the promotion decision.
     """
     from geoseg.models import registry as models
-    from geoseg.models.policy import retrain_fields
+    from geoseg.models.policy import retrain_fields, retrain_patch_size
 
     logger = get_run_logger()
     settings = FlowSettings.from_env()
@@ -106,7 +108,6 @@ def retrain_flow(
     extra_reference = check_inputs(reference, "reference", settings) if reference else []
     align_cfg = build_config(AlignConfig, align)
     promotion_cfg = build_config(PromotionConfig, promotion)
-    ingest_cfg = build_config(IngestConfig, ingest, patch_size=patch_size)
     segment_cfg = build_config(SegmentConfig, segment, vectorize=False)
     evaluate_cfg = build_config(EvaluateConfig, evaluate)
 
@@ -114,6 +115,9 @@ def retrain_flow(
         check_input(models.current_model(registry_dir), "registry model", settings)
         if models.load_state(registry_dir).current
         else None
+    )
+    ingest_cfg = build_config(
+        IngestConfig, ingest, patch_size=retrain_patch_size(previous, patch_size, ingest)
     )
     found = call(find_surveys_task, catalog=str(catalog_path), registry=str(registry_dir), since=since)
     surveys = check_surveys(found, settings)  # item hrefs may climb out of the catalog's root
@@ -127,6 +131,8 @@ def retrain_flow(
         }
     logger.info("%s: %s", plural(len(surveys), "new survey"), [s["item_id"] for s in surveys])
 
+    # the registry is written last: a read-only one is refused now, not after ingest and training
+    check_writable(registry_dir)
     run_dir = run_folder(out, settings, "retrain", datetime.now(UTC).strftime("%Y-%m-%d"))
     fixed = {"steps": steps, **retrain_fields(previous, k, warm_start)}
     train_cfg = build_config(TrainConfig, train, **fixed)
@@ -180,6 +186,9 @@ def retrain_flow(
         "report": report,
         **outcome,
     }
+
+
+retrain_flow = package_flow(retrain_flow, __name__, __file__)
 
 
 def _evaluate(

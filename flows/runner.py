@@ -16,9 +16,11 @@ can use that thread's slot instead of waiting for it (no deadlock on a one-threa
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 from collections.abc import Iterator
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import distributed
 from prefect.context import FlowRunContext
@@ -100,6 +102,30 @@ def task_runner() -> TaskRunner[Any]:
     """The runner every geoseg flow is decorated with (a :class:`GeosegTaskRunner`; typed as
     Prefect's flow decorator takes it, whose TaskRunner type parameter is invariant)."""
     return GeosegTaskRunner()
+
+
+F = TypeVar("F")
+
+
+def package_flow(flow_obj: F, module_name: str, module_file: str) -> F:
+    """The flow as the ``flows`` package defines it, when its file was loaded as a script.
+
+    Each flow module ends with ``x_flow = package_flow(x_flow, __name__, __file__)``. A
+    deployment's entrypoint (``flows/segment.py:segment_flow`` in prefect.yaml) is loaded by
+    Prefect as a script module named after the file (``segment``), and pickle names the
+    flow's helpers (``segment_step``), which every task's context carries to Dask with the
+    flow, by that module. A scheduler and workers
+    started on their own (``dask scheduler``, ``dask worker``: the ``dask_address`` parameter)
+    cannot import ``segment``: the task graph did not deserialize there ("No module named
+    'segment'") and the run failed with "UnfinishedRun: Run is in PENDING state". The same
+    file imported as ``flows.segment`` is named so, which any worker with geoseg installed
+    imports. A LocalCluster's workers could import the script module, so only joined
+    schedulers failed.
+    """
+    canonical = f"flows.{Path(module_file).stem}"
+    if module_name in (canonical, "__main__"):
+        return flow_obj
+    return getattr(importlib.import_module(canonical), flow_obj.fn.__name__)  # type: ignore[attr-defined, no-any-return]
 
 
 def flow_options() -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.runner import flow_options
+from flows.runner import flow_options, package_flow
 from flows.settings import (
     FlowSettings,
     build_config,
@@ -138,3 +138,6 @@ def segment_flow(
     config = build_config(SegmentConfig, options, vectorize=vectorize, min_area=min_area, simplify=simplify)
     results, _ = segment_step(bundle, sources, run_dir, config)
     return results
+
+
+segment_flow = package_flow(segment_flow, __name__, __file__)

@@ -167,6 +167,8 @@ def resolve(future: PrefectFuture, task_: Task, run_dir: str | Path, **parameter
     """
     future.wait()
     state = future.state
+    if not state.is_final():
+        _raise_never_ran(future, task_)
     result = state.result()
     if state.name == "Cached" and not outputs_exist(result):
         run_logger().warning("%s: cached outputs were removed; running it again", task_.name)
@@ -175,6 +177,26 @@ def resolve(future: PrefectFuture, task_: Task, run_dir: str | Path, **parameter
         state = again.state
         result = state.result()
     return result, str(state.name)
+
+
+def _raise_never_ran(future: PrefectFuture, task_: Task) -> None:
+    """A task whose Dask future ended without the task ever running (its state still
+    Pending): the scheduler could not load it, typically a scheduler or workers of another
+    environment, or started before geoseg was updated. Prefect's own error says only
+    "UnfinishedRun: Run is in PENDING state"; this names the task and what to do."""
+    from geoseg.errors import ConfigError
+
+    wrapped = getattr(future, "wrapped_future", None)
+    reason = None
+    if wrapped is not None and getattr(wrapped, "status", None) == "error":
+        exc = wrapped.exception()
+        reason = " ".join(str(exc).split()) if exc is not None else None
+    raise ConfigError(
+        f"{task_.name} never ran on the Dask cluster"
+        + (f" ({reason})" if reason else "")
+        + ": start the Dask scheduler and workers from the same geoseg installation as the"
+        " flow, and restart them after updating geoseg"
+    )
 
 
 def run(task_: Task, run_dir: str | Path, **parameters: Any) -> tuple[Any, str]:

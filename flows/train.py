@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.runner import flow_options
+from flows.runner import flow_options, package_flow
 from flows.settings import (
     FlowSettings,
     build_config,
@@ -68,3 +68,6 @@ def train_flow(
     bundle, state = train_step(stores, run_dir, config)
     get_run_logger().info("model bundle %s (%s)", bundle, state)
     return str(bundle)
+
+
+train_flow = package_flow(train_flow, __name__, __file__)

@@ -170,7 +170,17 @@ def match(
                 + (f"dataset {dataset.name!r}" if dataset else "the classes found")
             )
         if counted.full.sum() == 0:
-            raise InputError(f"no labelled pixels in the {name} set (all ignored or no overlap)")
+            labels = [im.label for im in counted.images]
+            which = (
+                f" ({labels[0]}" + (f" and {len(labels) - 1} more" if len(labels) > 1 else "") + ")"
+                if labels
+                else ""
+            )
+            coding = f"a class of dataset {dataset.name!r}" if dataset else "a class id that is not ignored"
+            raise InputError(
+                f"no labelled pixels in the {name} set: no pixel of its labels{which} is {coding}"
+                " (are they the ground-truth masks, and is --dataset right?)"
+            )
 
     fit_table = fitted.full[:n_clusters, :n_classes]
     table = scored.full[:n_clusters, :n_classes]

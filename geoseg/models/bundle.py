@@ -213,6 +213,11 @@ def load_meta(bundle_dir: str | Path) -> ModelMeta:
         where = os.path.abspath(bundle_dir)
         if not os.path.lexists(bundle_dir):
             raise InputError(f"model bundle not found: {where}")
+        if (Path(bundle_dir) / "registry.json").is_file():  # geoseg.models.registry.STATE (a layer up)
+            raise InputError(
+                f"{where} is a model registry, not a model bundle: give {os.path.join(where, 'current')}"
+                " (its promoted model) or one of its versions"
+            )
         raise InputError(f"{where} is not a model bundle (no {META})")
     try:
         data = json.loads(path.read_text())

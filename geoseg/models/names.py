@@ -222,10 +222,12 @@ def apply_edits(clusters: list[Cluster], edits: ClusterEdits, model: str | Path)
     ]
 
 
-def _write_meta(bundle: Path, meta: ModelMeta) -> None:
+def _write_meta(bundle: Path, meta: ModelMeta, registry: Path | None = None) -> None:
     """Rewrite the bundle's model.json; a bundle that cannot be written in (read-only, no
     permission, a full disk) is an OutputError naming its model.json, not the temporary file
-    the atomic write had started, and saying what to do."""
+    the atomic write had started, and saying what to do. A registry's version is named in
+    place or not at all (a copy would not be the version the next retraining aligns to), so
+    there the advice is to make the registry writable."""
     target = bundle / META
     try:
         write_json_atomic(target, json.loads(meta.to_json()))
@@ -233,7 +235,11 @@ def _write_meta(bundle: Path, meta: ModelMeta) -> None:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             advice = "free some space on its disk and name the clusters again"
         else:
-            advice = f"make {bundle} writable, or copy the bundle to a writable folder and name the copy"
+            advice = (
+                f"make the model registry {registry} writable: a registry's version is named in place"
+                if registry is not None
+                else f"make {bundle} writable, or copy the bundle to a writable folder and name the copy"
+            )
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}: {advice}") from None
 
 
@@ -285,7 +291,7 @@ def name_clusters(target: str | Path, edits: ClusterEdits, version: str | None =
         raise InputError(f"{target} is neither a model bundle (no {META}) nor a model registry")
     meta = load_meta(bundle)
     meta.clusters = apply_edits(list(meta.clusters), edits, bundle)
-    _write_meta(bundle, meta)
+    _write_meta(bundle, meta, target if version is not None else None)
     if version is not None:
         registry.record_naming(target, version, meta.clusters)
     return NamingResult(bundle=bundle, clusters=meta.clusters, version=version)

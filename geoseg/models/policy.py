@@ -5,7 +5,7 @@ only if the label-free check passes). The retrain flow calls these; it decides n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,18 @@ def retrain_fields(previous: str | Path | None, k: int | None, warm_start: bool)
     if warm_start:
         fields.update(init_from=str(previous), **warm_start_settings(meta))
     return fields
+
+
+def retrain_patch_size(
+    previous: str | Path | None, patch_size: int | None, ingest: Mapping[str, Any] | None
+) -> int | None:
+    """The patch size a retrain ingests the new surveys at: the one given (``patch_size``, or
+    in the ``ingest`` settings), else the promoted model's, which it was trained on, so a
+    model of 64-px patches is not retrained on 128-px ones (and small rasters are not
+    refused as smaller than a patch); None (IngestConfig's default) for a registry's first."""
+    if patch_size is not None or "patch_size" in (ingest or {}) or previous is None:
+        return patch_size
+    return load_meta(previous).patch_size
 
 
 def register_and_promote(

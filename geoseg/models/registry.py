@@ -212,10 +212,14 @@ def check_bundle(
             skipped = {"passed": None, "skipped": "no previous model and no reference imagery"}
             return PromotionDecision(True, {"balance": skipped}, reasons=[])
         return should_promote(ModelFigures(list(shares)), None, None, config)
+    load_meta(previous_dir)  # a mistyped --previous is "model bundle not found: PATH", not a traceback
+    previous_weights = Path(previous_dir) / WEIGHTS
+    if not previous_weights.is_file():
+        raise InputError(f"model bundle has no {WEIGHTS}: {previous_dir}")
     record = meta.alignment
     if not record:
         raise ConfigError(f"{bundle_dir} is not aligned to {previous_dir}: run the alignment first")
-    previous_sha = sha256_file(Path(previous_dir) / WEIGHTS)
+    previous_sha = sha256_file(previous_weights)
     if record.get("previous", {}).get("weights_sha256") != previous_sha:
         raise ConfigError(f"{bundle_dir} was aligned to another model than {previous_dir}")
     new, old, agreement = figures_from_alignment(record)

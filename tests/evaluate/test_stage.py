@@ -444,3 +444,26 @@ def test_a_full_disk_while_writing_the_report_names_the_file(tmp_path: Path, sma
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "Traceback" not in err and "no space left on the device of " + str(out) in err, err
     assert not (out / "report.json").exists()
+
+
+def test_images_given_as_labels_are_named_with_what_to_check(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`geoseg evaluate pred/*_clusters.tif --labels tile5/images/*.jpg --dataset dubai` (the
+    images, not the masks: no pixel has a Dubai class colour) said only "no labelled pixels in
+    the scored set (all ignored or no overlap)": the line now names the label files and what to
+    check. The predictions are the images' own size (a k-means floor of the same JPEGs)."""
+    images = sorted((shared_data / "dubai" / "tile5" / "images").glob("*.jpg"))[:2]
+    preds = []
+    for image in images:
+        with Image.open(image) as im:
+            width, height = im.size
+        preds.append(_tif(tmp_path / f"{image.stem}_clusters.tif", np.zeros((height, width), np.uint8)))
+    argv = ["evaluate", *map(str, preds), "--labels", *map(str, images), "--dataset", "dubai"]
+    assert main([*argv, "--out", str(tmp_path / "report")]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith(
+        f"geoseg evaluate: error: no labelled pixels in the scored set: no pixel of its labels ({images[0]}"
+        " and 1 more) is a class of dataset 'dubai' (are they the ground-truth masks, and is --dataset right?)"
+    ), line
+    assert not (tmp_path / "report").exists()

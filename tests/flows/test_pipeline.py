@@ -287,3 +287,92 @@ def test_dask_address_reaches_a_separately_started_scheduler(
     # shard writers), handed the same scheduler by the task.
     assert "ingest_task" in seen, seen
     assert set(seen) - {"ingest_task"}, f"no library Dask tasks on the scheduler: {seen}"
+
+
+def deployed_entrypoints() -> list[str]:
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((root / "prefect.yaml").read_text())
+    return sorted({d["entrypoint"] for d in config["deployments"]})
+
+
+@pytest.mark.parametrize("entrypoint", deployed_entrypoints())
+def test_a_deployed_flow_is_the_flows_package_one(entrypoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loaded as a worker loads a deployment (the file as a script module named `segment`),
+    the flow is still `flows.segment`'s: that is the module pickle names, and a Dask
+    scheduler or worker started on its own can import only that one."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    flow = load_flow_from_entrypoint(entrypoint)
+    path, function = entrypoint.split(":")
+    assert flow.fn.__module__ == "flows." + Path(path).stem, flow.fn.__module__
+    assert flow is getattr(__import__(flow.fn.__module__, fromlist=[function]), function)
+
+
+def test_a_deployed_flow_runs_on_a_separately_started_scheduler(
+    prefect_harness: None, small_scene, dask_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`prefect deployment run 'segment/local' --param dask_address=tcp://...` against a
+    `dask scheduler` and `dask worker`s failed at once with "UnfinishedRun: Run is in PENDING
+    state" (the scheduler's log: "No module named 'segment'"): the deployment's flow, loaded
+    from flows/segment.py as a script module, was pickled by that module's name. The flow
+    loaded from its entrypoint now runs there, as the flow imported from the package does."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    ingest_flow = load_flow_from_entrypoint("flows/ingest.py:ingest_flow")
+    src = copy_scene(small_scene, tmp_path / "survey")
+    state = ingest_flow(
+        src=str(src), out=str(tmp_path / "run"), patch_size=32, dask_address=dask_cluster, return_state=True
+    )
+    assert state.is_completed(), state.message
+    assert open_store(state.result()).num_patches > 0
+
+
+CUSTOM_FLOW = """
+from pathlib import Path
+
+from prefect import flow
+
+from flows.ingest import ingest_step
+from flows.runner import flow_options
+from geoseg.config import IngestConfig
+
+
+def sources(src: str) -> list[Path]:  # a helper of this file: pickled as custom.sources
+    return [Path(src)]
+
+
+@flow(name="custom", **flow_options())
+def custom_flow(src: str, out: str, dask_address: str | None = None) -> str:
+    store, _ = ingest_step(sources(src), Path(out), IngestConfig(patch_size=32))
+    return str(store)
+"""
+
+
+def test_a_task_the_scheduler_cannot_load_is_one_line_naming_it_and_what_to_do(
+    prefect_harness: None, small_scene, dask_cluster: str, tmp_path: Path
+) -> None:
+    """A flow the scheduler cannot unpickle (here a user's flow file of its own, which only
+    the flow's process can import; before the fix above, every deployment) failed with
+    Prefect's "UnfinishedRun: Run is in PENDING state, its result is not available" and a
+    traceback: now the task's name, Dask's reason and what to do, in one line."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    from geoseg.errors import ConfigError
+
+    script = tmp_path / "mine" / "custom.py"
+    script.parent.mkdir()
+    script.write_text(CUSTOM_FLOW)
+    custom = load_flow_from_entrypoint(f"{script}:custom_flow")
+    src = copy_scene(small_scene, tmp_path / "survey")
+    state = custom(src=str(src), out=str(tmp_path / "run"), dask_address=dask_cluster, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ConfigError) as raised:
+        state.result()
+    line = str(raised.value)
+    assert line.startswith("ingest never ran on the Dask cluster (Error during deserialization"), line
+    assert line.endswith("restart them after updating geoseg") and "\n" not in line, line
+    assert not (tmp_path / "run" / "patches.zarr").exists()

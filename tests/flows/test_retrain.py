@@ -170,3 +170,63 @@ def test_retrain_without_out_outside_the_allowed_roots_names_out_and_the_work_ro
     assert state.message.startswith("no out given, and the default run folder"), state.message
     assert f"$GEOSEG_WORK_ROOT/retrain/{day}" in state.message and "give out=FOLDER" in state.message
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_registry_on_a_read_only_file_system_is_refused_before_ingest_and_training(
+    prefect_harness: None, tmp_path: Path, small_fs
+) -> None:
+    """`retrain/local --param registry=RO/models` (a folder on a read-only mount) ingested the
+    surveys and trained the model (minutes on a CPU, hours of a GPU worker) and only then
+    failed at registration with "cannot write in RO": now the run fails with that line
+    before the run folder is made, and the registry stays as it was."""
+    from flows.retrain import retrain_flow
+    from tests.conftest import remount_read_only
+    from tests.helpers import make_spread_bundle
+
+    survey = generate_scene(tmp_path / "a", size=128, seed=5, name="survey_a")
+    items = [survey_item(survey, "survey-a", datetime.now(UTC) + timedelta(seconds=1), with_labels=False)]
+    catalog = save_catalog(tmp_path / "catalog", items)
+    fs = small_fs("4m")
+    existing = fs / "models"
+    models.promote(existing, models.register(make_spread_bundle(tmp_path / "bundle"), existing).version)
+    before = (existing / models.STATE).read_bytes()
+    remount_read_only(fs)
+    tiny = {"patch_size": 32, "steps": 2, "k": 4, "train": TINY_TRAIN}
+    for registry in (fs / "new-models", existing):
+        run = tmp_path / f"run-{registry.name}"
+        state = retrain_flow(
+            catalog=str(catalog), registry=str(registry), out=str(run), return_state=True, **tiny
+        )
+        assert state.is_failed()
+        where = fs if registry == fs / "new-models" else existing
+        assert state.message == (
+            f"cannot write in {where}: Read-only file system: fix its permissions or choose another output"
+        ), state.message
+        assert not run.exists()  # nothing ingested, nothing trained
+    assert (existing / models.STATE).read_bytes() == before
+
+
+def test_a_retrain_ingests_at_the_promoted_models_patch_size_unless_told(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    """A pipeline run on small tiles needs `patch_size=64`; the README's retrain command, which
+    gives none, then failed on every later survey: "... smaller than one 128x128 patch". The
+    retrain now ingests at the promoted model's patch size (k was already inherited)."""
+    from flows.retrain import retrain_flow
+    from geoseg.io.store import open_store
+
+    first = generate_scene(tmp_path / "a", size=128, seed=5, name="survey_a")
+    small = generate_scene(tmp_path / "b", size=64, seed=6, name="survey_b")  # < the default 128
+    registry = tmp_path / "models"
+    items = [survey_item(first, "survey-a", datetime.now(UTC) - timedelta(days=1), with_labels=False)]
+    catalog = save_catalog(tmp_path / "catalog", items)
+    tiny = {"steps": 2, "k": 4, "train": TINY_TRAIN}
+    one = retrain_flow(
+        catalog=str(catalog), registry=str(registry), out=str(tmp_path / "run1"), patch_size=32, **tiny
+    )
+    assert one["version"] == "v0001" and one["promoted"]
+    items.append(survey_item(small, "survey-b", datetime.now(UTC) + timedelta(seconds=1), with_labels=False))
+    catalog = save_catalog(tmp_path / "catalog", items)
+    two = retrain_flow(catalog=str(catalog), registry=str(registry), out=str(tmp_path / "run2"), **tiny)
+    assert two["surveys"] == ["survey-b"] and two["version"] == "v0002"
+    assert open_store(two["store"]).meta.patch_size == 32

@@ -298,3 +298,30 @@ def test_naming_a_read_only_bundle_names_its_model_json_and_what_to_do(
     )
     assert ".tmp-" not in line
     assert (read_only_bundle / META).read_bytes() == before
+
+
+def test_naming_a_read_only_registry_says_to_make_the_registry_writable_not_to_copy(
+    tmp_path: Path, small_fs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`geoseg model name --registry RO/models 1=water` on a read-only mount advised "copy the
+    bundle to a writable folder and name the copy": a copy is not the promoted version the next
+    retraining aligns to, nor logged in registry.json. The line names model.json and the registry."""
+    from tests.conftest import remount_read_only
+
+    fs = small_fs("4m")
+    reg = fs / "models"
+    registry.promote(reg, registry.register(make_aligned_bundle(tmp_path / "m"), reg).version)
+    before = {p: (reg / p).read_bytes() for p in (registry.STATE, f"v0001/{META}")}
+    remount_read_only(fs)
+    for argv, named in (
+        (["model", "name", "--registry", str(reg), "1=water"], reg),
+        (["model", "name", str(reg), "1=water"], reg),
+        (["model", "name", str(reg / "v0001"), "1=water"], reg.resolve()),
+    ):
+        assert main(argv) == 2, argv
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line == (
+            f"geoseg model: error: cannot write {reg / 'v0001' / META}: Read-only file system: "
+            f"make the model registry {named} writable: a registry's version is named in place"
+        ), line
+    assert {p: (reg / p).read_bytes() for p in before} == before

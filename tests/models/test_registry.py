@@ -19,7 +19,7 @@ from geoseg.errors import ConfigError, InputError
 from geoseg.io.fileio import sha256_file
 from geoseg.models import registry
 from geoseg.models.align import align_clusters, reference_figures
-from geoseg.models.bundle import WEIGHTS, load_bundle, load_meta, save_bundle
+from geoseg.models.bundle import META, WEIGHTS, load_bundle, load_meta, save_bundle
 from geoseg.models.registry import ModelFigures, should_promote
 from tests.conftest import remount_read_only
 from tests.helpers import OLD_CLUSTERS, permuted_copy, predict, reference_tiles
@@ -213,6 +213,51 @@ def test_a_mistyped_registry_is_a_clear_error(tmp_path: Path, capsys: pytest.Cap
     typo.mkdir()
     assert main(["model", "list", "--registry", str(typo)]) == 2
     assert "has no registry.json" in capsys.readouterr().err
+
+
+def test_a_registry_given_where_a_model_bundle_goes_names_its_current(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`geoseg segment models/ tile.tif` (the registry, not `models/current`) said
+    "models is not a model bundle (no model.json)": now it says it is a registry and which
+    path to give; `model align --to` here too (and `--init-from`, a flow's `model`: the same load)."""
+    reg = tmp_path / "models"
+    registry.promote(reg, registry.register(make_bundle(tmp_path / "m"), reg).version)
+    tile = reference_tiles(shared_data)[0]
+    expected = (
+        f"{reg} is a model registry, not a model bundle: give {reg / 'current'} (its promoted model)"
+        " or one of its versions"
+    )
+    for stage, argv in (
+        ("segment", ["segment", str(reg), str(tile), "--out", str(tmp_path / "pred")]),
+        ("model", ["model", "align", str(reg / "v0001"), "--to", str(reg), "--reference", str(tile)]),
+    ):
+        assert main(argv) == 2, argv
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line == f"geoseg {stage}: error: {expected}", line
+    assert not (tmp_path / "pred").exists()
+
+
+def test_model_check_against_a_mistyped_previous_model_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`geoseg model check BUNDLE --previous models/curent` (a typo of current) ended in a
+    FileNotFoundError traceback for curent/weights.safetensors, exit 1 (which reads as "do not
+    promote"): now one line naming the path, exit 2; a bundle without weights likewise."""
+    bundle = make_bundle(tmp_path / "new")
+    meta = json.loads((bundle / META).read_text())
+    meta["alignment"] = {"previous": {"weights_sha256": "0" * 64}}  # aligned to some model
+    (bundle / META).write_text(json.dumps(meta))
+    typo = tmp_path / "models" / "curent"
+    assert main(["model", "check", str(bundle), "--previous", str(typo)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"geoseg model: error: model bundle not found: {typo}"
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / META).write_bytes((bundle / META).read_bytes())
+    assert main(["model", "check", str(bundle), "--previous", str(no_weights)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"geoseg model: error: model bundle has no {WEIGHTS}: {no_weights}"
 
 
 def test_list_and_rollback_take_the_registry_as_their_word_too(
