@@ -319,6 +319,13 @@ def _run_model(args: argparse.Namespace) -> int:
         result = align_clusters(args.bundle, args.to, args.reference, args.out, config)
         print(f"agreement {result.agreement:.4f}; report {result.report_md}")
         return 0
+    if args.previous is not None and args.reference:
+        # with a previous model the check compares the alignment's figures: a reference
+        # would be read by nothing, a mistyped one never noticed
+        raise ConfigError(
+            "--reference is for a first model's balance check; with --previous the check uses "
+            "the alignment's figures: give one of the two"
+        )
     decision = registry.check_bundle(args.bundle, args.previous, reference=args.reference)
     print("promote" if decision.promote else "do not promote: " + "; ".join(decision.reasons))
     return 0 if decision.promote else 1

@@ -260,6 +260,26 @@ def test_model_check_against_a_mistyped_previous_model_is_one_line(
     assert line == f"geoseg model: error: model bundle has no {WEIGHTS}: {no_weights}"
 
 
+def test_model_check_refuses_a_reference_that_a_previous_model_makes_unused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --previous the check compares the alignment's figures and reads no reference
+    imagery: `--reference nothere.tif` beside it was silently ignored, typo and all."""
+    bundle, previous = make_bundle(tmp_path / "new", seed=0), make_bundle(tmp_path / "old", seed=1)
+    words = [
+        "model",
+        "check",
+        str(bundle),
+        "--previous",
+        str(previous),
+        "--reference",
+        str(tmp_path / "nothere.tif"),
+    ]
+    assert main(words) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--reference is for a first model's balance check" in line and "give one of the two" in line
+
+
 def test_list_and_rollback_take_the_registry_as_their_word_too(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
