@@ -15,6 +15,7 @@ JSON (``{"3": "roofs"}``, ``{"3": {"name": "roofs", "colour": "#c0392b"}}`` or a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.errors import ConfigError, InputError, OutputError
-from geoseg.io.fileio import write_json_atomic
+from geoseg.io.fileio import locked, write_json_atomic
 from geoseg.messages import plural
 from geoseg.models.bundle import META, Cluster, ModelMeta, load_meta
 
@@ -225,22 +226,24 @@ def apply_edits(clusters: list[Cluster], edits: ClusterEdits, model: str | Path)
 def _write_meta(bundle: Path, meta: ModelMeta, registry: Path | None = None) -> None:
     """Rewrite the bundle's model.json; a bundle that cannot be written in (read-only, no
     permission, a full disk) is an OutputError naming its model.json, not the temporary file
-    the atomic write had started, and saying what to do. A registry's version is named in
+    the atomic write had started, and saying what to do (:func:`_cannot_name`)."""
+    try:
+        write_json_atomic(bundle / META, json.loads(meta.to_json()))
+    except OSError as exc:
+        raise _cannot_name(bundle, exc, registry) from None
+
+
+def _cannot_name(bundle: Path, exc: OSError, registry: Path | None) -> OutputError:
+    """The one line for a model.json that cannot be written. A registry's version is named in
     place or not at all (a copy would not be the version the next retraining aligns to), so
     there the advice is to make the registry writable."""
-    target = bundle / META
-    try:
-        write_json_atomic(target, json.loads(meta.to_json()))
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            advice = "free some space on its disk and name the clusters again"
-        else:
-            advice = (
-                f"make the model registry {registry} writable: a registry's version is named in place"
-                if registry is not None
-                else f"make {bundle} writable, or copy the bundle to a writable folder and name the copy"
-            )
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}: {advice}") from None
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free some space on its disk and name the clusters again"
+    elif registry is not None:
+        advice = f"make the model registry {registry} writable: a registry's version is named in place"
+    else:
+        advice = f"make {bundle} writable, or copy the bundle to a writable folder and name the copy"
+    return OutputError(f"cannot write {bundle / META}: {exc.strerror or exc}: {advice}")
 
 
 def _registry_version(bundle: Path) -> tuple[str, Path] | None:
@@ -289,9 +292,17 @@ def name_clusters(target: str | Path, edits: ClusterEdits, version: str | None =
         version, target = _registry_version(target) or (None, target)
     else:
         raise InputError(f"{target} is neither a model bundle (no {META}) nor a model registry")
-    meta = load_meta(bundle)
-    meta.clusters = apply_edits(list(meta.clusters), edits, bundle)
-    _write_meta(bundle, meta, target if version is not None else None)
-    if version is not None:
-        registry.record_naming(target, version, meta.clusters)
+    with contextlib.ExitStack() as held:
+        if version is not None:
+            # one registry writer at a time: a retrain registering a version meanwhile would
+            # otherwise lose its entry, or this naming its event, to the other's registry.json
+            try:
+                held.enter_context(locked(target, "model registry"))
+            except OSError as exc:  # read-only, full: the lock's file could not be made
+                raise _cannot_name(bundle, exc, target) from None
+        meta = load_meta(bundle)
+        meta.clusters = apply_edits(list(meta.clusters), edits, bundle)
+        _write_meta(bundle, meta, target if version is not None else None)
+        if version is not None:
+            registry.record_naming(target, version, meta.clusters)
     return NamingResult(bundle=bundle, clusters=meta.clusters, version=version)

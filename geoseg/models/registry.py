@@ -359,6 +359,7 @@ def rollback(registry: str | Path, to: str | None = None) -> ModelVersion:
     return state.get(target)
 
 
+@_locked_registry
 def record_naming(registry: str | Path, version: str, clusters: Sequence[Cluster]) -> None:
     """Log that ``version``'s clusters were named (``geoseg model name``) and refresh the catalog.
 

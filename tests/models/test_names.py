@@ -325,3 +325,35 @@ def test_naming_a_read_only_registry_says_to_make_the_registry_writable_not_to_c
             f"make the model registry {named} writable: a registry's version is named in place"
         ), line
     assert {p: (reg / p).read_bytes() for p in before} == before
+
+
+def test_naming_a_registry_version_holds_the_registry_lock_so_no_registration_is_lost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Naming rewrites the version's model.json and registry.json (its event). Outside the
+    registry's lock, a retrain registering a version at the same moment could lose its entry
+    to this registry.json (or this event to its). With another process holding the lock (a
+    registration), naming is refused by name and changes nothing."""
+    import subprocess
+    import sys
+
+    reg = tmp_path / "models"
+    registry.promote(reg, registry.register(make_aligned_bundle(tmp_path / "m"), reg).version)
+    before = {p: (reg / p).read_bytes() for p in (registry.STATE, f"v0001/{META}")}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom geoseg.io.fileio import locked\n"
+         f"with locked({str(reg)!r}, 'model registry'):\n    print('held', flush=True)\n    time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert main(["model", "name", "--registry", str(reg), "1=water"]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert f"model registry {reg} is in use by process {holder.pid}" in line, line
+        assert {p: (reg / p).read_bytes() for p in before} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["model", "name", "--registry", str(reg), "1=water"]) == 0  # the holder is gone
+    assert load_meta(reg / "v0001").clusters[1].name == "water"
+    assert registry.load_state(reg).events[-1]["names"] == {"1": "water"}
