@@ -252,6 +252,8 @@ def _require_registry(path: Path) -> None:
     """A mistyped --registry: say so (list printed nothing, rollback left an empty folder)."""
     from geoseg.models import registry
 
+    if path.name == registry.STATE and path.is_file():
+        raise InputError(f"{path} is the registry's state file: give its folder, {path.parent}")
     if not (path / registry.STATE).is_file():
         what = "not found" if not path.exists() else f"has no {registry.STATE}"
         raise InputError(

@@ -301,6 +301,8 @@ def test_list_and_rollback_take_the_registry_as_their_word_too(
     assert "given twice" in capsys.readouterr().err
     assert main(["model", "list"]) == 2
     assert "which registry? `geoseg model list REGISTRY`" in capsys.readouterr().err
+    assert main(["model", "list", str(reg / registry.STATE)]) == 2  # the file, for its folder
+    assert f"is the registry's state file: give its folder, {reg}" in capsys.readouterr().err
     assert main(["model", "rollback", str(tmp_path / "v0001")]) == 2
     assert "is a model bundle, not a registry" in capsys.readouterr().err
     assert registry.load_state(reg).current == "v0001"
