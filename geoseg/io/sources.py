@@ -165,7 +165,24 @@ def open_dataset(path: str | Path) -> DatasetReader:
         raise InputError(f"unreadable or corrupt raster {path}: {exc}") from exc
     if src.driver == "PNG":
         _check_png_decodes(src, path)
+    elif src.driver == "VRT":
+        _check_vrt_members(src, path)
     return src
+
+
+def _check_vrt_members(src: DatasetReader, path: Path) -> None:
+    """InputError naming a file that a VRT reads but that does not exist: GDAL opens such a
+    VRT and fails only when a window touches the missing file (ingest had then written part
+    of the store, segment part of the mosaic). Checked at every open (a file of the mosaic
+    can go while the VRT stays as it was): one stat per file."""
+    missing = [name for name in src.files[1:] if not name.startswith("/vsi") and not Path(name).exists()]
+    if missing:
+        src.close()
+        more = f" (and {plural(len(missing) - 1, 'more missing file')})" if len(missing) > 1 else ""
+        raise InputError(
+            f"VRT {path} reads {missing[0]}, which does not exist{more}: "
+            "restore the file or build the VRT again (gdalbuildvrt) from the files that exist"
+        )
 
 
 _DECODED_PNGS: set[tuple[str, int, int]] = set()  # (path, size, mtime): PNGs read to the end

@@ -163,3 +163,38 @@ def test_a_truncated_png_is_refused_not_read_as_zeros(
     err = capsys.readouterr().err
     assert f"unreadable or corrupt raster {cut}" in err and "Traceback" not in err, err
     assert not (tmp_path / "km" / "cut_clusters.tif").exists()
+
+
+def test_a_vrt_naming_a_missing_file_is_refused_before_any_store_is_written(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A VRT over the Lausanne tiles, one of which was since removed (here: a relative VRT
+    whose second tile is gone). GDAL opens the VRT, so ingest planned it, wrote the shards
+    before the missing tile and failed in a shard task, leaving an incomplete store beside
+    a message that said "unreadable or corrupt raster". Every reader now refuses it on open,
+    naming the missing file and what to do, and ingest creates no store."""
+    import shutil
+    import subprocess
+
+    from geoseg.cli import main
+    from geoseg.io.sources import open_dataset, open_raster
+
+    tiles = sorted((shared_data / "lausanne" / "img").glob("*.tif"))[:3]
+    folder = tmp_path / "mosaic"
+    folder.mkdir()
+    for tile in tiles:
+        shutil.copy(tile, folder / tile.name)
+    subprocess.run(["gdalbuildvrt", "-q", "m.vrt", *(t.name for t in tiles)], cwd=folder, check=True)
+    vrt = folder / "m.vrt"
+    with open_dataset(vrt) as src:  # complete: opens and reads as before
+        assert src.read().shape[0] == 3
+    (folder / tiles[1].name).unlink()
+    missing = folder / tiles[1].name
+    for reader in (open_dataset, open_raster):
+        with pytest.raises(InputError, match=rf"VRT {vrt} reads {missing}, which does not exist: restore"):
+            reader(vrt)
+    store = tmp_path / "s.zarr"
+    assert main(["ingest", str(vrt), "--out", str(store), "--patch-size", "64"]) == 2
+    err = capsys.readouterr().err
+    assert f"reads {missing}, which does not exist" in err and "Traceback" not in err, err
+    assert not store.exists()
