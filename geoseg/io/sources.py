@@ -34,6 +34,7 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from geoseg.errors import InputError
+from geoseg.io.outputs import CLUSTERS, CONFIDENCE, PREDICTION, PREVIEW
 from geoseg.messages import plural
 
 __all__ = [
@@ -108,7 +109,16 @@ def discover_sources(paths: Iterable[str | Path]) -> list[Path]:
             rasters = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
             if not rasters:
                 raise InputError(f"no rasters ({', '.join(RASTER_SUFFIXES)}) in folder {path}")
-            found += rasters
+            outputs = geoseg_outputs(rasters)
+            if outputs:
+                log.info(
+                    "%s: skipping %s that geoseg wrote there (%s%s): not sources",
+                    path,
+                    plural(len(outputs), "output raster"),
+                    outputs[0].name,
+                    f" and {len(outputs) - 1} more" if len(outputs) > 1 else "",
+                )
+            found += [p for p in rasters if p not in outputs]
         elif path.suffix.lower() == ".json":
             found += stac_rasters(path)
         else:
@@ -116,6 +126,28 @@ def discover_sources(paths: Iterable[str | Path]) -> list[Path]:
     if not found:
         raise InputError("no sources given")
     return found
+
+
+_OUTPUT_SUFFIXES = (CLUSTERS, CONFIDENCE, PREVIEW)
+
+
+def geoseg_outputs(rasters: Sequence[Path]) -> list[Path]:
+    """The rasters of a folder's listing that are geoseg's outputs of another raster there:
+    ``X_clusters.tif``, ``X_confidence.tif`` and ``X_preview.png`` beside their source
+    ``X.*`` or their STAC item ``X_prediction.json`` (segment or a baseline run with
+    ``--out`` the input folder). A folder given as a source stands for the rasters to
+    process, so these are left out: a second run over it segmented its own outputs (a
+    confusing band or dtype mismatch with the model) and ingest mixed them into a store."""
+    stems = {p.stem for p in rasters if not p.stem.endswith(_OUTPUT_SUFFIXES)}
+    outputs = []
+    for p in rasters:
+        for suffix in _OUTPUT_SUFFIXES:
+            if p.stem.endswith(suffix):
+                source = p.stem[: -len(suffix)]
+                if source in stems or (p.parent / f"{source}{PREDICTION}.json").is_file():
+                    outputs.append(p)
+                break
+    return outputs
 
 
 def stac_rasters(path: Path) -> list[Path]:
