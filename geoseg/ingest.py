@@ -284,6 +284,20 @@ def _ingest(
         action = _action(out, plan.fingerprint, overwrite)
         if action == "done":
             log.info("%s is complete for these inputs: nothing to do", out)
+            own_catalog = out.with_name(out.name + ".stac") / "catalog.json"
+            if catalog is None and not own_catalog.is_file():
+                # the catalog is written after `complete`: a run that failed there (a full
+                # disk) or a removed catalog left a store that no rerun gave a catalog again
+                recorded = open_store(out).meta.sources
+                plan = replace(
+                    plan,
+                    sources=[
+                        replace(s, sha256=r.sha256, label_sha256=r.label_sha256)
+                        for s, r in zip(plan.sources, recorded, strict=True)
+                    ],
+                )
+                _write_catalog(out, plan)
+                log.info("wrote its missing catalog %s", own_catalog)
             return out
         if action == "replace":
             log.info("building a new %s beside the old one (--overwrite)", out)
