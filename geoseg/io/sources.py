@@ -104,7 +104,8 @@ def discover_sources(paths: Iterable[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            raise InputError(f"source not found: {path}")
+            hint = " (a shell pattern that matched nothing?)" if any(c in str(path) for c in "*?[") else ""
+            raise InputError(f"source not found: {path}{hint}")
         if path.is_dir():
             rasters = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
             if not rasters:

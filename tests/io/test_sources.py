@@ -198,3 +198,17 @@ def test_a_vrt_naming_a_missing_file_is_refused_before_any_store_is_written(
     err = capsys.readouterr().err
     assert f"reads {missing}, which does not exist" in err and "Traceback" not in err, err
     assert not store.exists()
+
+
+def test_a_pattern_that_matched_nothing_is_named_as_one(tmp_path: Path) -> None:
+    """`geoseg ingest 'tiles/*.tiff' ...` (the tiles are .tif): the shell passes the pattern
+    on unexpanded; ingest and segment said only `source not found: tiles/*.tiff`, while
+    evaluate's --labels said what probably happened. A plain missing path gets no hint."""
+    from geoseg.io.sources import discover_sources
+
+    with pytest.raises(
+        InputError, match=r"source not found: .*\*\.tiff \(a shell pattern that matched nothing\?\)$"
+    ):
+        discover_sources([tmp_path / "*.tiff"])
+    with pytest.raises(InputError, match=r"source not found: .*missing\.tif$"):
+        discover_sources([tmp_path / "missing.tif"])
