@@ -98,8 +98,12 @@ class RasterInfo:
         return self.transform @ Affine.scale(self.width / width, self.height / height)
 
 
-def discover_sources(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand files, folders and STAC JSON into a sorted-per-argument list of raster paths."""
+def discover_sources(paths: Iterable[str | Path], check_stac_hrefs: bool = True) -> list[Path]:
+    """Expand files, folders and STAC JSON into a sorted-per-argument list of raster paths.
+
+    ``check_stac_hrefs``: a STAC asset naming a file that does not exist is an InputError
+    naming the STAC file; the flows pass False and check the paths against their allowed
+    roots first (an error saying whether a file outside them exists would tell too much)."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -121,7 +125,7 @@ def discover_sources(paths: Iterable[str | Path]) -> list[Path]:
                 )
             found += [p for p in rasters if p not in outputs]
         elif path.suffix.lower() == ".json":
-            found += stac_rasters(path)
+            found += stac_rasters(path, check_hrefs=check_stac_hrefs)
         else:
             found.append(path)
     if not found:
@@ -151,7 +155,7 @@ def geoseg_outputs(rasters: Sequence[Path]) -> list[Path]:
     return outputs
 
 
-def stac_rasters(path: Path) -> list[Path]:
+def stac_rasters(path: Path, check_hrefs: bool = True) -> list[Path]:
     """Raster files referenced by the data assets of a STAC item, collection or catalog."""
     try:
         obj = pystac.read_file(str(path))
@@ -161,9 +165,17 @@ def stac_rasters(path: Path) -> list[Path]:
     rasters: list[Path] = []
     for item in items:
         for asset in item.assets.values():
-            href = Path(asset.get_absolute_href() or asset.href)
+            raw = asset.get_absolute_href() or asset.href
+            href = Path(raw)
             roles = asset.roles or ["data"]
             if "data" in roles and href.suffix.lower() in RASTER_SUFFIXES:
+                if (
+                    check_hrefs and "://" not in raw and not href.exists()
+                ):  # named with the STAC file that points there
+                    raise InputError(
+                        f"STAC file {path}: item {item.id} points at {href}, which does not exist: "
+                        "fix the asset's href or restore the file"
+                    )
                 rasters.append(href)
     if not rasters:
         raise InputError(f"STAC file {path} has no raster data assets")

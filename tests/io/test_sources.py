@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import logging
 from pathlib import Path
@@ -212,3 +213,22 @@ def test_a_pattern_that_matched_nothing_is_named_as_one(tmp_path: Path) -> None:
         discover_sources([tmp_path / "*.tiff"])
     with pytest.raises(InputError, match=r"source not found: .*missing\.tif$"):
         discover_sources([tmp_path / "missing.tif"])
+
+
+def test_a_stac_item_pointing_at_a_missing_file_names_the_stac_file(tmp_path: Path) -> None:
+    """`geoseg ingest item.json` whose asset href was mistyped (`OSBS_0299.tif`) said only
+    `raster not found: .../OSBS_0299.tif`, not which file pointed there."""
+    from geoseg.io.sources import discover_sources
+
+    item = pystac.Item("neon", None, None, datetime.datetime(2020, 1, 1), {})
+    item.add_asset("image", pystac.Asset(str(tmp_path / "OSBS_0299.tif"), roles=["data"]))
+    path = tmp_path / "item.json"
+    item.save_object(include_self_link=False, dest_href=str(path))
+    with pytest.raises(
+        InputError,
+        match=rf"STAC file {path}: item neon points at {tmp_path}/OSBS_0299.tif, which does not exist: fix",
+    ):
+        discover_sources([path])
+    assert discover_sources([path], check_stac_hrefs=False) == [
+        tmp_path / "OSBS_0299.tif"
+    ]  # the flows' order
