@@ -215,7 +215,7 @@ def check_sources(paths: str | Path | Iterable[str | Path], settings: FlowSettin
     from geoseg.io.sources import discover_sources
     from geoseg.io.vrt import vrt_members
 
-    rasters = discover_sources(check_inputs(paths, "src", settings))
+    rasters = discover_sources(check_inputs(paths, "src", settings), check_stac_hrefs=False)
     for raster in rasters:
         for member in vrt_members(raster):
             check_input(member, f"file read by {raster}:", settings)

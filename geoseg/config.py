@@ -92,7 +92,12 @@ class IngestConfig:
         _require(self.patches_per_shard >= 1, "patches_per_shard must be >= 1")
         _require(self.workers >= 1, "workers must be >= 1")
         if self.bands is not None:
-            _require(len(self.bands) > 0 and all(b >= 1 for b in self.bands), f"bad band list {self.bands}")
+            listed = ",".join(map(str, self.bands))
+            _require(len(self.bands) > 0, "bands: give at least one band")
+            _require(
+                all(b >= 1 for b in self.bands),
+                f"bands are numbered from 1 (the first band is 1, as in GDAL), got --bands {listed}",
+            )
         return self
 
 

@@ -53,6 +53,7 @@ from geoseg.io.cluster import connect
 from geoseg.io.cog import GDAL_CACHE_BYTES
 from geoseg.io.fileio import (
     atomic_path,
+    check_free_space,
     check_writable,
     clean_leftovers,
     locked,
@@ -283,6 +284,20 @@ def _ingest(
         action = _action(out, plan.fingerprint, overwrite)
         if action == "done":
             log.info("%s is complete for these inputs: nothing to do", out)
+            own_catalog = out.with_name(out.name + ".stac") / "catalog.json"
+            if catalog is None and not own_catalog.is_file():
+                # the catalog is written after `complete`: a run that failed there (a full
+                # disk) or a removed catalog left a store that no rerun gave a catalog again
+                recorded = open_store(out).meta.sources
+                plan = replace(
+                    plan,
+                    sources=[
+                        replace(s, sha256=r.sha256, label_sha256=r.label_sha256)
+                        for s, r in zip(plan.sources, recorded, strict=True)
+                    ],
+                )
+                _write_catalog(out, plan)
+                log.info("wrote its missing catalog %s", own_catalog)
             return out
         if action == "replace":
             log.info("building a new %s beside the old one (--overwrite)", out)
@@ -335,14 +350,18 @@ def _write(
 ) -> Plan:
     """Write (or finish) the store at ``out`` and mark it complete; returns the plan with
     the inputs' digests. ``name``: the store's name for the progress bar."""
-    if not resume:
-        _create(out, plan, config, len(plan.sources[0].info.bands), with_labels=labels is not None)
     progress_dir = out / PROGRESS_DIR
-    progress_dir.mkdir(exist_ok=True)
     n = len(plan.origins)
     per_shard = config.patches_per_shard
     shards = range((n + per_shard - 1) // per_shard)
-    todo = [s for s in shards if not (progress_dir / f"{s}.json").is_file()]
+    todo = [s for s in shards if not (resume and (progress_dir / f"{s}.json").is_file())]
+    # the shards still to write, before the store is created: a disk too small for them was
+    # found only by a shard task, after part of the store had been written
+    patches = sum(min(per_shard, n - s * per_shard) for s in todo)
+    check_free_space(out.parent, patches * _patch_bytes(plan, config))
+    if not resume:
+        _create(out, plan, config, len(plan.sources[0].info.bands), with_labels=labels is not None)
+    progress_dir.mkdir(exist_ok=True)
     if len(todo) < len(shards):
         log.info(
             "resuming %s: %d of %s already written",
@@ -365,6 +384,14 @@ def _write(
     _finish(out, plan, stats)
     shutil.rmtree(progress_dir, ignore_errors=True)
     return plan
+
+
+def _patch_bytes(plan: Plan, config: IngestConfig) -> int:
+    """About the bytes one patch takes in the store: its images uncompressed, plus an
+    allowance for its mask and labels (zstd: more than 20x smaller than one byte a pixel)."""
+    info = plan.sources[0].info
+    pixels = config.patch_size * config.patch_size
+    return pixels * len(info.bands) * np.dtype(info.dtype).itemsize + pixels // 8
 
 
 def _create(out: Path, plan: Plan, config: IngestConfig, n_bands: int, with_labels: bool) -> None:

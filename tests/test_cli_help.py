@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,16 @@ def test_ctrl_c_prints_one_line_and_exits_130(
     assert capsys.readouterr().err.strip() == (
         "geoseg segment: interrupted; nothing half-written was kept: run the same command again to finish"
     )
+
+
+def test_a_band_list_counting_from_0_says_bands_are_numbered_from_1(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`geoseg ingest ... --bands 0,1,2` (numpy's numbering) printed `bad band list (0, 1, 2)`,
+    which did not say what is wrong with it; nothing is created."""
+    out = tmp_path / "s.zarr"
+    tile = shared_data / "lausanne" / "img" / "1091-322_00.tif"
+    assert main(["ingest", str(tile), "--out", str(out), "--patch-size", "64", "--bands", "0,1,2"]) == 2
+    err = capsys.readouterr().err
+    assert "bands are numbered from 1 (the first band is 1, as in GDAL), got --bands 0,1,2" in err, err
+    assert "Traceback" not in err and not out.exists()

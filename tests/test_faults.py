@@ -386,12 +386,39 @@ def test_segment_on_a_disk_that_fills_up_leaves_no_partial_set(
     assert not set_manifest(out, tile.stem, "segment").exists()
 
 
-def test_ingest_on_a_full_disk_is_one_line_and_the_store_stays_unusable(tile: Path, small_fs, capsys) -> None:
+def test_ingest_onto_too_small_a_disk_is_refused_before_the_store_is_created(
+    tile: Path, small_fs, capsys
+) -> None:
+    """The store's size is known once planned (N patches, uncompressed images): a disk too
+    small for it was found only by a shard task, after part of the store had been written."""
     out = small_fs("24k") / "tile.zarr"
     rc, line = run_cli(capsys, "ingest", tile, "--out", out, "--patch-size", "32", "--workers", "1")
-    assert rc == 2 and "no space left" in line
-    with pytest.raises(InputError):
-        open_store(out)  # an incomplete store is never taken for a result
+    assert rc == 2 and "MiB free but about" in line and "MiB are needed" in line, line
+    assert not out.exists()
+
+
+def test_ingest_on_a_full_disk_is_one_line_and_the_store_stays_unusable(tile: Path, small_fs, capsys) -> None:
+    """Disks just large enough for the patches pass the free-space check and fill up while
+    writing: at a shard, a marker, the attribute write of the finish (zarr's write of
+    zarr.json, whose OSError names no file: it printed "cannot write a file: no space left
+    on the device") or the catalog. Each is one line naming a path in the store's folder."""
+    mid_write = 0
+    for size in range(80, 112, 4):
+        out = small_fs(f"{size}k") / "tile.zarr"
+        rc, line = run_cli(capsys, "ingest", tile, "--out", out, "--patch-size", "32", "--workers", "1")
+        if rc == 0:
+            continue
+        assert rc == 2, line
+        if "MiB free" in line:
+            assert not out.exists(), line
+            continue
+        mid_write += 1
+        assert f"no space left on the device of {out}" in line, line
+        assert "cannot write a file" not in line, line
+        if not line.split(" of ", 1)[1].startswith(f"{out}.stac"):  # the catalog comes after `complete`
+            with pytest.raises(InputError):
+                open_store(out)  # an incomplete store is never taken for a result
+    assert mid_write >= 2  # the sizes cover writes that fail part of the way
 
 
 def test_train_refuses_before_training_when_the_disk_is_too_small(store: Path, small_fs, capsys) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -625,3 +626,26 @@ def test_a_raster_smaller_than_a_patch_names_the_patch_size_that_fits(tmp_path: 
     with pytest.raises(InputError) as too_thin:  # no patch size fits: none is suggested
         ingest([tiny], tmp_path / "c.zarr", IngestConfig(patch_size=128), progress=False)
     assert "tiny.tif" in str(too_thin.value) and "at most" not in str(too_thin.value)
+
+
+def test_a_rerun_writes_the_catalog_that_a_complete_store_lacks(shared_data: Path, tmp_path: Path) -> None:
+    """The catalog is written after the store is marked complete: a run that failed there (a
+    disk that filled up at `STORE.zarr.stac`) or a catalog removed by hand left a complete
+    store that every rerun called "nothing to do", so it never got its catalog again. The
+    rerun now writes it (the store untouched), with the digests the store recorded."""
+    tile = shared_data / "lausanne" / "img" / "1091-322_00.tif"
+    out = tmp_path / "s.zarr"
+    config = IngestConfig(patch_size=64, workers=1)
+    ingest([tile], out, config, progress=False)
+    catalog = tmp_path / "s.zarr.stac" / "catalog.json"
+    first = [item.to_dict() for item in pystac.Catalog.from_file(str(catalog)).get_items(recursive=True)]
+    shards = {p: p.stat().st_mtime_ns for p in (out / "images").iterdir()}
+    shutil.rmtree(catalog.parent)
+    ingest([tile], out, config, progress=False)
+    assert catalog.is_file()
+    again = [item.to_dict() for item in pystac.Catalog.from_file(str(catalog)).get_items(recursive=True)]
+    assert [i["id"] for i in again] == [i["id"] for i in first]
+    for a, b in zip(first, again, strict=True):
+        a["properties"].pop("created"), b["properties"].pop("created")
+        assert a == b
+    assert {p: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == shards

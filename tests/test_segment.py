@@ -8,6 +8,7 @@ single-pass comparison exact up to window context).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -513,3 +514,36 @@ def test_model_provenance_names_no_machine_path(tmp_path: Path, inside: bool) ->
         tag = src.tags()["GEOSEG_MODEL"]
     assert tag == model_id(model)
     assert str(tmp_path) not in tag and "/" not in tag
+
+
+def test_segmenting_a_folder_into_itself_twice_skips_its_own_outputs(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`geoseg segment MODEL tiles/ --out tiles/`, then the same command again (or an ingest
+    of the folder): the folder's listing held the first run's `_clusters.tif`,
+    `_confidence.tif` and `_preview.png`, so the second run took them for sources and
+    failed with `tiles/X_clusters.tif has 1 band (alpha excluded) but model ... expects 3`
+    (and ingest with mixed band counts). geoseg's own outputs beside their source are now
+    left out of a folder's rasters, with one INFO line saying so; a user's raster that
+    merely ends in `_clusters` (no source of that stem beside it) is still a source."""
+    from geoseg.cli import main
+    from geoseg.io.sources import discover_sources
+
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for i in (0, 5):
+        shutil.copy(shared_data / "lausanne" / "img" / f"1091-322_{i:02d}.tif", tiles)
+    model = make_bundle(tmp_path / "model", ["red", "green", "blue"], "uint8", 110.0, 50.0, patch=64)
+    args = ["segment", str(model), str(tiles), "--out", str(tiles)]
+    assert main(args) == 0
+    assert (tiles / "1091-322_00_clusters.tif").is_file() and (tiles / "1091-322_05_preview.png").is_file()
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO, logger="geoseg.io.sources"):
+        assert main(args) == 0, capsys.readouterr().err
+    assert "skipping 6 output rasters that geoseg wrote there" in caplog.text, caplog.text
+    assert not list(tiles.glob("*_clusters_clusters.tif")) and not list(tiles.glob("*_preview_*"))
+    assert discover_sources([tiles]) == sorted(tiles.glob("1091-322_0?.tif"))
+    assert main(["ingest", str(tiles), "--out", str(tmp_path / "s.zarr"), "--patch-size", "64"]) == 0
+    # a raster of the user's own that is named like an output, with no source beside it
+    shutil.copy(tiles / "1091-322_00.tif", tiles / "roads_clusters.tif")
+    assert tiles / "roads_clusters.tif" in discover_sources([tiles])

@@ -569,6 +569,9 @@ _USER_ERRNOS = {
 }
 
 
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
 def describe_os_error(exc: OSError) -> str | None:
     """One line for an OSError the user can fix (disk full, read-only, permissions), else None."""
     advice = _USER_ERRNOS.get(exc.errno or 0)
@@ -590,6 +593,15 @@ def user_error_message(exc: BaseException, out: str | Path | None = None) -> str
     """
     if isinstance(exc, GeosegError):
         return str(exc)
+    if isinstance(exc, OSError) and exc.filename is None and out is not None and exc.errno in _FULL_ERRNOS:
+        # a write that names no file (zarr's attribute write fails as its file is closed):
+        # "cannot write a file" named nothing the user could free space on
+        what = (
+            "no space left on the device"
+            if exc.errno == errno.ENOSPC
+            else "disk quota exceeded on the device"
+        )
+        return f"{what} of {out}: free some space or choose another output location"
     if isinstance(exc, OSError) and (message := describe_os_error(exc)):
         return message
     if isinstance(exc, ValueError | OSError) and "embedded null" in str(exc):

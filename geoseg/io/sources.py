@@ -34,6 +34,7 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from geoseg.errors import InputError
+from geoseg.io.outputs import CLUSTERS, CONFIDENCE, PREDICTION, PREVIEW
 from geoseg.messages import plural
 
 __all__ = [
@@ -97,20 +98,34 @@ class RasterInfo:
         return self.transform @ Affine.scale(self.width / width, self.height / height)
 
 
-def discover_sources(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand files, folders and STAC JSON into a sorted-per-argument list of raster paths."""
+def discover_sources(paths: Iterable[str | Path], check_stac_hrefs: bool = True) -> list[Path]:
+    """Expand files, folders and STAC JSON into a sorted-per-argument list of raster paths.
+
+    ``check_stac_hrefs``: a STAC asset naming a file that does not exist is an InputError
+    naming the STAC file; the flows pass False and check the paths against their allowed
+    roots first (an error saying whether a file outside them exists would tell too much)."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            raise InputError(f"source not found: {path}")
+            hint = " (a shell pattern that matched nothing?)" if any(c in str(path) for c in "*?[") else ""
+            raise InputError(f"source not found: {path}{hint}")
         if path.is_dir():
             rasters = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
             if not rasters:
                 raise InputError(f"no rasters ({', '.join(RASTER_SUFFIXES)}) in folder {path}")
-            found += rasters
+            outputs = geoseg_outputs(rasters)
+            if outputs:
+                log.info(
+                    "%s: skipping %s that geoseg wrote there (%s%s): not sources",
+                    path,
+                    plural(len(outputs), "output raster"),
+                    outputs[0].name,
+                    f" and {len(outputs) - 1} more" if len(outputs) > 1 else "",
+                )
+            found += [p for p in rasters if p not in outputs]
         elif path.suffix.lower() == ".json":
-            found += stac_rasters(path)
+            found += stac_rasters(path, check_hrefs=check_stac_hrefs)
         else:
             found.append(path)
     if not found:
@@ -118,7 +133,29 @@ def discover_sources(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def stac_rasters(path: Path) -> list[Path]:
+_OUTPUT_SUFFIXES = (CLUSTERS, CONFIDENCE, PREVIEW)
+
+
+def geoseg_outputs(rasters: Sequence[Path]) -> list[Path]:
+    """The rasters of a folder's listing that are geoseg's outputs of another raster there:
+    ``X_clusters.tif``, ``X_confidence.tif`` and ``X_preview.png`` beside their source
+    ``X.*`` or their STAC item ``X_prediction.json`` (segment or a baseline run with
+    ``--out`` the input folder). A folder given as a source stands for the rasters to
+    process, so these are left out: a second run over it segmented its own outputs (a
+    confusing band or dtype mismatch with the model) and ingest mixed them into a store."""
+    stems = {p.stem for p in rasters if not p.stem.endswith(_OUTPUT_SUFFIXES)}
+    outputs = []
+    for p in rasters:
+        for suffix in _OUTPUT_SUFFIXES:
+            if p.stem.endswith(suffix):
+                source = p.stem[: -len(suffix)]
+                if source in stems or (p.parent / f"{source}{PREDICTION}.json").is_file():
+                    outputs.append(p)
+                break
+    return outputs
+
+
+def stac_rasters(path: Path, check_hrefs: bool = True) -> list[Path]:
     """Raster files referenced by the data assets of a STAC item, collection or catalog."""
     try:
         obj = pystac.read_file(str(path))
@@ -128,9 +165,17 @@ def stac_rasters(path: Path) -> list[Path]:
     rasters: list[Path] = []
     for item in items:
         for asset in item.assets.values():
-            href = Path(asset.get_absolute_href() or asset.href)
+            raw = asset.get_absolute_href() or asset.href
+            href = Path(raw)
             roles = asset.roles or ["data"]
             if "data" in roles and href.suffix.lower() in RASTER_SUFFIXES:
+                if (
+                    check_hrefs and "://" not in raw and not href.exists()
+                ):  # named with the STAC file that points there
+                    raise InputError(
+                        f"STAC file {path}: item {item.id} points at {href}, which does not exist: "
+                        "fix the asset's href or restore the file"
+                    )
                 rasters.append(href)
     if not rasters:
         raise InputError(f"STAC file {path} has no raster data assets")
@@ -165,7 +210,24 @@ def open_dataset(path: str | Path) -> DatasetReader:
         raise InputError(f"unreadable or corrupt raster {path}: {exc}") from exc
     if src.driver == "PNG":
         _check_png_decodes(src, path)
+    elif src.driver == "VRT":
+        _check_vrt_members(src, path)
     return src
+
+
+def _check_vrt_members(src: DatasetReader, path: Path) -> None:
+    """InputError naming a file that a VRT reads but that does not exist: GDAL opens such a
+    VRT and fails only when a window touches the missing file (ingest had then written part
+    of the store, segment part of the mosaic). Checked at every open (a file of the mosaic
+    can go while the VRT stays as it was): one stat per file."""
+    missing = [name for name in src.files[1:] if not name.startswith("/vsi") and not Path(name).exists()]
+    if missing:
+        src.close()
+        more = f" (and {plural(len(missing) - 1, 'more missing file')})" if len(missing) > 1 else ""
+        raise InputError(
+            f"VRT {path} reads {missing[0]}, which does not exist{more}: "
+            "restore the file or build the VRT again (gdalbuildvrt) from the files that exist"
+        )
 
 
 _DECODED_PNGS: set[tuple[str, int, int]] = set()  # (path, size, mtime): PNGs read to the end

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import logging
 from pathlib import Path
@@ -163,3 +164,71 @@ def test_a_truncated_png_is_refused_not_read_as_zeros(
     err = capsys.readouterr().err
     assert f"unreadable or corrupt raster {cut}" in err and "Traceback" not in err, err
     assert not (tmp_path / "km" / "cut_clusters.tif").exists()
+
+
+def test_a_vrt_naming_a_missing_file_is_refused_before_any_store_is_written(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A VRT over the Lausanne tiles, one of which was since removed (here: a relative VRT
+    whose second tile is gone). GDAL opens the VRT, so ingest planned it, wrote the shards
+    before the missing tile and failed in a shard task, leaving an incomplete store beside
+    a message that said "unreadable or corrupt raster". Every reader now refuses it on open,
+    naming the missing file and what to do, and ingest creates no store."""
+    import shutil
+    import subprocess
+
+    from geoseg.cli import main
+    from geoseg.io.sources import open_dataset, open_raster
+
+    tiles = sorted((shared_data / "lausanne" / "img").glob("*.tif"))[:3]
+    folder = tmp_path / "mosaic"
+    folder.mkdir()
+    for tile in tiles:
+        shutil.copy(tile, folder / tile.name)
+    subprocess.run(["gdalbuildvrt", "-q", "m.vrt", *(t.name for t in tiles)], cwd=folder, check=True)
+    vrt = folder / "m.vrt"
+    with open_dataset(vrt) as src:  # complete: opens and reads as before
+        assert src.read().shape[0] == 3
+    (folder / tiles[1].name).unlink()
+    missing = folder / tiles[1].name
+    for reader in (open_dataset, open_raster):
+        with pytest.raises(InputError, match=rf"VRT {vrt} reads {missing}, which does not exist: restore"):
+            reader(vrt)
+    store = tmp_path / "s.zarr"
+    assert main(["ingest", str(vrt), "--out", str(store), "--patch-size", "64"]) == 2
+    err = capsys.readouterr().err
+    assert f"reads {missing}, which does not exist" in err and "Traceback" not in err, err
+    assert not store.exists()
+
+
+def test_a_pattern_that_matched_nothing_is_named_as_one(tmp_path: Path) -> None:
+    """`geoseg ingest 'tiles/*.tiff' ...` (the tiles are .tif): the shell passes the pattern
+    on unexpanded; ingest and segment said only `source not found: tiles/*.tiff`, while
+    evaluate's --labels said what probably happened. A plain missing path gets no hint."""
+    from geoseg.io.sources import discover_sources
+
+    with pytest.raises(
+        InputError, match=r"source not found: .*\*\.tiff \(a shell pattern that matched nothing\?\)$"
+    ):
+        discover_sources([tmp_path / "*.tiff"])
+    with pytest.raises(InputError, match=r"source not found: .*missing\.tif$"):
+        discover_sources([tmp_path / "missing.tif"])
+
+
+def test_a_stac_item_pointing_at_a_missing_file_names_the_stac_file(tmp_path: Path) -> None:
+    """`geoseg ingest item.json` whose asset href was mistyped (`OSBS_0299.tif`) said only
+    `raster not found: .../OSBS_0299.tif`, not which file pointed there."""
+    from geoseg.io.sources import discover_sources
+
+    item = pystac.Item("neon", None, None, datetime.datetime(2020, 1, 1), {})
+    item.add_asset("image", pystac.Asset(str(tmp_path / "OSBS_0299.tif"), roles=["data"]))
+    path = tmp_path / "item.json"
+    item.save_object(include_self_link=False, dest_href=str(path))
+    with pytest.raises(
+        InputError,
+        match=rf"STAC file {path}: item neon points at {tmp_path}/OSBS_0299.tif, which does not exist: fix",
+    ):
+        discover_sources([path])
+    assert discover_sources([path], check_stac_hrefs=False) == [
+        tmp_path / "OSBS_0299.tif"
+    ]  # the flows' order
