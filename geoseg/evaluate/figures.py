@@ -17,7 +17,7 @@ from geoseg.config import EvaluateConfig
 from geoseg.datasets import IGNORE, LabelDataset, read_label
 from geoseg.evaluate.counts import Evaluation, read_prediction
 from geoseg.io.fileio import atomic_path
-from geoseg.io.preview import colourize, save_png
+from geoseg.io.preview import colourize, save_png, with_legend
 from geoseg.io.sources import open_dataset
 
 __all__ = [
@@ -55,12 +55,15 @@ def write_figures(
             e.table, e.classes, e.mapping, cluster_labels, out_dir / CLUSTERS_PNG
         ).name,
     }
+    legend = list(zip(colours[: len(e.classes)], e.classes, strict=True))
+    if (np.asarray(e.mapping) < 0).any():
+        legend.append((UNMAPPED_COLOUR, "cluster mapped to no class"))
     examples: list[str] = []
     for index in _sample(len(pairs), config):
         prediction, label = pairs[index]
         target = out_dir / EXAMPLES_DIR / f"{index:03d}_{prediction.stem}.png"
         image = images[index] if images else None
-        _side_by_side(prediction, label, image, e.mapping, colours, dataset, config, target)
+        _side_by_side(prediction, label, image, e.mapping, colours, legend, dataset, config, target)
         examples.append(str(target.relative_to(out_dir)))
     for stale in sorted((out_dir / EXAMPLES_DIR).glob("*.png")):  # an earlier run's examples
         if str(stale.relative_to(out_dir)) not in examples:
@@ -147,10 +150,13 @@ def _side_by_side(
     image: Path | None,
     mapping: np.ndarray,
     colours: list[tuple[int, int, int]],
+    legend: list[tuple[tuple[int, int, int], str]],
     dataset: LabelDataset | None,
     config: EvaluateConfig,
     target: Path,
 ) -> Path:
+    """The source image (when given), the mapped prediction and the ground truth side by
+    side, titled, with the classes' legend on the right (both maps use the class colours)."""
     with open_dataset(prediction) as src:
         ids = read_prediction(src, Window(0, 0, src.width, src.height), prediction)
     step = max(1, math.ceil(max(ids.shape) / config.preview_size))
@@ -169,7 +175,7 @@ def _side_by_side(
     titles += ["prediction (mapped)", "ground truth"]
     gap = np.full((ids.shape[0], 4, 3), 255, np.uint8)
     row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
-    return save_png(_with_titles(row, titles, ids.shape[1] + 4), target, max_size=None)
+    return save_png(with_legend(_with_titles(row, titles, ids.shape[1] + 4), legend), target, max_size=None)
 
 
 def _with_titles(row: np.ndarray, titles: list[str], pitch: int, height: int = 16) -> np.ndarray:

@@ -18,6 +18,7 @@ from geoseg.config import EvaluateConfig
 from geoseg.datasets import get_dataset, read_label
 from geoseg.errors import ConfigError, InputError
 from geoseg.evaluate import evaluate
+from geoseg.models.bundle import default_clusters
 
 REPORT_FILES = ("report.json", "report.md", "confusion.png", "clusters.png")
 
@@ -72,9 +73,15 @@ def test_transductive_report_matches_metrics(tmp_path: Path) -> None:
     for name in REPORT_FILES:
         assert (tmp_path / "report" / name).is_file()
     assert len(report["files"]["examples"]) == 2
+    colours = [c.colour for c in default_clusters(3)]  # the class colours without a dataset
     for example in report["files"]["examples"]:
         with Image.open(tmp_path / "report" / example) as png:
-            assert png.size == (80 * 2 + 4, 60 + 16)  # title strip over prediction | ground truth
+            picture = np.asarray(png.convert("RGB"))
+        # title strip over prediction | ground truth, and the classes' legend to their right
+        assert picture.shape[0] == 60 + 16 and picture.shape[1] > 80 * 2 + 4
+        legend = picture[:, 80 * 2 + 4 :].reshape(-1, 3)
+        shown = {tuple(int(v) for v in px) for px in legend}
+        assert all(colour in shown for colour in colours), "a class's swatch is missing from the legend"
     on_disk = json.loads((tmp_path / "report" / "report.json").read_text())
     assert on_disk["accuracy"] == report["accuracy"] and on_disk["protocol"] == "transductive"
     # A rerun into the same folder with fewer examples leaves only its own.
