@@ -214,7 +214,8 @@ def _train_ensemble(
     # The first member's curve and metrics stand for the run; every member's are in the work folder.
     first = bundles[0] / METRICS
     write_text_atomic(ensemble / METRICS, first.read_text() if first.is_file() else "")
-    plot_curve(first, ensemble / CURVE, load_meta(bundles[0]).selection.get("step"))
+    title = f"{curve_title(config, ensemble)} (member 1 of {len(bundles)})"
+    plot_curve(first, ensemble / CURVE, load_meta(bundles[0]).selection.get("step"), title)
     return ensemble
 
 
@@ -305,7 +306,7 @@ def _train(
         meta.clusters = named
     save_bundle(model, meta, out, overwrite=overwrite)
     write_text_atomic(out / METRICS, (work / METRICS).read_text() if (work / METRICS).is_file() else "")
-    plot_curve(work / METRICS, out / CURVE, state.best_step)
+    plot_curve(work / METRICS, out / CURVE, state.best_step, curve_title(config, out))
     if ctx.enabled:
         cleanup()
     return out
@@ -689,8 +690,16 @@ def _model_meta(
     )
 
 
-def plot_curve(metrics: Path, png: Path, selected: int | None = None) -> Path | None:
-    """Training-curve PNG (losses per step, the smoothed head-B loss, the selected step)."""
+def curve_title(config: TrainConfig, out: Path) -> str:
+    """What a training curve shows: the method, k, the steps and the bundle's name."""
+    return f"{config.method} training of {out.name}: k = {config.k}, {plural(config.steps, 'step')}"
+
+
+def plot_curve(
+    metrics: Path, png: Path, selected: int | None = None, title: str | None = None
+) -> Path | None:
+    """Training-curve PNG (losses per step, the smoothed head-B loss, the selected step),
+    titled (:func:`curve_title`) so a curve opened on its own says which run it is."""
     if not metrics.is_file():
         return None
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
@@ -708,13 +717,15 @@ def plot_curve(metrics: Path, png: Path, selected: int | None = None) -> Path | 
             ax.plot(*zip(*pts, strict=True), label=label, lw=1.5 if key == "ema_b" else 0.8)
     if selected is not None:
         ax.axvline(selected, color="k", ls="--", lw=0.8, label=f"kept: step {selected}")
+    if title:
+        ax.set_title(title, fontsize=10)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (nats)")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata={"Title": title} if title else None)
     plt.close(fig)
     return png
 

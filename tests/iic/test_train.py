@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from geoseg.cli import main
@@ -59,7 +60,8 @@ def test_a_few_cpu_steps_lower_the_loss(trained, dubai_store: Path) -> None:
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert all(np.isfinite(r["loss_a"]) and np.isfinite(r["loss_b"]) for r in rows)
-    assert (out / "training_curve.png").stat().st_size > 1000
+    with Image.open(out / "training_curve.png") as curve:  # titled: says which run it is
+        assert curve.info["Title"] == f"iic training of {out.name}: k = {config.k}, 8 steps"
 
 
 def test_bundle_metadata_and_label_free_selection(trained, dubai_store: Path) -> None:
