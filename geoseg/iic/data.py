@@ -78,15 +78,20 @@ def check_compatible(stores: Sequence[PatchStore]) -> None:
     """Stores trained together must share band count, band names, dtype and patch size."""
     first = stores[0]
     for other in stores[1:]:
-        for what, a, b in (
-            ("band count", first.num_bands, other.num_bands),
-            ("band names", first.meta.band_names, other.meta.band_names),
-            ("dtype", first.meta.dtype, other.meta.dtype),
-            ("patch size", first.images.shape[-1], other.images.shape[-1]),
+        for what, a, b, fix in (
+            ("band count", first.num_bands, other.num_bands, "ingest both with the same --bands"),
+            ("band names", first.meta.band_names, other.meta.band_names, "ingest both with the same --bands"),
+            ("dtype", first.meta.dtype, other.meta.dtype, "train on rasters of one data type"),
+            (
+                "patch size",
+                first.images.shape[-1],
+                other.images.shape[-1],
+                "ingest both with the same --patch-size",
+            ),
         ):
             if a != b:
                 raise ConfigError(
-                    f"patch stores differ in {what}: {first.path} has {a}, {other.path} has {b}"
+                    f"patch stores differ in {what}: {first.path} has {a}, {other.path} has {b}: {fix}"
                 )
 
 
