@@ -55,7 +55,7 @@ def test_missing_or_mixed_stores_are_clear_errors(
 ) -> None:
     with pytest.raises(InputError, match="not found"):
         PatchDataset([tmp_path / "missing.zarr"])
-    with pytest.raises(ConfigError, match="differ in band count: .* ingest both with the same --bands"):
+    with pytest.raises(ConfigError, match=r"differ in band count: .* ingest both with the same --bands"):
         PatchDataset([dubai_store, dubai_store_4band])  # the two stores, and what to do
     with pytest.raises(ConfigError):
         PatchDataset([])
