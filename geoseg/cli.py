@@ -158,8 +158,6 @@ def _registry_arguments(q: argparse.ArgumentParser) -> None:
 
 def _registry_given(args: argparse.Namespace) -> Path:
     """The registry of `model list` / `rollback`, given once, that is a registry."""
-    from geoseg.models.bundle import META
-
     word, option = args.registry_word, args.registry
     if word is not None and option is not None and word != option:
         raise ConfigError(
@@ -168,7 +166,7 @@ def _registry_given(args: argparse.Namespace) -> Path:
     registry = word or option
     if registry is None:
         raise ConfigError(f"which registry? `geoseg model {args.model_command} REGISTRY`")
-    if (registry / META).is_file():
+    if _is_bundle(registry):
         raise InputError(
             f"{registry} is a model bundle, not a registry: "
             f"`geoseg model register {registry} --registry REGISTRY` adds it to one"
@@ -215,8 +213,6 @@ def _model_name_words(args: argparse.Namespace) -> tuple[Path, list[str]]:
     (argparse puts the first one in ``target``); a first word that is a folder (or no
     assignment at all) means the model was given twice: refused.
     """
-    from geoseg.models.bundle import META
-
     words = list(args.names) if args.target is None else [args.target, *args.names]
     if args.registry is None:
         if not words:
@@ -226,7 +222,7 @@ def _model_name_words(args: argparse.Namespace) -> tuple[Path, list[str]]:
         raise ConfigError(
             f"the model is given twice, as {words[0]} and as --registry {args.registry}: give one of them"
         )
-    if (args.registry / META).is_file():
+    if _is_bundle(args.registry):
         raise InputError(
             f"{args.registry} is a model bundle, not a registry: `geoseg model name {args.registry} ID=NAME ...`"
         )

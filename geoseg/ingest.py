@@ -284,7 +284,7 @@ def _ingest(
         action = _action(out, plan.fingerprint, overwrite)
         if action == "done":
             log.info("%s is complete for these inputs: nothing to do", out)
-            own_catalog = out.with_name(out.name + ".stac") / "catalog.json"
+            own_catalog = _own_catalog_dir(out) / "catalog.json"
             if catalog is None and not own_catalog.is_file():
                 # the catalog is written after `complete`: a run that failed there (a full
                 # disk) or a removed catalog left a store that no rerun gave a catalog again
@@ -663,7 +663,7 @@ def _write_catalog(out: Path, plan: Plan, fresh: bool = False, catalog_dir: str 
     from geoseg.stac.catalog import RUN_CATALOG_ID, survey_item, update_run_catalog
 
     own = catalog_dir is None
-    catalog_dir = out.with_name(out.name + ".stac") if catalog_dir is None else Path(catalog_dir)
+    catalog_dir = _own_catalog_dir(out) if catalog_dir is None else Path(catalog_dir)
     now = datetime.datetime.now(datetime.UTC)
     earlier = _created(catalog_dir)
     items = []
@@ -678,6 +678,11 @@ def _write_catalog(out: Path, plan: Plan, fresh: bool = False, catalog_dir: str 
     with atomic_path(catalog_dir, replace_folder=True) as new:
         update_run_catalog(new, items)
     return catalog_dir / "catalog.json"
+
+
+def _own_catalog_dir(out: Path) -> Path:
+    """The store's own STAC catalog folder, ``<store>.stac`` beside it."""
+    return out.with_name(out.name + ".stac")
 
 
 def _created(catalog_dir: Path) -> dict[str, datetime.datetime]:
