@@ -649,3 +649,26 @@ def test_a_rerun_writes_the_catalog_that_a_complete_store_lacks(shared_data: Pat
         a["properties"].pop("created"), b["properties"].pop("created")
         assert a == b
     assert {p: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == shards
+
+
+def test_writing_the_missing_catalog_never_touches_a_folder_of_the_users(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The rerun that writes a complete store's missing catalog does not write into a
+    `STORE.zarr.stac/` that the user filled (notes, their own files): it is refused with the
+    folder's name, and the user's file is as it was."""
+    from geoseg.errors import OutputError
+
+    tile = shared_data / "lausanne" / "img" / "1091-322_00.tif"
+    out = tmp_path / "s.zarr"
+    config = IngestConfig(patch_size=64, workers=1)
+    ingest([tile], out, config, progress=False)
+    folder = tmp_path / "s.zarr.stac"
+    shutil.rmtree(folder)
+    folder.mkdir()
+    notes = folder / "notes.txt"
+    notes.write_text("flown 2025-06, cloud in the north-east\n")
+    with pytest.raises(OutputError, match=f"{folder} is a non-empty folder that geoseg did not write"):
+        ingest([tile], out, config, progress=False)
+    assert notes.read_text() == "flown 2025-06, cloud in the north-east\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
